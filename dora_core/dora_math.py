@@ -1,0 +1,183 @@
+"""The DoRA computation: a factored weight norm and a memory-lean autograd function.
+
+DoRA (Liu et al., ICML 2024, arXiv 2402.09353, eq. 5 and sec. 4.3) writes an adapted weight as
+
+    W' = m * (W + s B A) / n,        n = ||W + s B A||_row   (norm over the input dimension)
+
+and, treating n as a constant during backpropagation (sec. 4.3), computes a layer's output as
+
+    y = g * (W x + s B (A x)) + bias,      g = m / n   (one gain per output feature)
+
+Shapes used throughout: x (N, in) tokens flattened, W (out, in) frozen, A (r, in), B (out, r),
+m (out,), n (out,), y (N, out).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# A row whose norm is below this is treated as having norm EPS: W + sBA = 0 gives g = m / EPS
+# with m = 0 (m starts at ||W_row|| = 0), i.e. a zero output instead of 0/0 = NaN.
+NORM_EPS = 1e-12
+
+
+@torch.no_grad()
+def squared_row_norms(weight: torch.Tensor) -> torch.Tensor:
+    """||W_j||^2 for every output row j, in fp32: (out, in) -> (out,).
+
+    W is frozen, so callers cache this; it is the only term of n that touches all of W.
+    """
+    return torch.linalg.vector_norm(weight, dim=1, dtype=at_least_fp32(weight.dtype)).square()
+
+
+def at_least_fp32(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for bf16/fp16/fp32, fp64 stays fp64 (gradcheck runs in fp64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+@torch.no_grad()
+def factored_row_norm(
+    weight: torch.Tensor,
+    lora_A: torch.Tensor,
+    lora_B: torch.Tensor,
+    scale: float,
+    weight_sq_norm: torch.Tensor,
+) -> torch.Tensor:
+    """n = ||W + s B A||_row without materialising the dense (out, in) matrix W + sBA.
+
+    n_j^2 = ||W_j||^2 + 2 s <W_j, (BA)_j> + s^2 ||(BA)_j||^2, and
+      <W_j, (BA)_j> = sum_k B_jk (W A^T)_jk      W A^T: (out, r), one skinny matmul
+      ||(BA)_j||^2  = B_j (A A^T) B_j^T           A A^T: (r, r)
+    so the cost is O(out * in * r) work and O(out * r) memory. Returns fp32 (out,).
+    Rounding can push n_j^2 slightly below zero when W_j + s(BA)_j ~ 0: clamped.
+    """
+    exact = at_least_fp32(weight.dtype)
+    weight_times_a = (weight @ lora_A.to(weight.dtype).T).to(exact)  # (out, r)
+    a32, b32 = lora_A.to(exact), lora_B.to(exact)  # (r, in), (out, r)
+    cross = (b32 * weight_times_a).sum(dim=1)  # (out,)
+    adapter_sq = ((b32 @ (a32 @ a32.T)) * b32).sum(dim=1)  # (out,)
+    squared = weight_sq_norm + (2.0 * scale) * cross + (scale * scale) * adapter_sq
+    return squared.clamp_min(0.0).sqrt()
+
+
+@torch.no_grad()
+def dense_adapted_weight(
+    weight: torch.Tensor,
+    lora_A: torch.Tensor,
+    lora_B: torch.Tensor,
+    scale: float,
+    magnitude: torch.Tensor | None,
+) -> torch.Tensor:
+    """W' in fp32, (out, in): W + sBA for LoRA, m * (W + sBA) / n for DoRA. Used by merge only."""
+    dense = weight.float() + scale * (lora_B.float() @ lora_A.float())  # (out, in)
+    if magnitude is None:
+        return dense
+    norm = torch.linalg.vector_norm(dense, dim=1).clamp_min(NORM_EPS)  # (out,)
+    return dense * (magnitude.float() / norm).unsqueeze(1)
+
+
+class DoraLinearFunction(torch.autograd.Function):
+    """y = g * (W x + s B (A x)) [+ bias] with g = m / n and n detached.
+
+    Why a custom function: plain autograd would keep, per layer, x, A x, the unscaled sum
+    z = W x + s B A x and g, plus temporaries, i.e. one (N, out) tensor more than LoRA and
+    fp32 copies when the adapter is fp32. Here the forward keeps only what LoRA keeps
+    (x and u = A x) and the layer's output y, which downstream ops of a Llama (v, gate, up
+    projections) save anyway, so it often costs nothing extra.
+
+    Backward (n is a constant, g = m / n, z = W x + s B u, u = A x, upstream gradient dy):
+        dz = g * dy                                    (N, out)
+        dx = dz W + s (dz B) A                         (N, in)
+        dB = s dz^T u                                  (out, r)
+        dA = s (dz B)^T x                              (r, in)
+        dm_j = sum_N dy_j z_j / n_j = sum_N dy_j y_j / (g_j n_j)
+    The last line recovers z from the saved output: z = y / g, exact up to rounding in the
+    activation dtype. A row with g_j = 0 (m_j = 0, e.g. a zero row of W at init) has z_j
+    unrecoverable from y; its B row then receives zero gradient too (dB_j = s g_j ...), so
+    z_j = W_j x stays 0 for a zero row and dm_j = 0 is the exact value. When the layer has a
+    bias we save the pre-bias output instead (recovering it by subtraction would cancel).
+
+    All matmuls run in the activation dtype (bf16 on a GPU); parameters stay fp32 and their
+    gradients are returned in fp32.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_A, lora_B, magnitude, norm, scale):
+        act_dtype = x.dtype
+        weight_act = weight if weight.dtype == act_dtype else weight.to(act_dtype)
+        exact = at_least_fp32(magnitude.dtype)
+        gain = magnitude.detach().to(exact) / norm.to(exact).clamp_min(NORM_EPS)  # (out,) fp32
+        gain_act = gain.to(act_dtype)  # (out,)
+        x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+        u = x2 @ lora_A.to(act_dtype).T  # (N, r)
+        y = x2 @ weight_act.T  # (N, out)   W x
+        y.addmm_(u, lora_B.to(act_dtype).T, alpha=scale)  # (N, out)   z = W x + s B u
+        y.mul_(gain_act)  # (N, out)   g * z, in place: no second (N, out) buffer
+        out = y if bias is None else y + bias.to(act_dtype)
+        # z = y / gain_act, and dm = sum dy * z / n, so one (out,) factor 1 / (gain_act * n):
+        inv_gain_norm = torch.where(
+            gain_act != 0, 1.0 / (gain_act.to(exact) * norm.to(exact).clamp_min(NORM_EPS)), torch.zeros_like(gain)
+        )  # (out,) fp32
+        ctx.save_for_backward(x, u, y, weight, lora_A, lora_B, gain_act, inv_gain_norm)
+        ctx.scale = scale
+        ctx.magnitude_dtype = magnitude.dtype
+        ctx.bias_needs_grad = bias is not None and bias.requires_grad
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x, u, y, weight, lora_A, lora_B, gain_act, inv_gain_norm = ctx.saved_tensors
+        scale = ctx.scale
+        act_dtype = y.dtype
+        dy = grad_output.reshape(-1, grad_output.shape[-1]).to(act_dtype)  # (N, out)
+        x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+        a_act, b_act = lora_A.to(act_dtype), lora_B.to(act_dtype)  # (r, in), (out, r)
+        dz = dy * gain_act  # (N, out)
+        dz_b = dz @ b_act  # (N, r)
+
+        grad_x = grad_a = grad_b = grad_m = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            weight_act = weight if weight.dtype == act_dtype else weight.to(act_dtype)
+            grad_x = dz @ weight_act  # (N, in)
+            grad_x.addmm_(dz_b, a_act, alpha=scale)
+            grad_x = grad_x.view(x.shape)
+        if ctx.needs_input_grad[3]:
+            grad_a = (dz_b.T @ x2).to(lora_A.dtype).mul_(scale)  # (r, in)
+        if ctx.needs_input_grad[4]:
+            grad_b = (dz.T @ u).to(lora_B.dtype).mul_(scale)  # (out, r)
+        if ctx.needs_input_grad[5]:
+            grad_m = (_columnwise_dot(dy, y) * inv_gain_norm).to(ctx.magnitude_dtype)  # (out,)
+        if ctx.bias_needs_grad:
+            grad_bias = dy.sum(dim=0, dtype=at_least_fp32(dy.dtype)).to(ctx.bias_dtype)
+        return grad_x, None, grad_bias, grad_a, grad_b, grad_m, None, None
+
+
+def _columnwise_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum over rows of a * b, accumulated in fp32: (N, out), (N, out) -> (out,).
+
+    The product stays in the activation dtype (one (N, out) temporary, not two fp32 copies).
+    """
+    return (a * b).sum(dim=0, dtype=at_least_fp32(a.dtype))
+
+
+def dora_linear(x, weight, bias, lora_A, lora_B, magnitude, norm, scale):
+    """Functional entry point for the fused-memory DoRA forward (dropout off)."""
+    return DoraLinearFunction.apply(x, weight, bias, lora_A, lora_B, magnitude, norm, scale)
+
+
+def dora_linear_with_dropout(x, weight, bias, lora_A, lora_B, magnitude, norm, scale, dropout_p):
+    """DoRA with dropout on the adapter input, exactly as PEFT treats it.
+
+    PEFT keeps the base path on the undropped x and applies the DoRA correction to the
+    dropped x_d:  y = W x + bias + (g - 1) * W x_d + g * s B A x_d.  With dropout the
+    output no longer determines z, so this path uses plain autograd (training only).
+    """
+    act_dtype = x.dtype
+    weight_act = weight if weight.dtype == act_dtype else weight.to(act_dtype)
+    gain = (magnitude / norm.clamp_min(NORM_EPS)).to(act_dtype)  # (out,), grad flows to m
+    dropped = F.dropout(x, p=dropout_p, training=True)
+    base = F.linear(x, weight_act, None if bias is None else bias.to(act_dtype))
+    adapter = F.linear(F.linear(dropped, lora_A.to(act_dtype)), lora_B.to(act_dtype))
+    return base + (gain - 1) * F.linear(dropped, weight_act) + gain * scale * adapter
