@@ -167,6 +167,54 @@ def dora_linear(x, weight, bias, lora_A, lora_B, magnitude, norm, scale):
     return DoraLinearFunction.apply(x, weight, bias, lora_A, lora_B, magnitude, norm, scale)
 
 
+class LoraLinearFunction(torch.autograd.Function):
+    """y = W x + s B (A x) [+ bias]: LoRA with fp32 adapter masters and no saved casts.
+
+    Plain autograd on `F.linear(x, A.to(bf16))` would save the bf16 copies of A and B per
+    layer; here only x and u = A x are saved and the casts are redone in backward.
+    Backward: dx = dy W + s (dy B) A,  dB = s dy^T u,  dA = s (dy B)^T x.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_A, lora_B, scale):
+        act_dtype = x.dtype
+        weight_act = weight if weight.dtype == act_dtype else weight.to(act_dtype)
+        x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+        u = x2 @ lora_A.to(act_dtype).T  # (N, r)
+        y = x2 @ weight_act.T  # (N, out)
+        y.addmm_(u, lora_B.to(act_dtype).T, alpha=scale)
+        if bias is not None:
+            y.add_(bias.to(act_dtype))
+        ctx.save_for_backward(x, u, weight, lora_A, lora_B)
+        ctx.scale = scale
+        ctx.bias_needs_grad = bias is not None and bias.requires_grad
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x, u, weight, lora_A, lora_B = ctx.saved_tensors
+        scale, act_dtype = ctx.scale, x.dtype
+        dy = grad_output.reshape(-1, grad_output.shape[-1]).to(act_dtype)  # (N, out)
+        dy_b = dy @ lora_B.to(act_dtype)  # (N, r)
+        grad_x = grad_a = grad_b = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            weight_act = weight if weight.dtype == act_dtype else weight.to(act_dtype)
+            grad_x = (dy @ weight_act).addmm_(dy_b, lora_A.to(act_dtype), alpha=scale).view(x.shape)  # (N, in)
+        if ctx.needs_input_grad[3]:
+            grad_a = (dy_b.T @ x.reshape(-1, x.shape[-1])).to(lora_A.dtype).mul_(scale)  # (r, in)
+        if ctx.needs_input_grad[4]:
+            grad_b = (dy.T @ u).to(lora_B.dtype).mul_(scale)  # (out, r)
+        if ctx.bias_needs_grad:
+            grad_bias = dy.sum(dim=0, dtype=at_least_fp32(dy.dtype)).to(ctx.bias_dtype)
+        return grad_x, None, grad_bias, grad_a, grad_b, None
+
+
+def lora_linear(x, weight, bias, lora_A, lora_B, scale):
+    """Functional entry point for LoRA without dropout."""
+    return LoraLinearFunction.apply(x, weight, bias, lora_A, lora_B, scale)
+
+
 def dora_linear_with_dropout(x, weight, bias, lora_A, lora_B, magnitude, norm, scale, dropout_p):
     """DoRA with dropout on the adapter input, exactly as PEFT treats it.
 

@@ -19,6 +19,7 @@ from dora_core.dora_math import (
     dora_linear,
     dora_linear_with_dropout,
     factored_row_norm,
+    lora_linear,
     squared_row_norms,
 )
 
@@ -106,11 +107,13 @@ class AdapterLinear(nn.Module):
             return dora_linear(x, weight, bias, self.lora_A, self.lora_B, self.lora_magnitude_vector, norm, self.scale)
 
     def _lora_forward(self, x, weight, bias, dropout_active: bool) -> torch.Tensor:
-        """y = W x + bias + s B A dropout(x); plain autograd keeps x and A x, as LoRA must."""
+        """y = W x + bias + s B A dropout(x); keeps x (or the dropped x) and A x, as LoRA must."""
+        if not dropout_active:
+            return lora_linear(x, weight, bias, self.lora_A, self.lora_B, self.scale)
         act_dtype = x.dtype
         weight = weight if weight.dtype == act_dtype else weight.to(act_dtype)
         result = F.linear(x, weight, None if bias is None else bias.to(act_dtype))
-        adapter_in = F.dropout(x, p=self.dropout_p, training=True) if dropout_active else x
+        adapter_in = F.dropout(x, p=self.dropout_p, training=True)
         adapter = F.linear(F.linear(adapter_in, self.lora_A.to(act_dtype)), self.lora_B.to(act_dtype))
         return result + adapter * self.scale
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from dora_core import AdapterConfig, AdapterConfigError, AdapterLinear, adapted_module_names, apply_adapter, merge_adapter
-from dora_core.dora_math import DoraLinearFunction, factored_row_norm, squared_row_norms
+from dora_core.dora_math import DoraLinearFunction, LoraLinearFunction, factored_row_norm, squared_row_norms
 from tests.core.model_factories import MODEL_MAKERS, input_ids, perturb_adapters
 
 
@@ -27,6 +27,22 @@ def test_custom_backward_matches_numerical_gradients(with_bias):
         return DoraLinearFunction.apply(x, weight, bias, a, b, m, norm, 0.7)
 
     assert torch.autograd.gradcheck(function, (x, lora_a, lora_b, magnitude))
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_lora_backward_matches_numerical_gradients(with_bias):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(5, 6, dtype=torch.float64)
+    bias = torch.randn(5, dtype=torch.float64, requires_grad=True) if with_bias else None
+    lora_a = torch.randn(2, 6, dtype=torch.float64, requires_grad=True)
+    lora_b = torch.randn(5, 2, dtype=torch.float64, requires_grad=True)
+    inputs = (x, lora_a, lora_b) + ((bias,) if with_bias else ())
+
+    def function(x, a, b, *maybe_bias):
+        return LoraLinearFunction.apply(x, weight, maybe_bias[0] if maybe_bias else None, a, b, 0.7)
+
+    assert torch.autograd.gradcheck(function, inputs)
 
 
 def test_factored_norm_equals_dense_norm():

@@ -1,0 +1,245 @@
+"""Training-step cost of DoRA and LoRA, ours against PEFT's, in one process.
+
+Measured, not asserted. One JSON line per (shape, dtype, configuration) on stdout:
+
+  floor           every weight frozen, backward for input gradients only: the floor for any adapter
+  ours-dora       dora_core DoRA (fp32 adapter masters, activations in the model dtype)
+  ours-lora       dora_core LoRA
+  peft-lora       PEFT LoRA, default (adapters autocast to fp32)
+  peft-lora-bf16  PEFT LoRA with adapters in the model dtype (autocast_adapter_dtype=False)
+  peft-dora       PEFT DoRA, default
+  peft-dora-bf16  PEFT DoRA with adapters in the model dtype
+  full-ft         every weight trains (opt-in: --configs ...,full-ft)
+
+Per line: median step time (forward + loss + backward + AdamW step), bytes held for backward
+(every tensor handed to autograd's saved-tensor pack hook and alive when backward starts,
+unique storages; `held_activation_bytes` leaves out parameters, `held_total_bytes` counts
+them), CUDA peak memory, and ratios to the floor and to PEFT LoRA from the same run.
+
+    python benchmarks/dora_step.py --device cpu                        # tiny shape, fp32 and bf16
+    python benchmarks/dora_step.py --device cuda --shapes tinyllama-1.1b,llama3-8b
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from dora_core import AdapterConfig, AdapterLinear, apply_adapter
+
+
+@dataclass(frozen=True)
+class Shape:
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    batch: int
+    seq: int
+
+
+SHAPES = {
+    "tiny": Shape(hidden=256, intermediate=688, layers=4, heads=8, kv_heads=4, vocab=4096, batch=4, seq=128),
+    "small": Shape(hidden=512, intermediate=1376, layers=6, heads=8, kv_heads=4, vocab=8192, batch=4, seq=256),
+    "tinyllama-1.1b": Shape(hidden=2048, intermediate=5632, layers=22, heads=32, kv_heads=4, vocab=32000,
+                            batch=8, seq=1024),
+    "llama3-8b": Shape(hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, vocab=128256,
+                       batch=4, seq=1024),
+}
+ALL_CONFIGS = ("floor", "peft-lora", "peft-lora-bf16", "ours-lora", "ours-dora", "peft-dora", "peft-dora-bf16", "full-ft")
+DEFAULT_CONFIGS = ALL_CONFIGS[:-1]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def build_base(shape: Shape, dtype: torch.dtype, device: str) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
+        max_position_embeddings=max(shape.seq, 2048), attn_implementation="sdpa",
+    )
+    with torch.device(device):
+        model = LlamaForCausalLM(config)
+    return model.to(dtype).train()
+
+
+def prepare(name: str, base: LlamaForCausalLM, rank: int, adapter_dtype_note: dict):
+    """The model for one configuration and its trainable parameters (same base weights)."""
+    model = copy.deepcopy(base)
+    if name == "floor":
+        model.requires_grad_(False)
+        return model
+    if name == "full-ft":
+        return model.requires_grad_(True)
+    method = "dora" if "dora" in name else "lora"
+    if name.startswith("ours-"):
+        return apply_adapter(model, AdapterConfig(method=method, rank=rank, alpha=2 * rank))
+    from peft import LoraConfig, get_peft_model
+
+    peft_config = LoraConfig(r=rank, lora_alpha=2 * rank, use_dora=method == "dora", target_modules="all-linear",
+                             task_type="CAUSAL_LM")
+    return get_peft_model(model, peft_config, autocast_adapter_dtype=not name.endswith("-bf16"))
+
+
+def adapter_dtype(model) -> str | None:
+    for module in model.modules():
+        if isinstance(module, AdapterLinear):
+            return str(module.lora_A.dtype).removeprefix("torch.")
+    for parameter_name, parameter in model.named_parameters():
+        if "lora_A" in parameter_name:
+            return str(parameter.dtype).removeprefix("torch.")
+    return None
+
+
+def make_batch(name: str, model, shape: Shape, device: str):
+    generator = torch.Generator(device="cpu").manual_seed(1)
+    ids = torch.randint(0, shape.vocab, (shape.batch, shape.seq), generator=generator).to(device)
+    if name != "floor":
+        return {"input_ids": ids, "labels": ids}
+    # Every weight frozen: gradients flow to the input embeddings only, through every layer.
+    embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+    return {"inputs_embeds": embeds, "labels": ids}
+
+
+def held_for_backward(model, batch) -> tuple[int, int]:
+    """(activation bytes, total bytes incl. parameters) saved for backward, unique storages."""
+    parameter_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = model(**batch).loss
+    total = sum(storages.values())
+    activations = sum(n for ptr, n in storages.items() if ptr not in parameter_storages)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return activations, total
+
+
+def time_steps(model, batch, device: str, *, warmup: int, steps: int) -> list[float]:
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4) if trainable else None
+    times = []
+    for index in range(warmup + steps):
+        synchronize(device)
+        start = time.perf_counter()
+        loss = model(**batch).loss
+        loss.backward()
+        if optimizer is not None:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
+        if index >= warmup:
+            times.append(time.perf_counter() - start)
+        if "inputs_embeds" in batch:
+            batch["inputs_embeds"].grad = None
+    return times
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure(name: str, base, shape: Shape, dtype_name: str, args) -> dict:
+    device = args.device
+    model = prepare(name, base, args.rank, {})
+    batch = make_batch(name, model, shape, device)
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    held_activations, held_total = held_for_backward(model, batch)
+    times = time_steps(model, batch, device, warmup=args.warmup, steps=args.steps) if args.steps else []
+    peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
+    result = {
+        "benchmark": "dora_step", "shape": args.current_shape, "device": device, "dtype": dtype_name, "config": name,
+        "adapter_dtype": adapter_dtype(model), "rank": args.rank, "batch": shape.batch, "seq": shape.seq,
+        "step_time_s": statistics.median(times) if times else None, "step_time_min_s": min(times, default=None),
+        "steps": len(times),
+        "held_activation_bytes": held_activations, "held_total_bytes": held_total, "peak_memory_bytes": peak,
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
+    del model, batch
+    gc.collect()
+    return result
+
+
+def add_ratios(results: list[dict]) -> None:
+    """Ratios within one (shape, dtype) group: to the floor and to PEFT LoRA (both adapter dtypes)."""
+    by_config = {r["config"]: r for r in results}
+    references = {"floor": by_config.get("floor"), "peft_lora": by_config.get("peft-lora"),
+                  "peft_lora_bf16": by_config.get("peft-lora-bf16")}
+    for result in results:
+        for reference_name, reference in references.items():
+            if reference is None or reference is result:
+                continue
+            if result["step_time_s"] and reference["step_time_s"]:
+                result[f"time_vs_{reference_name}"] = round(result["step_time_s"] / reference["step_time_s"], 3)
+            if reference_name != "floor" and reference["held_activation_bytes"]:
+                result[f"held_vs_{reference_name}"] = round(
+                    result["held_activation_bytes"] / reference["held_activation_bytes"], 3)
+            if result["peak_memory_bytes"] and reference["peak_memory_bytes"]:
+                result[f"peak_vs_{reference_name}"] = round(result["peak_memory_bytes"] / reference["peak_memory_bytes"], 3)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--shapes", default=None, help=f"comma list of {sorted(SHAPES)} (default: tiny on cpu)")
+    parser.add_argument("--dtypes", default=None, help="comma list of float32,bfloat16 (cpu default: both)")
+    parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help=f"comma list of {ALL_CONFIGS}")
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=None, help="override the shape's batch")
+    parser.add_argument("--seq", type=int, default=None, help="override the shape's sequence length")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps; 0 measures bytes held only")
+    args = parser.parse_args(argv)
+    on_gpu = args.device.startswith("cuda")
+    args.shapes = (args.shapes or ("tinyllama-1.1b,llama3-8b" if on_gpu else "tiny")).split(",")
+    args.dtypes = (args.dtypes or ("bfloat16" if on_gpu else "float32,bfloat16")).split(",")
+    args.configs = args.configs.split(",")
+    unknown = [c for c in args.configs if c not in ALL_CONFIGS] + [s for s in args.shapes if s not in SHAPES]
+    if unknown:
+        parser.error(f"unknown configs/shapes: {unknown}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(torch.get_num_threads())
+    for shape_name in args.shapes:
+        shape = SHAPES[shape_name]
+        shape = Shape(**{**shape.__dict__, **({"batch": args.batch} if args.batch else {}),
+                         **({"seq": args.seq} if args.seq else {})})
+        args.current_shape = shape_name
+        for dtype_name in args.dtypes:
+            base = build_base(shape, DTYPES[dtype_name], args.device)
+            results = []
+            for name in args.configs:
+                results.append(measure(name, base, shape, dtype_name, args))
+                print(f"# measured {shape_name} {dtype_name} {name}", file=sys.stderr, flush=True)
+            add_ratios(results)
+            for result in results:
+                print(json.dumps(result), flush=True)
+            del base
+            gc.collect()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
