@@ -1,0 +1,162 @@
+"""`prepare_datasets`: dataset files + tokenizer -> training and validation sets and a report.
+
+Order of work: read and validate every file first (DatasetFormatError, with line numbers,
+before any tokenisation), split off validation rows, render, tokenise, truncate, pack.
+
+Rows that validate but turn out unusable after tokenisation (no tokens, no trained token left
+after truncation, template failure) are dropped and listed in the report with their line
+numbers and a warning; the run goes on with the rest. If every row of the training (or
+validation) set is dropped, DatasetFormatError is raised with those rows, since no run could
+succeed. The validation set is never packed: eval loss is measured on whole examples.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from dora_core.data.collator import DataCollator
+from dora_core.data.packing import pack_examples
+from dora_core.data.report import rendered_example, split_report, warnings_for
+from dora_core.data.sources import file_sha256, read_examples
+from dora_core.data.split import split_examples
+from dora_core.data.templates import RenderedExample, RenderError, chat_template_for, render_example
+from dora_core.data.tokenization import DroppedRow, TokenizedExample, tokenize_examples
+from dora_formats import DatasetFormatError, Example, ValidationIssue
+
+
+class TokenizedDataset(torch.utils.data.Dataset):
+    """A list of `{"input_ids", "labels"[, "position_ids"]}` dicts of int lists (see DataCollator)."""
+
+    def __init__(self, items: Sequence[dict[str, list[int]]]) -> None:
+        self.items = list(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        return self.items[index]
+
+
+@dataclass
+class PreparedData:
+    train: TokenizedDataset
+    validation: TokenizedDataset | None
+    report: dict[str, Any]  # JSON-serialisable; see dora_core.data.report
+    collator: DataCollator
+
+
+@dataclass
+class _Split:
+    """One set on its way through the pipeline."""
+
+    name: str
+    source: str
+    format: str | None
+    unit: str
+    examples: list[Example]
+
+
+def prepare_datasets(
+    train_path: str | os.PathLike[str],
+    tokenizer: Any,
+    *,
+    max_seq_len: int,
+    validation_path: str | os.PathLike[str] | None = None,
+    validation_split: float = 0.0,
+    train_on_inputs: bool = False,
+    packing: bool = False,
+    seed: int = 0,
+) -> PreparedData:
+    """Read, validate, tokenise and (optionally) pack the datasets of one run."""
+    if max_seq_len < 2:
+        raise ValueError(f"max_seq_len must be at least 2, got {max_seq_len}")
+    if validation_path is not None and validation_split:
+        raise ValueError("give either validation_path or validation_split, not both")
+    train, validation = _read_splits(train_path, validation_path, validation_split, seed)
+    template, template_source = chat_template_for(tokenizer)
+    report: dict[str, Any] = {
+        "template": template_source,
+        "max_seq_len": max_seq_len,
+        "train_on_inputs": train_on_inputs,
+        "packing": packing,
+        "seed": seed,
+        "validation_split": validation_split,
+        "train_sha256": file_sha256(train_path),
+        "validation_sha256": file_sha256(validation_path) if validation_path is not None else None,
+    }
+    options = {"template": template, "train_on_inputs": train_on_inputs, "max_seq_len": max_seq_len}
+    train_examples, report["train"] = _tokenize_split(train, tokenizer, **options)
+    train_items = pack_examples(train_examples, max_seq_len=max_seq_len) if packing else _items(train_examples)
+    report["train"]["packed_blocks"] = len(train_items) if packing else None
+    validation_set = None
+    report["validation"] = None
+    if validation is not None:
+        validation_examples, report["validation"] = _tokenize_split(validation, tokenizer, **options)
+        validation_set = TokenizedDataset(_items(validation_examples))
+    report["example"] = rendered_example(train_examples[0], tokenizer)
+    report["warnings"] = [
+        warning for name in ("train", "validation") if report[name] for warning in warnings_for(name, report[name])
+    ]
+    return PreparedData(TokenizedDataset(train_items), validation_set, report, DataCollator(tokenizer.pad_token_id))
+
+
+def _read_splits(
+    train_path: str | os.PathLike[str],
+    validation_path: str | os.PathLike[str] | None,
+    validation_split: float,
+    seed: int,
+) -> tuple[_Split, _Split | None]:
+    """Validate the files (all problems raised before any tokenisation) and split if asked."""
+    examples, result = read_examples(train_path)
+    train = _Split("train", os.fspath(train_path), result.format, result.unit, examples)
+    if validation_path is not None:
+        examples, result = read_examples(validation_path)
+        return train, _Split("validation", os.fspath(validation_path), result.format, result.unit, examples)
+    if not validation_split:
+        return train, None
+    train.examples, held_out = split_examples(train.examples, fraction=validation_split, seed=seed)
+    source = f"{validation_split:g} of {train.source} (seed {seed})"
+    return train, _Split("validation", source, train.format, train.unit, held_out)
+
+
+def _tokenize_split(
+    split: _Split, tokenizer: Any, *, template: str, train_on_inputs: bool, max_seq_len: int
+) -> tuple[list[TokenizedExample], dict[str, Any]]:
+    rendered, dropped = _render_all(split.examples, tokenizer, template=template, train_on_inputs=train_on_inputs)
+    tokenized, more_dropped = tokenize_examples(rendered, tokenizer, max_seq_len=max_seq_len)
+    dropped = sorted(dropped + more_dropped, key=lambda row: row.line)
+    if not tokenized:
+        issues = [ValidationIssue(row.line, row.reason, unit=split.unit) for row in dropped]
+        raise DatasetFormatError(issues, source=f"{split.source} ({split.name}: no usable rows)")
+    report = split_report(
+        source=split.source,
+        format=split.format,
+        unit=split.unit,
+        rows=len(split.examples),
+        examples=tokenized,
+        dropped=dropped,
+        mask_methods=Counter(row.method for row in rendered),
+    )
+    return tokenized, report
+
+
+def _render_all(
+    examples: Sequence[Example], tokenizer: Any, *, template: str, train_on_inputs: bool
+) -> tuple[list[RenderedExample], list[DroppedRow]]:
+    rendered, dropped = [], []
+    for example in examples:
+        try:
+            rendered.append(render_example(example, tokenizer, template=template, train_on_inputs=train_on_inputs))
+        except RenderError as error:
+            dropped.append(DroppedRow(example.line, str(error)))
+    return rendered, dropped
+
+
+def _items(examples: Sequence[TokenizedExample]) -> list[dict[str, list[int]]]:
+    return [{"input_ids": example.input_ids, "labels": example.labels} for example in examples]

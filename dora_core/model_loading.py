@@ -1,0 +1,135 @@
+"""Loading the base model and tokenizer, by local path or Hugging Face Hub id, safely.
+
+Safe by construction: safetensors weights only (`use_safetensors=True`: no pickle) and never
+code from the model repository (`trust_remote_code=False`). A name that exists on disk is
+loaded from there; otherwise it is a hub id, looked up in the local cache and then on the hub
+(unless `local_files_only` or `HF_HUB_OFFLINE=1`; an unreachable hub costs about 45 s of
+retries, so offline deployments should set HF_HUB_OFFLINE=1). Failures raise ModelNotFoundError
+or ModelLoadError naming what was tried, instead of transformers' generic OSError.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+class ModelLoadError(RuntimeError):
+    """A model or tokenizer was found but could not be loaded (e.g. only pickle weights)."""
+
+
+class ModelNotFoundError(ModelLoadError):
+    """Neither a local directory nor a reachable hub repository provides the model."""
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """`device`, or the first CUDA GPU when there is one, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """ "auto": bf16 on a CUDA GPU that supports it, else fp32 (fp16 weights are left to an
+    explicit choice: they overflow where bf16 does not)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use 'auto' or one of {sorted(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def load_base_model(
+    name_or_path: str | os.PathLike[str],
+    *,
+    dtype: str | torch.dtype = "auto",
+    device: str | torch.device | None = None,
+    revision: str | None = None,
+    local_files_only: bool | None = None,
+) -> Any:
+    """AutoModelForCausalLM from a local directory or hub id, on `device` in `dtype`.
+
+    `local_files_only=None` follows the environment (HF_HUB_OFFLINE).
+    """
+    from transformers import AutoModelForCausalLM
+
+    target = resolve_device(device)
+    options = _hub_options(revision, local_files_only)
+    options.update(dtype=resolve_dtype(dtype, target), use_safetensors=True, device_map={"": str(target)})
+    if local_files_only:  # transformers does not pass it on to its PEFT-adapter probe, which then goes online
+        options["adapter_kwargs"] = {"local_files_only": True}
+    model = _load("model", AutoModelForCausalLM.from_pretrained, name_or_path, options)
+    model.eval()  # the training loop switches to train(); dropout stays off until then
+    return model
+
+
+def load_tokenizer(
+    name_or_path: str | os.PathLike[str], *, revision: str | None = None, local_files_only: bool | None = None
+) -> Any:
+    """AutoTokenizer with right padding and a pad token (eos when the tokenizer has none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = _load(
+        "tokenizer", AutoTokenizer.from_pretrained, name_or_path, _hub_options(revision, local_files_only)
+    )
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelLoadError(f"tokenizer of {os.fspath(name_or_path)!r} has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def _hub_options(revision: str | None, local_files_only: bool | None) -> dict[str, Any]:
+    options: dict[str, Any] = {"trust_remote_code": False}
+    if revision is not None:
+        options["revision"] = revision
+    if local_files_only is not None:
+        options["local_files_only"] = local_files_only
+    return options
+
+
+def _load(what: str, loader: Any, name_or_path: str | os.PathLike[str], options: dict[str, Any]) -> Any:
+    """Call a from_pretrained loader, turning its errors into ours with what was tried."""
+    name = os.fspath(name_or_path)
+    local = Path(name).expanduser()
+    if local.is_dir():
+        try:
+            return loader(str(local), **options)
+        except (OSError, ValueError) as error:
+            raise ModelLoadError(
+                f"{what} in local directory {str(local)!r} could not be loaded "
+                f"(safetensors only, trust_remote_code=False): {error}"
+            ) from error
+    if _looks_like_path(name):
+        raise ModelNotFoundError(f"{what} {name!r}: no such local directory ({local.resolve()}), and not a hub id")
+    try:
+        return loader(name, **options)
+    except (OSError, ValueError) as error:  # hub HTTP errors and HFValidationError are among these
+        hub = "the local cache only (offline)" if options.get("local_files_only") else "the hub cache and the hub"
+        raise ModelNotFoundError(
+            f"{what} {name!r} not found: it is not a local directory ({local.resolve()}), and as a hub id "
+            f"it could not be loaded from {hub} (safetensors only, trust_remote_code=False): {error}"
+        ) from error
+
+
+def _looks_like_path(name: str) -> bool:
+    """Hub ids are "name" or "org/name"; anything else that does not exist is a mistyped path."""
+    return (
+        os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
+    )

@@ -1,0 +1,178 @@
+"""Per-row rules of the four dataset formats: recognise a row's format, check it, normalise it.
+
+Formats and their fields (extra keys are ignored; `null` counts as absent):
+
+- chat (OpenAI fine-tuning): `messages`, a non-empty list of `{"role", "content"}` objects with
+  role `system`, `user` or `assistant` (other roles such as `tool` are rejected), non-empty
+  string content, and an optional `weight` of 0 or 1 on assistant messages only. At least one
+  assistant message must have weight 1 (the default), or the row has nothing to learn.
+- prompt_completion: non-empty strings `prompt` and `completion` (for text without a prompt
+  use the `text` format).
+- alpaca: non-empty strings `instruction` and `output`; `input` is optional and may be empty.
+  The user turn is `instruction`, or `instruction + "\\n\\n" + input` when input is non-empty.
+- text: a non-empty string `text`; every token is trained on.
+
+A row's format is recognised from its keys, first match wins: `messages` -> chat,
+`instruction` or `output` -> alpaca, `prompt` or `completion` -> prompt_completion,
+`text` -> text (Alpaca exports often carry a `text` column too, hence the order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from dora_formats.records import (
+    ALPACA,
+    CHAT,
+    PROMPT_COMPLETION,
+    ROLES,
+    TEXT,
+    TEXT_ROLE,
+    Example,
+    Segment,
+)
+
+Problem = tuple[str | None, str]  # (field path or None, message)
+
+ALPACA_INPUT_SEPARATOR = "\n\n"
+
+
+def json_type(value: object) -> str:
+    """The JSON name of a Python value's type, for messages users can act on."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    if isinstance(value, Mapping):
+        return "object"
+    return type(value).__name__
+
+
+def detect_format(row: Mapping[str, Any]) -> str | None:
+    """The format a row's keys point to, or None when it has none of the known fields."""
+    if "messages" in row:
+        return CHAT
+    if "instruction" in row or "output" in row:
+        return ALPACA
+    if "prompt" in row or "completion" in row:
+        return PROMPT_COMPLETION
+    if "text" in row:
+        return TEXT
+    return None
+
+
+def unrecognised_row_message(row: Mapping[str, Any]) -> str:
+    keys = ", ".join(repr(key) for key in list(row)[:10]) or "none"
+    return (
+        "row has none of the dataset fields: expected 'messages' (chat), 'prompt' and 'completion', "
+        f"'instruction' and 'output' (Alpaca), or 'text'; found keys: {keys}"
+    )
+
+
+def check_row(row: Mapping[str, Any], fmt: str) -> list[Problem]:
+    """Every problem with `row` read as format `fmt`; an empty list means it can be normalised."""
+    if fmt == CHAT:
+        return _check_chat(row)
+    if fmt == PROMPT_COMPLETION:
+        return _required_text(row, "prompt") + _required_text(row, "completion")
+    if fmt == ALPACA:
+        return _required_text(row, "instruction") + _optional_text(row, "input") + _required_text(row, "output")
+    if fmt == TEXT:
+        return _required_text(row, "text")
+    raise ValueError(f"unknown dataset format {fmt!r}")
+
+
+def to_example(row: Mapping[str, Any], fmt: str, *, line: int) -> Example:
+    """Normalise a row that `check_row` accepted into segments with their default trainability."""
+    if fmt == CHAT:
+        segments = tuple(_message_segment(message) for message in row["messages"])
+    elif fmt == PROMPT_COMPLETION:
+        segments = (Segment("user", row["prompt"], False), Segment("assistant", row["completion"], True))
+    elif fmt == ALPACA:
+        extra = row.get("input") or ""
+        prompt = row["instruction"] + (ALPACA_INPUT_SEPARATOR + extra if extra.strip() else "")
+        segments = (Segment("user", prompt, False), Segment("assistant", row["output"], True))
+    elif fmt == TEXT:
+        segments = (Segment(TEXT_ROLE, row["text"], True),)
+    else:
+        raise ValueError(f"unknown dataset format {fmt!r}")
+    return Example(line=line, format=fmt, segments=segments)
+
+
+def _message_segment(message: Mapping[str, Any]) -> Segment:
+    trainable = message["role"] == "assistant" and message.get("weight") != 0
+    return Segment(message["role"], message["content"], trainable)
+
+
+def _required_text(row: Mapping[str, Any], name: str) -> list[Problem]:
+    if name not in row:
+        return [(name, f"missing field '{name}'")]
+    return _text_value(row[name], name, allow_empty=False)
+
+
+def _optional_text(row: Mapping[str, Any], name: str) -> list[Problem]:
+    if row.get(name) is None:
+        return []
+    return _text_value(row[name], name, allow_empty=True)
+
+
+def _text_value(value: object, path: str, *, allow_empty: bool) -> list[Problem]:
+    if not isinstance(value, str):
+        return [(path, f"field '{path}' must be a string, got {json_type(value)}")]
+    if not allow_empty and not value.strip():
+        return [(path, f"field '{path}' is empty")]
+    return []
+
+
+def _check_chat(row: Mapping[str, Any]) -> list[Problem]:
+    messages = row["messages"]
+    if not isinstance(messages, (list, tuple)):
+        return [("messages", f"field 'messages' must be an array of message objects, got {json_type(messages)}")]
+    if not messages:
+        return [("messages", "field 'messages' is empty")]
+    problems: list[Problem] = []
+    for index, message in enumerate(messages):
+        problems += _check_message(message, f"messages[{index}]")
+    if not problems and not any(_message_segment(message).trainable for message in messages):
+        problems.append(("messages", "no assistant message to train on (need an assistant message without weight 0)"))
+    return problems
+
+
+def _check_message(message: object, path: str) -> list[Problem]:
+    if not isinstance(message, Mapping):
+        return [(path, f"{path} must be an object, got {json_type(message)}")]
+    problems: list[Problem] = []
+    role = message.get("role")
+    if role is None:
+        problems.append((f"{path}.role", f"{path}.role is missing"))
+    elif not isinstance(role, str):
+        problems.append((f"{path}.role", f"{path}.role must be a string, got {json_type(role)}"))
+    elif role not in ROLES:
+        allowed = ", ".join(ROLES)
+        problems.append((f"{path}.role", f"{path}.role {role!r} is not supported (allowed: {allowed})"))
+    content = message.get("content")
+    if content is None and message.get("tool_calls") is not None:
+        problems.append((f"{path}.content", f"{path} has tool_calls, which are not supported; content is required"))
+    elif content is None:
+        problems.append((f"{path}.content", f"{path}.content is missing"))
+    else:
+        problems += _text_value(content, f"{path}.content", allow_empty=False)
+    problems += _check_weight(message.get("weight"), role, f"{path}.weight")
+    return problems
+
+
+def _check_weight(weight: object, role: object, path: str) -> list[Problem]:
+    if weight is None:
+        return []
+    if isinstance(weight, bool) or weight not in (0, 1):
+        return [(path, f"{path} must be 0 or 1, got {weight!r}")]
+    if role != "assistant":
+        return [(path, f"{path} is only allowed on assistant messages")]
+    return []
