@@ -7,7 +7,7 @@ naming the offending field instead of a shape error deep inside a matmul.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 ALL_LINEAR = "all-linear"
@@ -37,7 +37,6 @@ class AdapterConfig:
     dropout: float = 0.0
     target_modules: str | tuple[str, ...] = ALL_LINEAR
     use_rslora: bool = False
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.method not in ("dora", "lora"):

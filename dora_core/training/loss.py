@@ -1,0 +1,43 @@
+"""Next-token loss over the trained tokens of a batch, summed so a global batch can be
+normalised by its total trained-token count (micro-batch size then does not change the
+gradient: halving it after an OOM gives the same update)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class LossSums:
+    loss_sum: torch.Tensor  # () fp32, differentiable
+    tokens: int  # trained tokens (labels != -100 after the shift)
+    correct: int  # argmax predictions equal to the label on those tokens
+
+
+def count_trained_tokens(labels: torch.Tensor) -> int:
+    """Tokens that carry loss once labels are shifted left by one: labels (batch, seq)."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What the model's forward takes; the cache is off so packed examples stay separate."""
+    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "position_ids") if key in batch}
+    inputs["use_cache"] = False
+    return inputs
+
+
+def summed_loss(model, batch: dict[str, torch.Tensor]) -> LossSums:
+    logits = model(**model_inputs(batch)).logits  # (batch, seq, vocab)
+    labels = batch["labels"][:, 1:]  # (batch, seq - 1)
+    trained = labels != IGNORE_INDEX  # (batch, seq - 1)
+    # Only trained positions are upcast to fp32: (tokens, vocab), not the whole (batch, seq, vocab).
+    selected = logits[:, :-1][trained].float()  # (tokens, vocab)
+    targets = labels[trained]  # (tokens,)
+    loss_sum = F.cross_entropy(selected, targets, reduction="sum")
+    correct = int((selected.detach().argmax(dim=-1) == targets).sum())
+    return LossSums(loss_sum=loss_sum, tokens=int(targets.numel()), correct=correct)

@@ -1,0 +1,92 @@
+"""What a finished run leaves in its output folder.
+
+  adapter/          PEFT-format adapter (peft.PeftModel.from_pretrained loads it)
+  merged/           the merged model via save_pretrained (safetensors) with the tokenizer
+  metrics.jsonl     one JSON object per optimiser step and per evaluation
+  dataset_report.json
+  manifest.json     config, dataset hashes, library versions, seed, final metrics
+Folders are written under a temporary name and renamed, so a half-written output never looks
+finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+from importlib import metadata
+from pathlib import Path
+
+from dora_core.atomic_io import fsync_directory, write_json_atomically
+from dora_core.inject import merge_adapter
+from dora_core.peft_format import save_adapter
+
+
+def publish_folder(out_dir: Path, name: str, write) -> Path:
+    """write(temp_folder), then rename it to out_dir/name (replacing an older one)."""
+    final, temp = out_dir / name, out_dir / f".tmp-{name}-{os.getpid()}"
+    shutil.rmtree(temp, ignore_errors=True)
+    temp.mkdir(parents=True)
+    write(temp)
+    fsync_directory(temp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(temp, final)
+    fsync_directory(out_dir)
+    return final
+
+
+def write_adapter(out_dir: Path, model, *, base_model: str) -> Path:
+    return publish_folder(out_dir, "adapter", lambda temp: save_adapter(model, temp, base_model_name_or_path=base_model))
+
+
+def write_merged(out_dir: Path, model, tokenizer) -> Path:
+    """Merges in place: call after the adapter is saved; the model is plain afterwards."""
+    merged = merge_adapter(model)
+    merged.config.use_cache = True
+
+    def write(temp: Path) -> None:
+        merged.save_pretrained(temp, safe_serialization=True)
+        tokenizer.save_pretrained(temp)
+
+    return publish_folder(out_dir, "merged", write)
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("dora-tuner", "torch", "transformers", "safetensors", "tokenizers"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def write_manifest(out_dir: Path, **fields) -> Path:
+    path = out_dir / "manifest.json"
+    write_json_atomically(path, {"library_versions": library_versions(), **fields})
+    return path
+
+
+class MetricsLog:
+    """metrics.jsonl, append-only; on resume, lines past the checkpoint's step are dropped so
+    the series continues at step k + 1 without duplicates."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def truncate_after(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def append(self, record: dict) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def records(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line]

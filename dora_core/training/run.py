@@ -1,0 +1,343 @@
+"""One fine-tuning run: (base model, dataset, settings) -> adapter, merged model, metrics.
+
+`run_training` is the single function the worker and `dora train` call. It is a short,
+hand-written loop (nanoGPT-sized) rather than transformers' Trainer because the service needs
+four things Trainer does not give without overriding private methods that differ between
+transformers releases: checkpoints holding only the adapter (not the whole model), written
+atomically; a data position that is a pure function of the step, so resume is exact; a
+micro-batch that can be halved after a CUDA OOM while keeping the same global batches; and a
+should-stop check between micro-batches.
+
+Order of work: tokenizer and data first (a bad dataset fails in seconds, before the model
+loads), then model + adapter, then resume from the newest checkpoint if one exists.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import get_scheduler
+
+from dora_core.data import prepare_datasets
+from dora_core.atomic_io import write_json_atomically
+from dora_core.inject import apply_adapter
+from dora_core.model_loading import load_base_model, load_tokenizer, resolve_device
+from dora_core.training.callbacks import CallbackList, TrainingCallback
+from dora_core.training.checkpoints import (
+    RunState, list_checkpoints, load_checkpoint, remove_partial_checkpoints, save_checkpoint,
+)
+from dora_core.training.loss import count_trained_tokens, summed_loss
+from dora_core.training.outputs import MetricsLog, write_adapter, write_manifest, write_merged
+from dora_core.training.schedule import BatchSchedule, micro_batches
+from dora_core.training.settings import RunConfig
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on; the message is meant for the user (it becomes the job's error)."""
+
+
+@dataclass
+class RunResult:
+    status: str  # "completed" | "stopped" (should_stop asked) | "early_stopped" (eval loss stalled)
+    step: int
+    total_steps: int
+    resumed_from_step: int | None
+    final_metrics: dict = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+def run_training(config: RunConfig, out_dir: str | Path, *, callbacks: list[TrainingCallback] = (),
+                 device: str | None = None, resume: bool = True) -> RunResult:
+    """Train, checkpoint and write outputs; resume from out_dir/checkpoints when present.
+
+    resume=False starts over: checkpoints and metrics already in out_dir are deleted.
+    """
+    return TrainingRun(config, Path(out_dir), CallbackList(callbacks), device).execute(resume=resume)
+
+
+def _precision_dtype(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    if precision in ("bf16", "fp16") and device.type != "cuda":
+        raise TrainingError(f"precision {precision} needs a CUDA GPU; use fp32 or auto on {device.type}")
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+class TrainingRun:
+    """The state of one run; each method does one phase."""
+
+    def __init__(self, config: RunConfig, out_dir: Path, callbacks: CallbackList, device: str | None) -> None:
+        self.config, self.settings = config, config.training
+        self.out_dir, self.callbacks = out_dir, callbacks
+        self.device = resolve_device(device)
+        self.dtype = _precision_dtype(self.settings.precision, self.device)
+        self.checkpoint_dir = out_dir / "checkpoints"
+        self.metrics = MetricsLog(out_dir / "metrics.jsonl")
+        self.state = RunState(micro_batch_size=self.settings.micro_batch_size,
+                              gradient_accumulation_steps=self.settings.gradient_accumulation_steps)
+
+    # -- phases ------------------------------------------------------------------------------
+    def execute(self, *, resume: bool) -> RunResult:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.prepare_data()
+        self.prepare_model()
+        resumed_from = self.resume_if_possible() if resume else self.start_over()
+        self.callbacks.on_start(total_steps=self.schedule.total_steps, start_step=self.state.step, report=self.report)
+        status = self.train_with_oom_retries()
+        result = RunResult(status, self.state.step, self.schedule.total_steps, resumed_from, self.final_metrics())
+        if status != "stopped":
+            result.outputs = self.write_outputs(result)
+        return result
+
+    def prepare_data(self) -> None:
+        self.callbacks.heartbeat()
+        self.tokenizer = load_tokenizer(self.config.base_model)
+        self.data = prepare_datasets(
+            self.config.train_file, self.tokenizer, max_seq_len=self.settings.max_seq_len,
+            validation_path=self.config.validation_file, validation_split=self.settings.validation_split,
+            train_on_inputs=self.settings.train_on_inputs, packing=self.settings.packing, seed=self.settings.seed,
+        )
+        self.report = self.data.report
+        write_json_atomically(self.out_dir / "dataset_report.json", self.report)
+        for warning in self.report.get("warnings", []):
+            self.callbacks.on_event(warning, level="warning")
+
+    def prepare_model(self) -> None:
+        self.callbacks.heartbeat()
+        torch.manual_seed(self.settings.seed)  # adapter init (A) is seeded: same seed, same run
+        self.model = load_base_model(self.config.base_model, dtype=self.dtype, device=self.device)
+        apply_adapter(self.model, self.config.adapter)
+        if self.settings.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model.config.use_cache = False
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.initial_adapter = [p.detach().clone() for p in self.trainable]
+        self.initial_rng = torch.get_rng_state()
+        self.build_optimizer()
+
+    def build_optimizer(self) -> None:
+        self.schedule = BatchSchedule(
+            dataset_size=len(self.data.train), global_batch=self.state.micro_batch_size * self.state.gradient_accumulation_steps,
+            epochs=self.settings.epochs, max_steps=self.settings.max_steps, seed=self.settings.seed,
+        )
+        decay = [p for p in self.trainable if p.ndim >= 2]
+        no_decay = [p for p in self.trainable if p.ndim < 2]  # DoRA magnitudes are not decayed
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.settings.learning_rate, fused=self.device.type == "cuda",
+        )
+        total = self.schedule.total_steps
+        self.scheduler = get_scheduler(self.settings.lr_scheduler, self.optimizer,
+                                       num_warmup_steps=int(self.settings.warmup_ratio * total), num_training_steps=total)
+        self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
+
+    def start_over(self) -> None:
+        """resume=False: earlier checkpoints and metrics in this folder belong to another run."""
+        shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+        self.metrics.truncate_after(0)
+        return None
+
+    def resume_if_possible(self) -> int | None:
+        remove_partial_checkpoints(self.checkpoint_dir)
+        checkpoints = list_checkpoints(self.checkpoint_dir)
+        if not checkpoints:
+            self.metrics.truncate_after(0)
+            return None
+        step, path = checkpoints[-1]
+        self.restore(path)
+        self.callbacks.on_event(f"resumed from checkpoint at step {step}", data={"step": step})
+        return step
+
+    def restore(self, path: Path) -> None:
+        wanted = (self.state.micro_batch_size, self.state.gradient_accumulation_steps, self.state.oom_retries)
+        self.state = load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                                     scaler=self.scaler)
+        if self.state.oom_retries < wanted[2]:  # an OOM retry shrank the micro-batch since that checkpoint
+            self.state.micro_batch_size, self.state.gradient_accumulation_steps, self.state.oom_retries = wanted
+        self.metrics.truncate_after(self.state.step)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def train_with_oom_retries(self) -> str:
+        while True:
+            try:
+                return self.train_steps()
+            except torch.OutOfMemoryError:
+                self.recover_from_oom()
+
+    def recover_from_oom(self) -> None:
+        """Halve the micro-batch, double accumulation (same global batch), go back to the last checkpoint."""
+        old = self.state.micro_batch_size
+        if old == 1:
+            raise TrainingError("CUDA out of memory at micro-batch size 1: use a smaller max_seq_len, "
+                                "gradient_checkpointing, or a GPU with more memory") from None
+        self.optimizer.zero_grad(set_to_none=True)
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.state.micro_batch_size //= 2
+        self.state.gradient_accumulation_steps *= 2
+        self.state.oom_retries += 1
+        checkpoints = list_checkpoints(self.checkpoint_dir)
+        self.build_optimizer()
+        if checkpoints:
+            self.restore(checkpoints[-1][1])
+        else:
+            self.restart_from_initial_state()
+        self.callbacks.on_event(
+            f"out of memory: micro-batch {old} -> {self.state.micro_batch_size}, gradient accumulation "
+            f"-> {self.state.gradient_accumulation_steps}, continuing from step {self.state.step}",
+            level="warning", data={"micro_batch_size": self.state.micro_batch_size, "step": self.state.step},
+        )
+
+    @torch.no_grad()
+    def restart_from_initial_state(self) -> None:
+        for parameter, initial in zip(self.trainable, self.initial_adapter):
+            parameter.copy_(initial)
+        torch.set_rng_state(self.initial_rng)
+        self.state.step, self.state.best_eval_loss, self.state.evaluations_without_improvement = 0, None, 0
+        self.metrics.truncate_after(0)
+
+    def train_steps(self) -> str:
+        self.model.train()
+        while self.state.step < self.schedule.total_steps:
+            if self.callbacks.should_stop():
+                return "stopped"
+            metrics = self.optimizer_step()
+            if metrics is None:
+                return "stopped"
+            self.record(metrics, self.callbacks.on_step)
+            if self.evaluation_due() and self.evaluate() == "early_stopped":
+                self.save_checkpoint()
+                return "early_stopped"
+            if self.state.step % self.settings.checkpoint_interval == 0 and self.state.step < self.schedule.total_steps:
+                self.save_checkpoint()
+        if self.data.validation is not None and not self.evaluation_due():
+            self.evaluate()
+        return "completed"
+
+    def optimizer_step(self) -> dict | None:
+        """One update over the global batch; None if should_stop fired between micro-batches."""
+        started = time.perf_counter()
+        batches = [self.data.collator([self.data.train[i] for i in chunk]) for chunk in
+                   micro_batches(self.schedule.indices(self.state.step), self.state.micro_batch_size)]
+        total_tokens = max(1, sum(count_trained_tokens(batch["labels"]) for batch in batches))
+        loss_sum, correct, seen_tokens = 0.0, 0, 0
+        for batch in batches:
+            self.callbacks.on_micro_batch(step=self.state.step + 1, micro_batch_size=self.state.micro_batch_size)
+            if self.callbacks.should_stop():
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
+            sums = summed_loss(self.model, {k: v.to(self.device) for k, v in batch.items()})
+            scaled = sums.loss_sum / total_tokens
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            loss_sum += float(sums.loss_sum.detach())
+            correct += sums.correct
+            seen_tokens += int(batch["input_ids"].numel() if "attention_mask" not in batch else batch["attention_mask"].sum())
+        grad_norm = self.clip_and_step()
+        self.state.step += 1
+        elapsed = time.perf_counter() - started
+        return {"step": self.state.step, "epoch": round(self.schedule.epoch_of(self.state.step), 4),
+                "loss": loss_sum / total_tokens, "token_accuracy": correct / total_tokens,
+                "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm, "trained_tokens": total_tokens,
+                "tokens_per_second": seen_tokens / elapsed, "micro_batch_size": self.state.micro_batch_size,
+                **self.memory_metrics()}
+
+    def clip_and_step(self) -> float:
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        max_norm = self.settings.max_grad_norm or float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, max_norm))
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def memory_metrics(self) -> dict:
+        if self.device.type != "cuda":
+            return {}
+        return {"gpu_memory_allocated_bytes": torch.cuda.memory_allocated(),
+                "gpu_memory_peak_bytes": torch.cuda.max_memory_allocated()}
+
+    def evaluation_due(self) -> bool:
+        interval = self.settings.eval_interval
+        return self.data.validation is not None and interval is not None and self.state.step % interval == 0
+
+    @torch.no_grad()
+    def evaluate(self) -> str | None:
+        """Eval loss and token accuracy on the validation set; returns "early_stopped" when patience ran out."""
+        self.model.eval()
+        loss_sum, tokens, correct = 0.0, 0, 0
+        items = self.data.validation
+        for start in range(0, len(items), self.state.micro_batch_size):
+            self.callbacks.heartbeat()
+            batch = self.data.collator([items[i] for i in range(start, min(start + self.state.micro_batch_size, len(items)))])
+            sums = summed_loss(self.model, {k: v.to(self.device) for k, v in batch.items()})
+            loss_sum, tokens, correct = loss_sum + float(sums.loss_sum), tokens + sums.tokens, correct + sums.correct
+        self.model.train()
+        eval_loss = loss_sum / max(tokens, 1)
+        self.record({"step": self.state.step, "eval_loss": eval_loss, "eval_token_accuracy": correct / max(tokens, 1)},
+                    self.callbacks.on_evaluate)
+        return self.update_early_stopping(eval_loss)
+
+    def update_early_stopping(self, eval_loss: float) -> str | None:
+        best = self.state.best_eval_loss
+        if best is None or eval_loss < best:
+            self.state.best_eval_loss, self.state.evaluations_without_improvement = eval_loss, 0
+            return None
+        self.state.evaluations_without_improvement += 1
+        patience = self.settings.early_stopping_patience
+        if patience and self.state.evaluations_without_improvement >= patience:
+            self.callbacks.on_event(f"early stopping at step {self.state.step}: eval loss has not improved on "
+                                    f"{best:.4f} for {patience} evaluations")
+            return "early_stopped"
+        return None
+
+    def record(self, metrics: dict, notify) -> None:
+        self.metrics.append(metrics)
+        notify(metrics)
+        self.callbacks.heartbeat()
+
+    def save_checkpoint(self) -> None:
+        path = save_checkpoint(self.checkpoint_dir, model=self.model, optimizer=self.optimizer,
+                               scheduler=self.scheduler, scaler=self.scaler, state=self.state,
+                               base_model_name=self.config.base_model, keep=self.settings.keep_checkpoints)
+        self.callbacks.on_checkpoint(step=self.state.step, path=str(path))
+
+    # -- the end -----------------------------------------------------------------------------
+    def final_metrics(self) -> dict:
+        final: dict = {"steps": self.state.step}
+        for record in self.metrics.records():
+            final.update({k: record[k] for k in ("loss", "token_accuracy", "eval_loss", "eval_token_accuracy") if k in record})
+        return final
+
+    def write_outputs(self, result: RunResult) -> dict[str, str]:
+        self.callbacks.heartbeat()
+        outputs: dict[str, str] = {}
+        if "adapter" in self.config.outputs:
+            outputs["adapter"] = str(write_adapter(self.out_dir, self.model, base_model=self.config.base_model))
+        if "merged" in self.config.outputs:
+            self.callbacks.heartbeat()
+            outputs["merged"] = str(write_merged(self.out_dir, self.model, self.tokenizer))
+        outputs["metrics"] = str(self.metrics.path)
+        outputs["manifest"] = str(write_manifest(
+            self.out_dir, config=self.config.to_dict(), status=result.status, seed=self.settings.seed,
+            steps=result.step, total_steps=result.total_steps, resumed_from_step=result.resumed_from_step,
+            oom_retries=self.state.oom_retries, micro_batch_size=self.state.micro_batch_size,
+            dataset={"train_sha256": self.report.get("train_sha256"), "validation_sha256": self.report.get("validation_sha256"),
+                     "train_rows": self.report.get("train", {}).get("rows")},
+            final_metrics=result.final_metrics, outputs=sorted(outputs),
+        ))
+        return outputs

@@ -1,0 +1,197 @@
+"""The training run: every format learns, resume is exact, stop and OOM behave, outputs load."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dora_core.config import AdapterConfigError
+from dora_core.training import RunConfig, TrainingCallback, TrainingError, run_training
+from tests.core.training_helpers import dataset_rows, run_config, write_jsonl
+
+pytestmark = pytest.mark.usefixtures("offline_hub")
+
+
+@pytest.fixture
+def offline_hub(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def _adapter_tensors(out_dir):
+    return load_file(str(out_dir / "adapter" / "adapter_model.safetensors"))
+
+
+def _metrics(out_dir):
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+class Recorder(TrainingCallback):
+    def __init__(self):
+        self.events, self.steps, self.checkpoints = [], [], []
+
+    def on_event(self, message, **kwargs):
+        self.events.append(message)
+
+    def on_step(self, metrics):
+        self.steps.append(metrics["step"])
+
+    def on_checkpoint(self, *, step, path):
+        self.checkpoints.append(step)
+
+
+@pytest.mark.parametrize("kind", ["chat", "prompt_completion", "alpaca", "text"])
+def test_each_format_trains_and_memorises(tmp_path, tiny_model_dir, kind):
+    data = write_jsonl(tmp_path / "data.jsonl", dataset_rows(kind))
+    config = run_config(tiny_model_dir, data, max_steps=40, micro_batch_size=8, checkpoint_interval=100)
+    result = run_training(config, tmp_path / "out")
+    losses = [m["loss"] for m in _metrics(tmp_path / "out") if "loss" in m]
+    assert result.status == "completed" and len(losses) == 40
+    assert min(losses[-5:]) < 0.4 * losses[0], losses
+    report = json.loads((tmp_path / "out" / "dataset_report.json").read_text())
+    assert report["train"]["format"] == kind
+    if kind != "text":  # loss only on the answers: a small share of all tokens
+        assert report["train"]["trainable_tokens"] < 0.3 * report["train"]["tokens"]
+
+
+def test_train_on_inputs_puts_loss_on_every_token(tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "data.jsonl", dataset_rows("prompt_completion"))
+    masked = run_training(run_config(tiny_model_dir, data, max_steps=1), tmp_path / "masked")
+    full = run_training(run_config(tiny_model_dir, data, max_steps=1, train_on_inputs=True), tmp_path / "full")
+    assert masked.status == full.status == "completed"
+    assert _metrics(tmp_path / "full")[0]["trained_tokens"] > 4 * _metrics(tmp_path / "masked")[0]["trained_tokens"]
+
+
+class CrashAt(TrainingCallback):
+    """Raises inside step `step` (after the checkpoint of an earlier step), like a dying process."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_micro_batch(self, *, step, micro_batch_size):
+        if step == self.step:
+            raise KeyboardInterrupt("simulated crash")
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_adapter(tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "data.jsonl", dataset_rows("chat"))
+    config = run_config(tiny_model_dir, data, max_steps=12, checkpoint_interval=4,
+                        adapter={"method": "dora", "rank": 4, "alpha": 8, "dropout": 0.1})
+    straight = run_training(config, tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        run_training(config, tmp_path / "resumed", callbacks=[CrashAt(step=7)])  # last checkpoint: step 4
+    assert [m["step"] for m in _metrics(tmp_path / "resumed")] == [1, 2, 3, 4, 5, 6]
+    recorder = Recorder()
+    resumed = run_training(config, tmp_path / "resumed", callbacks=[recorder])
+    assert resumed.resumed_from_step == 4 and straight.resumed_from_step is None
+    assert recorder.steps[0] == 5 and any("resumed from checkpoint at step 4" in e for e in recorder.events)
+    steps = [m["step"] for m in _metrics(tmp_path / "resumed")]
+    assert steps == list(range(1, 13))
+    expected, actual = _adapter_tensors(tmp_path / "straight"), _adapter_tensors(tmp_path / "resumed")
+    assert expected.keys() == actual.keys()
+    assert max(float((expected[k] - actual[k]).abs().max()) for k in expected) < 1e-5
+    losses = {m["step"]: m["loss"] for m in _metrics(tmp_path / "straight")}
+    assert all(abs(losses[m["step"]] - m["loss"]) < 1e-5 for m in _metrics(tmp_path / "resumed"))
+
+
+class StopAfter(TrainingCallback):
+    def __init__(self, step):
+        self.step, self.stop = step, False
+
+    def on_step(self, metrics):
+        self.stop = self.stop or metrics["step"] >= self.step
+
+    def should_stop(self):
+        return self.stop
+
+
+def test_should_stop_ends_the_run_within_one_step(tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "data.jsonl", dataset_rows("alpaca"))
+    result = run_training(run_config(tiny_model_dir, data, max_steps=50), tmp_path / "out", callbacks=[StopAfter(3)])
+    assert result.status == "stopped" and result.step == 3
+    assert not (tmp_path / "out" / "adapter").exists()
+
+
+class OutOfMemoryAbove(TrainingCallback):
+    def __init__(self, limit):
+        self.limit = limit
+
+    def on_micro_batch(self, *, step, micro_batch_size):
+        if micro_batch_size > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+
+def test_out_of_memory_halves_the_micro_batch_and_keeps_the_global_batch(tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "data.jsonl", dataset_rows("prompt_completion"))
+    recorder = Recorder()
+    result = run_training(run_config(tiny_model_dir, data, micro_batch_size=8, gradient_accumulation_steps=1),
+                          tmp_path / "oom", callbacks=[OutOfMemoryAbove(2), recorder])
+    reference = run_training(run_config(tiny_model_dir, data, micro_batch_size=2, gradient_accumulation_steps=4),
+                             tmp_path / "reference")
+    assert result.status == "completed" and result.step == 12
+    assert sum("out of memory: micro-batch" in e for e in recorder.events) == 2
+    assert {m["micro_batch_size"] for m in _metrics(tmp_path / "oom")} == {2}
+    expected, actual = _adapter_tensors(tmp_path / "reference"), _adapter_tensors(tmp_path / "oom")
+    assert max(float((expected[k] - actual[k]).abs().max()) for k in expected) < 1e-6
+    manifest = json.loads((tmp_path / "oom" / "manifest.json").read_text())
+    assert manifest["oom_retries"] == 2 and manifest["micro_batch_size"] == 2
+
+
+def test_out_of_memory_at_micro_batch_one_fails_clearly(tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "data.jsonl", dataset_rows("prompt_completion"))
+    with pytest.raises(TrainingError, match="out of memory at micro-batch size 1"):
+        run_training(run_config(tiny_model_dir, data, micro_batch_size=2), tmp_path / "out",
+                     callbacks=[OutOfMemoryAbove(0)])
+
+
+def test_validation_split_gives_eval_metrics(tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "data.jsonl", dataset_rows("chat"))
+    run_training(run_config(tiny_model_dir, data, max_steps=10, validation_split=0.25, eval_interval=5), tmp_path / "out")
+    evals = [m for m in _metrics(tmp_path / "out") if "eval_loss" in m]
+    assert [m["step"] for m in evals] == [5, 10]
+    assert evals[1]["eval_loss"] < evals[0]["eval_loss"] * 1.5 and 0 <= evals[1]["eval_token_accuracy"] <= 1
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["final_metrics"]["eval_loss"] == evals[1]["eval_loss"]
+    assert manifest["dataset"]["train_sha256"] and manifest["seed"] == 0 and "torch" in manifest["library_versions"]
+
+
+def test_adapter_loads_in_peft_and_merged_model_loads_with_transformers(tmp_path, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from dora_core import load_adapter
+    from dora_core.model_loading import load_base_model
+
+    data = write_jsonl(tmp_path / "data.jsonl", dataset_rows("chat"))
+    run_training(run_config(tiny_model_dir, data, max_steps=8, outputs=["adapter", "merged"]), tmp_path / "out")
+    ids = torch.tensor([[1, 5, 9, 33, 70, 2, 11]])
+    ours = load_adapter(load_base_model(tiny_model_dir, dtype="float32"), tmp_path / "out" / "adapter")
+    peft = PeftModel.from_pretrained(load_base_model(tiny_model_dir, dtype="float32"), tmp_path / "out" / "adapter")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "merged", use_safetensors=True)
+    base = load_base_model(tiny_model_dir, dtype="float32")
+    with torch.no_grad():
+        ours_logits = ours(ids).logits
+        assert (ours_logits - base(ids).logits).abs().max() > 1e-3, "training must have changed the model"
+        assert (peft(input_ids=ids).logits - ours_logits).abs().max() < 1e-5
+        assert (merged(ids).logits - ours_logits).abs().max() < 1e-5
+    assert (tmp_path / "out" / "merged" / "tokenizer_config.json").exists()
+    assert not list((tmp_path / "out" / "merged").glob("*.bin"))
+
+
+@pytest.mark.parametrize(("training", "field"), [({"micro_batch_size": 0}, "training.micro_batch_size"),
+                                                  ({"learning_rate": -1}, "training.learning_rate"),
+                                                  ({"lr_scheduler": "step"}, "training.lr_scheduler"),
+                                                  ({"epochs": "many"}, "training.epochs"),
+                                                  ({"no_such_setting": 1}, "training.no_such_setting")])
+def test_invalid_training_settings_name_the_field(training, field):
+    with pytest.raises(AdapterConfigError) as error:
+        RunConfig.from_dict({"base_model": "m", "train_file": "f.jsonl", "training": training})
+    assert error.value.field == field
+
+
+def test_precision_bf16_needs_a_gpu(tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "data.jsonl", dataset_rows("text"))
+    with pytest.raises(TrainingError, match="bf16 needs a CUDA GPU"):
+        run_training(run_config(tiny_model_dir, data, precision="bf16"), tmp_path / "out", device="cpu")
