@@ -39,6 +39,7 @@ class RunState:
     best_eval_loss: float | None = None
     evaluations_without_improvement: int = 0
     oom_retries: int = 0
+    fingerprint: str | None = None  # RunConfig.fingerprint of the run that wrote it
 
 
 def checkpoint_name(step: int) -> str:

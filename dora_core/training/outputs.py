@@ -37,6 +37,12 @@ def publish_folder(out_dir: Path, name: str, write) -> Path:
     return final
 
 
+def remove_partial_outputs(out_dir: Path) -> None:
+    """Temporary folders of an output write that was killed before its rename."""
+    for path in out_dir.glob(".tmp-*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def write_adapter(out_dir: Path, model, *, base_model: str) -> Path:
     return publish_folder(out_dir, "adapter", lambda temp: save_adapter(model, temp, base_model_name_or_path=base_model))
 

@@ -15,6 +15,7 @@ loads), then model + adapter, then resume from the newest checkpoint if one exis
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import shutil
 import time
@@ -33,7 +34,7 @@ from dora_core.training.checkpoints import (
     RunState, list_checkpoints, load_checkpoint, remove_partial_checkpoints, save_checkpoint,
 )
 from dora_core.training.loss import count_trained_tokens, summed_loss
-from dora_core.training.outputs import MetricsLog, write_adapter, write_manifest, write_merged
+from dora_core.training.outputs import MetricsLog, remove_partial_outputs, write_adapter, write_manifest, write_merged
 from dora_core.training.schedule import BatchSchedule, micro_batches
 from dora_core.training.settings import RunConfig
 
@@ -107,6 +108,7 @@ class TrainingRun:
             train_on_inputs=self.settings.train_on_inputs, packing=self.settings.packing, seed=self.settings.seed,
         )
         self.report = self.data.report
+        self.state.fingerprint = self.config.fingerprint((self.report.get("train_sha256"), self.report.get("validation_sha256")))
         write_json_atomically(self.out_dir / "dataset_report.json", self.report)
         for warning in self.report.get("warnings", []):
             self.callbacks.on_event(warning, level="warning")
@@ -148,6 +150,7 @@ class TrainingRun:
 
     def resume_if_possible(self) -> int | None:
         remove_partial_checkpoints(self.checkpoint_dir)
+        remove_partial_outputs(self.out_dir)
         checkpoints = list_checkpoints(self.checkpoint_dir)
         if not checkpoints:
             self.metrics.truncate_after(0)
@@ -159,6 +162,11 @@ class TrainingRun:
 
     def restore(self, path: Path) -> None:
         wanted = (self.state.micro_batch_size, self.state.gradient_accumulation_steps, self.state.oom_retries)
+        fingerprint = self.state.fingerprint
+        saved = json.loads((path / "state.json").read_text()).get("fingerprint")
+        if saved != fingerprint:
+            raise TrainingError(f"{path} was written by a run with another config or dataset; use another output "
+                                "folder, or start over (resume=False / dora train --no-resume --overwrite)")
         self.state = load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                      scaler=self.scaler)
         if self.state.oom_retries < wanted[2]:  # an OOM retry shrank the micro-batch since that checkpoint
@@ -218,8 +226,8 @@ class TrainingRun:
             if self.evaluation_due() and self.evaluate() == "early_stopped":
                 self.save_checkpoint()
                 return "early_stopped"
-            if self.state.step % self.settings.checkpoint_interval == 0 and self.state.step < self.schedule.total_steps:
-                self.save_checkpoint()
+            if self.state.step % self.settings.checkpoint_interval == 0 or self.state.step == self.schedule.total_steps:
+                self.save_checkpoint()  # the last one lets a crash while writing outputs skip retraining
         if self.data.validation is not None and not self.evaluation_due():
             self.evaluate()
         return "completed"

@@ -101,6 +101,9 @@ class RunConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise AdapterConfigError(unknown[0], f"unknown setting; known: {sorted(known)}")
+        for required in ("base_model", "train_file"):
+            if required not in data:
+                raise AdapterConfigError(required, "is required")
         data = dict(data)
         data["adapter"] = _build(AdapterConfig, data.get("adapter", {}), "adapter")
         data["training"] = _build(TrainingSettings, data.get("training", {}), "training")
@@ -132,6 +135,17 @@ class RunConfig:
             base = str((folder / base).resolve())
         return dataclasses.replace(self, base_model=base, train_file=resolve(self.train_file),
                                    validation_file=resolve(self.validation_file))
+
+    def fingerprint(self, dataset_hashes: tuple[str | None, ...]) -> str:
+        """Identifies what a checkpoint's state depends on: resuming under another config
+        or dataset would mix two runs. Bookkeeping settings (checkpointing, outputs) are left out."""
+        import hashlib
+
+        training = {k: v for k, v in dataclasses.asdict(self.training).items()
+                    if k not in ("checkpoint_interval", "keep_checkpoints")}
+        identity = {"base_model": self.base_model, "adapter": dataclasses.asdict(self.adapter), "training": training,
+                    "datasets": list(dataset_hashes)}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -195,3 +195,12 @@ def test_precision_bf16_needs_a_gpu(tmp_path, tiny_model_dir):
     data = write_jsonl(tmp_path / "data.jsonl", dataset_rows("text"))
     with pytest.raises(TrainingError, match="bf16 needs a CUDA GPU"):
         run_training(run_config(tiny_model_dir, data, precision="bf16"), tmp_path / "out", device="cpu")
+
+
+@pytest.mark.parametrize("missing", ["base_model", "train_file"])
+def test_missing_required_setting_names_it(missing):
+    data = {"base_model": "m", "train_file": "f.jsonl"}
+    data.pop(missing)
+    with pytest.raises(AdapterConfigError) as error:
+        RunConfig.from_dict(data)
+    assert error.value.field == missing

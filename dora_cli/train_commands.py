@@ -1,0 +1,252 @@
+"""`dora` sub-commands of the ML side: `make-tiny-model` and `train`.
+
+Heavy imports (torch, transformers) happen inside the run functions, so `dora --help` and
+the service commands stay fast. Mistakes a user can make (a bad config value, a malformed
+dataset, a missing model) end with a message on stderr and exit code 2, never a traceback;
+Ctrl-C exits 130 and keeps the checkpoints, so the same command resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+# What run_training writes into --out; `--no-resume --overwrite` removes exactly these.
+RUN_FILES = ("checkpoints", "metrics.jsonl", "manifest.json", "dataset_report.json", "adapter", "merged")
+CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add this module's commands to the `dora` parser."""
+    _register_make_tiny_model(subparsers)
+    _register_train(subparsers)
+
+
+def _register_make_tiny_model(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "make-tiny-model",
+        help="write a tiny random-init Llama model and tokenizer (for tests and demos)",
+        description="Write a tiny random-init Llama-architecture model with a locally trained "
+        "byte-level BPE tokenizer and a chat template to DIR (safetensors).",
+    )
+    parser.add_argument("dir", metavar="DIR", help="output directory (created if missing)")
+    parser.add_argument("--vocab-size", type=int, default=512)
+    parser.add_argument("--hidden-size", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--kv-heads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(run=_run_make_tiny_model)
+
+
+def _run_make_tiny_model(args: argparse.Namespace) -> int:
+    from dora_core.tiny_model import make_tiny_model
+
+    out = make_tiny_model(
+        args.dir,
+        vocab_size=args.vocab_size,
+        hidden_size=args.hidden_size,
+        layers=args.layers,
+        heads=args.heads,
+        kv_heads=args.kv_heads,
+        seed=args.seed,
+    )
+    print(f"tiny model written to {out}")
+    return 0
+
+
+# -- dora train ----------------------------------------------------------------------------------
+def _register_train(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="fine-tune a model with DoRA/LoRA from a JSON or YAML run config",
+        description="Train an adapter as described by CONFIG (a RunConfig in JSON or YAML; dataset paths "
+        "are relative to the config file) and write adapter/, merged/, metrics.jsonl and manifest.json "
+        "to --out. If --out holds checkpoints of an earlier run, training resumes from the newest one.",
+    )
+    parser.add_argument("config", metavar="CONFIG", help="run config, .json or .yaml")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--no-resume", action="store_true",
+                        help="start over instead of resuming; refuses if DIR already holds a run (see --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="with --no-resume: delete the earlier run's checkpoints, metrics and outputs in DIR first")
+    parser.add_argument("--log-every", type=_positive_int, default=10, metavar="N",
+                        help="off a terminal, print one line every N steps (and the first and last); default 10")
+    parser.set_defaults(run=_run_train)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+class UsageError(Exception):
+    """A mistake in the command line or the config file the user can fix; printed, exit 2."""
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from dora_core.config import AdapterConfigError
+    from dora_core.model_loading import ModelLoadError
+    from dora_core.training import TrainingError
+    from dora_formats import DatasetFormatError
+
+    out_dir = Path(args.out)
+    try:
+        return _train(args, out_dir)
+    except KeyboardInterrupt:
+        _print_interrupted(out_dir)
+        return EXIT_INTERRUPTED
+    except AdapterConfigError as error:
+        return _fail(f"invalid config {args.config}: setting '{error.field}': {error.message}")
+    except DatasetFormatError as error:
+        return _fail(_dataset_error_text(error))
+    except ModelLoadError as error:
+        return _fail(str(error))
+    except TrainingError as error:
+        return _fail(f"training failed: {error}")
+    except UsageError as error:
+        return _fail(str(error))
+
+
+def _train(args: argparse.Namespace, out_dir: Path) -> int:
+    from dora_cli.progress import make_progress
+    from dora_core.training import run_training
+
+    config = _load_config(Path(args.config))
+    device = _device(args.device)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} is a file, not a folder")
+    if args.overwrite and not args.no_resume:
+        raise UsageError("--overwrite only applies with --no-resume (starting over deletes the earlier run)")
+    if args.no_resume:
+        _clear_earlier_run(out_dir, overwrite=args.overwrite)
+    elif (out_dir / "manifest.json").exists():
+        print(f"note: {out_dir} already holds a finished run; continuing from its newest checkpoint, if any, "
+              "and rewriting its outputs (use --no-resume --overwrite to start over)", flush=True)
+    progress = make_progress(log_every=args.log_every)
+    with _quiet_library_progress_bars():
+        try:
+            result = run_training(config, out_dir, callbacks=[progress], device=device, resume=not args.no_resume)
+        finally:
+            progress.close()
+    return _print_result(result)
+
+
+def _load_config(path: Path):
+    import yaml
+
+    from dora_core.training import RunConfig
+
+    if path.suffix.lower() not in CONFIG_SUFFIXES:
+        raise UsageError(f"config {path}: expected a .json, .yaml or .yml file")
+    if not path.is_file():
+        raise UsageError(f"config file not found: {path}")
+    try:
+        return RunConfig.from_file(path)
+    except json.JSONDecodeError as error:
+        raise UsageError(f"config {path} is not valid JSON: {error}") from None
+    except yaml.YAMLError as error:
+        raise UsageError(f"config {path} is not valid YAML: {error}") from None
+    except TypeError as error:  # RunConfig.from_dict lets a missing base_model/train_file through as TypeError
+        raise UsageError(f"invalid config {path}: {error}") from None
+
+
+def _device(name: str) -> str | None:
+    if name == "auto":
+        return None
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise UsageError(f"--device {name!r} is not a device: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
+    return name
+
+
+def _clear_earlier_run(out_dir: Path, *, overwrite: bool) -> None:
+    """--no-resume never deletes silently: refuse, or (with --overwrite) say what is removed."""
+    found = [out_dir / name for name in RUN_FILES if (out_dir / name).exists()]
+    if not found:
+        return
+    listed = ", ".join(path.name for path in found)
+    if not overwrite:
+        raise UsageError(f"--no-resume: {out_dir} already holds an earlier run ({listed}). Run without --no-resume "
+                         "to continue it, add --overwrite to delete it and start over, or choose another --out")
+    for path in found:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    print(f"--overwrite: deleted the earlier run in {out_dir} ({listed})", flush=True)
+
+
+@contextmanager
+def _quiet_library_progress_bars():
+    """transformers' own tqdm bars (loading and writing weights) would interleave with ours."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _print_result(result) -> int:
+    resumed = f", resumed from step {result.resumed_from_step}" if result.resumed_from_step is not None else ""
+    print(f"status: {result.status} (step {result.step}/{result.total_steps}{resumed})")
+    metrics = "  ".join(f"{name} {_number(value)}" for name, value in result.final_metrics.items())
+    print(f"final metrics: {metrics or '-'}")
+    if result.outputs:
+        print("outputs:")
+        width = max(len(name) for name in result.outputs)
+        for name, path in result.outputs.items():
+            print(f"  {name:<{width}}  {path}")
+    if result.status == "stopped":
+        print("the run stopped before its last step; its checkpoints are kept: run the same command to resume")
+        return 1
+    return 0
+
+
+def _number(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _dataset_error_text(error) -> str:
+    where = f" {error.source}" if error.source else ""
+    lines = [f"invalid dataset{where}: {error.error_count} problem(s)"]
+    lines += [f"  {issue}" + (f" (field {issue.field})" if issue.field else "") for issue in error.errors]
+    if error.error_count > len(error.errors):
+        lines.append(f"  ... and {error.error_count - len(error.errors)} more")
+    return "\n".join(lines)
+
+
+def _print_interrupted(out_dir: Path) -> None:
+    from dora_core.training.checkpoints import list_checkpoints
+
+    checkpoints = list_checkpoints(out_dir / "checkpoints")
+    if checkpoints:
+        step, path = checkpoints[-1]
+        kept = (f"checkpoints are kept (newest: step {step}, {path}); run the same command again "
+                "to resume from there")
+    else:
+        kept = "no checkpoint had been written yet, so running the same command again starts over"
+    print(f"\ninterrupted: {kept}", file=sys.stderr, flush=True)
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return EXIT_USAGE
