@@ -1,0 +1,63 @@
+"""The FastAPI app factory: `create_app(settings)`; `uvicorn --factory api.app:create_app`.
+
+Everything a request needs (settings, session factory, storage, the publish function,
+metrics) is built here once and hung on `app.state`; routes get it through api/deps.py.
+Startup refuses an un-migrated or outdated database with a message saying to run
+`dora migrate`, rather than failing later on a missing column.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy.orm import sessionmaker
+
+from api.errors import install_error_handlers
+from api.observability import MetricsMiddleware, Observability
+from api.routes import artifacts, files, health, jobs, models
+from store.db import get_engine
+from store.migrate import check_schema
+from store.queue import publish_job
+from store.settings import Settings, get_settings
+from store.storage import open_storage
+
+log = logging.getLogger("api")
+
+
+def _publisher(settings: Settings, observability: Observability):
+    def publish(job_id: str) -> bool:
+        observability.jobs_created.inc()
+        published = publish_job(job_id, broker_url=settings.broker_url)
+        if not published:
+            observability.publish_failures.inc()
+        return published
+
+    return publish
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    if app.state.settings.check_schema_on_startup:
+        check_schema(app.state.engine)  # SchemaOutdated: "... run `dora migrate`"
+    yield
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(title="dora-tuner", version="0.1.0", lifespan=lifespan,
+                  description="Self-hosted DoRA fine-tuning, shaped like the OpenAI fine-tuning API.")
+    app.state.settings = settings
+    app.state.engine = get_engine(settings)
+    app.state.sessionmaker = sessionmaker(bind=app.state.engine, expire_on_commit=False)
+    app.state.storage = open_storage(settings.storage_url, endpoint_url=settings.s3_endpoint_url)
+    app.state.key_cache = {}
+    app.state.observability = Observability()
+    app.state.observability.watch_jobs(app.state.sessionmaker)
+    app.state.publish = _publisher(settings, app.state.observability)
+    install_error_handlers(app)
+    for router in (files.router, jobs.router, artifacts.router, models.router, health.router):
+        app.include_router(router)
+    app.add_middleware(MetricsMiddleware, observability=app.state.observability)
+    return app

@@ -1,0 +1,101 @@
+"""Typed dependencies: the request's settings, DB session, storage, caller and owned objects.
+
+Tenant scoping happens HERE and in services/scope.py only: a route that needs a job takes
+`OwnedJobDep`, which loads it for the caller's tenant or answers 404, so no route can forget
+the check and another tenant's objects are indistinguishable from missing ones.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from api.errors import ApiError
+from api.services import scope
+from store.models import File, Job
+from store.settings import Settings
+from store.storage import Storage
+from store.tenants import hash_key, tenant_for_key
+
+
+@dataclass(frozen=True)
+class Caller:
+    tenant_id: str
+    tenant_name: str
+
+
+# Dependencies that do no I/O are `async def`: FastAPI runs them inline instead of hopping to
+# the thread pool (each hop costs more than the work here, and GET latency is a target).
+
+
+async def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """A session per request. Opening one does no I/O; closing it (returning the connection) may."""
+    session = request.app.state.sessionmaker()
+    try:
+        yield session
+    finally:
+        await run_in_threadpool(session.close)
+
+
+async def get_storage(request: Request) -> Storage:
+    return request.app.state.storage
+
+
+async def get_publisher(request: Request) -> Callable[[str], bool]:
+    return request.app.state.publish
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
+PublisherDep = Annotated[Callable[[str], bool], Depends(get_publisher)]
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+
+async def get_caller(request: Request, session: SessionDep) -> Caller:
+    """The tenant behind `Authorization: Bearer <key>` (hash looked up; cached for a few seconds)."""
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise _unauthorized("You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.")
+    key = key.strip()
+    cache: dict[str, tuple[Caller, float]] = request.app.state.key_cache
+    digest, now = hash_key(key), time.monotonic()
+    cached = cache.get(digest)
+    if cached and cached[1] > now:
+        return cached[0]
+    tenant = await run_in_threadpool(tenant_for_key, session, key=key)
+    if tenant is None:
+        raise _unauthorized(f"Incorrect API key provided: {key[:10]}***")
+    caller = Caller(tenant_id=tenant.id, tenant_name=tenant.name)
+    if len(cache) > 10_000:
+        cache.clear()
+    cache[digest] = (caller, now + request.app.state.settings.auth_cache_seconds)
+    return caller
+
+
+TenantDep = Annotated[Caller, Depends(get_caller)]
+
+
+def get_owned_job(job_id: str, session: SessionDep, caller: TenantDep) -> Job:
+    return scope.get_owned(session, Job, tenant_id=caller.tenant_id, object_id=job_id, what="job")
+
+
+def get_owned_file(file_id: str, session: SessionDep, caller: TenantDep) -> File:
+    return scope.get_owned(session, File, tenant_id=caller.tenant_id, object_id=file_id, what="file")
+
+
+OwnedJobDep = Annotated[Job, Depends(get_owned_job)]
+OwnedFileDep = Annotated[File, Depends(get_owned_file)]

@@ -1,0 +1,108 @@
+"""Errors in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, for every failure.
+
+Client mistakes are 4xx naming the field (`param`) and the problem (`message`); FastAPI's
+validation errors are rewritten into that shape (400, like OpenAI). Only real bugs reach the
+catch-all, which logs the traceback and answers a bare 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("api.errors")
+
+
+class ApiError(Exception):
+    def __init__(self, status_code: int, message: str, *, param: str | None = None, code: str | None = None,
+                 type: str = "invalid_request_error", headers: dict[str, str] | None = None,
+                 details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.status_code, self.message, self.param, self.code, self.type = status_code, message, param, code, type
+        self.headers, self.details = headers, details
+
+
+def bad_request(message: str, *, param: str | None = None, code: str | None = None, **kw: Any) -> ApiError:
+    return ApiError(400, message, param=param, code=code, **kw)
+
+
+def not_found(what: str, object_id: str, *, param: str | None = None) -> ApiError:
+    return ApiError(404, f"No such {what}: '{object_id}'", param=param, code=f"{what.replace(' ', '_')}_not_found")
+
+
+def error_body(message: str, *, type: str, param: str | None = None, code: str | None = None,
+               details: list | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"message": message, "type": type, "param": param, "code": code}
+    if details:
+        error["details"] = details
+    return {"error": error}
+
+
+def _param_from_loc(loc: tuple) -> str | None:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "cookie")]
+    # pydantic adds the union member name ("int", "literal['auto']") to the location: drop it
+    parts = [p for p in parts if not (p.startswith(("literal[", "function-")) or p in ("int", "float", "str", "list[str]"))]
+    return ".".join(parts) or None
+
+
+def _validation_message(errors: list[dict[str, Any]], param: str | None) -> str:
+    first = errors[0]
+    kind = first.get("type")
+    if kind == "json_invalid":
+        return f"The request body is not valid JSON: {first.get('ctx', {}).get('error', 'parse error')}"
+    if param is None and kind == "missing":
+        return "The request body is missing: send a JSON object"
+    if param is None and kind in ("model_attributes_type", "dict_type"):
+        return "The request body must be a JSON object"
+    if kind == "missing":
+        return f"Missing required parameter: '{param}'"
+    if kind == "extra_forbidden":
+        return f"Unrecognized request argument supplied: '{param}'"
+    # a union ("auto" or an integer) fails once per member: say all of it in one sentence
+    reasons = list(dict.fromkeys(e.get("msg", "invalid value") for e in errors))
+    reason = " or ".join(r[0].lower() + r[1:] if i else r for i, r in enumerate(reasons))
+    return f"Invalid value for '{param}': {reason}" if param else reason
+
+
+async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    body = error_body(exc.message, type=exc.type, param=exc.param, code=exc.code, details=exc.details)
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = list(exc.errors()) or [{"msg": "invalid request"}]
+    first = errors[0]
+    param = None if first.get("type") == "json_invalid" else _param_from_loc(tuple(first.get("loc", ())))
+    same = [e for e in errors if _param_from_loc(tuple(e.get("loc", ()))) == param]
+    others = [{"param": _param_from_loc(tuple(e.get("loc", ()))), "message": e.get("msg")}
+              for e in errors if e not in same and first.get("type") != "json_invalid"][:10]
+    code = "missing_required_parameter" if first.get("type") == "missing" else "invalid_value"
+    body = error_body(_validation_message(same or [first], param), type="invalid_request_error", param=param,
+                      code=code, details=others or None)
+    return JSONResponse(body, status_code=400)
+
+
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    messages = {404: "Not found", 405: "Method not allowed"}
+    message = exc.detail if isinstance(exc.detail, str) else messages.get(exc.status_code, "HTTP error")
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    return JSONResponse(error_body(message, type="invalid_request_error", code=code),
+                        status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(error_body("The server had an error while processing your request.", type="server_error"),
+                        status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

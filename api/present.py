@@ -1,0 +1,81 @@
+"""How stored rows are shown: ORM rows -> OpenAI-shaped response models (plus our additions)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from api.schemas.files import FileObject
+from api.schemas.jobs import (
+    ArtifactOut,
+    CheckpointOut,
+    FineTuningJob,
+    JobEventOut,
+    MetricPointOut,
+    Progress,
+)
+from store.jobs import fine_tuned_model_name
+from store.models import Artifact, Checkpoint, File, Job, JobEvent, MetricPoint
+
+
+def ts(value: datetime | None) -> int | None:
+    return int(value.timestamp()) if value is not None else None
+
+
+def file_out(row: File) -> FileObject:
+    return FileObject(id=row.id, bytes=row.bytes, created_at=ts(row.created_at), filename=row.filename,
+                      purpose=row.purpose, status=row.status, format=row.format, rows=row.rows, sha256=row.sha256)
+
+
+def progress(job: Job, *, now: datetime | None = None) -> Progress:
+    """Percent from steps; ETA from this attempt's pace (steps since its start or resume point)."""
+    total, step = job.total_steps, job.step or 0
+    percent = round(100.0 * step / total, 2) if total else (100.0 if job.status == "succeeded" else None)
+    eta = None
+    done_this_attempt = step - (job.resumed_from_step or 0)
+    if job.status == "running" and total and job.attempt_started_at and done_this_attempt > 0:
+        elapsed = ((now or datetime.now(UTC)) - job.attempt_started_at).total_seconds()
+        eta = round(max(0.0, elapsed / done_this_attempt * (total - step)), 1)
+    return Progress(step=step, total_steps=total, epoch=job.epoch, percent=percent, eta_seconds=eta)
+
+
+def job_out(job: Job) -> FineTuningJob:
+    prog = progress(job)
+    settings = job.settings or {}
+    estimated = int(datetime.now(UTC).timestamp() + prog.eta_seconds) if prog.eta_seconds is not None else None
+    error = None
+    if job.error:
+        error = {"code": job.error.get("code", "error"), "message": job.error.get("message", ""),
+                 "param": job.error.get("param")}
+    return FineTuningJob(
+        id=job.id, created_at=ts(job.created_at), error=error, fine_tuned_model=job.fine_tuned_model,
+        finished_at=ts(job.finished_at), hyperparameters=settings.get("openai_hyperparameters", {}),
+        model=job.model, organization_id=job.tenant_id, result_files=list(job.result_files or []), seed=job.seed,
+        status=job.status, trained_tokens=job.trained_tokens, training_file=job.training_file,
+        validation_file=job.validation_file, estimated_finish=estimated, metadata=job.meta, method=job.method,
+        suffix=job.suffix, outputs=settings.get("outputs", []), progress=prog, attempt=job.attempt,
+        max_attempts=job.max_attempts, resumed_from_step=job.resumed_from_step,
+        cancel_requested=job.cancel_requested,
+    )
+
+
+def event_out(row: JobEvent) -> JobEventOut:
+    return JobEventOut(id=row.id, created_at=ts(row.created_at), level=row.level, message=row.message,
+                       type=row.type, data=row.data)
+
+
+def checkpoint_out(row: Checkpoint, job: Job, *, tenant_name: str) -> CheckpointOut:
+    name = fine_tuned_model_name(model=job.model, tenant_name=tenant_name, suffix=job.suffix, job_id=job.id,
+                                 step=row.step)
+    return CheckpointOut(id=row.id, created_at=ts(row.created_at), fine_tuned_model_checkpoint=name,
+                         fine_tuning_job_id=job.id, metrics={"step": row.step, **(row.metrics or {})},
+                         step_number=row.step)
+
+
+def metric_out(row: MetricPoint) -> MetricPointOut:
+    return MetricPointOut(step=row.step, epoch=row.epoch, created_at=ts(row.created_at), values=row.values or {})
+
+
+def artifact_out(row: Artifact) -> ArtifactOut:
+    return ArtifactOut(id=row.id, name=row.name, bytes=row.bytes, sha256=row.sha256, file_id=row.file_id,
+                       created_at=ts(row.created_at), files=row.files,
+                       download_url=f"/v1/fine_tuning/jobs/{row.job_id}/artifacts/{row.name}/archive")

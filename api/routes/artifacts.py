@@ -1,0 +1,43 @@
+"""A job's outputs: list artifacts, download one file (Range), or a whole artifact as a tar."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header
+
+from api.deps import OwnedJobDep, SessionDep, StorageDep
+from api.downloads import stream_response
+from api.present import artifact_out
+from api.schemas.jobs import ArtifactOut
+from api.schemas.common import ListPage
+from api.services import jobs as job_service
+from store.archive import iter_tar, tar_size
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs/{job_id}/artifacts", tags=["artifacts"])
+RangeHeader = Annotated[str | None, Header(alias="Range")]
+
+
+@router.get("", response_model=ListPage[ArtifactOut])
+def list_artifacts(job: OwnedJobDep, session: SessionDep) -> ListPage[ArtifactOut]:
+    rows = job_service.list_artifacts(session=session, job=job)
+    return ListPage(data=[artifact_out(r) for r in rows], has_more=False)
+
+
+@router.get("/{name}/archive")
+def download_archive(name: str, job: OwnedJobDep, session: SessionDep, storage: StorageDep,
+                     range_header: RangeHeader = None):
+    artifact = job_service.get_artifact(session=session, job=job, name=name)
+    return stream_response(size=tar_size(artifact), read=lambda a, b: iter_tar(artifact, storage, a, b),
+                           range_header=range_header, filename=f"{job.id}-{name}.tar",
+                           media_type="application/x-tar", etag=artifact.sha256)
+
+
+@router.get("/{name}/files/{path:path}")
+def download_file(name: str, path: str, job: OwnedJobDep, session: SessionDep, storage: StorageDep,
+                  range_header: RangeHeader = None):
+    artifact = job_service.get_artifact(session=session, job=job, name=name)
+    entry = job_service.artifact_file(artifact=artifact, path=path)  # only listed paths: no traversal
+    key = f"{artifact.storage_prefix}/{entry['path']}"
+    return stream_response(size=int(entry["bytes"]), read=lambda a, b: storage.open_range(key, a, b),
+                           range_header=range_header, filename=path.rsplit("/", 1)[-1], etag=entry.get("sha256"))

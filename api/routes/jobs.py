@@ -1,0 +1,82 @@
+"""`/v1/fine_tuning/jobs`: create, list, get, cancel, events, checkpoints, metrics."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request
+
+from api.deps import OwnedJobDep, PublisherDep, SessionDep, SettingsDep, TenantDep
+from api.errors import bad_request
+from api.present import checkpoint_out, event_out, job_out, metric_out
+from api.schemas.common import ListPage
+from api.schemas.jobs import CheckpointOut, FineTuningJob, JobCreate, JobEventOut, MetricPage
+from api.services import jobs as job_service
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+_METADATA_PARAM = re.compile(r"^metadata\[(.{1,64})\]$")
+
+
+def _page(items: list, rows: list, has_more: bool) -> ListPage:
+    return ListPage(data=items, has_more=has_more, first_id=rows[0].id if rows else None,
+                    last_id=rows[-1].id if rows else None)
+
+
+@router.post("", response_model=FineTuningJob)
+def create_job(body: JobCreate, caller: TenantDep, session: SessionDep, settings: SettingsDep,
+               publish: PublisherDep,
+               idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1,
+                                                             max_length=255)] = None) -> FineTuningJob:
+    job, created = job_service.create_job(session=session, settings=settings, tenant_id=caller.tenant_id,
+                                          request=body, idempotency_key=idempotency_key)
+    if created:
+        publish(job.id)  # after the commit; a broker failure leaves the job queued for the reconciler
+    return job_out(job)
+
+
+@router.get("", response_model=ListPage[FineTuningJob])
+def list_jobs(request: Request, caller: TenantDep, session: SessionDep, after: str | None = None,
+              limit: int = 20, status: str | None = None) -> ListPage[FineTuningJob]:
+    metadata = {}
+    for name, value in request.query_params.multi_items():
+        if name.startswith("metadata"):
+            match = _METADATA_PARAM.match(name)
+            if match is None:
+                raise bad_request(f"Invalid metadata filter '{name[:80]}': use metadata[key]=value", param=name[:80])
+            metadata[match.group(1)] = value
+    rows, has_more = job_service.list_jobs(session=session, tenant_id=caller.tenant_id, after=after, limit=limit,
+                                           status=status, metadata=metadata)
+    return _page([job_out(r) for r in rows], rows, has_more)
+
+
+@router.get("/{job_id}", response_model=FineTuningJob)
+async def get_job(job: OwnedJobDep) -> FineTuningJob:  # no I/O left here: run inline, not in a thread
+    return job_out(job)
+
+
+@router.post("/{job_id}/cancel", response_model=FineTuningJob)
+def cancel_job(job: OwnedJobDep, session: SessionDep) -> FineTuningJob:
+    return job_out(job_service.cancel_job(session=session, job=job))
+
+
+@router.get("/{job_id}/events", response_model=ListPage[JobEventOut])
+def list_events(job: OwnedJobDep, session: SessionDep, after: str | None = None,
+                limit: int = 20) -> ListPage[JobEventOut]:
+    rows, has_more = job_service.list_events(session=session, job=job, after=after, limit=limit)
+    return _page([event_out(r) for r in rows], rows, has_more)
+
+
+@router.get("/{job_id}/checkpoints", response_model=ListPage[CheckpointOut])
+def list_checkpoints(job: OwnedJobDep, caller: TenantDep, session: SessionDep, after: str | None = None,
+                     limit: int = 10) -> ListPage[CheckpointOut]:
+    rows, has_more = job_service.list_checkpoints(session=session, job=job, after=after, limit=limit)
+    return _page([checkpoint_out(r, job, tenant_name=caller.tenant_name) for r in rows], rows, has_more)
+
+
+@router.get("/{job_id}/metrics", response_model=MetricPage)
+def list_metrics(job: OwnedJobDep, session: SessionDep, after: int | None = None, limit: int = 1000) -> MetricPage:
+    """Per-step metrics in step order; pass `next_after` back as `after` for the next page."""
+    rows, has_more = job_service.list_metrics(session=session, job=job, after=after, limit=limit)
+    return MetricPage(data=[metric_out(r) for r in rows], has_more=has_more,
+                      next_after=rows[-1].step if rows and has_more else None)

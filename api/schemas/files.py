@@ -1,0 +1,29 @@
+"""Files: OpenAI's `file` object plus what our validator found (format, rows)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel
+
+
+class FileObject(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: str = "processed"
+    status_details: str | None = None
+    expires_at: int | None = None
+    # additions
+    format: str | None = None  # chat | prompt_completion | alpaca | text
+    rows: int | None = None
+    sha256: str | None = None
+
+
+class FileDeleted(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool = True

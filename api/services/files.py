@@ -1,0 +1,91 @@
+"""Files: accept a validated upload into storage, list, delete, and read content.
+
+An upload is kept only if it validates: the dataset is checked on the staged temp file, and
+the storage object and the row are written only after that, so a rejected file leaves nothing.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.datasets import validate_dataset
+from api.errors import ApiError, bad_request
+from api.services.scope import owned, page
+from api.uploads import Upload
+from store.ids import new_id
+from store.jobs import ACTIVE
+from store.models import File, Job
+from store.storage import Storage, file_key
+
+PURPOSES = ("fine-tune",)
+
+
+def list_files(*, session: Session, tenant_id: str, after: str | None, limit: int, order: str,
+               purpose: str | None) -> tuple[list[File], bool]:
+    query = owned(File, tenant_id=tenant_id)
+    if purpose is not None:
+        query = query.where(File.purpose == purpose)
+    return page(session, query, id_column=File.id, after=after, limit=limit, ascending=order == "asc",
+                max_limit=10_000)
+
+
+def _check_purpose(upload: Upload) -> str:
+    purpose = upload.fields.get("purpose")
+    if purpose is None:
+        raise bad_request("Missing required parameter: 'purpose' (use 'fine-tune')", param="purpose",
+                          code="missing_required_parameter")
+    if purpose not in PURPOSES:
+        raise bad_request(f"Invalid purpose '{purpose[:64]}': this server accepts 'fine-tune'", param="purpose")
+    return purpose
+
+
+def _where(error: dict) -> str:
+    return "file" if error["line"] is None else f"line {error['line']}"
+
+
+def _check_dataset(upload: Upload) -> tuple[str | None, int]:
+    report = validate_dataset(upload.path)
+    if not report.ok:
+        shown = "; ".join(f"{_where(e)}: {e['message']}" for e in report.errors[:5])
+        more = f" (and {report.error_count - 5} more)" if report.error_count > 5 else ""
+        raise bad_request(f"Invalid training data in '{upload.filename}': {shown}{more}", param="file",
+                          code="invalid_file_format", details=report.errors)
+    return report.format, report.rows
+
+
+def create_from_upload(*, session: Session, storage: Storage, tenant_id: str, upload: Upload) -> File:
+    """Validate, then store the object, then commit the row (the object is removed if that fails)."""
+    purpose = _check_purpose(upload)
+    fmt, rows = _check_dataset(upload)
+    file_id = new_id("file")
+    key = file_key(tenant_id, file_id)
+    storage.put_file(key, upload.path)
+    row = File(id=file_id, tenant_id=tenant_id, filename=upload.filename, purpose=purpose, bytes=upload.size,
+               status="processed", format=fmt, rows=rows, sha256=upload.sha256, storage_key=key)
+    try:
+        session.add(row)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        storage.delete(key)
+        raise
+    return row
+
+
+def delete_file(*, session: Session, storage: Storage, file: File) -> None:
+    """Delete an uploaded file not used by an active job (results go with their job)."""
+    if file.artifact_id is not None:
+        raise ApiError(409, f"File {file.id} is a job result and is kept with its job", param="file_id",
+                       code="file_in_use")
+    in_use = select(Job.id).where(Job.tenant_id == file.tenant_id, Job.status.in_(ACTIVE),
+                                  (Job.training_file == file.id) | (Job.validation_file == file.id))
+    job_id = session.scalars(in_use.limit(1)).first()
+    if job_id is not None:
+        raise ApiError(409, f"File {file.id} is used by active job {job_id}; cancel it first", param="file_id",
+                       code="file_in_use")
+    key = file.storage_key
+    session.delete(file)
+    session.commit()
+    if key:
+        storage.delete(key)

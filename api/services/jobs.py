@@ -1,0 +1,136 @@
+"""Fine-tuning jobs: create (idempotent), list, cancel, and what a job has produced."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.errors import ApiError, bad_request, not_found
+from api.schemas.jobs import JobCreate
+from api.services import methods
+from api.services.scope import check_limit, get_owned, owned, page
+from store import jobs as job_store
+from store.models import Artifact, Checkpoint, File, Job, JobEvent, MetricPoint
+from store.settings import Settings
+
+STATUSES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled")
+
+
+def _find_by_key(session: Session, *, tenant_id: str, key: str) -> Job | None:
+    return session.scalars(owned(Job, tenant_id=tenant_id).where(Job.idempotency_key == key)).first()
+
+
+def _replay(job: Job, request_hash: str) -> Job:
+    if job.request_hash != request_hash:
+        raise ApiError(409, "This Idempotency-Key was already used with a different request body",
+                       param="Idempotency-Key", code="idempotency_key_reused")
+    return job
+
+
+def _training_input(session: Session, *, tenant_id: str, file_id: str | None, param: str) -> dict | None:
+    if file_id is None:
+        return None
+    row: File = get_owned(session, File, tenant_id=tenant_id, object_id=file_id, what="file", param=param)
+    if row.purpose != "fine-tune" or row.storage_key is None:
+        raise bad_request(f"File {file_id} has purpose '{row.purpose}', not 'fine-tune'", param=param)
+    return {"id": row.id, "storage_key": row.storage_key, "format": row.format, "rows": row.rows}
+
+
+def _as_client_error(error: ApiError) -> ApiError:
+    """A missing or foreign file named in the body is the caller's mistake in a field: 400, not 404."""
+    return bad_request(error.message, param=error.param, code=error.code) if error.status_code == 404 else error
+
+
+def create_job(*, session: Session, settings: Settings, tenant_id: str, request: JobCreate,
+               idempotency_key: str | None) -> tuple[Job, bool]:
+    """(job, created). The same Idempotency-Key and body return the first job, created=False."""
+    request_hash = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
+    if idempotency_key and (existing := _find_by_key(session, tenant_id=tenant_id, key=idempotency_key)):
+        return _replay(existing, request_hash), False
+    if request.model not in settings.base_models:
+        raise bad_request(f"The model '{request.model}' does not exist or is not available for fine-tuning here",
+                          param="model", code="model_not_found")
+    try:
+        training = _training_input(session, tenant_id=tenant_id, file_id=request.training_file, param="training_file")
+        validation = _training_input(session, tenant_id=tenant_id, file_id=request.validation_file,
+                                     param="validation_file")
+    except ApiError as error:
+        raise _as_client_error(error) from None
+    shown, run = methods.resolve(request=request, settings=settings)
+    seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
+    run["run_config"]["training"]["seed"] = seed
+    run |= {"base_model": {"name": request.model, "path": settings.base_models[request.model]},
+            "training_file": training, "validation_file": validation}
+    try:
+        job = job_store.create_job(
+            session, tenant_id=tenant_id, model=request.model, training_file=request.training_file,
+            validation_file=request.validation_file, method=shown, settings=run, seed=seed, suffix=request.suffix,
+            metadata=request.metadata, max_attempts=request.max_attempts or settings.default_max_attempts,
+            idempotency_key=idempotency_key, request_hash=request_hash)
+    except IntegrityError:  # a concurrent request with the same Idempotency-Key won the insert
+        session.rollback()
+        existing = _find_by_key(session, tenant_id=tenant_id, key=idempotency_key or "")
+        if existing is None:
+            raise
+        return _replay(existing, request_hash), False
+    return job, True
+
+
+def list_jobs(*, session: Session, tenant_id: str, after: str | None, limit: int, status: str | None,
+              metadata: dict[str, str]) -> tuple[list[Job], bool]:
+    query = owned(Job, tenant_id=tenant_id)
+    if status is not None:
+        if status not in STATUSES:
+            raise bad_request(f"Invalid status '{status[:32]}': one of {', '.join(STATUSES)}", param="status")
+        query = query.where(Job.status == status)
+    for key, value in metadata.items():
+        query = query.where(Job.meta[key].as_string() == value)
+    return page(session, query, id_column=Job.id, after=after, limit=limit)
+
+
+def cancel_job(*, session: Session, job: Job) -> Job:
+    try:
+        return job_store.cancel_job(session, job_id=job.id)
+    except job_store.InvalidTransition as error:
+        raise ApiError(409, str(error), param="fine_tuning_job_id", code="job_not_cancellable") from None
+
+
+def list_events(*, session: Session, job: Job, after: str | None, limit: int) -> tuple[list[JobEvent], bool]:
+    query = select(JobEvent).where(JobEvent.job_id == job.id)
+    return page(session, query, id_column=JobEvent.id, after=after, limit=limit)
+
+
+def list_checkpoints(*, session: Session, job: Job, after: str | None, limit: int) -> tuple[list[Checkpoint], bool]:
+    query = select(Checkpoint).where(Checkpoint.job_id == job.id)
+    return page(session, query, id_column=Checkpoint.id, after=after, limit=limit)
+
+
+def list_metrics(*, session: Session, job: Job, after: int | None, limit: int) -> tuple[list[MetricPoint], bool]:
+    """Metric points in step order, `limit` at a time after step `after`."""
+    query = select(MetricPoint).where(MetricPoint.job_id == job.id)
+    if after is not None:
+        query = query.where(MetricPoint.step > after)
+    rows = list(session.scalars(query.order_by(MetricPoint.step).limit(check_limit(limit, maximum=10_000) + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def list_artifacts(*, session: Session, job: Job) -> list[Artifact]:
+    return list(session.scalars(select(Artifact).where(Artifact.job_id == job.id).order_by(Artifact.name)))
+
+
+def get_artifact(*, session: Session, job: Job, name: str) -> Artifact:
+    artifact = session.scalars(select(Artifact).where(Artifact.job_id == job.id, Artifact.name == name)).first()
+    if artifact is None:
+        raise not_found("artifact", name)
+    return artifact
+
+
+def artifact_file(*, artifact: Artifact, path: str) -> dict:
+    entry = next((f for f in artifact.files if f["path"] == path), None)
+    if entry is None:
+        raise not_found("artifact file", path)
+    return entry

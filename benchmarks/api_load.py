@@ -1,0 +1,230 @@
+"""API load: N concurrent clients create and poll fine-tuning jobs over loopback (PostgreSQL).
+
+Starts `uvicorn api.app:create_app` in a subprocess against a fresh PostgreSQL database
+(migrated by Alembic, dropped afterwards), uploads one dataset, then runs N clients at once:
+each creates jobs (a unique Idempotency-Key each, plus one deliberate retry; all clients at
+once), then, once every client has created its jobs, polls
+`GET /v1/fine_tuning/jobs/{id}` every `--poll-interval` seconds (0 = back to back: then
+latency is just concurrency / throughput, and the run measures saturation instead). Prints one JSON line: p50/p99 latency per operation, errors,
+and whether every created job is stored exactly once. Measured, not asserted (target: p99 of
+GET < 50 ms at 50 clients, zero errors).
+
+    python benchmarks/api_load.py --clients 50 --jobs 2 --polls 40 --poll-interval 0.5 --server-workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CHAT_ROW = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--jobs", type=int, default=2, help="jobs created per client")
+    parser.add_argument("--polls", type=int, default=40, help="GET job requests per client")
+    parser.add_argument("--poll-interval", type=float, default=0.5,
+                        help="seconds a client waits between polls (0: back to back, i.e. saturation)")
+    parser.add_argument("--server-workers", type=int, default=2, help="uvicorn worker processes (`dora api --workers`)")
+    parser.add_argument("--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/14",
+                        help="where job messages go (a Redis database of its own; its `gpu` list is removed after)")
+    return parser.parse_args()
+
+
+def create_database(admin_url: str) -> tuple[str, str]:
+    import psycopg
+
+    name = f"dora_load_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    return name, "postgresql+psycopg://" + admin_url.split("://", 1)[1].rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(env: dict, port: int, workers: int) -> subprocess.Popen:
+    command = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", "127.0.0.1",
+               "--port", str(port), "--log-level", "warning", "--no-access-log", "--workers", str(workers)]
+    server = subprocess.Popen(command, cwd=ROOT, env=os.environ | env)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    server.kill()
+    raise RuntimeError("the API server did not start")
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.latency: dict[str, list[float]] = {}
+        self.errors: list[str] = []
+
+    async def call(self, name: str, request) -> httpx.Response | None:
+        started = time.perf_counter()
+        try:
+            response = await request
+        except httpx.HTTPError as error:
+            self.errors.append(f"{name}: {type(error).__name__}")
+            return None
+        self.latency.setdefault(name, []).append((time.perf_counter() - started) * 1000)
+        if response.status_code != 200:
+            self.errors.append(f"{name}: HTTP {response.status_code} {response.text[:200]}")
+            return None
+        return response
+
+    def summary(self, name: str, wall: float) -> dict:
+        values = sorted(self.latency.get(name, []))
+        if not values:
+            return {"count": 0}
+        return {"count": len(values), "p50_ms": round(statistics.median(values), 2),
+                "p99_ms": round(values[min(len(values) - 1, int(len(values) * 0.99))], 2),
+                "max_ms": round(values[-1], 2), "per_s": round(len(values) / wall, 1)}
+
+
+async def one_client(http: httpx.AsyncClient, recorder: Recorder, *, file_id: str, jobs: int, polls: int,
+                     interval: float, created: dict[str, str], barrier: asyncio.Barrier) -> None:
+    """Phase 1: all clients create their jobs at once (a burst). Phase 2: all poll them."""
+    ids = []
+    for index in range(jobs):
+        key = f"load-{uuid.uuid4().hex}"
+        body = {"model": "tiny-llama", "training_file": file_id,
+                "method": {"type": "dora", "dora": {"rank": 8, "hyperparameters": {"max_steps": 10}}}}
+        response = await recorder.call("create_job", http.post("/v1/fine_tuning/jobs", json=body,
+                                                               headers={"Idempotency-Key": key}))
+        if response is None:
+            continue
+        job_id = response.json()["id"]
+        created[key] = job_id
+        ids.append(job_id)
+        if index == 0:  # a client retrying after a lost response must get the same job back
+            retry = await recorder.call("create_job_retry", http.post("/v1/fine_tuning/jobs", json=body,
+                                                                      headers={"Idempotency-Key": key}))
+            if retry is not None and retry.json()["id"] != job_id:
+                recorder.errors.append("idempotent retry returned a different job")
+    await barrier.wait()
+    await asyncio.sleep(random.uniform(0, interval))  # pollers spread out, not in lockstep
+    for poll in range(polls if ids else 0):
+        await recorder.call("get_job", http.get(f"/v1/fine_tuning/jobs/{ids[poll % len(ids)]}"))
+        if interval:
+            await asyncio.sleep(interval * random.uniform(0.8, 1.2))
+
+
+async def run_clients(base_url: str, key: str, args: argparse.Namespace) -> tuple[Recorder, dict, float]:
+    headers = {"Authorization": f"Bearer {key}"}
+    limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits, timeout=30) as http:
+        upload = await http.post("/v1/files", files={"file": ("train.jsonl", CHAT_ROW * 20)},
+                                 data={"purpose": "fine-tune"})
+        upload.raise_for_status()
+        for _ in range(20):  # warm the server's connection pool and code paths
+            await http.get("/v1/fine_tuning/jobs", params={"limit": 1})
+        recorder, created, barrier = Recorder(), {}, asyncio.Barrier(args.clients)
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client(http, recorder, file_id=upload.json()["id"], jobs=args.jobs,
+                                          polls=args.polls, interval=args.poll_interval, created=created,
+                                          barrier=barrier)
+                               for _ in range(args.clients)))
+        return recorder, created, time.perf_counter() - started
+
+
+def check_stored_once(database_url: str, created: dict[str, str]) -> dict:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT id, idempotency_key FROM jobs")).all()
+    engine.dispose()
+    by_key: dict[str, list[str]] = {}
+    for job_id, key in rows:
+        by_key.setdefault(key, []).append(job_id)
+    exact = all(by_key.get(key) == [job_id] for key, job_id in created.items())
+    return {"jobs_created": len(created), "jobs_in_db": len(rows),
+            "stored_exactly_once": exact and len(rows) == len(created)}
+
+
+def clear_queue(broker_url: str) -> None:
+    try:
+        import redis
+
+        redis.Redis.from_url(broker_url).delete("gpu")
+    except Exception:  # noqa: BLE001 - best effort: the benchmark's own database only
+        pass
+
+
+def main() -> int:
+    args = parse_args()
+    from store.db import session_scope
+    from store.migrate import upgrade
+    from store.settings import Settings
+    from store.tenants import create_api_key
+
+    name, database_url = create_database(args.pg_admin_url)
+    server = None
+    try:
+        with tempfile.TemporaryDirectory() as storage:
+            env = {"DORA_DATABASE_URL": database_url, "DORA_BROKER_URL": args.broker_url,
+                   "DORA_STORAGE_URL": storage, "DORA_BASE_MODELS": json.dumps({"tiny-llama": "./tiny"})}
+            settings = Settings(**{k.removeprefix("DORA_").lower(): v for k, v in env.items() if k != "DORA_BASE_MODELS"})
+            upgrade(settings)
+            with session_scope(settings) as session:
+                key = create_api_key(session, tenant_name="load").key
+            port = free_port()
+            server = start_server(env, port, args.server_workers)
+            recorder, created, wall = asyncio.run(run_clients(f"http://127.0.0.1:{port}", key, args))
+            result = {
+                "benchmark": "api_load", "database": "postgresql", "clients": args.clients,
+                "poll_interval_s": args.poll_interval, "server_workers": args.server_workers,
+                "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2), "wall_s": round(wall, 2),
+                "get_job": recorder.summary("get_job", wall), "create_job": recorder.summary("create_job", wall),
+                "create_job_retry": recorder.summary("create_job_retry", wall),
+                "errors": len(recorder.errors), "error_samples": recorder.errors[:5],
+                **check_stored_once(database_url, created),
+            }
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=10)
+        clear_queue(args.broker_url)
+        from store.db import dispose_engines
+
+        dispose_engines()
+        drop_database(args.pg_admin_url, name)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Engines and sessions, built from Settings; one engine per database URL per process.
+
+SQLite gets WAL and a busy timeout so the API and a worker can share the file; PostgreSQL
+gets a pool sized for the API's thread pool (SQLAlchemy replaces connections a restarted
+server broke; pre-ping is optional because it costs a round trip per request).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from store.settings import Settings
+
+_lock = threading.Lock()
+_engines: dict[str, Engine] = {}
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def build_engine(database_url: str, *, pool_size: int = 20, max_overflow: int = 20, pre_ping: bool = False) -> Engine:
+    """A new engine for `database_url` (creates the SQLite file's folder when needed)."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=pre_ping,
+                         pool_recycle=1800)
+
+
+def get_engine(settings: Settings) -> Engine:
+    """The process-wide engine for the settings' database URL."""
+    with _lock:
+        engine = _engines.get(settings.database_url)
+        if engine is None:
+            engine = build_engine(settings.database_url, pool_size=settings.db_pool_size,
+                                  max_overflow=settings.db_max_overflow, pre_ping=settings.db_pool_pre_ping)
+            _engines[settings.database_url] = engine
+        return engine
+
+
+def session_factory(settings: Settings) -> sessionmaker[Session]:
+    return sessionmaker(bind=get_engine(settings), expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(settings: Settings) -> Iterator[Session]:
+    """A session for one unit of work outside a request (CLI, worker); rolled back on error."""
+    with session_factory(settings)() as session:
+        try:
+            yield session
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection (tests, and after a fork)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()

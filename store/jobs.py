@@ -1,0 +1,287 @@
+"""The job state machine. SQL is the truth; each function is one short transaction.
+
+    queued -> running -> succeeded | failed | cancelled        (queued -> cancelled directly)
+
+Execution is at-least-once delivery made effectively-once by a lease: `claim_job` is ONE
+conditional UPDATE (no row changed: someone else has it, or it is finished), and every
+later write by a worker is fenced by (lease_owner, attempt), so a worker that lost its lease
+(paused, partitioned, presumed dead and replaced) cannot overwrite the new attempt's work.
+Times come from the callers' clocks (hosts need NTP); leases are minutes, skew is seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from store.archive import tar_size
+from store.ids import new_id
+from store.models import Artifact, Checkpoint, File, Job, JobEvent, MetricPoint, Tenant, utcnow
+
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+ACTIVE = frozenset({"validating_files", "queued", "running"})
+
+
+class InvalidTransition(Exception):
+    """The job is not in a state that allows this (e.g. cancelling a finished job)."""
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    held: bool  # False: the lease is gone (another attempt owns the job): stop at once
+    cancel_requested: bool
+
+
+@dataclass(frozen=True)
+class ArtifactSpec:
+    """A finished output already written to storage under `storage_prefix`."""
+
+    name: str  # "adapter", "merged", ...
+    storage_prefix: str
+    files: list[dict[str, Any]]  # [{"path": "adapter_config.json", "bytes": 123, "sha256": "..."}]
+    sha256: str = ""  # filled from the file list when empty
+
+
+@dataclass(frozen=True)
+class JobError:
+    code: str
+    message: str
+    param: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _fenced(job_id: str, owner: str, attempt: int):
+    return and_(Job.id == job_id, Job.status == "running", Job.lease_owner == owner, Job.attempt == attempt)
+
+
+def _event(job_id: str, message: str, *, level: str = "info", type: str = "message", data: dict | None = None,
+           now: datetime | None = None) -> JobEvent:
+    return JobEvent(id=new_id("event"), job_id=job_id, message=message, level=level, type=type, data=data,
+                    created_at=now or utcnow())
+
+
+def _changed(session: Session, statement) -> int:
+    return session.execute(statement, execution_options={"synchronize_session": False}).rowcount
+
+
+def create_job(session: Session, *, tenant_id: str, model: str, training_file: str, validation_file: str | None,
+               method: dict, settings: dict, seed: int, suffix: str | None, metadata: dict | None,
+               max_attempts: int, idempotency_key: str | None = None, request_hash: str | None = None) -> Job:
+    """Insert a queued job and its first events; commits (IntegrityError on a reused idempotency key)."""
+    now = utcnow()
+    job = Job(id=new_id("job"), tenant_id=tenant_id, model=model, training_file=training_file,
+              validation_file=validation_file, status="queued", method=method, settings=settings, seed=seed,
+              suffix=suffix, meta=metadata, max_attempts=max_attempts, idempotency_key=idempotency_key,
+              request_hash=request_hash, created_at=now, updated_at=now)
+    session.add(job)
+    session.flush()  # the job row first: events reference it
+    session.add_all([_event(job.id, f"Created fine-tuning job: {job.id}", now=now),
+                     _event(job.id, "Files validated, moving job to queued state", now=now)])
+    session.commit()
+    return job
+
+
+def claim_job(session: Session, *, job_id: str, owner: str, lease_seconds: float, now: datetime | None = None) -> Job | None:
+    """Take the job for `owner` (queued, or running with an expired lease); None if no row changed."""
+    now = now or utcnow()
+    claimable = or_(Job.status == "queued", and_(Job.status == "running", Job.lease_expires_at < now))
+    statement = (
+        update(Job)
+        .where(Job.id == job_id, claimable, Job.attempt < Job.max_attempts, Job.cancel_requested.is_(False))
+        .values(status="running", lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds),
+                attempt=Job.attempt + 1, started_at=func.coalesce(Job.started_at, now), attempt_started_at=now,
+                updated_at=now)
+    )
+    if _changed(session, statement) != 1:
+        session.rollback()
+        return None
+    job = session.get(Job, job_id, populate_existing=True)
+    session.add(_event(job_id, f"Attempt {job.attempt} of {job.max_attempts} started on {owner}", now=now))
+    session.commit()
+    return job
+
+
+def heartbeat(session: Session, *, job_id: str, owner: str, attempt: int, lease_seconds: float,
+              step: int | None = None, total_steps: int | None = None, epoch: float | None = None,
+              trained_tokens: int | None = None, now: datetime | None = None) -> Heartbeat:
+    """Extend the lease (only for its holder), store progress, report whether cancel was asked."""
+    now = now or utcnow()
+    progress = {k: v for k, v in dict(step=step, total_steps=total_steps, epoch=epoch,
+                                      trained_tokens=trained_tokens).items() if v is not None}
+    statement = (
+        update(Job).where(_fenced(job_id, owner, attempt))
+        .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now, **progress)
+        .returning(Job.cancel_requested)
+    )
+    row = session.execute(statement, execution_options={"synchronize_session": False}).first()
+    session.commit()
+    return Heartbeat(held=row is not None, cancel_requested=bool(row and row[0]))
+
+
+def record_metrics(session: Session, *, job_id: str, owner: str, attempt: int, step: int, values: dict[str, float],
+                   epoch: float | None = None, now: datetime | None = None) -> bool:
+    """Store one step's metrics (replacing a step a resumed attempt re-ran); False without the lease."""
+    now = now or utcnow()
+    progress = {"step": step, "updated_at": now} | ({"epoch": epoch} if epoch is not None else {})
+    if _changed(session, update(Job).where(_fenced(job_id, owner, attempt)).values(**progress)) != 1:
+        session.rollback()
+        return False
+    session.execute(delete(MetricPoint).where(MetricPoint.job_id == job_id, MetricPoint.step == step))
+    session.add(MetricPoint(job_id=job_id, step=step, epoch=epoch, values=values, created_at=now))
+    session.commit()
+    return True
+
+
+def add_event(session: Session, *, job_id: str, message: str, level: str = "info", type: str = "message",
+              data: dict | None = None) -> JobEvent:
+    """Append a user-visible event (commits). Not fenced: events only inform."""
+    event = _event(job_id, message, level=level, type=type, data=data)
+    session.add(event)
+    session.commit()
+    return event
+
+
+def add_checkpoint(session: Session, *, job_id: str, owner: str, attempt: int, step: int, storage_key: str,
+                   metrics: dict | None = None) -> Checkpoint | None:
+    """Register a checkpoint already written to storage; None without the lease."""
+    now = utcnow()
+    if _changed(session, update(Job).where(_fenced(job_id, owner, attempt)).values(updated_at=now)) != 1:
+        session.rollback()
+        return None
+    checkpoint = Checkpoint(id=new_id("checkpoint"), job_id=job_id, step=step, attempt=attempt,
+                            storage_key=storage_key, metrics=metrics or {}, created_at=now)
+    session.add_all([checkpoint, _event(job_id, f"Checkpoint saved at step {step}", now=now)])
+    session.commit()
+    return checkpoint
+
+
+def latest_checkpoint(session: Session, *, job_id: str) -> Checkpoint | None:
+    query = select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step.desc(), Checkpoint.id.desc())
+    return session.scalars(query.limit(1)).first()
+
+
+def mark_resumed(session: Session, *, job_id: str, owner: str, attempt: int, step: int) -> bool:
+    """Record that this attempt continues from the checkpoint at `step`."""
+    values = {"resumed_from_step": step, "step": step, "updated_at": utcnow()}
+    if _changed(session, update(Job).where(_fenced(job_id, owner, attempt)).values(**values)) != 1:
+        session.rollback()
+        return False
+    session.add(_event(job_id, f"Attempt {attempt} resumed from the checkpoint at step {step}"))
+    session.commit()
+    return True
+
+
+def fine_tuned_model_name(*, model: str, tenant_name: str, suffix: str | None, job_id: str, step: int | None = None) -> str:
+    """OpenAI's shape: `ft:<base>:<org>:<suffix>:<short id>` (`:ckpt-step-<n>` for a checkpoint)."""
+    name = f"ft:{model}:{tenant_name}:{suffix or ''}:{job_id.split('-', 1)[1][-8:]}"
+    return name if step is None else f"{name}:ckpt-step-{step}"
+
+
+def finish_job(session: Session, *, job_id: str, owner: str, attempt: int, status: str,
+               error: JobError | None = None, trained_tokens: int | None = None,
+               artifacts: list[ArtifactSpec] = ()) -> bool:
+    """Write the final status and outputs, only while holding the lease; False when fenced off."""
+    if status not in TERMINAL:
+        raise ValueError(f"not a final status: {status}")
+    now = utcnow()
+    values = dict(status=status, finished_at=now, updated_at=now, lease_owner=None, lease_expires_at=None,
+                  error=_error_dict(error), trained_tokens=trained_tokens)
+    if _changed(session, update(Job).where(_fenced(job_id, owner, attempt)).values(**values)) != 1:
+        session.rollback()
+        return False
+    job = session.get(Job, job_id, populate_existing=True)
+    if status == "succeeded":
+        tenant_name = session.scalar(select(Tenant.name).where(Tenant.id == job.tenant_id))
+        job.fine_tuned_model = fine_tuned_model_name(model=job.model, tenant_name=tenant_name,
+                                                     suffix=job.suffix, job_id=job.id)
+        job.result_files = [_add_artifact(session, job=job, spec=spec, now=now) for spec in artifacts]
+    session.add(_event(job_id, _final_message(status, error), level="error" if status == "failed" else "info",
+                       now=now))
+    session.commit()
+    return True
+
+
+def _error_dict(error: JobError | None) -> dict | None:
+    if error is None:
+        return None
+    return {"code": error.code, "message": error.message, "param": error.param, **error.extra}
+
+
+def _final_message(status: str, error: JobError | None) -> str:
+    if status == "succeeded":
+        return "The job has successfully completed"
+    if status == "cancelled":
+        return "The job was cancelled"
+    return f"The job failed: {error.message if error else 'unknown error'}"
+
+
+def _add_artifact(session: Session, *, job: Job, spec: ArtifactSpec, now: datetime) -> str:
+    """One artifact row plus a `fine-tune-results` file (served as a tar); returns the file id."""
+    files = sorted(spec.files, key=lambda f: f["path"])
+    digest = spec.sha256 or hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    total = sum(int(f["bytes"]) for f in files)
+    artifact = Artifact(id=new_id("artifact"), job_id=job.id, tenant_id=job.tenant_id, name=spec.name,
+                        storage_prefix=spec.storage_prefix, files=files, bytes=total, sha256=digest, created_at=now)
+    result = File(id=new_id("file"), tenant_id=job.tenant_id, filename=f"{job.id}-{spec.name}.tar",
+                  purpose="fine-tune-results", bytes=0, status="processed", artifact_id=artifact.id, created_at=now)
+    artifact.file_id = result.id
+    result.bytes = tar_size(artifact)
+    session.add_all([artifact, result])
+    return result.id
+
+
+def cancel_job(session: Session, *, job_id: str) -> Job:
+    """queued -> cancelled now; running -> cancel requested (the worker stops and finishes it)."""
+    now = utcnow()
+    cancel = update(Job).where(Job.id == job_id, Job.status.in_(["queued", "validating_files"]))
+    if _changed(session, cancel.values(status="cancelled", finished_at=now, updated_at=now)) == 1:
+        session.add(_event(job_id, "The job was cancelled", now=now))
+    elif _changed(session, update(Job).where(Job.id == job_id, Job.status == "running",
+                                             Job.cancel_requested.is_(False))
+                  .values(cancel_requested=True, updated_at=now)) == 1:
+        session.add(_event(job_id, "Cancellation requested; the job stops after its current step", now=now))
+    job = session.get(Job, job_id, populate_existing=True)
+    if job.status in TERMINAL and job.status != "cancelled":
+        session.rollback()
+        raise InvalidTransition(f"job {job_id} has already {job.status} and cannot be cancelled")
+    session.commit()
+    return job
+
+
+def list_reclaimable(session: Session, *, queued_for_seconds: float, now: datetime | None = None,
+                     limit: int = 100) -> list[str]:
+    """Jobs to re-publish: queued and unclaimed for a while, or running with an expired lease."""
+    now = now or utcnow()
+    stale_queued = and_(Job.status == "queued", Job.updated_at < now - timedelta(seconds=queued_for_seconds))
+    expired = and_(Job.status == "running", Job.lease_expires_at < now, Job.attempt < Job.max_attempts,
+                   Job.cancel_requested.is_(False))
+    query = select(Job.id).where(or_(stale_queued, expired)).order_by(Job.id).limit(limit)
+    return list(session.scalars(query))
+
+
+def settle_abandoned(session: Session, *, now: datetime | None = None) -> list[str]:
+    """Expired-lease jobs that must not run again: at the attempt cap -> failed; cancel asked -> cancelled."""
+    now = now or utcnow()
+    expired = and_(Job.status == "running", Job.lease_expires_at < now)
+    ids = list(session.scalars(select(Job.id).where(expired, or_(Job.attempt >= Job.max_attempts,
+                                                                  Job.cancel_requested.is_(True)))))
+    settled = []
+    for job_id in ids:
+        job = session.get(Job, job_id)
+        status, error = ("cancelled", None) if job.cancel_requested else (
+            "failed", {"code": "attempts_exhausted", "param": None,
+                       "message": f"the job did not finish after {job.attempt} attempts (worker lost)"})
+        done = update(Job).where(Job.id == job_id, expired).values(
+            status=status, error=error, finished_at=now, updated_at=now, lease_owner=None, lease_expires_at=None)
+        if _changed(session, done) == 1:
+            session.add(_event(job_id, _final_message(status, JobError(**error) if error else None),
+                               level="error" if error else "info", now=now))
+            settled.append(job_id)
+    session.commit()
+    return settled

@@ -1,0 +1,58 @@
+"""The one way a job reaches the workers: a Celery message holding only the job id.
+
+The API and the reconciler call `publish_job` after the job row is committed. The message is
+only a wake-up call: SQL holds the truth and the worker's claim makes duplicates harmless.
+A broker failure is reported (False), never raised, so a request that created a job does not
+fail because Redis blinked: the job stays queued and the reconciler publishes it again.
+Only the broker URL is needed; the task itself lives in worker/ (`worker.run_job`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+TASK_NAME = "worker.run_job"
+QUEUE = "gpu"
+
+log = logging.getLogger(__name__)
+_lock = threading.Lock()
+_apps: dict[str, object] = {}
+
+
+def _celery_app(broker_url: str):
+    """A producer-only Celery app per broker URL (fast failure when the broker is down)."""
+    with _lock:
+        app = _apps.get(broker_url)
+        if app is None:
+            from celery import Celery
+
+            app = Celery("dora-producer", broker=broker_url, set_as_current=False)
+            app.conf.broker_connection_timeout = 2
+            if broker_url.startswith(("redis://", "rediss://")):  # other transports reject these options
+                app.conf.broker_transport_options = {"socket_connect_timeout": 1, "socket_timeout": 5,
+                                                     "max_retries": 0}
+            _apps[broker_url] = app
+        return app
+
+
+def publish_job(job_id: str, *, broker_url: str) -> bool:
+    """Send `worker.run_job(job_id)` to the `gpu` queue; False (and a log line) if the broker failed."""
+    try:
+        _celery_app(broker_url).send_task(TASK_NAME, args=[job_id], queue=QUEUE, retry=False)
+    except Exception as error:  # noqa: BLE001 - any broker problem leaves the job queued in SQL
+        log.warning("could not publish job %s (the reconciler will retry): %s", job_id, error)
+        return False
+    return True
+
+
+def broker_reachable(broker_url: str, *, timeout: float = 2.0) -> bool:
+    """Whether a connection to the broker can be opened now (for /readyz)."""
+    from kombu import Connection
+
+    try:
+        with Connection(broker_url, connect_timeout=timeout) as connection:
+            connection.ensure_connection(max_retries=1, timeout=timeout)
+    except Exception:  # noqa: BLE001
+        return False
+    return True

@@ -1,0 +1,73 @@
+"""The one settings object of the service, read from `DORA_*` environment variables.
+
+Every process (API, worker, CLI) builds the same `Settings`, so a deployment is configured in
+one place. Complex values (the base-model mapping) are JSON in the environment, e.g.
+`DORA_BASE_MODELS='{"tiny-llama": "./var/models/tiny-llama"}'`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DORA_", env_file=".env", extra="ignore")
+
+    # where things live
+    database_url: str = "sqlite:///./var/dora.db"
+    broker_url: str = "sqla+sqlite:///./var/broker.db"
+    storage_url: str = "./var/artifacts"  # a folder, file:///abs/path or s3://bucket/prefix
+    s3_endpoint_url: str | None = None  # MinIO / other S3-compatible endpoints
+
+    # database pool (PostgreSQL); sized for the API's thread pool
+    db_pool_size: int = 20
+    db_max_overflow: int = 20
+    db_pool_pre_ping: bool = False  # one extra round trip per request; dead connections are replaced anyway
+
+    # what users may ask for
+    base_models: dict[str, str] = Field(default_factory=dict)  # name -> local path or hub id
+    max_upload_bytes: int = 512 * 1024 * 1024
+    min_rank: int = 1
+    max_rank: int = 256
+    max_epochs: int = 100
+    max_steps_limit: int = 1_000_000
+    max_seq_len_limit: int = 32768
+    max_batch_size: int = 1024
+    default_max_attempts: int = 3
+
+    # DoRA defaults used when a request leaves a value out (and for OpenAI's `supervised`)
+    default_rank: int = 16
+    default_alpha: float = 32.0
+    default_dropout: float = 0.05
+    default_learning_rate: float = 2e-4
+    default_n_epochs: int = 3
+    default_batch_size: int = 4
+    default_max_seq_len: int = 2048
+
+    # job leases (the worker heartbeats well inside this)
+    lease_seconds: int = 120
+
+    # API server
+    host: str = "127.0.0.1"
+    port: int = 8000
+    check_schema_on_startup: bool = True
+    auth_cache_seconds: float = 10.0  # how long a key lookup is reused (revocation delay)
+    upload_tmp_dir: str | None = None  # where uploads are staged while validated (system temp)
+    log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> "Settings":
+        if not 1 <= self.min_rank <= self.max_rank:
+            raise ValueError("DORA_MIN_RANK must be >= 1 and <= DORA_MAX_RANK")
+        if self.max_upload_bytes <= 0:
+            raise ValueError("DORA_MAX_UPLOAD_BYTES must be positive")
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

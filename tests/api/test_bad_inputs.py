@@ -1,0 +1,192 @@
+"""Every malformed body, file, header and query we could think of: a 4xx naming the problem,
+never a 500, and nothing left behind (no job or file row, no stored object)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import pytest
+
+from tests.api.conftest import CHAT_ROW, MAX_UPLOAD
+
+JOBS = "/v1/fine_tuning/jobs"
+
+
+@dataclass
+class Ctx:
+    file_id: str
+    other_file_id: str
+
+
+def job(extra: dict | None = None, drop: tuple = ()) -> Callable[[Ctx], dict]:
+    def body(ctx: Ctx) -> dict:
+        value = {"model": "tiny-llama", "training_file": ctx.file_id} | (extra or {})
+        return {"json": {k: v for k, v in value.items() if k not in drop}}
+
+    return body
+
+
+def dora(**settings) -> Callable[[Ctx], dict]:
+    return job({"method": {"type": "dora", "dora": settings}})
+
+
+def hyper(**settings) -> Callable[[Ctx], dict]:
+    return dora(hyperparameters=settings)
+
+
+def raw(content: bytes, content_type: str = "application/json") -> Callable[[Ctx], dict]:
+    return lambda ctx: {"content": content, "headers": {"Content-Type": content_type}}
+
+
+def upload(content: bytes | None = CHAT_ROW, purpose: str | None = "fine-tune", filename: str = "d.jsonl"):
+    def body(ctx: Ctx) -> dict:
+        files = {"file": (filename, content)} if content is not None else {"unused": (None, "x")}
+        return {"files": files, "data": {"purpose": purpose} if purpose is not None else {}}
+
+    return body
+
+
+@dataclass
+class Case:
+    id: str
+    method: str
+    path: str
+    request: Callable[[Ctx], dict]
+    status: int
+    says: str  # must appear in error.message
+    param: str | None = "-"  # expected error.param ("-": not checked)
+
+
+CASES = [
+    # --- job creation: the body
+    Case("body-not-json", "POST", JOBS, raw(b"{model: tiny"), 400, "not valid JSON"),
+    Case("body-is-a-list", "POST", JOBS, raw(b'["tiny-llama"]'), 400, "must be a JSON object"),
+    Case("body-missing", "POST", JOBS, raw(b""), 400, "body is missing"),
+    Case("missing-model", "POST", JOBS, job(drop=("model",)), 400, "'model'", "model"),
+    Case("empty-model", "POST", JOBS, job({"model": ""}), 400, "model", "model"),
+    Case("missing-training-file", "POST", JOBS, job(drop=("training_file",)), 400, "training_file", "training_file"),
+    Case("unknown-model", "POST", JOBS, job({"model": "gpt-9"}), 400, "gpt-9", "model"),
+    Case("no-such-training-file", "POST", JOBS, job({"training_file": "file-nope"}), 400, "file-nope",
+         "training_file"),
+    Case("other-tenants-file", "POST", JOBS, lambda c: job({"training_file": c.other_file_id})(c), 400,
+         "No such file", "training_file"),
+    Case("no-such-validation-file", "POST", JOBS, job({"validation_file": "file-gone"}), 400, "file-gone",
+         "validation_file"),
+    Case("unknown-field", "POST", JOBS, job({"rnak": 8}), 400, "Unrecognized request argument supplied: 'rnak'",
+         "rnak"),
+    Case("rank-zero", "POST", JOBS, dora(rank=0), 400, "greater than or equal to 1", "method.dora.rank"),
+    Case("rank-above-server-limit", "POST", JOBS, dora(rank=1000), 400, "rank must be between 1 and 128",
+         "method.dora.rank"),
+    Case("rank-not-a-number", "POST", JOBS, dora(rank="eight"), 400, "integer", "method.dora.rank"),
+    Case("alpha-negative", "POST", JOBS, dora(alpha=-1), 400, "greater than 0", "method.dora.alpha"),
+    Case("dropout-above-one", "POST", JOBS, dora(dropout=1.5), 400, "less than 1", "method.dora.dropout"),
+    Case("target-modules-empty", "POST", JOBS, dora(target_modules=[]), 400, "at least one module",
+         "method.dora.target_modules"),
+    Case("target-modules-bad-name", "POST", JOBS, dora(target_modules=["q_proj; rm -rf"]), 400,
+         "invalid module name", "method.dora.target_modules"),
+    Case("method-type-dpo", "POST", JOBS, job({"method": {"type": "dpo", "dpo": {}}}), 400, "not supported",
+         "method"),
+    Case("method-block-mismatch", "POST", JOBS, job({"method": {"type": "dora", "lora": {"rank": 4}}}), 400,
+         "under 'lora'", "method"),
+    Case("method-not-an-object", "POST", JOBS, job({"method": "dora"}), 400, "method", "method"),
+    Case("unknown-hyperparameter", "POST", JOBS, hyper(learnin_rate=0.1), 400, "learnin_rate",
+         "method.dora.hyperparameters.learnin_rate"),
+    Case("epochs-zero", "POST", JOBS, hyper(n_epochs=0), 400, "greater than or equal to 1",
+         "method.dora.hyperparameters.n_epochs"),
+    Case("epochs-above-server-limit", "POST", JOBS, hyper(n_epochs=1000), 400, "n_epochs must be between",
+         "method.dora.hyperparameters.n_epochs"),
+    Case("max-steps-zero", "POST", JOBS, hyper(max_steps=0), 400, "max_steps", "method.dora.hyperparameters.max_steps"),
+    Case("batch-size-huge", "POST", JOBS, hyper(batch_size=10**6), 400, "batch_size must be between",
+         "method.dora.hyperparameters.batch_size"),
+    Case("seq-len-huge", "POST", JOBS, hyper(max_seq_len=10**9), 400, "max_seq_len must be between",
+         "method.dora.hyperparameters.max_seq_len"),
+    Case("learning-rate-negative", "POST", JOBS, hyper(learning_rate=-1), 400, "greater than 0",
+         "method.dora.hyperparameters.learning_rate"),
+    Case("two-learning-rates", "POST", JOBS, hyper(learning_rate=1e-4, learning_rate_multiplier=2), 400, "not both",
+         "method.dora.hyperparameters"),
+    Case("unknown-scheduler", "POST", JOBS, hyper(lr_scheduler="wobbly"), 400, "'linear'",
+         "method.dora.hyperparameters.lr_scheduler"),
+    Case("warmup-ratio-above-one", "POST", JOBS, hyper(warmup_ratio=2), 400, "less than or equal to 1",
+         "method.dora.hyperparameters.warmup_ratio"),
+    Case("supervised-epochs-word", "POST", JOBS,
+         job({"method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": "many"}}}}), 400,
+         "'auto'", "method.supervised.hyperparameters.n_epochs"),
+    Case("hyperparameters-twice", "POST", JOBS,
+         job({"hyperparameters": {"n_epochs": 1}, "method": {"type": "supervised"}}), 400, "not both"),
+    Case("suffix-too-long", "POST", JOBS, job({"suffix": "x" * 65}), 400, "at most 64 characters", "suffix"),
+    Case("suffix-with-slash", "POST", JOBS, job({"suffix": "../evil"}), 400, "pattern", "suffix"),
+    Case("seed-negative", "POST", JOBS, job({"seed": -1}), 400, "greater than or equal to 0", "seed"),
+    Case("metadata-too-many-keys", "POST", JOBS, job({"metadata": {f"k{i}": "v" for i in range(17)}}), 400,
+         "at most 16", "metadata"),
+    Case("metadata-value-not-string", "POST", JOBS, job({"metadata": {"n": 3}}), 400, "string", "metadata.n"),
+    Case("metadata-value-too-long", "POST", JOBS, job({"metadata": {"k": "v" * 600}}), 400, "512", "metadata"),
+    Case("outputs-unknown", "POST", JOBS, job({"outputs": ["weights"]}), 400, "'adapter'", "outputs.0"),
+    Case("outputs-empty", "POST", JOBS, job({"outputs": []}), 400, "at least 1", "outputs"),
+    Case("integrations", "POST", JOBS, job({"integrations": [{"type": "wandb"}]}), 400, "not supported",
+         "integrations"),
+    Case("max-attempts-zero", "POST", JOBS, job({"max_attempts": 0}), 400, "max_attempts", "max_attempts"),
+    Case("idempotency-key-too-long", "POST", JOBS,
+         lambda c: job()(c) | {"headers": {"Idempotency-Key": "k" * 300}}, 400, "Idempotency-Key",
+         "Idempotency-Key"),
+    # --- auth
+    Case("no-api-key", "POST", JOBS, lambda c: job()(c) | {"headers": {"Authorization": ""}}, 401,
+         "didn't provide an API key"),
+    Case("wrong-api-key", "POST", JOBS, lambda c: job()(c) | {"headers": {"Authorization": "Bearer sk-dora-nope"}},
+         401, "Incorrect API key"),
+    Case("basic-auth", "GET", JOBS, lambda c: {"headers": {"Authorization": "Basic dXNlcjpwYXNz"}}, 401,
+         "Authorization: Bearer"),
+    # --- uploads
+    Case("upload-not-multipart", "POST", "/v1/files", raw(b'{"purpose": "fine-tune"}'), 415, "multipart/form-data"),
+    Case("upload-no-boundary", "POST", "/v1/files", raw(b"--x\r\n", "multipart/form-data"), 400, "boundary"),
+    Case("upload-without-file", "POST", "/v1/files", upload(content=None), 400, "'file'", "file"),
+    Case("upload-without-purpose", "POST", "/v1/files", upload(purpose=None), 400, "'purpose'", "purpose"),
+    Case("upload-wrong-purpose", "POST", "/v1/files", upload(purpose="assistants"), 400, "fine-tune", "purpose"),
+    Case("upload-empty-file", "POST", "/v1/files", upload(content=b""), 400, "empty", "file"),
+    Case("upload-bad-json", "POST", "/v1/files", upload(content=CHAT_ROW + b"{oops\n"), 400, "line 2: invalid JSON",
+         "file"),
+    Case("upload-unknown-format", "POST", "/v1/files", upload(content=b'{"question": "q", "answer": "a"}\n'), 400,
+         "line 1", "file"),
+    Case("upload-mixed-formats", "POST", "/v1/files", upload(content=CHAT_ROW + b'{"text": "plain"}\n'), 400,
+         "line 2", "file"),
+    Case("upload-not-utf8", "POST", "/v1/files", upload(content=b"\xff\xfe\x00garbage\n"), 400, "UTF-8", "file"),
+    Case("upload-not-an-object", "POST", "/v1/files", upload(content=b"[1, 2]\n"), 400, "line 1", "file"),
+    Case("upload-declared-too-large", "POST", "/v1/files",
+         lambda c: {"content": b"x", "headers": {"Content-Type": "multipart/form-data; boundary=b",
+                                                 "Content-Length": str(MAX_UPLOAD * 4)}}, 413, "too large", "file"),
+    Case("upload-two-files", "POST", "/v1/files",
+         lambda c: {"files": [("file", ("a.jsonl", CHAT_ROW)), ("file", ("b.jsonl", CHAT_ROW))],
+                    "data": {"purpose": "fine-tune"}}, 400, "Only one file", "file"),
+    # --- queries
+    Case("list-limit-zero", "GET", JOBS, lambda c: {"params": {"limit": 0}}, 400, "limit", "limit"),
+    Case("list-limit-huge", "GET", JOBS, lambda c: {"params": {"limit": 1000}}, 400, "between 1 and 100", "limit"),
+    Case("list-bad-status", "GET", JOBS, lambda c: {"params": {"status": "paused"}}, 400, "paused", "status"),
+    Case("list-bad-metadata-filter", "GET", JOBS, lambda c: {"params": {"metadata[]": "x"}}, 400,
+         "metadata[key]=value"),
+    Case("files-bad-order", "GET", "/v1/files", lambda c: {"params": {"order": "sideways"}}, 400, "'asc'", "order"),
+    Case("unknown-job", "GET", f"{JOBS}/ftjob-doesnotexist", lambda c: {}, 404, "ftjob-doesnotexist"),
+    Case("unknown-file-content", "GET", "/v1/files/file-nope/content", lambda c: {}, 404, "file-nope"),
+    Case("unknown-route", "GET", "/v1/fine_tunes", lambda c: {}, 404, "Not Found"),
+    Case("wrong-method", "PUT", JOBS, lambda c: {}, 405, "Method Not Allowed"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_a_4xx_naming_the_problem_and_leaves_nothing(case: Case, tenant, other_tenant):
+    ctx = Ctx(file_id=tenant.file_id(), other_file_id=other_tenant.file_id())
+    before = tenant.counts()
+    request = case.request(ctx)
+    headers = tenant.headers | request.pop("headers", {})
+    headers = {k: v for k, v in headers.items() if v}
+    response = tenant.client.request(case.method, case.path, headers=headers, **request)
+    assert response.status_code == case.status, response.text
+    error = response.json()["error"]
+    assert set(error) >= {"message", "type", "param", "code"}
+    assert case.says in error["message"], error
+    if case.param != "-":
+        assert error["param"] == case.param, error
+    assert tenant.counts() == before
+
+
+def test_there_are_at_least_thirty_cases():
+    assert len(CASES) >= 30

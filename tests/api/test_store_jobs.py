@@ -1,0 +1,110 @@
+"""The job state machine in store/jobs.py: claims, leases, fencing, cancellation, reclaiming."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from store import jobs as job_store
+from store.db import session_scope
+from store.models import Job, MetricPoint, utcnow
+from sqlalchemy import select
+
+from tests.api.conftest import FakeWorker
+
+
+def _status(settings, job_id):
+    with session_scope(settings) as session:
+        return session.get(Job, job_id)
+
+
+def test_claim_is_exclusive_and_counts_attempts(tenant, settings):
+    job_id = tenant.job()["id"]
+    first, second = FakeWorker(settings), FakeWorker(settings)
+    claimed = first.claim(job_id)
+    assert claimed is not None and claimed.status == "running" and claimed.attempt == 1
+    assert claimed.lease_owner == first.owner and claimed.lease_expires_at > utcnow()
+    assert second.claim(job_id) is None  # the same message delivered twice: one claim
+
+
+def test_expired_lease_is_reclaimed_and_the_old_holder_is_fenced_off(tenant, settings):
+    job_id = tenant.job()["id"]
+    old, new = FakeWorker(settings), FakeWorker(settings)
+    old.claim(job_id, lease_seconds=-1)  # already expired: the worker "died"
+    with session_scope(settings) as session:
+        assert job_id in job_store.list_reclaimable(session, queued_for_seconds=3600)
+    assert new.claim(job_id).attempt == 2
+    assert not old.call(job_store.heartbeat, job_id=job_id, lease_seconds=60).held
+    assert not old.call(job_store.record_metrics, job_id=job_id, step=5, values={"train_loss": 1.0})
+    assert old.call(job_store.add_checkpoint, job_id=job_id, step=5, storage_key="x") is None
+    assert not old.call(job_store.finish_job, job_id=job_id, status="succeeded")
+    assert new.call(job_store.finish_job, job_id=job_id, status="succeeded")
+    job = _status(settings, job_id)
+    assert job.status == "succeeded" and job.lease_owner is None and job.fine_tuned_model.startswith("ft:tiny-llama:")
+
+
+def test_attempt_cap_stops_claims_and_settles_the_job_as_failed(tenant, settings):
+    job_id = tenant.job({"max_attempts": 2})["id"]
+    for _ in range(2):
+        assert FakeWorker(settings).claim(job_id, lease_seconds=-1) is not None
+    assert FakeWorker(settings).claim(job_id) is None
+    with session_scope(settings) as session:
+        assert job_id not in job_store.list_reclaimable(session, queued_for_seconds=0)
+        assert job_id in job_store.settle_abandoned(session)
+    job = _status(settings, job_id)
+    assert job.status == "failed" and job.error["code"] == "attempts_exhausted"
+
+
+def test_heartbeat_extends_the_lease_stores_progress_and_reports_cancel(tenant, settings, worker):
+    job_id = tenant.job()["id"]
+    worker.claim(job_id, lease_seconds=5)
+    beat = worker.call(job_store.heartbeat, job_id=job_id, lease_seconds=600, step=3, total_steps=30, epoch=0.1)
+    assert beat.held and not beat.cancel_requested
+    job = _status(settings, job_id)
+    assert job.step == 3 and job.total_steps == 30 and job.lease_expires_at > utcnow() + timedelta(seconds=500)
+    assert tenant.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").json()["status"] == "running"
+    assert worker.call(job_store.heartbeat, job_id=job_id, lease_seconds=600).cancel_requested
+    assert worker.call(job_store.finish_job, job_id=job_id, status="cancelled")
+    assert _status(settings, job_id).status == "cancelled"
+
+
+def test_resumed_attempt_overwrites_rerun_steps_so_metrics_stay_continuous(tenant, settings):
+    job_id = tenant.job()["id"]
+    first = FakeWorker(settings)
+    first.claim(job_id, lease_seconds=-1)
+    for step in range(1, 6):
+        first.call(job_store.record_metrics, job_id=job_id, step=step, values={"train_loss": 10.0 - step})
+    second = FakeWorker(settings)
+    second.claim(job_id)
+    assert second.call(job_store.mark_resumed, job_id=job_id, step=3)
+    for step in range(4, 8):
+        assert second.call(job_store.record_metrics, job_id=job_id, step=step, values={"train_loss": 1.0})
+    with session_scope(settings) as session:
+        points = session.scalars(select(MetricPoint).where(MetricPoint.job_id == job_id).order_by(MetricPoint.step))
+        steps = [(p.step, p.values["train_loss"]) for p in points]
+    assert [s for s, _ in steps] == list(range(1, 8))
+    assert steps[3][1] == 1.0  # step 4 comes from the second attempt
+    assert _status(settings, job_id).resumed_from_step == 3
+
+
+def test_cancel_of_a_queued_job_is_immediate_and_it_is_never_claimed(tenant, settings, worker):
+    job_id = tenant.job()["id"]
+    assert tenant.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+    assert worker.claim(job_id) is None
+
+
+def test_abandoned_job_with_cancel_requested_ends_cancelled(tenant, settings, worker):
+    job_id = tenant.job()["id"]
+    worker.claim(job_id, lease_seconds=-1)
+    tenant.post(f"/v1/fine_tuning/jobs/{job_id}/cancel")
+    assert FakeWorker(settings).claim(job_id) is None  # cancel requested: not run again
+    with session_scope(settings) as session:
+        assert job_id in job_store.settle_abandoned(session)
+    assert _status(settings, job_id).status == "cancelled"
+
+
+def test_stale_queued_jobs_are_listed_for_republishing(tenant, settings):
+    job_id = tenant.job()["id"]
+    with session_scope(settings) as session:
+        assert job_id not in job_store.list_reclaimable(session, queued_for_seconds=3600)
+        later = utcnow() + timedelta(hours=2)
+        assert job_id in job_store.list_reclaimable(session, queued_for_seconds=3600, now=later, limit=10_000)
