@@ -204,3 +204,29 @@ def test_missing_required_setting_names_it(missing):
     with pytest.raises(AdapterConfigError) as error:
         RunConfig.from_dict(data)
     assert error.value.field == missing
+
+
+def test_gradient_checkpointing_gives_the_same_run(tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "data.jsonl", dataset_rows("chat"))
+    plain = run_training(run_config(tiny_model_dir, data, max_steps=4), tmp_path / "plain")
+    checkpointed = run_training(run_config(tiny_model_dir, data, max_steps=4, gradient_checkpointing=True),
+                                tmp_path / "checkpointed")
+    assert plain.status == checkpointed.status == "completed"
+    expected, actual = _adapter_tensors(tmp_path / "plain"), _adapter_tensors(tmp_path / "checkpointed")
+    assert max(float((expected[k] - actual[k]).abs().max()) for k in expected) < 1e-5
+
+
+def test_early_stopping_when_eval_loss_stops_improving(tmp_path, tiny_model_dir):
+    """Validation answers contradict the training answers: memorising one worsens the other."""
+    rows = dataset_rows("prompt_completion")
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    wrong = write_jsonl(tmp_path / "validation.jsonl", [{**row, "completion": " 99"} for row in rows])
+    config = run_config(tiny_model_dir, train, max_steps=40, eval_interval=2, early_stopping_patience=2)
+    config = RunConfig.from_dict({**config.to_dict(), "validation_file": str(wrong)})
+    recorder = Recorder()
+    result = run_training(config, tmp_path / "out", callbacks=[recorder])
+    evals = [m["eval_loss"] for m in _metrics(tmp_path / "out") if "eval_loss" in m]
+    assert result.status == "early_stopped" and result.step < 40
+    assert min(evals[:-2]) <= min(evals[-2:]), "stopped after two evaluations without improvement"
+    assert any("early stopping" in e for e in recorder.events)
+    assert (tmp_path / "out" / "adapter").exists()
