@@ -5,6 +5,8 @@ Measured, not asserted. One JSON line per (shape, dtype, configuration) on stdou
   floor           every weight frozen, backward for input gradients only: the floor for any adapter
   ours-dora       dora_core DoRA (fp32 adapter masters, activations in the model dtype)
   ours-lora       dora_core LoRA
+  ours-dora-run   ours-dora with the training run's own loss (chunked head + cross-entropy on the
+                  trained tokens, dora_core.training.loss): the step the worker runs
   peft-lora       PEFT LoRA, default (adapters autocast to fp32)
   peft-lora-bf16  PEFT LoRA with adapters in the model dtype (autocast_adapter_dtype=False)
   peft-dora       PEFT DoRA, default
@@ -57,7 +59,8 @@ SHAPES = {
     "llama3-8b": Shape(hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, vocab=128256,
                        batch=4, seq=1024),
 }
-ALL_CONFIGS = ("floor", "peft-lora", "peft-lora-bf16", "ours-lora", "ours-dora", "peft-dora", "peft-dora-bf16", "full-ft")
+ALL_CONFIGS = ("floor", "peft-lora", "peft-lora-bf16", "ours-lora", "ours-dora", "ours-dora-run", "peft-dora",
+               "peft-dora-bf16", "full-ft")
 DEFAULT_CONFIGS = ALL_CONFIGS[:-1]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -84,6 +87,7 @@ def prepare(name: str, base: LlamaForCausalLM, rank: int, adapter_dtype_note: di
         return model.requires_grad_(True)
     method = "dora" if "dora" in name else "lora"
     if name.startswith("ours-"):
+        model.benchmark_uses_run_loss = name.endswith("-run")
         return apply_adapter(model, AdapterConfig(method=method, rank=rank, alpha=2 * rank))
     from peft import LoraConfig, get_peft_model
 
@@ -112,6 +116,16 @@ def make_batch(name: str, model, shape: Shape, device: str):
     return {"inputs_embeds": embeds, "labels": ids}
 
 
+def step_loss(model, batch):
+    """The model's own loss, or the training run's (summed, normalised by trained tokens)."""
+    if getattr(model, "benchmark_uses_run_loss", False):
+        from dora_core.training.loss import summed_loss
+
+        sums = summed_loss(model, batch)
+        return sums.loss_sum / max(sums.tokens, 1)
+    return model(**batch).loss
+
+
 def held_for_backward(model, batch) -> tuple[int, int]:
     """(activation bytes, total bytes incl. parameters) saved for backward, unique storages."""
     parameter_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -123,7 +137,7 @@ def held_for_backward(model, batch) -> tuple[int, int]:
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss = model(**batch).loss
+        loss = step_loss(model, batch)
     total = sum(storages.values())
     activations = sum(n for ptr, n in storages.items() if ptr not in parameter_storages)
     loss.backward()
@@ -138,7 +152,7 @@ def time_steps(model, batch, device: str, *, warmup: int, steps: int) -> list[fl
     for index in range(warmup + steps):
         synchronize(device)
         start = time.perf_counter()
-        loss = model(**batch).loss
+        loss = step_loss(model, batch)
         loss.backward()
         if optimizer is not None:
             optimizer.step()

@@ -8,8 +8,14 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from dora_core.chunked_cross_entropy import chunked_linear_cross_entropy
 
 IGNORE_INDEX = -100
+# Architectures whose logits are exactly lm_head(final hidden state): no soft-capping or
+# scaling in between, so the chunked loss may replace the model's own head.
+CHUNKED_LOSS_MODEL_TYPES = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen3", "phi3", "gpt2"})
 
 
 @dataclass
@@ -31,7 +37,31 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return inputs
 
 
-def summed_loss(model, batch: dict[str, torch.Tensor]) -> LossSums:
+def supports_chunked_loss(model) -> bool:
+    head = model.get_output_embeddings()
+    return (getattr(model.config, "model_type", None) in CHUNKED_LOSS_MODEL_TYPES and isinstance(head, nn.Linear)
+            and head.bias is None and not head.weight.requires_grad and model.base_model is not model)
+
+
+def summed_loss(model, batch: dict[str, torch.Tensor], *, chunked: bool | None = None) -> LossSums:
+    """Summed next-token loss; `chunked` None picks the chunked head+loss when the model allows it."""
+    if chunked if chunked is not None else supports_chunked_loss(model):
+        return _chunked_summed_loss(model, batch)
+    return _full_logits_summed_loss(model, batch)
+
+
+def _chunked_summed_loss(model, batch: dict[str, torch.Tensor]) -> LossSums:
+    """Runs the decoder, then head + loss chunk by chunk on the trained positions only."""
+    hidden = model.base_model(**model_inputs(batch)).last_hidden_state  # (batch, seq, d)
+    labels = batch["labels"][:, 1:]  # (batch, seq - 1)
+    trained = labels != IGNORE_INDEX  # (batch, seq - 1)
+    selected = hidden[:, :-1][trained]  # (tokens, d)
+    targets = labels[trained]  # (tokens,)
+    loss_sum, correct = chunked_linear_cross_entropy(selected, model.get_output_embeddings().weight, targets)
+    return LossSums(loss_sum=loss_sum, tokens=int(targets.numel()), correct=int(correct))
+
+
+def _full_logits_summed_loss(model, batch: dict[str, torch.Tensor]) -> LossSums:
     logits = model(**model_inputs(batch)).logits  # (batch, seq, vocab)
     labels = batch["labels"][:, 1:]  # (batch, seq - 1)
     trained = labels != IGNORE_INDEX  # (batch, seq - 1)
