@@ -51,7 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = get_engine(settings)
     app.state.sessionmaker = sessionmaker(bind=app.state.engine, expire_on_commit=False)
-    app.state.storage = open_storage(settings.storage_url, endpoint_url=settings.s3_endpoint_url)
+    app.state.storage = open_storage(settings.storage_url, endpoint_url=settings.s3_endpoint_url,
+                                     region=settings.s3_region)
     app.state.key_cache = {}
     app.state.observability = Observability()
     app.state.observability.watch_jobs(app.state.sessionmaker)

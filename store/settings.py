@@ -21,6 +21,7 @@ class Settings(BaseSettings):
     broker_url: str = "sqla+sqlite:///./var/broker.db"
     storage_url: str = "./var/artifacts"  # a folder, file:///abs/path or s3://bucket/prefix
     s3_endpoint_url: str | None = None  # MinIO / other S3-compatible endpoints
+    s3_region: str | None = None  # else boto3's default (AWS_DEFAULT_REGION); credentials: boto3's chain
 
     # database pool (PostgreSQL); sized for the API's thread pool
     db_pool_size: int = 20

@@ -1,8 +1,9 @@
 """Fixtures for the API suite: every test runs once on SQLite and once on PostgreSQL.
 
 PostgreSQL gets a fresh database per test session on the local server, migrated by Alembic
-(like SQLite), and dropped afterwards. With CI set, an unreachable PostgreSQL or Redis is a
-failure, not a skip. Each test gets its own tenant, so tests share one app and database
+(like SQLite), and dropped afterwards. S3 storage runs against a moto server in a subprocess
+on a free loopback port. With CI set, an unreachable PostgreSQL or Redis, or a missing moto,
+is a failure, not a skip. Each test gets its own tenant, so tests share one app and database
 per backend without seeing each other's rows.
 """
 
@@ -10,9 +11,12 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +40,9 @@ BASE_MODELS = {"tiny-llama": "./var/models/tiny-llama", "llama-3.2-1b": "meta-ll
 CHAT_ROW = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
 
 
-def unavailable(what: str, error: Exception) -> None:
+def unavailable(what: str, error: Exception, *, problem: str = "is not reachable") -> None:
     """Fail under CI (the service is part of the test environment there), skip elsewhere."""
-    message = f"{what} is not reachable: {error}"
+    message = f"{what} {problem}: {error}"
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
@@ -226,3 +230,55 @@ def redis_url() -> str:
     except redis.RedisError as error:
         unavailable("Redis", error)
     return REDIS_URL
+
+
+_MOTO_SERVER = ("import threading; from moto.server import ThreadedMotoServer; "
+                "server = ThreadedMotoServer(ip_address='127.0.0.1', port=0, verbose=False); server.start(); "
+                "print(server.get_host_and_port()[1], flush=True); threading.Event().wait()")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory) -> Iterator[str]:
+    """A real S3 endpoint: moto's server in a subprocess (port 0, so never a taken port).
+
+    boto3 gets dummy credentials from the environment for the session. A subprocess, not a
+    thread, so the objects moto holds do not count in this process's memory measurements.
+    """
+    try:
+        import boto3  # noqa: F401
+        import moto.server  # noqa: F401
+    except ImportError as error:
+        unavailable("moto[server] and boto3 (pip install -e '.[dev]')", error, problem="are not installed")
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    with open(log, "wb") as errors:
+        server = subprocess.Popen([sys.executable, "-c", _MOTO_SERVER], stdout=subprocess.PIPE,
+                                  stderr=errors, text=True)
+    try:
+        line = server.stdout.readline().strip()  # the port, once it listens
+        if not line.isdigit():
+            server.kill()
+            unavailable("the moto S3 server", RuntimeError(log.read_text()[-2000:]), problem="did not start")
+        with pytest.MonkeyPatch.context() as env:
+            for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                                "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                                "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}.items():
+                env.setenv(name, value)
+            yield f"http://127.0.0.1:{line}"
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_bucket(s3_endpoint) -> str:
+    import boto3
+
+    name = f"dora-test-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def s3_url(s3_bucket) -> str:
+    """`s3://bucket/<prefix of its own>` for one test."""
+    return f"s3://{s3_bucket}/run-{uuid.uuid4().hex[:10]}"
