@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dora_core.kernels import use_triton
+
 # A row whose norm is below this is treated as having norm EPS: W + sBA = 0 gives g = m / EPS
 # with m = 0 (m starts at ||W_row|| = 0), i.e. a zero output instead of 0/0 = NaN.
 NORM_EPS = 1e-12
@@ -99,28 +101,38 @@ class DoraLinearFunction(torch.autograd.Function):
     bias we save the pre-bias output instead (recovering it by subtraction would cancel).
 
     All matmuls run in the activation dtype (bf16 on a GPU); parameters stay fp32 and their
-    gradients are returned in fp32.
+    gradients are returned in fp32. On CUDA the two elementwise stages (the forward epilogue
+    g * (W x + s B u) and the backward's g * dy with the column sums for dm) run as fused
+    Triton kernels (dora_core/kernels), one pass over (N, out) each instead of two or three.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_A, lora_B, magnitude, norm, scale):
         act_dtype = x.dtype
+        fused = use_triton(x)
         weight_act = weight if weight.dtype == act_dtype else weight.to(act_dtype)
         exact = at_least_fp32(magnitude.dtype)
         gain = magnitude.detach().to(exact) / norm.to(exact).clamp_min(NORM_EPS)  # (out,) fp32
-        gain_act = gain.to(act_dtype)  # (out,)
+        # the gain actually applied: fp32 inside the fused kernel, activation dtype otherwise
+        gain_used = gain if fused else gain.to(act_dtype)  # (out,)
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
         u = x2 @ lora_A.to(act_dtype).T  # (N, r)
         y = x2 @ weight_act.T  # (N, out)   W x
-        y.addmm_(u, lora_B.to(act_dtype).T, alpha=scale)  # (N, out)   z = W x + s B u
-        y.mul_(gain_act)  # (N, out)   g * z, in place: no second (N, out) buffer
+        if fused:
+            from dora_core.kernels.dora_epilogue import dora_epilogue_
+
+            dora_epilogue_(y, u, lora_B.to(act_dtype), gain, scale)  # (N, out)   g * (W x + s B u), one pass
+        else:
+            y.addmm_(u, lora_B.to(act_dtype).T, alpha=scale)  # (N, out)   z = W x + s B u
+            y.mul_(gain_used)  # (N, out)   g * z, in place: no second (N, out) buffer
         out = y if bias is None else y + bias.to(act_dtype)
-        # z = y / gain_act, and dm = sum dy * z / n, so one (out,) factor 1 / (gain_act * n):
+        # z = y / gain_used, and dm = sum dy * z / n, so one (out,) factor 1 / (gain_used * n):
         inv_gain_norm = torch.where(
-            gain_act != 0, 1.0 / (gain_act.to(exact) * norm.to(exact).clamp_min(NORM_EPS)), torch.zeros_like(gain)
+            gain_used != 0, 1.0 / (gain_used.to(exact) * norm.to(exact).clamp_min(NORM_EPS)), torch.zeros_like(gain)
         )  # (out,) fp32
-        ctx.save_for_backward(x, u, y, weight, lora_A, lora_B, gain_act, inv_gain_norm)
+        ctx.save_for_backward(x, u, y, weight, lora_A, lora_B, gain_used, inv_gain_norm)
         ctx.scale = scale
+        ctx.fused = fused
         ctx.magnitude_dtype = magnitude.dtype
         ctx.bias_needs_grad = bias is not None and bias.requires_grad
         ctx.bias_dtype = None if bias is None else bias.dtype
@@ -128,13 +140,19 @@ class DoraLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        x, u, y, weight, lora_A, lora_B, gain_act, inv_gain_norm = ctx.saved_tensors
+        x, u, y, weight, lora_A, lora_B, gain_used, inv_gain_norm = ctx.saved_tensors
         scale = ctx.scale
         act_dtype = y.dtype
         dy = grad_output.reshape(-1, grad_output.shape[-1]).to(act_dtype)  # (N, out)
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
         a_act, b_act = lora_A.to(act_dtype), lora_B.to(act_dtype)  # (r, in), (out, r)
-        dz = dy * gain_act  # (N, out)
+        if ctx.fused:
+            from dora_core.kernels.dora_epilogue import dora_backward_prologue
+
+            dz, dy_dot_y = dora_backward_prologue(dy, y, gain_used)  # (N, out), (out,)
+        else:
+            dz = dy * gain_used  # (N, out)
+            dy_dot_y = _columnwise_dot(dy, y) if ctx.needs_input_grad[5] else None  # (out,)
         dz_b = dz @ b_act  # (N, r)
 
         grad_x = grad_a = grad_b = grad_m = grad_bias = None
@@ -148,7 +166,7 @@ class DoraLinearFunction(torch.autograd.Function):
         if ctx.needs_input_grad[4]:
             grad_b = (dz.T @ u).to(lora_B.dtype).mul_(scale)  # (out, r)
         if ctx.needs_input_grad[5]:
-            grad_m = (_columnwise_dot(dy, y) * inv_gain_norm).to(ctx.magnitude_dtype)  # (out,)
+            grad_m = (dy_dot_y * inv_gain_norm).to(ctx.magnitude_dtype)  # (out,)
         if ctx.bias_needs_grad:
             grad_bias = dy.sum(dim=0, dtype=at_least_fp32(dy.dtype)).to(ctx.bias_dtype)
         return grad_x, None, grad_bias, grad_a, grad_b, grad_m, None, None
