@@ -36,7 +36,7 @@ from dora_core.training.checkpoints import (
 from dora_core.training.loss import count_trained_tokens, summed_loss
 from dora_core.training.outputs import MetricsLog, remove_partial_outputs, write_adapter, write_manifest, write_merged
 from dora_core.training.schedule import BatchSchedule, micro_batches
-from dora_core.training.settings import RunConfig
+from dora_core.training.settings import RunConfig, recommended_gradient_checkpointing
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +118,22 @@ class TrainingRun:
         torch.manual_seed(self.settings.seed)  # adapter init (A) is seeded: same seed, same run
         self.model = load_base_model(self.config.base_model, dtype=self.dtype, device=self.device)
         apply_adapter(self.model, self.config.adapter)
-        if self.settings.gradient_checkpointing:
+        if self.gradient_checkpointing_wanted():
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.callbacks.on_event("gradient checkpointing on")
         self.model.config.use_cache = False
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.initial_adapter = [p.detach().clone() for p in self.trainable]
         self.initial_rng = torch.get_rng_state()
         self.build_optimizer()
+
+    def gradient_checkpointing_wanted(self) -> bool:
+        setting = self.settings.gradient_checkpointing
+        if setting != "auto":
+            return setting
+        memory = torch.cuda.get_device_properties(self.device).total_memory if self.device.type == "cuda" else None
+        parameters = sum(p.numel() for p in self.model.parameters())
+        return recommended_gradient_checkpointing(parameters=parameters, device_memory_bytes=memory)
 
     def build_optimizer(self) -> None:
         self.schedule = BatchSchedule(

@@ -38,7 +38,7 @@ class TrainingSettings:
     eval_interval: int | None = None  # steps; evaluation also runs at the end when there is a validation set
     checkpoint_interval: int = 50  # steps
     keep_checkpoints: int = 2
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | str = "auto"  # "auto": see recommended_gradient_checkpointing
     precision: str = "auto"  # auto = bf16 on a CUDA GPU that supports it, else fp32
     early_stopping_patience: int | None = None  # evaluations without eval-loss improvement
     max_seq_len: int = 1024
@@ -63,9 +63,30 @@ class TrainingSettings:
             _positive_number(self, "max_grad_norm")
         _choice(self, "lr_scheduler", SCHEDULERS)
         _choice(self, "precision", PRECISIONS)
-        for name in ("gradient_checkpointing", "train_on_inputs", "packing"):
+        if self.gradient_checkpointing != "auto" and not isinstance(self.gradient_checkpointing, bool):
+            raise AdapterConfigError("gradient_checkpointing",
+                                     f"must be true, false or 'auto', got {self.gradient_checkpointing!r}")
+        for name in ("train_on_inputs", "packing"):
             if not isinstance(getattr(self, name), bool):
                 raise AdapterConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
+
+
+# Parameters from which activations, not weights, decide whether a step fits: at 7B+ a
+# micro-batch of 4 x 2048 tokens needs tens of GiB of activations without checkpointing.
+CHECKPOINTING_PARAMETER_THRESHOLD = 6_000_000_000
+
+
+def recommended_gradient_checkpointing(*, parameters: int, device_memory_bytes: int | None) -> bool:
+    """The default for gradient_checkpointing="auto".
+
+    On for models of 6B parameters and more (Llama-3-8B, Mistral-7B: PEFT and TRL recommend it
+    there), and for any model whose bf16 weights take over a third of the GPU (little room left
+    for activations). Off otherwise, including on the CPU for small models: recomputing the
+    forward costs about a third more time per step.
+    """
+    if parameters >= CHECKPOINTING_PARAMETER_THRESHOLD:
+        return True
+    return device_memory_bytes is not None and 2 * parameters > device_memory_bytes / 3
 
 
 @dataclass(frozen=True)
