@@ -1,18 +1,25 @@
 """Schema versioning with Alembic: apply migrations (`dora migrate`) and refuse an outdated DB.
 
-The Alembic config is built in code from Settings so `dora migrate`, the tests and
-`alembic -c alembic.ini upgrade head` all migrate the database the service will use.
+The Alembic scripts live in `store/migrations/` and ship inside the installed package (wheel
+or editable), so they are found from the `store` package, never from the working directory:
+`dora migrate` works wherever it runs. The Alembic config is built in code from Settings, so
+`dora migrate`, the tests and `alembic -c alembic.ini upgrade head` (repo root) all migrate
+the database the service will use.
 """
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 from sqlalchemy import Engine
 
 from store.settings import Settings
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+def migrations_dir() -> Path:
+    """The Alembic script directory inside the installed `store` package."""
+    return Path(str(resources.files("store") / "migrations"))
 
 
 class SchemaOutdated(RuntimeError):
@@ -23,7 +30,7 @@ def alembic_config(database_url: str):
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("script_location", str(migrations_dir()))
     config.attributes["database_url"] = database_url
     return config
 

@@ -108,3 +108,62 @@ def test_migrations_downgrade_and_upgrade_again(tmp_path):
     with engine.connect() as connection:
         assert MigrationContext.configure(connection).get_current_revision() == head_revision()
     engine.dispose()
+
+
+def _package_sources(into: Path) -> Path:
+    """A copy of what a wheel is built from: pyproject.toml, README and the packages it names."""
+    import fnmatch
+    import shutil
+    import tomllib
+
+    into.mkdir(parents=True)
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["packages"]["find"]["include"]
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, into / name)
+    for folder in ROOT.iterdir():
+        if folder.is_dir() and any(fnmatch.fnmatch(folder.name, p) for p in patterns):
+            shutil.copytree(folder, into / folder.name, ignore=shutil.ignore_patterns("__pycache__"))
+    return into
+
+
+def test_dora_migrate_from_an_installed_wheel_in_another_directory(tmp_path):
+    """The migration scripts ship inside the wheel and are found from the package, not the CWD:
+    build the wheel, unpack it as an install would, then `dora migrate` far from the checkout."""
+    import zipfile
+
+    source = _package_sources(tmp_path / "src")
+    built = subprocess.run([sys.executable, "-c", "import sys; from setuptools import build_meta; "
+                            "print(build_meta.build_wheel(sys.argv[1]))", str(tmp_path / "dist")],
+                           cwd=source, capture_output=True, text=True, timeout=120)
+    assert built.returncode == 0, built.stderr[-3000:]
+    wheel = tmp_path / "dist" / built.stdout.strip().splitlines()[-1]
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {"store/migrations/env.py", "store/migrations/script.py.mako"} <= set(names)
+    assert any(n.startswith("store/migrations/versions/") for n in names)
+    assert not any(n.startswith("migrations/") for n in names)  # no top-level `migrations` package
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = os.environ | {"PYTHONPATH": str(tmp_path / "site"), "DORA_DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}"}
+    migrated = subprocess.run([sys.executable, "-m", "dora_cli.main", "migrate"], cwd=elsewhere, env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert migrated.returncode == 0, migrated.stderr[-3000:]
+    check = ("import store, store.migrate as m; from store.db import build_engine; from store.settings import Settings; "
+             "m.check_schema(build_engine(Settings().database_url)); print(m.migrations_dir())")
+    checked = subprocess.run([sys.executable, "-c", check], cwd=elsewhere, env=env, capture_output=True, text=True,
+                             timeout=60)
+    assert checked.returncode == 0, checked.stderr[-3000:]
+    assert checked.stdout.strip().startswith(str(tmp_path / "site" / "store"))  # the wheel's copy, not the checkout
+
+
+def test_alembic_ini_in_the_checkout_still_migrates(tmp_path):
+    env = os.environ | {"PYTHONPATH": str(ROOT), "DORA_DATABASE_URL": f"sqlite:///{tmp_path / 'a.db'}"}
+    result = subprocess.run([sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), "upgrade", "head"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from store.migrate import check_schema
+
+    engine = build_engine(env["DORA_DATABASE_URL"])
+    check_schema(engine)
+    engine.dispose()
