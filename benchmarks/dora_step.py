@@ -72,8 +72,13 @@ def build_base(shape: Shape, dtype: torch.dtype, device: str) -> LlamaForCausalL
         num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
         max_position_embeddings=max(shape.seq, 2048), attn_implementation="sdpa",
     )
-    with torch.device(device):
-        model = LlamaForCausalLM(config)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # build in the target dtype: an 8B model never exists in fp32
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
     return model.to(dtype).train()
 
 

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The whole H200 check in one run (about 4 minutes), results as JSON lines under $OUT:
+#   versions.json       torch / transformers / peft / triton on the machine
+#   core_tests.log      the CPU test suite of dora_core against the machine's PEFT and transformers
+#   gpu_parity.jsonl    CUDA bf16 path (fused Triton kernels on and off) vs the CPU fp32 reference,
+#                       and merged-model vs base-model forward latency
+#   dora_step.jsonl     training-step time, bytes held for backward and peak memory: floor, ours,
+#                       PEFT (LoRA/DoRA, default and bf16 adapters), full fine-tuning; TinyLlama-1.1B
+#                       (8 x 1024) and Llama-3-8B (4 x 1024) shapes, random init, r=16, AdamW
+# Needs no network and no install: the repository on PYTHONPATH and the image's torch/transformers/peft.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/results}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+PY=${PYTHON:-python3}
+status=0
+
+$PY - > "$OUT/versions.json" <<'PYEOF'
+import json, torch, transformers, peft
+try:
+    import triton; triton_version = triton.__version__
+except ImportError:
+    triton_version = None
+print(json.dumps({"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+                  "triton": triton_version, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}))
+PYEOF
+
+echo "== core tests (CPU) against this machine's libraries"
+CUDA_VISIBLE_DEVICES= timeout 150 $PY -m pytest -q -x -p no:cacheprovider tests/core \
+  --deselect tests/core/test_train_cli.py::test_json_config_trains_in_a_real_dora_process \
+  > "$OUT/core_tests.log" 2>&1 || status=1
+tail -1 "$OUT/core_tests.log"
+
+echo "== CUDA parity and merged latency"
+timeout 90 $PY benchmarks/gpu_parity.py --device cuda > "$OUT/gpu_parity.jsonl" || status=1
+cat "$OUT/gpu_parity.jsonl"
+
+echo "== training steps, TinyLlama-1.1B shape"
+timeout 150 $PY benchmarks/dora_step.py --device cuda --shapes tinyllama-1.1b \
+  --configs floor,peft-lora-bf16,peft-lora,ours-lora,ours-dora,ours-dora-run,peft-dora-bf16,peft-dora,full-ft \
+  > "$OUT/dora_step.jsonl" || status=1
+
+echo "== training steps, Llama-3-8B shape"
+timeout 200 $PY benchmarks/dora_step.py --device cuda --shapes llama3-8b \
+  --configs floor,peft-lora-bf16,ours-lora,ours-dora,ours-dora-run,peft-dora-bf16,peft-dora \
+  >> "$OUT/dora_step.jsonl" || status=1
+cat "$OUT/dora_step.jsonl"
+exit $status
