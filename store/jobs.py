@@ -285,3 +285,49 @@ def settle_abandoned(session: Session, *, now: datetime | None = None) -> list[s
             settled.append(job_id)
     session.commit()
     return settled
+
+
+# -- used by worker/ (retries, the reconciler, totals) ------------------------------------------
+def release_job(session: Session, *, job_id: str, owner: str, attempt: int, reason: str) -> bool:
+    """Give a running job back to the queue for another attempt (fenced); False without the lease.
+
+    For a failure that may not repeat (a worker shut down, a storage or database blip): the
+    next attempt resumes from the newest checkpoint. `reason` is shown in the job's events.
+    """
+    now = utcnow()
+    values = dict(status="queued", lease_owner=None, lease_expires_at=None, updated_at=now)
+    if _changed(session, update(Job).where(_fenced(job_id, owner, attempt)).values(**values)) != 1:
+        session.rollback()
+        return False
+    session.add(_event(job_id, reason, level="warning", now=now))
+    session.commit()
+    return True
+
+
+def mark_republished(session: Session, *, job_id: str, not_since: datetime, now: datetime | None = None) -> bool:
+    """Claim the right to re-publish a reclaimable job once (one conditional UPDATE of updated_at).
+
+    Several reconcilers (one per worker host) may see the same stale job; only the one whose
+    UPDATE changes the row publishes it, and the job is not published again before `not_since`
+    has moved past the new updated_at.
+    """
+    now = now or utcnow()
+    reclaimable = or_(Job.status == "queued",
+                      and_(Job.status == "running", Job.lease_expires_at < now, Job.attempt < Job.max_attempts,
+                           Job.cancel_requested.is_(False)))
+    statement = update(Job).where(Job.id == job_id, reclaimable, Job.updated_at < not_since).values(updated_at=now)
+    changed = _changed(session, statement) == 1
+    session.commit()
+    return changed
+
+
+def trained_tokens_total(session: Session, *, job_id: str) -> int:
+    """Tokens trained on over every recorded step (each step once, whichever attempt ran it)."""
+    values = session.scalars(select(MetricPoint.values).where(MetricPoint.job_id == job_id))
+    return sum(int(v.get("trained_tokens") or 0) for v in values)
+
+
+def checkpoint_keys(session: Session, *, job_id: str) -> list[tuple[int, str]]:
+    """(step, storage_key) of the job's checkpoints, newest first."""
+    query = select(Checkpoint.step, Checkpoint.storage_key).where(Checkpoint.job_id == job_id)
+    return [(step, key) for step, key in session.execute(query.order_by(Checkpoint.step.desc(), Checkpoint.id.desc()))]

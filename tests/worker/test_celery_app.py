@@ -1,0 +1,46 @@
+"""The Celery settings DESIGN.md asks for, and the commands that start a worker."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from store.queue import QUEUE, TASK_NAME
+from worker.celery_app import app, make_celery
+from worker.settings import WorkerSettings
+
+
+def test_the_worker_acks_late_takes_one_job_and_forks_a_fresh_process_per_job():
+    conf = make_celery(WorkerSettings(broker_url="redis://127.0.0.1:6379/0", job_time_limit_seconds=3600)).conf
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1 and conf.worker_concurrency == 1
+    assert conf.worker_pool == "prefork" and conf.worker_max_tasks_per_child == 1
+    assert conf.task_routes[TASK_NAME] == {"queue": QUEUE} and conf.task_default_queue == QUEUE == "gpu"
+    assert conf.task_soft_time_limit == 3600 < conf.task_time_limit
+    assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit
+    assert conf.worker_cancel_long_running_tasks_on_connection_loss is False
+    assert conf.broker_connection_max_retries is None
+
+
+def test_the_embedded_broker_gets_no_redis_options_and_no_remote_control():
+    conf = make_celery(WorkerSettings(broker_url="sqla+sqlite:///var/broker.db")).conf
+    assert conf.broker_transport_options == {} and conf.worker_enable_remote_control is False
+
+
+def test_the_task_is_registered_under_the_name_the_api_publishes():
+    assert TASK_NAME in app.tasks
+
+
+def test_heartbeats_must_fit_in_the_lease():
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="DORA_HEARTBEAT_SECONDS"):
+        WorkerSettings(lease_seconds=10, heartbeat_seconds=6)
+
+
+def test_dora_lists_the_worker_commands():
+    result = subprocess.run([sys.executable, "-m", "dora_cli.main", "--help"], capture_output=True, text=True,
+                            check=True)
+    for command in ("worker", "reconcile", "up"):
+        assert command in result.stdout

@@ -1,0 +1,85 @@
+"""The reconciler: re-publish what SQL says is still to do, once per interval across hosts."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import update
+
+from store import jobs as job_store
+from store.db import session_scope
+from store.models import Job, utcnow
+from worker.reconciler import Reconciler
+
+
+def _age(settings, job_id, seconds: float) -> None:
+    """Pretend the job row was last touched `seconds` ago."""
+    with session_scope(settings) as session:
+        session.execute(update(Job).where(Job.id == job_id).values(updated_at=utcnow() - timedelta(seconds=seconds)))
+        session.commit()
+
+
+def _claim(settings, job_id, *, lease_seconds: float, owner: str = "dead-host:1"):
+    with session_scope(settings) as session:
+        return job_store.claim_job(session, job_id=job_id, owner=owner, lease_seconds=lease_seconds)
+
+
+def _reconciler(settings, published: list, ok: bool = True) -> Reconciler:
+    return Reconciler(settings, publish=lambda job_id: published.append(job_id) or ok)
+
+
+def test_a_queued_job_nobody_claimed_is_republished_once_per_interval_across_reconcilers(service):
+    job_id = service.create()
+    published = []
+    first, second = _reconciler(service.settings, published), _reconciler(service.settings, published)
+    first.run_once()
+    assert job_id not in published  # fresh: its own message may still be on its way
+    _age(service.settings, job_id, 60)
+    assert job_id in first.run_once().published
+    assert job_id not in second.run_once().published  # the other host's reconciler lost the UPDATE
+    assert published.count(job_id) == 1
+
+
+def test_an_expired_lease_is_republished_and_a_live_one_is_not(service):
+    live, dead = service.create(), service.create()
+    _claim(service.settings, live, lease_seconds=600, owner="live-host:1")
+    _claim(service.settings, dead, lease_seconds=-1)
+    _age(service.settings, dead, 60)
+    published = []
+    done = _reconciler(service.settings, published).run_once()
+    assert dead in done.published and live not in published
+
+
+def test_abandoned_jobs_at_the_cap_fail_and_cancelled_ones_are_settled(service):
+    capped, cancelled = service.create(max_attempts=1), service.create()
+    _claim(service.settings, capped, lease_seconds=-1)
+    _claim(service.settings, cancelled, lease_seconds=-1)
+    service.cancel(cancelled)  # running: only requested; its worker is dead
+    done = _reconciler(service.settings, []).run_once()
+    assert {capped, cancelled} <= set(done.settled)
+    assert service.get(capped)["status"] == "failed"
+    assert service.get(capped)["error"]["code"] == "attempts_exhausted"
+    assert service.get(cancelled)["status"] == "cancelled"
+
+
+def test_a_refused_publish_is_retried_on_a_later_pass(service):
+    job_id = service.create()
+    _age(service.settings, job_id, 60)
+    refused = []
+    assert job_id in _reconciler(service.settings, refused, ok=False).run_once().unpublished
+    accepted = []
+    assert job_id not in _reconciler(service.settings, accepted).run_once().published  # not within the interval
+    _age(service.settings, job_id, 60)
+    assert job_id in _reconciler(service.settings, accepted).run_once().published
+
+
+def test_release_gives_the_job_back_only_to_the_lease_holder(service):
+    job_id = service.create()
+    job = _claim(service.settings, job_id, lease_seconds=600, owner="host:1")
+    with session_scope(service.settings) as session:
+        assert not job_store.release_job(session, job_id=job_id, owner="host:2", attempt=job.attempt, reason="x")
+        assert job_store.release_job(session, job_id=job_id, owner="host:1", attempt=job.attempt,
+                                     reason="The worker is shutting down")
+    row = service.row(job_id)
+    assert row.status == "queued" and row.lease_owner is None and row.attempt == 1
+    assert _claim(service.settings, job_id, lease_seconds=600).attempt == 2

@@ -1,0 +1,136 @@
+"""The Celery app of the GPU workers and its one task, `worker.run_job(job_id)`.
+
+Settings that follow from "SQL is the truth, the broker only wakes workers" (DESIGN.md):
+
+- acks_late + reject_on_worker_lost: a message is acknowledged only after its task returned;
+  if the process running it dies, the message goes back to the queue. A redelivered message
+  whose job is still leased (or finished) is dropped by the claim, so at-least-once delivery
+  is harmless.
+- prefetch multiplier 1, concurrency 1: a worker holds one job at a time (run one worker per GPU).
+- a fresh child process per job (prefork, max_tasks_per_child=1): whatever a job did to CUDA,
+  memory included, ends with its process; the parent imports torch (faster starts) but never
+  touches CUDA.
+- visibility timeout (Redis) above the job time limit: the broker never hands a running job to a
+  second worker; when a worker dies, the job's SQL lease expires and the reconciler republishes it.
+- no result backend: results live in SQL.
+- on shutdown (SIGTERM/Ctrl-C, `docker stop`) the running job is asked to stop at its next
+  micro-batch and is given back to the queue, to resume from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from contextlib import contextmanager
+
+from celery import Celery
+from celery.signals import worker_init, worker_process_init, worker_shutting_down
+from kombu import Queue
+
+from store.queue import QUEUE, TASK_NAME
+from worker.settings import WorkerSettings, get_worker_settings
+
+log = logging.getLogger(__name__)
+
+
+def transport_options(settings: WorkerSettings) -> dict:
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        return {"visibility_timeout": settings.visibility_timeout}
+    return {}  # the SQLAlchemy transport passes its options to create_engine: none needed
+
+
+def make_celery(settings: WorkerSettings) -> Celery:
+    app = Celery("dora-worker", broker=settings.broker_url, set_as_current=False)
+    embedded = settings.broker_url.startswith(("sqla+", "sqlalchemy+"))
+    app.conf.update(
+        task_default_queue=QUEUE,
+        task_queues=(Queue(QUEUE, routing_key=QUEUE),),
+        task_routes={TASK_NAME: {"queue": QUEUE}},
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_concurrency=settings.concurrency,
+        worker_pool="prefork",
+        worker_max_tasks_per_child=1,
+        task_soft_time_limit=settings.job_time_limit_seconds,
+        task_time_limit=settings.job_time_limit_seconds + 600,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_transport_options=transport_options(settings),
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # a broker restart is waited out, never fatal
+        worker_cancel_long_running_tasks_on_connection_loss=False,  # SQL owns the job, not the connection
+        worker_enable_remote_control=not embedded,  # the SQL transport has no fanout exchanges
+        worker_send_task_events=False,
+    )
+    app.settings = settings
+    return app
+
+
+app = make_celery(get_worker_settings())
+
+
+# -- the task --------------------------------------------------------------------------------
+@contextmanager
+def stop_on_sigterm():
+    """In the job's process: SIGTERM (the worker shutting down) asks the run to stop cleanly."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():  # called in-process (tests)
+        yield stop
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@app.task(name=TASK_NAME)
+def run_job_task(job_id: str) -> str:
+    from transformers.utils import logging as hf_logging
+
+    from worker.job import run_job
+
+    hf_logging.disable_progress_bar()  # loading/saving bars would land in the worker log as warnings
+    with stop_on_sigterm() as stop:
+        return run_job(job_id, settings=app.settings, stop_requested=stop.is_set)
+
+
+# -- process life cycle ----------------------------------------------------------------------
+@worker_init.connect
+def _preload(**_) -> None:
+    """Import the ML stack once in the parent so each forked job skips it; CUDA stays untouched."""
+    if not app.settings.preload_ml:
+        return
+    import dora_core.training  # noqa: F401 - torch, transformers
+    import torch
+
+    if torch.cuda.is_initialized():  # pragma: no cover - a guard for future imports
+        raise RuntimeError("CUDA was initialised in the worker's parent process; jobs must own it")
+
+
+@worker_process_init.connect
+def _init_job_process(**_) -> None:
+    """A forked child must not reuse the parent's pooled database connections; an idle child
+    asked to stop (see below) just exits, a busy one stops its job first (stop_on_sigterm)."""
+    from store import db
+
+    with db._lock:
+        for engine in db._engines.values():
+            engine.dispose(close=False)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+
+
+@worker_shutting_down.connect
+def _ask_running_jobs_to_stop(**_) -> None:
+    """Forward the shutdown to the job processes (Celery's warm shutdown alone would wait for them)."""
+    from billiard.process import active_children
+
+    for child in active_children():
+        try:
+            os.kill(child.pid, signal.SIGTERM)
+        except (ProcessLookupError, TypeError):
+            pass

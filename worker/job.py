@@ -1,0 +1,191 @@
+"""Running one job on this worker: claim, fetch inputs, train under a lease, store outputs, finish.
+
+`run_job(job_id)` is the whole task body. What it returns says what happened:
+  skipped    no row changed by the claim (finished, cancelled, running elsewhere, at its cap):
+             the message was a duplicate or stale, and is simply acknowledged
+  succeeded / failed / cancelled   the final status this attempt wrote while holding the lease
+  released   the job went back to the queue for another attempt (a retryable error, a shutdown)
+  lost       another attempt took the job over; this one wrote nothing more
+
+The local work folder (`DORA_WORK_DIR/<job id>`) survives a crash, so an attempt retried on
+the same host resumes from the checkpoints left there; checkpoints are also uploaded, so an
+attempt on another host downloads the newest one. Either way the job's events say where it
+resumed from.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from store import jobs as job_store
+from store.db import session_scope
+from store.jobs import ArtifactSpec, JobError
+from store.models import Job
+from store.queue import publish_job
+from store.storage import Storage, job_key, open_storage
+from worker.failures import Failure, describe, exhausted
+from worker.lease import Lease, LeaseKeeper
+from worker.settings import WorkerSettings
+from worker.transfer import download_file, download_folder, upload_folder
+
+log = logging.getLogger(__name__)
+
+
+def worker_identity() -> str:
+    """Who holds a lease: host and process id (a fresh process runs each job)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def run_job(job_id: str, *, settings: WorkerSettings, storage: Storage | None = None,
+            publish: Callable[[str], bool] | None = None, stop_requested: Callable[[], bool] = lambda: False) -> str:
+    owner = worker_identity()
+    with session_scope(settings) as session:
+        job = job_store.claim_job(session, job_id=job_id, owner=owner, lease_seconds=settings.lease_seconds)
+    if job is None:
+        log.info("job %s: not claimed (finished, cancelled, held by a live attempt or at its attempt cap); "
+                 "message dropped", job_id)
+        return "skipped"
+    log.info("job %s: attempt %s of %s claimed by %s", job_id, job.attempt, job.max_attempts, owner)
+    storage = storage or open_storage(settings.storage_url, endpoint_url=settings.s3_endpoint_url)
+    publish = publish or (lambda jid: publish_job(jid, broker_url=settings.broker_url))
+    started = time.monotonic()
+    outcome = JobAttempt(settings, job, owner, storage, publish, stop_requested).run()
+    log.info("job %s: attempt %s %s after %.1fs", job_id, job.attempt, outcome, time.monotonic() - started)
+    return outcome
+
+
+class JobAttempt:
+    def __init__(self, settings: WorkerSettings, job: Job, owner: str, storage: Storage,
+                 publish: Callable[[str], bool], stop_requested: Callable[[], bool]) -> None:
+        self.settings, self.job, self.storage = settings, job, storage
+        self.publish, self.stop_requested = publish, stop_requested
+        self.lease = Lease(settings, job.id, owner, job.attempt)
+        self.folder = Path(settings.work_dir) / job.id
+
+    def run(self) -> str:
+        try:
+            with LeaseKeeper(self.lease, self.settings.heartbeat_seconds):
+                result = self.train()
+                artifacts = self.store_outputs(result.outputs) if result.status != "stopped" else []
+        except Exception as error:  # noqa: BLE001 - every failure becomes a readable job error
+            return self.fail(error)
+        if result.status == "stopped":
+            return self.stopped()
+        return self.succeed(artifacts)
+
+    # -- before training ---------------------------------------------------------------------
+    def train(self):
+        from dora_core.training import run_training
+
+        from worker.progress import JobProgress
+
+        config = self.build_config()
+        self.progress = JobProgress(lease=self.lease, storage=self.storage, tenant_id=self.job.tenant_id,
+                                    heartbeat_seconds=self.settings.heartbeat_seconds,
+                                    keep_checkpoints=config.training.keep_checkpoints,
+                                    stop_requested=self.stop_requested)
+        return run_training(config, self.folder / "run", callbacks=[self.progress], device=self.settings.device)
+
+    def build_config(self):
+        from dora_core.training import RunConfig
+
+        run = self.job.settings
+        train = self.fetch_input(run["training_file"], "train.jsonl")  # the API accepts JSONL only
+        validation = self.fetch_input(run["validation_file"], "validation.jsonl") if run.get("validation_file") else None
+        self.restore_checkpoint(self.folder / "run" / "checkpoints")
+        base_model = self.settings.base_models.get(self.job.model) or run["base_model"]["path"]
+        return RunConfig.from_dict(run["run_config"] | {
+            "base_model": base_model, "train_file": str(train),
+            "validation_file": str(validation) if validation else None})
+
+    def fetch_input(self, info: dict, name: str) -> Path:
+        return download_file(self.storage, info["storage_key"], self.folder / "inputs" / name)
+
+    def restore_checkpoint(self, checkpoints: Path) -> None:
+        """Download the newest registered checkpoint when this host has none as new (another host wrote it)."""
+        from dora_core.training.checkpoints import checkpoint_name, list_checkpoints
+
+        with session_scope(self.settings) as session:
+            latest = job_store.latest_checkpoint(session, job_id=self.job.id)
+        local = list_checkpoints(checkpoints)
+        if latest is None or (local and local[-1][0] >= latest.step):
+            return
+        try:
+            download_folder(self.storage, latest.storage_key, checkpoints / checkpoint_name(latest.step))
+        except Exception as error:  # noqa: BLE001 - an older checkpoint (or none) still gives a correct run
+            log.warning("job %s: could not download checkpoint %s: %s", self.job.id, latest.storage_key, error)
+            self.lease.event(f"The checkpoint at step {latest.step} could not be fetched from storage; "
+                             "continuing from an older one", level="warning")
+            return
+        self.lease.event(f"Fetched the checkpoint at step {latest.step} (written by attempt {latest.attempt}) "
+                         "from storage", data={"step": latest.step})
+
+    # -- after training ----------------------------------------------------------------------
+    def store_outputs(self, outputs: dict[str, str]) -> list[ArtifactSpec]:
+        """Upload each requested output folder under this attempt's own prefix (a stale attempt
+        can never mix its files into them); only the attempt that finishes registers its set."""
+        specs = []
+        for name in self.job.settings.get("outputs") or ["adapter"]:
+            prefix = job_key(self.job.tenant_id, self.job.id, "outputs", f"attempt-{self.job.attempt}", name)
+            files = upload_folder(self.storage, Path(outputs[name]), prefix)
+            specs.append(ArtifactSpec(name=name, storage_prefix=prefix, files=files))
+        return specs
+
+    def succeed(self, artifacts: list[ArtifactSpec]) -> str:
+        if not self.lease.finish("succeeded", trained_tokens=self.lease.trained_tokens(), artifacts=artifacts):
+            self.remove_outputs(self.job.attempt)
+            return "lost"
+        for attempt in range(1, self.job.attempt):  # what earlier attempts may have half-uploaded
+            self.remove_outputs(attempt)
+        self.remove_work_folder()
+        return "succeeded"
+
+    def stopped(self) -> str:
+        if not self.lease.held:
+            return "lost"
+        if self.lease.cancel_requested:
+            self.lease.finish("cancelled")
+            self.remove_work_folder()
+            return "cancelled"
+        return self.release("The worker is shutting down; the job will resume from its newest checkpoint")
+
+    def fail(self, error: Exception) -> str:
+        failure: Failure = describe(error, training_file=self.job.training_file,
+                                    time_limit=self.settings.job_time_limit_seconds)
+        if not self.lease.held:
+            log.warning("job %s: attempt %s ended after losing its lease: %s", self.job.id, self.job.attempt, error)
+            return "lost"
+        if failure.retry:
+            log.error("job %s: attempt %s failed", self.job.id, self.job.attempt, exc_info=error)
+        else:
+            log.warning("job %s: failed: %s", self.job.id, failure.message)
+        if failure.retry and self.job.attempt < self.job.max_attempts:
+            return self.release(f"Attempt {self.job.attempt} failed: {failure.message}; it will be retried "
+                                f"(attempt {self.job.attempt + 1} of {self.job.max_attempts})")
+        if failure.retry:
+            failure = exhausted(failure, attempts=self.job.attempt)
+        self.lease.finish("failed", error=JobError(code=failure.code, message=failure.message, param=failure.param))
+        self.remove_work_folder()
+        return "failed"
+
+    def release(self, reason: str) -> str:
+        if not self.lease.release(reason):
+            return "lost"
+        if not self.publish(self.job.id):
+            log.warning("job %s: released but not published; the reconciler will publish it", self.job.id)
+        return "released"
+
+    def remove_outputs(self, attempt: int) -> None:
+        try:
+            self.storage.delete_prefix(job_key(self.job.tenant_id, self.job.id, "outputs", f"attempt-{attempt}"))
+        except Exception as error:  # noqa: BLE001 - housekeeping
+            log.warning("job %s: could not remove outputs of attempt %s: %s", self.job.id, attempt, error)
+
+    def remove_work_folder(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,74 @@
+"""Moving a job's files between artifact storage and the worker's local work folder.
+
+Downloads land under a temporary name and are renamed when complete, so a folder or file
+that exists locally is whole. Uploads go file by file (each object write is atomic in storage)
+and return the file list an artifact or checkpoint row records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from store.storage import Storage
+
+CHUNK = 1024 * 1024
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download_file(storage: Storage, key: str, target: Path, *, size: int | None = None) -> Path:
+    """`key` to `target` (kept if already there with the expected size)."""
+    if target.is_file() and (size is None or target.stat().st_size == size):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        storage.download(key, temp)
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+    return target
+
+
+def upload_folder(storage: Storage, folder: Path, prefix: str, *, between: Callable[[], None] = lambda: None) -> list[dict]:
+    """Every file under `folder` to `prefix/<relative path>`; returns [{"path", "bytes", "sha256"}].
+
+    `between` runs before each file (the caller renews its lease there during long uploads).
+    """
+    files = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        between()
+        relative = path.relative_to(folder).as_posix()
+        size = storage.put_file(f"{prefix}/{relative}", path)
+        files.append({"path": relative, "bytes": size, "sha256": sha256_of(path)})
+    return files
+
+
+def download_folder(storage: Storage, prefix: str, target: Path) -> Path:
+    """Every object under `prefix` into `target` (replaced only once the whole folder arrived)."""
+    keys = storage.list(prefix)
+    if not keys:
+        raise FileNotFoundError(f"nothing stored under {prefix}")
+    temp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        for key in keys:
+            local = temp / key[len(prefix):].lstrip("/")
+            local.parent.mkdir(parents=True, exist_ok=True)
+            storage.download(key, local)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(temp, target)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return target
