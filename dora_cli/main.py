@@ -15,6 +15,7 @@ import sys
 COMMAND_MODULES = (
     "dora_cli.train_commands",
     "dora_cli.service_commands",
+    "dora_cli.worker_commands",
 )
 
 

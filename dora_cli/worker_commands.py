@@ -1,0 +1,237 @@
+"""Worker commands: `dora worker`, `dora reconcile`, and `dora up` (API + worker on one machine).
+
+`dora up --demo` is what `make run` calls: it migrates the database, builds the tiny demo model
+once (var/models/tiny-llama), registers it as base model `tiny-llama`, creates a demo API key
+(var/demo-api-key), then runs `dora api` and `dora worker` side by side until Ctrl-C.
+
+With no DORA_* variables everything is embedded: SQLite (var/dora.db), artifacts in
+var/artifacts, and the broker is kombu's SQLAlchemy transport on SQLite (var/broker.db).
+Why that transport rather than the filesystem one: a published message is a committed
+SQLite transaction (whole and durable, or absent) and a worker takes it in one
+`BEGIN IMMEDIATE` transaction, so a queue survives any number of worker restarts and two
+consumers never take the same message. The filesystem transport writes message files without
+fsync, and its consumer moves a file into the system temp folder before reading it: a worker
+killed between the two loses that message, and a producer killed mid-write leaves a truncated
+file. (A message a worker held when it was SIGKILLed is lost by either; SQL still has the job and
+the reconciler re-publishes it.) DORA_DATABASE_URL, DORA_BROKER_URL and DORA_STORAGE_URL switch
+to PostgreSQL, Redis and S3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DEMO_MODEL_DIR = Path("var/models/tiny-llama")
+DEMO_KEY_FILE = Path("var/demo-api-key")
+DEMO_TENANT = "demo"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    worker = subparsers.add_parser("worker", help="run a GPU worker (Celery, queue 'gpu') and its reconciler")
+    worker.add_argument("--gpu", default=None, metavar="N",
+                        help="use only this GPU (sets CUDA_VISIBLE_DEVICES; run one worker per GPU)")
+    worker.add_argument("--hostname", default=None, help="Celery node name (default: gpuN@host with --gpu)")
+    worker.add_argument("--no-reconciler", action="store_true",
+                        help="do not start the reconciler next to this worker (run `dora reconcile` elsewhere)")
+    worker.set_defaults(run=run_worker)
+
+    reconcile = subparsers.add_parser("reconcile", help="re-publish lost and abandoned jobs, periodically")
+    reconcile.add_argument("--once", action="store_true", help="one pass, then exit")
+    reconcile.set_defaults(run=run_reconcile)
+
+    up = subparsers.add_parser("up", help="run the API and one worker together (Ctrl-C stops both)")
+    up.add_argument("--host", default=None, help="API bind address (default: DORA_HOST or 127.0.0.1)")
+    up.add_argument("--port", type=int, default=None, help="API port (default: DORA_PORT or 8000)")
+    up.add_argument("--demo", action="store_true",
+                    help="also build the tiny demo model, register it as 'tiny-llama' and create a demo API key")
+    up.add_argument("--no-migrate", action="store_true", help="do not apply database migrations first")
+    up.set_defaults(run=run_up)
+
+
+# -- dora worker ---------------------------------------------------------------------------------
+def run_worker(args: argparse.Namespace) -> int:
+    if args.gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
+    from store.queue import QUEUE
+    from worker.settings import get_worker_settings
+
+    settings = get_worker_settings()
+    if (error := _schema_problem(settings)) is not None:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    reconciler = None
+    if settings.reconcile_interval_seconds > 0 and not args.no_reconciler:
+        reconciler = subprocess.Popen([sys.executable, "-m", "worker.reconciler", "--parent", str(os.getpid())])
+    hostname = args.hostname or (f"gpu{args.gpu}@%h" if args.gpu is not None else None)
+    argv = ["worker", "--queues", QUEUE, "--pool", "prefork", "--concurrency", str(settings.concurrency),
+            "--loglevel", settings.log_level.upper(), "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    try:
+        from worker.celery_app import app
+
+        app.worker_main(argv + (["--hostname", hostname] if hostname else []))
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    finally:
+        if reconciler is not None:
+            reconciler.terminate()
+            reconciler.wait(timeout=15)
+    return 0
+
+
+def _schema_problem(settings) -> str | None:
+    from store.db import get_engine
+    from store.migrate import SchemaOutdated, check_schema
+
+    try:
+        check_schema(get_engine(settings))
+    except SchemaOutdated as error:
+        return str(error)
+    return None
+
+
+def run_reconcile(args: argparse.Namespace) -> int:
+    from worker import reconciler
+    from worker.settings import get_worker_settings
+
+    if args.once:
+        done = reconciler.Reconciler(get_worker_settings()).run_once()
+        print(json.dumps({"settled": done.settled, "published": done.published, "unpublished": done.unpublished}))
+        return 0
+    sys.argv = [sys.argv[0]]
+    return reconciler.main()
+
+
+# -- dora up -------------------------------------------------------------------------------------
+def run_up(args: argparse.Namespace) -> int:
+    from worker.settings import get_worker_settings
+
+    settings = get_worker_settings()
+    env = dict(os.environ)
+    if not args.no_migrate:
+        from store.migrate import upgrade
+
+        upgrade(settings)
+    if args.demo:
+        env["DORA_BASE_MODELS"] = json.dumps(_demo_models(settings.base_models))
+        key = _demo_key(settings)
+    host, port = args.host or settings.host, args.port or settings.port
+    children = {
+        "api": _start([sys.executable, "-m", "dora_cli.main", "api", "--host", host, "--port", str(port)], env),
+        "worker": _start([sys.executable, "-m", "dora_cli.main", "worker"], env),
+    }
+    url = f"http://{host}:{port}"
+    if _wait_healthy(url, children["api"]):
+        _print_banner(settings, url, key if args.demo else None, json.loads(env.get("DORA_BASE_MODELS", "{}")))
+    return _supervise(children)
+
+
+def _demo_models(base_models: dict[str, str]) -> dict[str, str]:
+    """Build the tiny model once (into a temp folder, renamed when complete) and register it."""
+    if "tiny-llama" in base_models:
+        return base_models
+    if not (DEMO_MODEL_DIR / "config.json").is_file():
+        temp = DEMO_MODEL_DIR.with_name(f".tmp-{DEMO_MODEL_DIR.name}")
+        print(f"building the tiny demo model in {DEMO_MODEL_DIR} (once) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "dora_cli.main", "make-tiny-model", str(temp)], check=True,
+                       stdout=subprocess.DEVNULL)
+        os.replace(temp, DEMO_MODEL_DIR)
+    return base_models | {"tiny-llama": str(DEMO_MODEL_DIR.resolve())}
+
+
+def _demo_key(settings) -> str:
+    """The key in var/demo-api-key while it is still valid, else a new one (written there, mode 600)."""
+    from store.db import session_scope
+    from store.tenants import create_api_key, tenant_for_key
+
+    with session_scope(settings) as session:
+        if DEMO_KEY_FILE.is_file():
+            key = DEMO_KEY_FILE.read_text().strip()
+            if tenant_for_key(session, key=key) is not None:
+                return key
+        key = create_api_key(session, tenant_name=DEMO_TENANT).key
+    DEMO_KEY_FILE.parent.mkdir(parents=True, exist_ok=True)
+    DEMO_KEY_FILE.touch(mode=0o600)
+    DEMO_KEY_FILE.write_text(key + "\n")
+    return key
+
+
+def _die_with_parent() -> None:
+    """Children get SIGTERM if `dora up` itself is killed (Linux), so nothing is left serving."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _start(command: list[str], env: dict) -> subprocess.Popen:
+    # a session of its own: the terminal's Ctrl-C reaches only `dora up`, which stops each child once
+    return subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+
+
+def _wait_healthy(url: str, api: subprocess.Popen, timeout: float = 60.0) -> bool:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and api.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            time.sleep(0.3)
+    return False
+
+
+def _hide_password(url: str) -> str:
+    return re.sub(r"(//[^:/@]+:)[^@/]+@", r"\1***@", url)
+
+
+def _print_banner(settings, url: str, key: str | None, models: dict[str, str]) -> None:
+    lines = ["", "dora-tuner is running (Ctrl-C stops the API and the worker)",
+             f"  API        {url}/v1   (OpenAPI docs: {url}/docs)"]
+    if key:
+        lines.append(f"  API key    {key}   (saved in {DEMO_KEY_FILE})")
+    for name, path in models.items():
+        lines.append(f"  base model {name} -> {path}")
+    lines += [f"  database   {_hide_password(settings.database_url)}",
+              f"  broker     {_hide_password(settings.broker_url)}",
+              f"  storage    {settings.storage_url}", ""]
+    print("\n".join(lines), flush=True)
+
+
+def _supervise(children: dict[str, subprocess.Popen], grace: float = 60.0) -> int:
+    """Wait until Ctrl-C/SIGTERM or until a child exits; then stop every child (SIGTERM, then SIGKILL)."""
+    stopping = []
+    handlers = {sig: signal.signal(sig, lambda signum, _: stopping.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stopping and all(child.poll() is None for child in children.values()):
+            time.sleep(0.2)
+        failed = [name for name, child in children.items() if child.poll() not in (None, 0)]
+        if failed and not stopping:
+            print(f"error: {', '.join(failed)} exited (code {children[failed[0]].returncode}); stopping",
+                  file=sys.stderr, flush=True)
+        print("stopping the API and the worker (a running job resumes from its checkpoint next time) ...",
+              flush=True)
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for child in children.values():
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+        return 0 if stopping or not failed else 1
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
