@@ -1,8 +1,10 @@
 """Engines and sessions, built from Settings; one engine per database URL per process.
 
 SQLite gets WAL and a busy timeout so the API and a worker can share the file; PostgreSQL
-gets a pool sized for the API's thread pool (SQLAlchemy replaces connections a restarted
-server broke; pre-ping is optional because it costs a round trip per request).
+gets a pool sized for the API's thread pool, with pre-ping on by default: a connection that a
+PostgreSQL restart (or an idle timeout, or pg_terminate_backend) broke is found at checkout and
+replaced, instead of failing the request that drew it. Without pre-ping SQLAlchemy would only
+notice on first use, after the request's statement failed (a 500).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def build_engine(database_url: str, *, pool_size: int = 20, max_overflow: int = 20, pre_ping: bool = False) -> Engine:
+def build_engine(database_url: str, *, pool_size: int = 20, max_overflow: int = 20, pre_ping: bool = True) -> Engine:
     """A new engine for `database_url` (creates the SQLite file's folder when needed)."""
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
