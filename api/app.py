@@ -51,6 +51,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = get_engine(settings)
     app.state.sessionmaker = sessionmaker(bind=app.state.engine, expire_on_commit=False)
+    # single-SELECT reads (api/deps.py read_owned_*): autocommit, so no BEGIN/ROLLBACK round trips
+    read_engine = app.state.engine.execution_options(isolation_level="AUTOCOMMIT")
+    app.state.read_sessionmaker = sessionmaker(bind=read_engine, expire_on_commit=False)
     app.state.storage = open_storage(settings.storage_url, endpoint_url=settings.s3_endpoint_url,
                                      region=settings.s3_region)
     app.state.key_cache = {}

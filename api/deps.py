@@ -39,12 +39,16 @@ async def get_settings(request: Request) -> Settings:
 
 
 async def get_session(request: Request) -> AsyncIterator[Session]:
-    """A session per request. Opening one does no I/O; closing it (returning the connection) may."""
+    """A session per request. Opening one does no I/O; closing it (returning the connection) may,
+    so it goes to the thread pool only when the session did use a connection."""
     session = request.app.state.sessionmaker()
     try:
         yield session
     finally:
-        await run_in_threadpool(session.close)
+        if session.in_transaction():
+            await run_in_threadpool(session.close)
+        else:
+            session.close()
 
 
 async def get_storage(request: Request) -> Storage:
@@ -66,7 +70,13 @@ def _unauthorized(message: str) -> ApiError:
 
 
 async def get_caller(request: Request, session: SessionDep) -> Caller:
-    """The tenant behind `Authorization: Bearer <key>` (hash looked up; cached for a few seconds)."""
+    """The tenant behind `Authorization: Bearer <key>`.
+
+    A successful lookup is cached in this process for `auth_cache_seconds` (keyed by the key's
+    sha256, never the key), so a polling client costs no key query; the price is that a revoked
+    key keeps working until its entry expires, at most that many seconds. Unknown or revoked
+    keys are never cached.
+    """
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise _unauthorized("You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.")
@@ -99,3 +109,27 @@ def get_owned_file(file_id: str, session: SessionDep, caller: TenantDep) -> File
 
 OwnedJobDep = Annotated[Job, Depends(get_owned_job)]
 OwnedFileDep = Annotated[File, Depends(get_owned_file)]
+
+
+def _read_owned(request: Request, model: type, *, tenant_id: str, object_id: str, what: str):
+    with request.app.state.read_sessionmaker() as session:
+        return scope.get_owned(session, model, tenant_id=tenant_id, object_id=object_id, what=what)
+
+
+async def read_owned_job(job_id: str, request: Request, caller: TenantDep) -> Job:
+    """The caller's job for a route that only shows it (the polled GET): loaded on an autocommit
+    connection that is returned in the same thread-pool hop, so the request costs one hop and
+    one round trip instead of BEGIN, SELECT, ROLLBACK and a second hop. The row is detached:
+    routes that change a job take OwnedJobDep."""
+    return await run_in_threadpool(_read_owned, request, Job, tenant_id=caller.tenant_id, object_id=job_id,
+                                   what="job")
+
+
+async def read_owned_file(file_id: str, request: Request, caller: TenantDep) -> File:
+    """The caller's file for a route that only shows it; see read_owned_job."""
+    return await run_in_threadpool(_read_owned, request, File, tenant_id=caller.tenant_id, object_id=file_id,
+                                   what="file")
+
+
+JobViewDep = Annotated[Job, Depends(read_owned_job)]
+FileViewDep = Annotated[File, Depends(read_owned_file)]

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import OwnedFileDep, SessionDep, SettingsDep, StorageDep, TenantDep
+from api.deps import FileViewDep, OwnedFileDep, SessionDep, SettingsDep, StorageDep, TenantDep
 from api.downloads import stream_response
 from api.present import file_out
 from api.schemas.common import ListPage
@@ -44,7 +44,7 @@ def list_files(caller: TenantDep, session: SessionDep, after: str | None = None,
 
 
 @router.get("/{file_id}", response_model=FileObject)
-async def get_file(file: OwnedFileDep) -> FileObject:
+async def get_file(file: FileViewDep) -> FileObject:
     return file_out(file)
 
 

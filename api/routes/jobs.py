@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
 
-from api.deps import OwnedJobDep, PublisherDep, SessionDep, SettingsDep, TenantDep
+from api.deps import JobViewDep, OwnedJobDep, PublisherDep, SessionDep, SettingsDep, TenantDep
 from api.errors import bad_request
 from api.present import checkpoint_out, event_out, job_out, metric_out
 from api.schemas.common import ListPage
@@ -51,7 +51,7 @@ def list_jobs(request: Request, caller: TenantDep, session: SessionDep, after: s
 
 
 @router.get("/{job_id}", response_model=FineTuningJob)
-async def get_job(job: OwnedJobDep) -> FineTuningJob:  # no I/O left here: run inline, not in a thread
+async def get_job(job: JobViewDep) -> FineTuningJob:  # no I/O left here: run inline, not in a thread
     return job_out(job)
 
 

@@ -43,3 +43,51 @@ def test_lists_show_only_the_callers_objects(owner_job, tenant, other_tenant):
     # a cursor naming another tenant's job reveals nothing either
     page = other_tenant.get("/v1/fine_tuning/jobs", params={"after": owner_job["id"]}).json()
     assert page["data"] == []
+
+
+def _revoke(settings, key: str) -> None:
+    from datetime import UTC, datetime
+
+    from sqlalchemy import update
+
+    from store.db import session_scope
+    from store.models import ApiKey
+    from store.tenants import hash_key
+
+    with session_scope(settings) as session:
+        session.execute(update(ApiKey).where(ApiKey.key_hash == hash_key(key)).values(revoked_at=datetime.now(UTC)))
+        session.commit()
+
+
+def test_a_revoked_key_stops_working_within_the_auth_cache_ttl(settings):
+    """Key lookups are cached per process for DORA_AUTH_CACHE_SECONDS; a revocation takes effect
+    once the cached entry expires, never later."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from tests.api.conftest import make_tenant
+
+    ttl = 0.5
+    with TestClient(create_app(settings.model_copy(update={"auth_cache_seconds": ttl}))) as client:
+        tenant = make_tenant(client, settings)
+        job_id = tenant.job()["id"]
+        assert tenant.get(f"/v1/fine_tuning/jobs/{job_id}").status_code == 200  # cached from here
+        _revoke(settings, tenant.key)
+        revoked_at = time.monotonic()
+        statuses = []
+        while time.monotonic() - revoked_at < ttl + 0.5:
+            statuses.append((time.monotonic() - revoked_at, tenant.get("/v1/models").status_code))
+            time.sleep(0.05)
+    first_refusal = next(at for at, status in statuses if status == 401)
+    assert first_refusal <= ttl + 0.1, statuses
+    assert all(status == 401 for at, status in statuses if at >= first_refusal)  # and it stays refused
+
+
+def test_with_no_auth_cache_a_revoked_key_fails_at_once(tenant, settings):
+    job_id = tenant.job()["id"]
+    assert tenant.get(f"/v1/fine_tuning/jobs/{job_id}").status_code == 200
+    _revoke(settings, tenant.key)
+    response = tenant.get(f"/v1/fine_tuning/jobs/{job_id}")
+    assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
