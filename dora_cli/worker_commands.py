@@ -71,7 +71,7 @@ def run_worker(args: argparse.Namespace) -> int:
     if settings.reconcile_interval_seconds > 0 and not args.no_reconciler:
         reconciler = subprocess.Popen([sys.executable, "-m", "worker.reconciler", "--parent", str(os.getpid())])
     hostname = args.hostname or (f"gpu{args.gpu}@%h" if args.gpu is not None else None)
-    argv = ["worker", "--queues", QUEUE, "--pool", "prefork", "--concurrency", str(settings.concurrency),
+    argv = ["worker", "--queues", QUEUE, "--concurrency", str(settings.concurrency),
             "--loglevel", settings.log_level.upper(), "--without-gossip", "--without-mingle", "--without-heartbeat"]
     try:
         from worker.celery_app import app

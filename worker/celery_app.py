@@ -14,19 +14,23 @@ Settings that follow from "SQL is the truth, the broker only wakes workers" (DES
   second worker; when a worker dies, the job's SQL lease expires and the reconciler republishes it.
 - no result backend: results live in SQL.
 - on shutdown (SIGTERM/Ctrl-C, `docker stop`) the running job is asked to stop at its next
-  micro-batch and is given back to the queue, to resume from its newest checkpoint.
+  micro-batch and is given back to the queue, to resume from its newest checkpoint; it is
+  published once this worker stopped consuming, so another worker (or this one, restarted)
+  takes it.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init, worker_shutting_down
+from celery.signals import worker_init, worker_process_init, worker_shutdown, worker_shutting_down
 from kombu import Queue
 
 from store.queue import QUEUE, TASK_NAME
@@ -52,7 +56,7 @@ def make_celery(settings: WorkerSettings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         worker_concurrency=settings.concurrency,
-        worker_pool="prefork",
+        worker_pool="worker.pool:JobPool",  # prefork, refilled fast (worker/pool.py)
         worker_max_tasks_per_child=1,
         task_soft_time_limit=settings.job_time_limit_seconds,
         task_time_limit=settings.job_time_limit_seconds + 600,
@@ -74,9 +78,28 @@ app = make_celery(get_worker_settings())
 
 
 # -- the task --------------------------------------------------------------------------------
+# Set by the parent when the worker starts shutting down; shared memory created before the pool
+# forks, so every job process sees it (also ones forked after the shutdown began).
+_shutting_down = multiprocessing.Value("b", 0, lock=False)
+
+
+def _publish_at_exit_file() -> Path:
+    return Path(app.settings.work_dir) / f".publish-at-exit-{os.getppid()}"
+
+
+def _publish_at_exit(job_id: str) -> bool:
+    """While the worker shuts down, its parent publishes job ids after it stopped consuming
+    (publishing now would hand the job straight back to this departing worker)."""
+    path = _publish_at_exit_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        handle.write(job_id + "\n")
+    return True
+
+
 @contextmanager
 def stop_on_sigterm():
-    """In the job's process: SIGTERM (the worker shutting down) asks the run to stop cleanly."""
+    """In the job's process: a SIGTERM sent to it directly also asks the run to stop cleanly."""
     stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():  # called in-process (tests)
         yield stop
@@ -92,11 +115,21 @@ def stop_on_sigterm():
 def run_job_task(job_id: str) -> str:
     from transformers.utils import logging as hf_logging
 
+    from store.queue import publish_job
     from worker.job import run_job
 
+    if _shutting_down.value:  # received during the shutdown: leave it to another worker
+        _publish_at_exit(job_id)
+        return "deferred"
     hf_logging.disable_progress_bar()  # loading/saving bars would land in the worker log as warnings
-    with stop_on_sigterm() as stop:
-        return run_job(job_id, settings=app.settings, stop_requested=stop.is_set)
+    with stop_on_sigterm() as signalled:
+        def stopping() -> bool:
+            return signalled.is_set() or bool(_shutting_down.value)
+
+        def publish(jid: str) -> bool:
+            return _publish_at_exit(jid) if stopping() else publish_job(jid, broker_url=app.settings.broker_url)
+
+        return run_job(job_id, settings=app.settings, stop_requested=stopping, publish=publish)
 
 
 # -- process life cycle ----------------------------------------------------------------------
@@ -113,24 +146,31 @@ def _preload(**_) -> None:
 
 
 @worker_process_init.connect
-def _init_job_process(**_) -> None:
-    """A forked child must not reuse the parent's pooled database connections; an idle child
-    asked to stop (see below) just exits, a busy one stops its job first (stop_on_sigterm)."""
+def _forget_parent_connections(**_) -> None:
+    """A forked child must not reuse the parent's pooled database connections."""
     from store import db
 
     with db._lock:
         for engine in db._engines.values():
             engine.dispose(close=False)
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
 
 
 @worker_shutting_down.connect
 def _ask_running_jobs_to_stop(**_) -> None:
-    """Forward the shutdown to the job processes (Celery's warm shutdown alone would wait for them)."""
-    from billiard.process import active_children
+    """A warm shutdown alone would wait for the whole running job: instead it stops at its next
+    micro-batch and goes back to the queue, to resume from its newest checkpoint."""
+    _shutting_down.value = 1
 
-    for child in active_children():
-        try:
-            os.kill(child.pid, signal.SIGTERM)
-        except (ProcessLookupError, TypeError):
-            pass
+
+@worker_shutdown.connect
+def _publish_released_jobs(**_) -> None:
+    """Consumption has stopped: now publish what this worker's jobs gave back."""
+    from store.queue import publish_job
+
+    path = Path(app.settings.work_dir) / f".publish-at-exit-{os.getpid()}"
+    if not path.exists():
+        return
+    for job_id in dict.fromkeys(path.read_text().split()):
+        if publish_job(job_id, broker_url=app.settings.broker_url):
+            log.info("job %s given back to the queue", job_id)
+    path.unlink(missing_ok=True)

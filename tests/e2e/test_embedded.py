@@ -1,0 +1,110 @@
+"""The embedded defaults of `make run`: SQLite, kombu's SQLAlchemy transport on SQLite, a local folder."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import scenarios
+from tests.e2e.conftest import dora_method, make_stack, wait_for
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("embedded")
+    stack = make_stack(root, database_url=f"sqlite:///{root / 'dora.db'}",
+                       broker_url=f"sqla+sqlite:///{root / 'broker.db'}", tiny_model_dir=tiny_model_dir)
+    try:
+        stack.start_api()
+        stack.start_worker()
+        yield stack
+    finally:
+        stack.stop()
+
+
+def test_a_job_trains_and_its_adapter_and_merged_model_download_and_agree(stack, tiny_model_dir, tmp_path):
+    job = scenarios.timed_job(stack, "embedded (SQLite + SQLAlchemy broker)")
+    assert job["status"] == "succeeded" and job["attempt"] == 1, job
+    archives = {a["name"]: a["download_url"] for a in stack.api.artifacts(job["id"])}
+    adapter = scenarios.extract(stack.api.download(archives["adapter"]), tmp_path) / "adapter"
+    merged = scenarios.extract(stack.api.download(archives["merged"]), tmp_path) / "merged"
+    scenarios.same_logits_from_adapter_and_merged(adapter, merged, tiny_model_dir)
+
+
+def test_the_same_message_delivered_twice_runs_the_job_once(stack):
+    job = stack.api.create(dora_method(max_steps=4))
+    assert stack.publish(job["id"])  # a second message for the same job
+    job = stack.api.wait(job["id"])
+    assert job["status"] == "succeeded" and job["attempt"] == 1
+    worker = stack.workers[-1]
+    wait_for(lambda: f"job {job['id']}: not claimed" in worker.text(), timeout=30, what="the duplicate to be dropped")
+    assert sum(m.startswith("Attempt ") for m in stack.api.events(job["id"])) == 1
+    assert stack.api.job(job["id"])["attempt"] == 1
+
+
+def test_cancel_mid_run_stops_within_a_step_without_retry_or_artifacts(stack):
+    api = stack.api
+    job = api.create(dora_method(max_steps=2000, checkpoint_interval=50))
+    pid = api.job_pid(job["id"], 1)
+    wait_for(lambda: len(api.steps(job["id"])) >= 3, timeout=60, what="three steps")
+    at_request = api.cancel(job["id"])["progress"]["step"]
+    job = api.wait(job["id"], timeout=30)
+    assert job["status"] == "cancelled" and job["result_files"] == [] and api.artifacts(job["id"]) == []
+    assert max(api.steps(job["id"])) <= at_request + 1
+    wait_for(lambda: not _alive(pid), timeout=20, what="the job's process to exit (its memory freed)")
+    time.sleep(3)  # several reconciler passes: nothing re-runs a cancelled job
+    job = api.job(job["id"])
+    assert job["status"] == "cancelled" and job["attempt"] == 1
+
+
+def test_a_dataset_that_breaks_at_training_time_fails_with_a_clear_error(stack):
+    job = stack.api.wait(stack.api.create(dora_method(max_seq_len=8))["id"])
+    assert job["status"] == "failed" and job["attempt"] == 1
+    assert job["error"]["code"] == "invalid_training_file"
+    assert "line 1: no trainable tokens within max_seq_len=8" in job["error"]["message"]
+
+
+def test_a_worker_killed_after_a_checkpoint_is_replaced_and_the_job_resumes_there(stack):
+    scenarios.crash_after_first_checkpoint_and_resume(stack, new_work_dir=None)  # same host: local checkpoints
+
+
+def test_a_job_that_kills_its_worker_every_time_stops_at_the_attempt_cap(stack):
+    api = stack.api
+    job = api.create(dora_method(max_steps=2000, checkpoint_interval=50), max_attempts=2)
+    for attempt in (1, 2):
+        os.kill(api.job_pid(job["id"], attempt), 9)  # the job's process dies (say, a segfault in a kernel)
+    job = api.wait(job["id"], timeout=60)
+    assert job["status"] == "failed" and job["attempt"] == 2
+    assert job["error"] == {"code": "attempts_exhausted", "param": None,
+                            "message": "the job did not finish after 2 attempts (worker lost)"}
+    assert stack.workers[-1].alive()  # the worker itself lives on
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/status").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_a_worker_stopped_gracefully_gives_its_job_back_and_the_next_worker_resumes_it(stack):
+    """What Ctrl-C on `dora up` or `docker stop` does: the job stops at its next micro-batch,
+    goes back to the queue, and resumes from its newest checkpoint."""
+    api = stack.api
+    job = api.create(dora_method(max_steps=60, checkpoint_interval=4), outputs=["adapter"])
+    wait_for(lambda: api.checkpoints(job["id"]), timeout=90, what="the first checkpoint", interval=0.05)
+    worker = stack.workers[-1]
+    started = time.monotonic()
+    worker.stop(timeout=30)
+    assert worker.popen.returncode == 0 and time.monotonic() - started < 15, worker.text()[-3000:]
+    job = api.job(job["id"])
+    assert job["status"] == "queued" and job["attempt"] == 1
+    assert "The worker is shutting down; the job will resume from its newest checkpoint" in api.events(job["id"])
+    stack.start_worker()
+    job = api.wait(job["id"], timeout=90)
+    assert job["status"] == "succeeded" and job["attempt"] == 2 and job["resumed_from_step"] >= 4
+    assert api.steps(job["id"]) == list(range(1, 61))
