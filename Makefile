@@ -1,11 +1,11 @@
-# One-command set-up: `make test` and (with [worker]) `make run` work on a fresh machine.
+# One-command set-up: `make test` and `make run` work on a fresh machine.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test bench clean
+.PHONY: install test run bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# API on http://127.0.0.1:8000 + one worker, on embedded defaults (SQLite, SQLite-backed broker,
+# ./var/artifacts): migrates, builds the tiny demo model once, prints a demo API key. Ctrl-C stops.
+# DORA_DATABASE_URL / DORA_BROKER_URL / DORA_STORAGE_URL switch to PostgreSQL / Redis / S3.
+run: $(STAMP)
+	$(VENV)/bin/dora up --demo
 
 bench: $(STAMP)
 	$(PY) benchmarks/dora_step.py --device cpu
