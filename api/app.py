@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy.orm import sessionmaker
 
-from api.errors import install_error_handlers
+from api.errors import RejectNulInUrl, install_error_handlers
 from api.observability import MetricsMiddleware, Observability
 from api.routes import artifacts, files, health, jobs, models
 from store.db import get_engine
@@ -63,5 +63,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in (files.router, jobs.router, artifacts.router, models.router, health.router):
         app.include_router(router)
-    app.add_middleware(MetricsMiddleware, observability=app.state.observability)
+    app.add_middleware(RejectNulInUrl)
+    app.add_middleware(MetricsMiddleware, observability=app.state.observability)  # outermost: counts all
     return app

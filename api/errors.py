@@ -101,6 +101,25 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
                         status_code=500)
 
 
+class RejectNulInUrl:
+    """ASGI middleware: a URL whose path or query holds a NUL character is a 400.
+
+    No id, cursor, filter or name here can contain one, and PostgreSQL refuses NUL in text, so
+    without this check such a URL reached the database and came back as a 500.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and ("\x00" in scope["path"] or b"%00" in scope["query_string"]
+                                        or b"\x00" in scope["query_string"]):
+            body = error_body("The request URL contains a NUL character (%00), which no parameter accepts",
+                              type="invalid_request_error", code="invalid_url")
+            return await JSONResponse(body, status_code=400)(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -20,7 +20,15 @@ from store.models import Artifact
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 
-@router.post("", response_model=FileObject)
+# The body is parsed by hand while it streams (api/uploads.py), so FastAPI cannot infer it: say it here
+# for the OpenAPI document (clients, docs, schema-driven fuzzers).
+_UPLOAD_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file", "purpose"],
+    "properties": {"file": {"type": "string", "format": "binary", "description": "the dataset (JSONL)"},
+                   "purpose": {"type": "string", "enum": ["fine-tune"]}}}}}}
+
+
+@router.post("", response_model=FileObject, openapi_extra={"requestBody": _UPLOAD_BODY})
 async def upload_file(request: Request, caller: TenantDep, session: SessionDep, settings: SettingsDep,
                       storage: StorageDep) -> FileObject:
     upload = await receive_upload(request, max_bytes=settings.max_upload_bytes, tmp_dir=settings.upload_tmp_dir)

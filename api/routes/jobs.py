@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, Query, Request
 
 from api.deps import JobViewDep, OwnedJobDep, PublisherDep, SessionDep, SettingsDep, TenantDep
 from api.errors import bad_request
@@ -75,7 +75,8 @@ def list_checkpoints(job: OwnedJobDep, caller: TenantDep, session: SessionDep, a
 
 
 @router.get("/{job_id}/metrics", response_model=MetricPage)
-def list_metrics(job: OwnedJobDep, session: SessionDep, after: int | None = None, limit: int = 1000) -> MetricPage:
+def list_metrics(job: OwnedJobDep, session: SessionDep,
+                 after: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None, limit: int = 1000) -> MetricPage:
     """Per-step metrics in step order; pass `next_after` back as `after` for the next page."""
     rows, has_more = job_service.list_metrics(session=session, job=job, after=after, limit=limit)
     return MetricPage(data=[metric_out(r) for r in rows], has_more=has_more,

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from api.schemas.common import StrictModel
+from api.schemas.common import StrictModel, find_nul
 
 Auto = Literal["auto"]
 Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]  # dora_core's SCHEDULERS
@@ -117,6 +117,14 @@ class JobCreate(StrictModel):
     integrations: list[dict[str, Any]] | None = None
     outputs: list[Output] = Field(default_factory=lambda: ["adapter"], min_length=1)
     max_attempts: int | None = Field(default=None, ge=1, le=10)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        """PostgreSQL text and JSON cannot hold NUL: refuse it here, naming where, not with a 500."""
+        if (where := find_nul(value)) is not None:
+            raise ValueError(f"'{where}' contains a NUL character (\\u0000), which is not allowed")
+        return value
 
     @field_validator("metadata")
     @classmethod

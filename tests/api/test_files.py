@@ -93,3 +93,10 @@ def test_a_file_used_by_an_active_job_cannot_be_deleted(tenant):
     assert response.status_code == 409 and job["id"] in response.json()["error"]["message"]
     tenant.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
     assert tenant.delete(f"/v1/files/{job['training_file']}").status_code == 200
+
+
+def test_the_openapi_document_describes_the_upload_body(client):
+    """The upload is parsed by hand while it streams; the schema still tells clients what to send."""
+    body = client.get("/openapi.json").json()["paths"]["/v1/files"]["post"]["requestBody"]
+    schema = body["content"]["multipart/form-data"]["schema"]
+    assert schema["required"] == ["file", "purpose"] and schema["properties"]["file"]["format"] == "binary"
