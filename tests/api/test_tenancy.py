@@ -80,9 +80,10 @@ def test_a_revoked_key_stops_working_within_the_auth_cache_ttl(settings):
         while time.monotonic() - revoked_at < ttl + 0.5:
             statuses.append((time.monotonic() - revoked_at, tenant.get("/v1/models").status_code))
             time.sleep(0.05)
-    first_refusal = next(at for at, status in statuses if status == 401)
-    assert first_refusal <= ttl + 0.1, statuses
-    assert all(status == 401 for at, status in statuses if at >= first_refusal)  # and it stays refused
+    # the entry was cached before the revocation, so it expires before revoked_at + ttl: every request
+    # sent after that is refused (requests sent earlier may still pass; that is the documented delay)
+    after_ttl = [status for at, status in statuses if at > ttl]
+    assert after_ttl and set(after_ttl) == {401}, statuses
 
 
 def test_with_no_auth_cache_a_revoked_key_fails_at_once(tenant, settings):
