@@ -32,7 +32,8 @@ class JobProgress(TrainingCallback):
         self.heartbeat_seconds, self.keep_checkpoints = heartbeat_seconds, keep_checkpoints
         self.stop_requested = stop_requested  # the worker is shutting down
         self.total_steps: int | None = None
-        self.step_values: dict[int, dict] = {}
+        self.step_values: dict[int, dict] = {}  # the latest step's values (an evaluation adds to them)
+        self.step_epoch: float | None = None
         self.first_step_at: float | None = None
         self._last_beat = 0.0
 
@@ -51,33 +52,33 @@ class JobProgress(TrainingCallback):
         if self.first_step_at is None:
             self.first_step_at = time.time()
         values = {k: v for k, v in metrics.items() if k not in ("step", "epoch")}
-        self.step_values = {step: values}
-        self.lease.record_metrics(step=step, values=values, epoch=metrics.get("epoch"))
-        self._beat(step=step, epoch=metrics.get("epoch"))
+        self.step_values, self.step_epoch = {step: values}, metrics.get("epoch")
+        self.lease.record_metrics(step=step, values=values, epoch=self.step_epoch)
+        self._beat(step=step, epoch=self.step_epoch)
 
     def on_evaluate(self, metrics: dict) -> None:
         step = metrics["step"]
         values = self.step_values.get(step, {}) | {k: v for k, v in metrics.items() if k != "step"}
         self.step_values = {step: values}
-        self.lease.record_metrics(step=step, values=values, epoch=None)
+        self.lease.record_metrics(step=step, values=values, epoch=self.step_epoch)
 
     def on_checkpoint(self, *, step: int, path: str) -> None:
         prefix = job_key(self.tenant_id, self.lease.job_id, "checkpoints", f"attempt-{self.lease.attempt}",
                          Path(path).name)
         if not self.lease.held:
             return
-        try:
-            upload_folder(self.storage, Path(path), prefix)
-        except Exception as error:  # noqa: BLE001 - the run goes on; this host still has it locally
-            log.warning("job %s: could not upload checkpoint %s: %s", self.lease.job_id, prefix, error)
-            self.storage.delete_prefix(prefix)
-            return
         values = self.step_values.get(step, {})
         metrics = {name: values[key] for key, name in CHECKPOINT_METRICS.items() if key in values}
-        if self.lease.add_checkpoint(step=step, storage_key=prefix, metrics=metrics):
+        try:
+            upload_folder(self.storage, Path(path), prefix)
+            registered = self.lease.add_checkpoint(step=step, storage_key=prefix, metrics=metrics)
+        except Exception as error:  # noqa: BLE001 - the run goes on; this host still has it locally
+            log.warning("job %s: could not store checkpoint %s: %s", self.lease.job_id, prefix, error)
+            registered = False
+        if registered:
             self._prune_checkpoints()
         else:
-            self.storage.delete_prefix(prefix)
+            self._quietly(self.storage.delete_prefix, prefix)
 
     def on_event(self, message: str, *, level: str = "info", data: dict | None = None) -> None:
         if message.startswith("resumed from checkpoint"):
@@ -95,6 +96,12 @@ class JobProgress(TrainingCallback):
     def _beat(self, **progress) -> None:
         self._last_beat = time.monotonic()
         self.lease.renew(total_steps=self.total_steps, **progress)
+
+    def _quietly(self, function, *args) -> None:
+        try:
+            function(*args)
+        except Exception as error:  # noqa: BLE001 - housekeeping
+            log.warning("job %s: %s failed: %s", self.lease.job_id, function.__name__, error)
 
     def _prune_checkpoints(self) -> None:
         """Keep the newest `keep_checkpoints` in storage (their rows stay, as the job's history)."""

@@ -50,7 +50,7 @@ def crash_after_first_checkpoint_and_resume(stack: Stack, *, new_work_dir: str |
     """SIGKILL the worker (parent, job process, reconciler) after the job's first checkpoint;
     a new worker finishes the job from it."""
     api = stack.api
-    job = api.create(dora_method(max_steps=40, checkpoint_interval=4), outputs=["adapter"])
+    job = api.create(dora_method(max_steps=80, checkpoint_interval=4), outputs=["adapter"])
     wait_for(lambda: api.checkpoints(job["id"]), timeout=90, what="the first checkpoint", interval=0.05)
     stack.workers[-1].kill()
     killed_at = max(api.steps(job["id"]))
@@ -59,7 +59,7 @@ def crash_after_first_checkpoint_and_resume(stack: Stack, *, new_work_dir: str |
     job = api.wait(job["id"], timeout=120)
     assert job["status"] == "succeeded", job
     assert job["attempt"] == 2 and job["resumed_from_step"] >= 4 and job["resumed_from_step"] <= killed_at
-    assert api.steps(job["id"]) == list(range(1, 41))  # continuous in step: none missing, none twice
+    assert api.steps(job["id"]) == list(range(1, 81))  # continuous in step: none missing, none twice
     events = api.events(job["id"])
     assert f"Attempt 2 resumed from the checkpoint at step {job['resumed_from_step']}" in events
     assert [a["name"] for a in api.artifacts(job["id"])] == ["adapter"] and len(job["result_files"]) == 1

@@ -14,7 +14,12 @@ def test_the_worker_acks_late_takes_one_job_and_forks_a_fresh_process_per_job():
     conf = make_celery(WorkerSettings(broker_url="redis://127.0.0.1:6379/0", job_time_limit_seconds=3600)).conf
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.worker_prefetch_multiplier == 1 and conf.worker_concurrency == 1
-    assert conf.worker_pool == "prefork" and conf.worker_max_tasks_per_child == 1
+    assert conf.worker_pool == "worker.pool:JobPool" and conf.worker_max_tasks_per_child == 1
+    from celery.concurrency.prefork import TaskPool
+
+    from worker.pool import JobPool
+
+    assert issubclass(JobPool, TaskPool)  # prefork: one fresh process per job
     assert conf.task_routes[TASK_NAME] == {"queue": QUEUE} and conf.task_default_queue == QUEUE == "gpu"
     assert conf.task_soft_time_limit == 3600 < conf.task_time_limit
     assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit

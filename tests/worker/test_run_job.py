@@ -103,7 +103,7 @@ def test_cancel_mid_run_stops_within_one_step_without_artifacts(service):
 
 
 def test_a_worker_shutting_down_gives_the_job_back_and_the_next_attempt_resumes_here(service):
-    job_id = service.create(dora_method(max_steps=12, checkpoint_interval=2))
+    job_id = service.create(dora_method(max_steps=60, checkpoint_interval=2))
     stop = threading.Event()
     published = []
     thread, outcome = _in_thread(service, job_id, stop_requested=stop.is_set, published=published)
@@ -118,13 +118,13 @@ def test_a_worker_shutting_down_gives_the_job_back_and_the_next_attempt_resumes_
     assert _run(service, job_id) == "succeeded"
     job = service.get(job_id)
     assert job["attempt"] == 2 and job["resumed_from_step"] >= 4
-    assert service.steps(job_id) == list(range(1, 13))  # continuous: re-run steps replaced, none missing
+    assert service.steps(job_id) == list(range(1, 61))  # continuous: re-run steps replaced, none missing
     assert any(m == f"Attempt 2 resumed from the checkpoint at step {job['resumed_from_step']}"
                for m in service.events(job_id))
 
 
 def test_another_host_resumes_from_the_checkpoint_in_storage(service, tmp_path):
-    job_id = service.create(dora_method(max_steps=12, checkpoint_interval=2))
+    job_id = service.create(dora_method(max_steps=60, checkpoint_interval=2))
     stop = threading.Event()
     thread, outcome = _in_thread(service, job_id, stop_requested=stop.is_set)
     _wait_for_step(service, job_id, 5)
@@ -184,3 +184,14 @@ def test_the_dataset_is_fetched_from_storage_into_the_work_folder(service, monke
     job_id = service.create(dora_method(max_steps=1))
     assert _run(service, job_id) == "succeeded"
     assert seen["train"] == DATASET
+
+
+def test_evaluations_join_their_step_and_checkpoints_carry_openai_metric_names(service):
+    job_id = service.create(dora_method(eval_interval=3), validation_file=service.upload())
+    assert _run(service, job_id) == "succeeded"
+    metrics = service.client.get(f"/v1/fine_tuning/jobs/{job_id}/metrics", headers=service.headers).json()["data"]
+    at_three = next(point for point in metrics if point["step"] == 3)
+    assert {"loss", "eval_loss", "eval_token_accuracy"} <= set(at_three["values"]) and at_three["epoch"] is not None
+    checkpoints = service.client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints",
+                                     headers=service.headers).json()["data"]
+    assert {"step", "train_loss", "train_mean_token_accuracy", "valid_loss"} <= set(checkpoints[-1]["metrics"])

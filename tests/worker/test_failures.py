@@ -1,0 +1,38 @@
+"""What a user reads when a job fails: a code, one readable line, and whether it is retried."""
+
+from __future__ import annotations
+
+import torch
+from celery.exceptions import SoftTimeLimitExceeded
+
+from dora_core.config import AdapterConfigError
+from dora_core.model_loading import ModelNotFoundError
+from dora_core.training import TrainingError
+from dora_formats import DatasetFormatError
+from dora_formats.records import ValidationIssue
+from worker.failures import describe, exhausted
+
+
+def test_failures_that_would_repeat_are_final_and_say_what_to_change():
+    oom = describe(TrainingError("CUDA out of memory at micro-batch size 1: use a smaller max_seq_len, "
+                                 "gradient_checkpointing, or a GPU with more memory"))
+    assert (oom.code, oom.retry) == ("training_failed", False) and "micro-batch size 1" in oom.message
+    bad = describe(DatasetFormatError([ValidationIssue(3, "messages must be a list", "messages")], source="/w/x"),
+                   training_file="file-abc")
+    assert bad.code == "invalid_training_file" and not bad.retry
+    assert bad.message == ("The training file file-abc cannot be used for training: 1 problem(s): "
+                           "line 3: messages must be a list") and "/w/x" not in bad.message
+    assert describe(ModelNotFoundError("no such model")).code == "model_not_found"
+    assert describe(AdapterConfigError("training.max_steps", "must be at least 1")).message == \
+        "Invalid setting 'training.max_steps': must be at least 1"
+    assert describe(SoftTimeLimitExceeded(), time_limit=7200).message == \
+        "The job ran past the time limit of 2 hours and was stopped"
+    assert describe(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")).code == "out_of_memory"
+
+
+def test_anything_else_is_retried_and_the_last_attempt_names_the_error_in_one_line():
+    failure = describe(OSError("disk\nfull"))
+    assert failure.retry and failure.code == "internal_error" and failure.message == "OSError: disk full"
+    final = exhausted(failure, attempts=3)
+    assert final.code == "attempts_exhausted" and not final.retry
+    assert final.message == "The job failed on all 3 attempts; the last error was: OSError: disk full"
