@@ -69,7 +69,10 @@ def run_worker(args: argparse.Namespace) -> int:
         return 2
     reconciler = None
     if settings.reconcile_interval_seconds > 0 and not args.no_reconciler:
+        from celery.signals import worker_shutting_down
+
         reconciler = subprocess.Popen([sys.executable, "-m", "worker.reconciler", "--parent", str(os.getpid())])
+        worker_shutting_down.connect(lambda **_: reconciler.terminate(), weak=False)  # stop it with the worker
     hostname = args.hostname or (f"gpu{args.gpu}@%h" if args.gpu is not None else None)
     argv = ["worker", "--queues", QUEUE, "--concurrency", str(settings.concurrency),
             "--loglevel", settings.log_level.upper(), "--without-gossip", "--without-mingle", "--without-heartbeat"]

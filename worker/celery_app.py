@@ -58,6 +58,7 @@ def make_celery(settings: WorkerSettings) -> Celery:
         worker_concurrency=settings.concurrency,
         worker_pool="worker.pool:JobPool",  # prefork, refilled fast (worker/pool.py)
         worker_max_tasks_per_child=1,
+        worker_lost_wait=2.0,  # a killed job process frees its slot sooner (results live in SQL anyway)
         task_soft_time_limit=settings.job_time_limit_seconds,
         task_time_limit=settings.job_time_limit_seconds + 600,
         task_ignore_result=True,

@@ -10,6 +10,8 @@ Every `DORA_RECONCILE_INTERVAL_SECONDS` one pass:
 Each re-publish first wins a conditional UPDATE (store.jobs.mark_republished), so reconcilers
 on several worker hosts publish a stale job once per interval, not once each. Duplicate
 messages are harmless anyway: the claim lets one through.
+With the embedded broker (kombu's SQLAlchemy transport) it also deletes delivered messages,
+which that transport keeps forever (marked invisible).
 
 `dora worker` starts one as a side process (`python -m worker.reconciler`); `dora reconcile`
 runs it alone.
@@ -40,6 +42,7 @@ class Pass:
     settled: list[str] = field(default_factory=list)
     published: list[str] = field(default_factory=list)
     unpublished: list[str] = field(default_factory=list)  # the broker refused; retried next pass
+    compacted: int = 0  # delivered messages removed from the embedded broker's table
 
 
 class Reconciler:
@@ -58,6 +61,7 @@ class Reconciler:
                 if not job_store.mark_republished(session, job_id=job_id, not_since=not_since):
                     continue  # another reconciler took it this round
             (result.published if self.publish(job_id) else result.unpublished).append(job_id)
+        result.compacted = compact_sql_broker(self.settings.broker_url)
         for job_id in result.settled:
             log.info("settled abandoned job %s", job_id)
         if result.published:
@@ -76,6 +80,30 @@ class Reconciler:
                 log.info("the worker that started the reconciler is gone; stopping")
                 return
             stop.wait(interval)
+
+
+_broker_engines: dict = {}
+
+
+def compact_sql_broker(broker_url: str) -> int:
+    """Delete the messages kombu's SQLAlchemy transport already delivered (it only hides them).
+
+    Safe while a worker holds one: the payload is in that worker's memory, and a graceful
+    shutdown puts it back as a new row."""
+    if not broker_url.startswith(("sqla+", "sqlalchemy+")):
+        return 0
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    url = broker_url.split("+", 1)[1]
+    engine = _broker_engines.get(url) or _broker_engines.setdefault(url, create_engine(url))
+    try:
+        with engine.begin() as connection:
+            return connection.execute(text("DELETE FROM kombu_message WHERE visible = :hidden"),
+                                      {"hidden": False}).rowcount
+    except SQLAlchemyError as error:  # no table yet (nothing published), or the file is busy
+        log.debug("broker compaction skipped: %s", error)
+        return 0
 
 
 def main() -> int:

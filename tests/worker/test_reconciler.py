@@ -83,3 +83,22 @@ def test_release_gives_the_job_back_only_to_the_lease_holder(service):
     row = service.row(job_id)
     assert row.status == "queued" and row.lease_owner is None and row.attempt == 1
     assert _claim(service.settings, job_id, lease_seconds=600).attempt == 2
+
+
+def test_the_embedded_broker_forgets_delivered_messages_and_keeps_waiting_ones(tmp_path):
+    from sqlalchemy import create_engine, text
+
+    from store.queue import publish_job
+    from worker.reconciler import compact_sql_broker
+
+    broker_url = f"sqla+sqlite:///{tmp_path / 'broker.db'}"
+    assert compact_sql_broker(broker_url) == 0  # nothing published yet: no table
+    for job_id in ("ftjob-a", "ftjob-b"):
+        assert publish_job(job_id, broker_url=broker_url)
+    engine = create_engine(broker_url.split("+", 1)[1])
+    with engine.begin() as connection:  # a worker took the first one (kombu only hides it)
+        connection.execute(text("UPDATE kombu_message SET visible = 0 WHERE id = (SELECT min(id) FROM kombu_message)"))
+    assert compact_sql_broker(broker_url) == 1
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM kombu_message WHERE visible = 1")).scalar() == 1
+    assert compact_sql_broker("redis://127.0.0.1:1/0") == 0
