@@ -168,10 +168,18 @@ def _publish_released_jobs(**_) -> None:
     """Consumption has stopped: now publish what this worker's jobs gave back."""
     from store.queue import publish_job
 
+    from sqlalchemy import select
+
+    from store.db import session_scope
+    from store.models import Job
+
     path = Path(app.settings.work_dir) / f".publish-at-exit-{os.getpid()}"
     if not path.exists():
         return
-    for job_id in dict.fromkeys(path.read_text().split()):
+    job_ids = list(dict.fromkeys(path.read_text().split()))
+    with session_scope(app.settings) as session:  # only what still waits (not a stale duplicate)
+        queued = set(session.scalars(select(Job.id).where(Job.id.in_(job_ids), Job.status == "queued")))
+    for job_id in (job_id for job_id in job_ids if job_id in queued):
         if publish_job(job_id, broker_url=app.settings.broker_url):
             log.info("job %s given back to the queue", job_id)
     path.unlink(missing_ok=True)
