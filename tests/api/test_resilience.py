@@ -12,10 +12,14 @@ from sqlalchemy.exc import OperationalError
 from store.db import build_engine
 
 
+# SQLite has no server connections to lose: these tests exist for the PostgreSQL run only
+# (tests/api/conftest.py deselects their SQLite variants; nothing is skipped).
+pytestmark = pytest.mark.postgresql_only
+
+
 @pytest.fixture
 def pg_url(settings) -> str:
-    if not settings.database_url.startswith("postgresql"):
-        pytest.skip("PostgreSQL only: SQLite has no server connections to lose")
+    assert settings.database_url.startswith("postgresql")
     return settings.database_url
 
 

@@ -1,9 +1,7 @@
-"""The fused Triton kernels against the PyTorch reference, on the CPU through Triton's interpreter."""
+"""The fused Triton kernels against the PyTorch reference, on the CPU through Triton's interpreter
+(TRITON_INTERPRET=1 is set for the whole session in tests/conftest.py)."""
 
 import copy
-import os
-
-os.environ["TRITON_INTERPRET"] = "1"  # before any Triton kernel is defined (imports below are lazy)
 
 import pytest
 import torch
