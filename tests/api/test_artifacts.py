@@ -6,12 +6,12 @@ import hashlib
 import io
 import os
 import tarfile
-import tracemalloc
 
 import httpx
 
 from store import jobs as job_store
 from store.storage import LocalStorage, job_key
+from tests.api.streaming import stream_download
 
 ADAPTER_FILES = {"adapter_config.json": b'{"use_dora": true, "r": 8}',
                  "adapter_model.safetensors": os.urandom(300_000)}
@@ -90,19 +90,9 @@ def test_large_download_streams_without_holding_the_file(tenant, worker, setting
                                   files=[{"path": "model.safetensors", "bytes": size, "sha256": ""}])
     worker.call(job_store.finish_job, job_id=job_id, status="succeeded", artifacts=[spec])
     url = f"{server_url}/v1/fine_tuning/jobs/{job_id}/artifacts/merged/files/model.safetensors"
-    received, digest = 0, hashlib.sha256()
-    tracemalloc.start()
-    try:
-        with httpx.stream("GET", url, headers=tenant.headers, timeout=60) as response:
-            assert response.status_code == 200
-            for chunk in response.iter_bytes():
-                received += len(chunk)
-                digest.update(chunk)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    received, digest, peak = stream_download(url, tenant.headers)
     assert received == size
-    assert digest.hexdigest() == hashlib.sha256(block * (size // len(block))).hexdigest()
+    assert digest == hashlib.sha256(block * (size // len(block))).hexdigest()
     assert peak < 16 * 1024 * 1024, f"peak Python allocation {peak / 2**20:.1f} MiB while streaming"
     piece = httpx.get(url, headers=tenant.headers | {"Range": f"bytes={size - 10}-"}, timeout=30)
     assert piece.status_code == 206 and piece.content == block[-10:]

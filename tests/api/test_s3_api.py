@@ -7,7 +7,6 @@ import hashlib
 import io
 import os
 import tarfile
-import tracemalloc
 
 import httpx
 import pytest
@@ -18,6 +17,7 @@ from store import jobs as job_store
 from store.storage import S3Storage, file_key, job_key
 
 from tests.api.conftest import CHAT_ROW, make_tenant, running_server
+from tests.api.streaming import stream_download
 
 MIB = 1024 * 1024
 ADAPTER_FILES = {"adapter_config.json": b'{"use_dora": true, "r": 8}',
@@ -120,19 +120,9 @@ def test_large_download_streams_from_s3_without_holding_the_file(s3_tenant, work
     worker.call(job_store.finish_job, job_id=job_id, status="succeeded", artifacts=[spec])
     with running_server(s3_app) as server_url:
         url = f"{server_url}/v1/fine_tuning/jobs/{job_id}/artifacts/merged/files/model.safetensors"
-        received, digest = 0, hashlib.sha256()
-        tracemalloc.start()
-        try:
-            with httpx.stream("GET", url, headers=s3_tenant.headers, timeout=60) as response:
-                assert response.status_code == 200
-                for chunk in response.iter_bytes():
-                    received += len(chunk)
-                    digest.update(chunk)
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+        received, digest, peak = stream_download(url, s3_tenant.headers)
         piece = httpx.get(url, headers=s3_tenant.headers | {"Range": f"bytes={size - 10}-"}, timeout=30)
     assert received == size
-    assert digest.hexdigest() == hashlib.sha256(block * (size // MIB)).hexdigest()
+    assert digest == hashlib.sha256(block * (size // MIB)).hexdigest()
     assert peak < 16 * MIB, f"peak Python allocation {peak / MIB:.1f} MiB while streaming from S3"
     assert piece.status_code == 206 and piece.content == block[-10:]
