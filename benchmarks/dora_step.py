@@ -212,6 +212,8 @@ def add_ratios(results: list[dict]) -> None:
             if reference_name != "floor" and reference["held_activation_bytes"]:
                 result[f"held_vs_{reference_name}"] = round(
                     result["held_activation_bytes"] / reference["held_activation_bytes"], 3)
+                result[f"held_total_vs_{reference_name}"] = round(
+                    result["held_total_bytes"] / reference["held_total_bytes"], 3)
             if result["peak_memory_bytes"] and reference["peak_memory_bytes"]:
                 result[f"peak_vs_{reference_name}"] = round(result["peak_memory_bytes"] / reference["peak_memory_bytes"], 3)
 
