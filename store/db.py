@@ -56,6 +56,14 @@ def get_engine(settings: Settings) -> Engine:
         return engine
 
 
+def forget_inherited_connections() -> None:
+    """In a forked child: drop the pooled connections inherited from the parent without closing
+    them (they belong to the parent's sockets), so the child opens its own."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose(close=False)
+
+
 def session_factory(settings: Settings) -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(settings), expire_on_commit=False)
 

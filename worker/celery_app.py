@@ -149,11 +149,9 @@ def _preload(**_) -> None:
 @worker_process_init.connect
 def _forget_parent_connections(**_) -> None:
     """A forked child must not reuse the parent's pooled database connections."""
-    from store import db
+    from store.db import forget_inherited_connections
 
-    with db._lock:
-        for engine in db._engines.values():
-            engine.dispose(close=False)
+    forget_inherited_connections()
 
 
 @worker_shutting_down.connect

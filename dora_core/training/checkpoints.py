@@ -40,6 +40,7 @@ class RunState:
     evaluations_without_improvement: int = 0
     oom_retries: int = 0
     fingerprint: str | None = None  # RunConfig.fingerprint of the run that wrote it
+    early_stopped: bool = False  # a resumed early-stopped run must not train on
 
 
 def checkpoint_name(step: int) -> str:

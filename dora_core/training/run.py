@@ -224,6 +224,8 @@ class TrainingRun:
         self.metrics.truncate_after(0)
 
     def train_steps(self) -> str:
+        if self.state.early_stopped:
+            return "early_stopped"
         self.model.train()
         while self.state.step < self.schedule.total_steps:
             if self.callbacks.should_stop():
@@ -233,6 +235,7 @@ class TrainingRun:
                 return "stopped"
             self.record(metrics, self.callbacks.on_step)
             if self.evaluation_due() and self.evaluate() == "early_stopped":
+                self.state.early_stopped = True
                 self.save_checkpoint()
                 return "early_stopped"
             if self.state.step % self.settings.checkpoint_interval == 0 or self.state.step == self.schedule.total_steps:

@@ -230,6 +230,9 @@ def test_early_stopping_when_eval_loss_stops_improving(tmp_path, tiny_model_dir)
     assert min(evals[:-2]) <= min(evals[-2:]), "stopped after two evaluations without improvement"
     assert any("early stopping" in e for e in recorder.events)
     assert (tmp_path / "out" / "adapter").exists()
+    again = run_training(config, tmp_path / "out")  # a re-run (a worker retry) must not train on
+    assert again.status == "early_stopped" and again.step == result.step
+    assert len(_metrics(tmp_path / "out")) == len(evals) + result.step
 
 
 @pytest.mark.parametrize(("parameters", "memory", "expected"), [
