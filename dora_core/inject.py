@@ -97,7 +97,7 @@ def summarise(model: nn.Module) -> AdapterSummary:
 
 def resolve_target_modules(model: nn.Module, target_modules: str | tuple[str, ...]) -> list[str]:
     """Names of the modules that the setting selects; an error if it selects none."""
-    candidates = [name for name, module in model.named_modules() if _is_linear(module)]
+    candidates = [name for name, module in model.named_modules() if is_linear(module)]
     if target_modules == ALL_LINEAR:
         head = _output_head_name(model)
         selected = [name for name in candidates if name != head]
@@ -118,7 +118,8 @@ def _matches(name: str, target: str) -> bool:
     return name == target or name.endswith("." + target)
 
 
-def _is_linear(module: nn.Module) -> bool:
+def is_linear(module: nn.Module) -> bool:
+    """Layers an adapter can wrap: nn.Linear and GPT-2's Conv1D."""
     return isinstance(module, nn.Linear) or is_conv1d(module)
 
 

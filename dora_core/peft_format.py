@@ -20,8 +20,8 @@ from torch import nn
 
 from dora_core.atomic_io import write_atomically, write_json_atomically
 from dora_core.config import AdapterConfig
-from dora_core.inject import adapted_module_names, adapter_config_of, apply_adapter, resolve_target_modules
-from dora_core.layers import AdapterLinear, is_conv1d
+from dora_core.inject import adapted_module_names, adapter_config_of, apply_adapter, is_linear, resolve_target_modules
+from dora_core.layers import AdapterLinear
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -74,6 +74,12 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     return model
 
 
+def load_adapter_weights(model: nn.Module, directory: str | Path) -> None:
+    """Copy saved A, B (and m) into a model that already has the same adapters (a checkpoint)."""
+    config = adapter_config_of(model)
+    _copy_tensors_into(model, adapted_module_names(model), _read_tensors(Path(directory)), use_dora=config.use_dora)
+
+
 def read_peft_config(directory: Path) -> dict:
     path = directory / CONFIG_NAME
     if not path.is_file():
@@ -109,15 +115,11 @@ def _strip_key(key: str) -> str:
 
 def _target_names(model: nn.Module, target_modules: str | list[str]) -> list[str]:
     if isinstance(target_modules, str):  # PEFT: a string is a regex that must full-match the name
-        names = [n for n, m in model.named_modules() if re.fullmatch(target_modules, n) and _is_linear(m)]
+        names = [n for n, m in model.named_modules() if re.fullmatch(target_modules, n) and is_linear(m)]
         if not names:
             raise AdapterFormatError(f"target_modules regex {target_modules!r} matches no linear layer")
         return names
     return resolve_target_modules(model, tuple(target_modules))
-
-
-def _is_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or is_conv1d(module)
 
 
 @torch.no_grad()

@@ -20,11 +20,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from dora_core.atomic_io import fsync_directory
-from dora_core.peft_format import WEIGHTS_NAME, save_adapter
+from dora_core.peft_format import load_adapter_weights, save_adapter
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d{6,})$")
 
@@ -89,18 +88,17 @@ def save_checkpoint(folder: Path, *, model: nn.Module, optimizer, scheduler, sca
 @torch.no_grad()
 def load_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, scaler) -> RunState:
     """Restore adapter, optimizer, scheduler, scaler and RNG in place; return the run state."""
-    tensors = load_file(str(path / WEIGHTS_NAME))
-    parameters = dict(model.named_parameters())
-    for key, tensor in tensors.items():
-        name = key.removeprefix("base_model.model.")
-        name = name.removesuffix(".weight") if name.endswith(("lora_A.weight", "lora_B.weight")) else name
-        parameters[name].copy_(tensor.to(parameters[name].dtype))
+    load_adapter_weights(model, path)
     states = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
     optimizer.load_state_dict(states["optimizer"])
     scheduler.load_state_dict(states["scheduler"])
     if scaler is not None and states["scaler"] is not None:
         scaler.load_state_dict(states["scaler"])
     _restore_rng(torch.load(path / "rng.pt", map_location="cpu", weights_only=True))
+    return read_run_state(path)
+
+
+def read_run_state(path: Path) -> RunState:
     return RunState(**json.loads((path / "state.json").read_text()))
 
 

@@ -15,7 +15,6 @@ loads), then model + adapter, then resume from the newest checkpoint if one exis
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import shutil
 import time
@@ -31,7 +30,7 @@ from dora_core.inject import apply_adapter
 from dora_core.model_loading import load_base_model, load_tokenizer, resolve_device
 from dora_core.training.callbacks import CallbackList, TrainingCallback
 from dora_core.training.checkpoints import (
-    RunState, list_checkpoints, load_checkpoint, remove_partial_checkpoints, save_checkpoint,
+    RunState, list_checkpoints, load_checkpoint, read_run_state, remove_partial_checkpoints, save_checkpoint,
 )
 from dora_core.training.loss import count_trained_tokens, summed_loss
 from dora_core.training.outputs import MetricsLog, remove_partial_outputs, write_adapter, write_manifest, write_merged
@@ -172,8 +171,7 @@ class TrainingRun:
     def restore(self, path: Path) -> None:
         wanted = (self.state.micro_batch_size, self.state.gradient_accumulation_steps, self.state.oom_retries)
         fingerprint = self.state.fingerprint
-        saved = json.loads((path / "state.json").read_text()).get("fingerprint")
-        if saved != fingerprint:
+        if read_run_state(path).fingerprint != fingerprint:
             raise TrainingError(f"{path} was written by a run with another config or dataset; use another output "
                                 "folder, or start over (resume=False / dora train --no-resume --overwrite)")
         self.state = load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
