@@ -82,7 +82,7 @@ def build_base(shape: Shape, dtype: torch.dtype, device: str) -> LlamaForCausalL
     return model.to(dtype).train()
 
 
-def prepare(name: str, base: LlamaForCausalLM, rank: int, adapter_dtype_note: dict):
+def prepare(name: str, base: LlamaForCausalLM, rank: int):
     """The model for one configuration and its trainable parameters (same base weights)."""
     model = copy.deepcopy(base)
     if name == "floor":
@@ -177,7 +177,7 @@ def synchronize(device: str) -> None:
 
 def measure(name: str, base, shape: Shape, dtype_name: str, args) -> dict:
     device = args.device
-    model = prepare(name, base, args.rank, {})
+    model = prepare(name, base, args.rank)
     batch = make_batch(name, model, shape, device)
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -242,7 +242,6 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(torch.get_num_threads())
     for shape_name in args.shapes:
         shape = SHAPES[shape_name]
         shape = Shape(**{**shape.__dict__, **({"batch": args.batch} if args.batch else {}),
