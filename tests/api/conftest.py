@@ -101,12 +101,17 @@ def settings(database_url, tmp_path_factory) -> Settings:
     return settings
 
 
-@pytest.fixture(scope="session")
-def app(settings):
+def recording_app(settings):
+    """The real app whose queue hand-off records job ids instead of reaching a broker."""
     app = create_app(settings)
     app.state.published = []
     app.state.publish = lambda job_id: app.state.published.append(job_id) or True
     return app
+
+
+@pytest.fixture(scope="session")
+def app(settings):
+    return recording_app(settings)
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from store.storage import S3Storage, file_key, job_key
 
 from tests.api.conftest import CHAT_ROW, make_tenant, running_server
 from tests.api.streaming import stream_download
+from tests.api.test_artifacts import finish_with_stored_files
 
 MIB = 1024 * 1024
 ADAPTER_FILES = {"adapter_config.json": b'{"use_dora": true, "r": 8}',
@@ -50,19 +51,6 @@ def s3_tenant(s3_client, s3_settings):
     return make_tenant(s3_client, s3_settings)
 
 
-def finish_with_artifacts(tenant, worker, storage: S3Storage, files: dict[str, bytes], name: str = "adapter") -> dict:
-    job_id = tenant.job()["id"]
-    worker.claim(job_id)
-    prefix = job_key(tenant.tenant_id, job_id, "attempts", str(worker.attempt), name)
-    entries = []
-    for path, data in files.items():
-        storage.put_stream(f"{prefix}/{path}", [data])
-        entries.append({"path": path, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
-    spec = job_store.ArtifactSpec(name=name, storage_prefix=prefix, files=entries)
-    assert worker.call(job_store.finish_job, job_id=job_id, status="succeeded", artifacts=[spec])
-    return tenant.get(f"/v1/fine_tuning/jobs/{job_id}").json()
-
-
 def test_uploads_live_in_the_bucket_and_download_with_range(s3_tenant, s3_app):
     storage: S3Storage = s3_app.state.storage
     content = CHAT_ROW * 5
@@ -81,7 +69,7 @@ def test_uploads_live_in_the_bucket_and_download_with_range(s3_tenant, s3_app):
 
 
 def test_artifact_files_with_range_and_the_tar_from_s3(s3_tenant, worker, s3_app):
-    job = finish_with_artifacts(s3_tenant, worker, s3_app.state.storage, ADAPTER_FILES)
+    job = finish_with_stored_files(s3_tenant, worker, s3_app.state.storage, ADAPTER_FILES)
     base = f"/v1/fine_tuning/jobs/{job['id']}/artifacts/adapter"
     data = ADAPTER_FILES["adapter_model.safetensors"]
     assert s3_tenant.get(f"{base}/files/adapter_model.safetensors").content == data
@@ -100,7 +88,7 @@ def test_artifact_files_with_range_and_the_tar_from_s3(s3_tenant, worker, s3_app
 
 
 def test_cross_tenant_downloads_are_404_on_s3(s3_tenant, s3_client, s3_settings, worker, s3_app):
-    job = finish_with_artifacts(s3_tenant, worker, s3_app.state.storage, ADAPTER_FILES)
+    job = finish_with_stored_files(s3_tenant, worker, s3_app.state.storage, ADAPTER_FILES)
     other = make_tenant(s3_client, s3_settings)
     base = f"/v1/fine_tuning/jobs/{job['id']}/artifacts/adapter"
     for path in (f"{base}/archive", f"{base}/files/adapter_config.json", f"/v1/files/{job['result_files'][0]}/content"):

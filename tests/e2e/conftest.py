@@ -16,7 +16,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -235,6 +236,18 @@ def make_stack(root: Path, *, database_url: str, broker_url: str, tiny_model_dir
         "DORA_STORAGE_URL": str(root / "artifacts"), "DORA_BASE_MODELS": json.dumps({"tiny-llama": str(tiny_model_dir)}),
     }
     return Stack(root=root, env=env)
+
+
+@contextmanager
+def running_stack(root: Path, *, database_url: str, broker_url: str, tiny_model_dir: Path) -> Iterator[Stack]:
+    """An API and a worker on these backends, stopped (with their children) on exit."""
+    stack = make_stack(root, database_url=database_url, broker_url=broker_url, tiny_model_dir=tiny_model_dir)
+    try:
+        stack.start_api()
+        stack.start_worker()
+        yield stack
+    finally:
+        stack.stop()
 
 
 TIMINGS: dict = {}  # measured by the tests (not asserted), printed after the run

@@ -9,20 +9,15 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import scenarios
-from tests.e2e.conftest import dora_method, make_stack, wait_for
+from tests.e2e.conftest import dora_method, running_stack, wait_for
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("embedded")
-    stack = make_stack(root, database_url=f"sqlite:///{root / 'dora.db'}",
-                       broker_url=f"sqla+sqlite:///{root / 'broker.db'}", tiny_model_dir=tiny_model_dir)
-    try:
-        stack.start_api()
-        stack.start_worker()
+    with running_stack(root, database_url=f"sqlite:///{root / 'dora.db'}",
+                       broker_url=f"sqla+sqlite:///{root / 'broker.db'}", tiny_model_dir=tiny_model_dir) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 def test_a_job_trains_and_its_adapter_and_merged_model_download_and_agree(stack, tiny_model_dir, tmp_path):

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from tests.e2e import scenarios
-from tests.e2e.conftest import DATASET, TIMINGS, dora_method, make_stack, unavailable
+from tests.e2e.conftest import DATASET, TIMINGS, dora_method, running_stack, unavailable
 
 # a database of its own: the API suite uses 15, benchmarks/api_load.py 14
 REDIS_URL = os.environ.get("DORA_TEST_E2E_REDIS_URL", "redis://127.0.0.1:6379/13")
@@ -28,13 +28,9 @@ def stack(tmp_path_factory, tiny_model_dir):
     client.delete("gpu", "unacked", "unacked_index")  # leftovers of an earlier run
     root = tmp_path_factory.mktemp("redis-postgres")
     with postgres_database() as database_url:
-        stack = make_stack(root, database_url=database_url, broker_url=REDIS_URL, tiny_model_dir=tiny_model_dir)
-        try:
-            stack.start_api()
-            stack.start_worker()
+        with running_stack(root, database_url=database_url, broker_url=REDIS_URL,
+                           tiny_model_dir=tiny_model_dir) as stack:
             yield stack
-        finally:
-            stack.stop()
 
 
 def test_a_job_through_the_openai_client_trains_and_its_outputs_agree(stack, tiny_model_dir, tmp_path):

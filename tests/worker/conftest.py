@@ -15,11 +15,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from api.app import create_app
 from store.db import session_scope
 from store.migrate import upgrade
 from store.models import Checkpoint, Job, JobEvent, MetricPoint
 from store.tenants import create_api_key
+from tests.api.conftest import recording_app
 from worker.settings import WorkerSettings
 
 ROWS = [{"messages": [{"role": "user", "content": f"What is {a} plus {b}?"},
@@ -53,10 +53,7 @@ def settings(tmp_path_factory, tiny_model_dir) -> WorkerSettings:
 
 @pytest.fixture(scope="session")
 def app(settings):
-    app = create_app(settings)
-    app.state.published = []
-    app.state.publish = lambda job_id: app.state.published.append(job_id) or True
-    return app
+    return recording_app(settings)
 
 
 @dataclass
