@@ -18,7 +18,7 @@ from tests.core.model_factories import input_ids, perturb_adapters, tiny_llama
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _saved_activation_bytes(model) -> int:
+def _saved_activation_bytes(model, **forward_kwargs) -> int:
     parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
     storages = {}
 
@@ -30,17 +30,25 @@ def _saved_activation_bytes(model) -> int:
 
     ids = input_ids(batch=4, length=16)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(input_ids=ids, labels=ids).loss
+        model(input_ids=ids, labels=ids, **forward_kwargs).loss
     return sum(storages.values())
 
 
-def _adapter_output_bytes(model) -> int:
+def _adapter_output_bytes(model, only_names: tuple[str, ...] | None = None) -> int:
+    """Outputs of the adapted layers (all, or those whose name ends in one of only_names), plus
+    the two fp32 (out,) factors every DoRA layer keeps."""
     total = [0]
 
     def hook(module, inputs, output):
-        total[0] += output.numel() * output.element_size() + 2 * module.out_features * 4
+        if only_names is None or module.benchmark_name.endswith(only_names):
+            total[0] += output.numel() * output.element_size()
+        total[0] += 2 * module.out_features * 4
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, AdapterLinear)]
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, AdapterLinear):
+            module.benchmark_name = name
+            handles.append(module.register_forward_hook(hook))
     ids = input_ids(batch=4, length=16)
     with torch.no_grad():
         model(input_ids=ids)
@@ -56,6 +64,19 @@ def test_dora_keeps_only_lora_tensors_plus_layer_outputs():
     perturb_adapters(dora)
     extra = _saved_activation_bytes(dora) - _saved_activation_bytes(lora)
     assert 0 < extra <= _adapter_output_bytes(dora)
+
+
+def test_outputs_that_downstream_ops_save_are_shared_not_copied():
+    """Training runs without a KV cache; then SDPA saves v and the MLP saves gate and up as the
+    very tensors our layers return, so DoRA's extra bytes are exactly the q, k, o and down outputs
+    (which no downstream op keeps) and the per-feature factors."""
+    base = tiny_llama()
+    lora = apply_adapter(copy.deepcopy(base), AdapterConfig(method="lora", rank=4, alpha=8)).train()
+    dora = apply_adapter(copy.deepcopy(base), AdapterConfig(method="dora", rank=4, alpha=8)).train()
+    perturb_adapters(dora)
+    extra = _saved_activation_bytes(dora, use_cache=False) - _saved_activation_bytes(lora, use_cache=False)
+    unshared = ("q_proj", "k_proj", "o_proj", "down_proj")
+    assert extra == _adapter_output_bytes(dora, only_names=unshared)
 
 
 def test_benchmark_prints_one_json_line_per_configuration():
