@@ -16,7 +16,8 @@ Measured, not asserted. One JSON line per (shape, dtype, configuration) on stdou
 Per line: median step time (forward + loss + backward + AdamW step), bytes held for backward
 (every tensor handed to autograd's saved-tensor pack hook and alive when backward starts,
 unique storages; `held_activation_bytes` leaves out parameters, `held_total_bytes` counts
-them), CUDA peak memory, and ratios to the floor and to PEFT LoRA from the same run.
+them), CUDA peak memory (less the shared base template the configurations are copied from), and
+ratios to the floor and to PEFT LoRA from the same run.
 
     python benchmarks/dora_step.py --device cpu                        # tiny shapes, fp32 and bf16
     python benchmarks/dora_step.py --device cuda --shapes tinyllama-1.1b,llama3-8b
@@ -176,6 +177,13 @@ def time_steps(model, batch, device: str, *, warmup: int, steps: int) -> list[fl
     return times
 
 
+def tensor_bytes(model) -> int:
+    """Bytes of a model's parameters and buffers (unique storages)."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for t in [*model.parameters(), *model.buffers()]}
+    return sum(storages.values())
+
+
 def synchronize(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -190,7 +198,9 @@ def measure(name: str, base, shape: Shape, dtype_name: str, args) -> dict:
         torch.cuda.reset_peak_memory_stats()
     held_activations, held_total = held_for_backward(model, batch)
     times = time_steps(model, batch, device, warmup=args.warmup, steps=args.steps) if args.steps else []
-    peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
+    # The base template stays resident so that every configuration starts from the same weights;
+    # it is not part of any configuration's footprint.
+    peak = torch.cuda.max_memory_allocated() - tensor_bytes(base) if device.startswith("cuda") else None
     result = {
         "benchmark": "dora_step", "shape": args.current_shape, "device": device, "dtype": dtype_name, "config": name,
         "adapter_dtype": adapter_dtype(model), "rank": args.rank, "batch": shape.batch, "seq": shape.seq,
