@@ -39,16 +39,15 @@ def _adapter_output_bytes(model, only_names: tuple[str, ...] | None = None) -> i
     the two fp32 (out,) factors every DoRA layer keeps."""
     total = [0]
 
-    def hook(module, inputs, output):
-        if only_names is None or module.benchmark_name.endswith(only_names):
-            total[0] += output.numel() * output.element_size()
-        total[0] += 2 * module.out_features * 4
+    def hook_for(name: str):
+        def hook(module, inputs, output):
+            if only_names is None or name.endswith(only_names):
+                total[0] += output.numel() * output.element_size()
+            total[0] += 2 * module.out_features * 4
+        return hook
 
-    handles = []
-    for name, module in model.named_modules():
-        if isinstance(module, AdapterLinear):
-            module.benchmark_name = name
-            handles.append(module.register_forward_hook(hook))
+    handles = [module.register_forward_hook(hook_for(name))
+               for name, module in model.named_modules() if isinstance(module, AdapterLinear)]
     ids = input_ids(batch=4, length=16)
     with torch.no_grad():
         model(input_ids=ids)
@@ -57,11 +56,17 @@ def _adapter_output_bytes(model, only_names: tuple[str, ...] | None = None) -> i
     return total[0]
 
 
-def test_dora_keeps_only_lora_tensors_plus_layer_outputs():
+def _lora_and_dora():
+    """The same tiny Llama adapted with LoRA and with DoRA (B and m moved off their init)."""
     base = tiny_llama()
     lora = apply_adapter(copy.deepcopy(base), AdapterConfig(method="lora", rank=4, alpha=8)).train()
     dora = apply_adapter(copy.deepcopy(base), AdapterConfig(method="dora", rank=4, alpha=8)).train()
     perturb_adapters(dora)
+    return lora, dora
+
+
+def test_dora_keeps_only_lora_tensors_plus_layer_outputs():
+    lora, dora = _lora_and_dora()
     extra = _saved_activation_bytes(dora) - _saved_activation_bytes(lora)
     assert 0 < extra <= _adapter_output_bytes(dora)
 
@@ -70,10 +75,7 @@ def test_outputs_that_downstream_ops_save_are_shared_not_copied():
     """Training runs without a KV cache; then SDPA saves v and the MLP saves gate and up as the
     very tensors our layers return, so DoRA's extra bytes are exactly the q, k, o and down outputs
     (which no downstream op keeps) and the per-feature factors."""
-    base = tiny_llama()
-    lora = apply_adapter(copy.deepcopy(base), AdapterConfig(method="lora", rank=4, alpha=8)).train()
-    dora = apply_adapter(copy.deepcopy(base), AdapterConfig(method="dora", rank=4, alpha=8)).train()
-    perturb_adapters(dora)
+    lora, dora = _lora_and_dora()
     extra = _saved_activation_bytes(dora, use_cache=False) - _saved_activation_bytes(lora, use_cache=False)
     unshared = ("q_proj", "k_proj", "o_proj", "down_proj")
     assert extra == _adapter_output_bytes(dora, only_names=unshared)
