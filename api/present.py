@@ -13,7 +13,7 @@ from api.schemas.jobs import (
     MetricPointOut,
     Progress,
 )
-from store.jobs import fine_tuned_model_name
+from store.jobs import JobStatus, fine_tuned_model_name
 from store.models import Artifact, Checkpoint, File, Job, JobEvent, MetricPoint
 
 
@@ -29,10 +29,10 @@ def file_out(row: File) -> FileObject:
 def progress(job: Job, *, now: datetime | None = None) -> Progress:
     """Percent from steps; ETA from this attempt's pace (steps since its start or resume point)."""
     total, step = job.total_steps, job.step or 0
-    percent = round(100.0 * step / total, 2) if total else (100.0 if job.status == "succeeded" else None)
+    percent = round(100.0 * step / total, 2) if total else (100.0 if job.status == JobStatus.SUCCEEDED else None)
     eta = None
     done_this_attempt = step - (job.resumed_from_step or 0)
-    if job.status == "running" and total and job.attempt_started_at and done_this_attempt > 0:
+    if job.status == JobStatus.RUNNING and total and job.attempt_started_at and done_this_attempt > 0:
         elapsed = ((now or datetime.now(UTC)) - job.attempt_started_at).total_seconds()
         eta = round(max(0.0, elapsed / done_this_attempt * (total - step)), 1)
     return Progress(step=step, total_steps=total, epoch=job.epoch, percent=percent, eta_seconds=eta)

@@ -1,6 +1,13 @@
 """The job state machine. SQL is the truth; each function is one short transaction.
 
-    queued -> running -> succeeded | failed | cancelled        (queued -> cancelled directly)
+    queued -> running -> succeeded | failed | cancelled        (queued -> cancelled directly;
+                 running -> queued when an attempt gives the job back: release_job)
+
+Statuses are `JobStatus` members (store/job_status.py, re-exported here), never string
+literals. Which rows may change is said by a few SQL predicates, each written once:
+`holds_lease` (the fence every worker write goes through, via `_fenced_update`),
+`lease_expired` (running, but its worker stopped renewing), `may_run_again` (attempts left,
+no cancel asked) and `claimable` (what a claim or a re-publish may take).
 
 Execution is at-least-once delivery made effectively-once by a lease: `claim_job` is ONE
 conditional UPDATE (no row changed: someone else has it, or it is finished), and every
@@ -17,15 +24,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from store.archive import tar_size
 from store.ids import new_id
+from store.job_status import ACTIVE, TERMINAL, JobStatus  # noqa: F401 - re-exported: import them from here
 from store.models import Artifact, Checkpoint, File, Job, JobEvent, MetricPoint, Tenant, utcnow
-
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-ACTIVE = frozenset({"validating_files", "queued", "running"})
 
 
 class InvalidTransition(Exception):
@@ -56,8 +61,35 @@ class JobError:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _fenced(job_id: str, owner: str, attempt: int):
-    return and_(Job.id == job_id, Job.status == "running", Job.lease_owner == owner, Job.attempt == attempt)
+# -- the predicates (SQL expressions), each condition written once ----------------------------
+def holds_lease(job_id: str, owner: str, attempt: int) -> ColumnElement[bool]:
+    """The job is running under this (owner, attempt): the fence on every write by a worker."""
+    return and_(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.lease_owner == owner, Job.attempt == attempt)
+
+
+def lease_expired(now: datetime) -> ColumnElement[bool]:
+    """Running, but its lease ran out: the worker died, hung or lost the database."""
+    return and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
+
+
+def may_run_again() -> ColumnElement[bool]:
+    """Another attempt is allowed: attempts left and no cancel requested."""
+    return and_(Job.attempt < Job.max_attempts, Job.cancel_requested.is_(False))
+
+
+def reclaimable(now: datetime) -> ColumnElement[bool]:
+    """An expired lease whose job may run again: a new attempt may take it over."""
+    return and_(lease_expired(now), may_run_again())
+
+
+def claimable(now: datetime) -> ColumnElement[bool]:
+    """What `claim_job` takes: a queued job that may run (again), or a reclaimable one."""
+    return or_(and_(Job.status == JobStatus.QUEUED, may_run_again()), reclaimable(now))
+
+
+def abandoned(now: datetime) -> ColumnElement[bool]:
+    """An expired lease whose job must not run again (at the attempt cap, or cancel asked)."""
+    return and_(lease_expired(now), ~may_run_again())
 
 
 def _event(job_id: str, message: str, *, level: str = "info", type: str = "message", data: dict | None = None,
@@ -70,13 +102,22 @@ def _changed(session: Session, statement) -> int:
     return session.execute(statement, execution_options={"synchronize_session": False}).rowcount
 
 
+def _fenced_update(session: Session, *, job_id: str, owner: str, attempt: int, **values: Any) -> bool:
+    """UPDATE the job only while (owner, attempt) holds its lease; when no row changed (the lease
+    is gone), roll back and return False, so the caller adds nothing more."""
+    if _changed(session, update(Job).where(holds_lease(job_id, owner, attempt)).values(**values)) == 1:
+        return True
+    session.rollback()
+    return False
+
+
 def create_job(session: Session, *, tenant_id: str, model: str, training_file: str, validation_file: str | None,
                method: dict, settings: dict, seed: int, suffix: str | None, metadata: dict | None,
                max_attempts: int, idempotency_key: str | None = None, request_hash: str | None = None) -> Job:
     """Insert a queued job and its first events; commits (IntegrityError on a reused idempotency key)."""
     now = utcnow()
     job = Job(id=new_id("job"), tenant_id=tenant_id, model=model, training_file=training_file,
-              validation_file=validation_file, status="queued", method=method, settings=settings, seed=seed,
+              validation_file=validation_file, status=JobStatus.QUEUED, method=method, settings=settings, seed=seed,
               suffix=suffix, meta=metadata, max_attempts=max_attempts, idempotency_key=idempotency_key,
               request_hash=request_hash, created_at=now, updated_at=now)
     session.add(job)
@@ -90,11 +131,10 @@ def create_job(session: Session, *, tenant_id: str, model: str, training_file: s
 def claim_job(session: Session, *, job_id: str, owner: str, lease_seconds: float, now: datetime | None = None) -> Job | None:
     """Take the job for `owner` (queued, or running with an expired lease); None if no row changed."""
     now = now or utcnow()
-    claimable = or_(Job.status == "queued", and_(Job.status == "running", Job.lease_expires_at < now))
     statement = (
         update(Job)
-        .where(Job.id == job_id, claimable, Job.attempt < Job.max_attempts, Job.cancel_requested.is_(False))
-        .values(status="running", lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds),
+        .where(Job.id == job_id, claimable(now))
+        .values(status=JobStatus.RUNNING, lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds),
                 attempt=Job.attempt + 1, started_at=func.coalesce(Job.started_at, now), attempt_started_at=now,
                 updated_at=now)
     )
@@ -115,7 +155,7 @@ def heartbeat(session: Session, *, job_id: str, owner: str, attempt: int, lease_
     progress = {k: v for k, v in dict(step=step, total_steps=total_steps, epoch=epoch,
                                       trained_tokens=trained_tokens).items() if v is not None}
     statement = (
-        update(Job).where(_fenced(job_id, owner, attempt))
+        update(Job).where(holds_lease(job_id, owner, attempt))
         .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now, **progress)
         .returning(Job.cancel_requested)
     )
@@ -129,8 +169,7 @@ def record_metrics(session: Session, *, job_id: str, owner: str, attempt: int, s
     """Store one step's metrics (replacing a step a resumed attempt re-ran); False without the lease."""
     now = now or utcnow()
     progress = {"step": step, "updated_at": now} | ({"epoch": epoch} if epoch is not None else {})
-    if _changed(session, update(Job).where(_fenced(job_id, owner, attempt)).values(**progress)) != 1:
-        session.rollback()
+    if not _fenced_update(session, job_id=job_id, owner=owner, attempt=attempt, **progress):
         return False
     session.execute(delete(MetricPoint).where(MetricPoint.job_id == job_id, MetricPoint.step == step))
     session.add(MetricPoint(job_id=job_id, step=step, epoch=epoch, values=values, created_at=now))
@@ -151,8 +190,7 @@ def add_checkpoint(session: Session, *, job_id: str, owner: str, attempt: int, s
                    metrics: dict | None = None) -> Checkpoint | None:
     """Register a checkpoint already written to storage; None without the lease."""
     now = utcnow()
-    if _changed(session, update(Job).where(_fenced(job_id, owner, attempt)).values(updated_at=now)) != 1:
-        session.rollback()
+    if not _fenced_update(session, job_id=job_id, owner=owner, attempt=attempt, updated_at=now):
         return None
     checkpoint = Checkpoint(id=new_id("checkpoint"), job_id=job_id, step=step, attempt=attempt,
                             storage_key=storage_key, metrics=metrics or {}, created_at=now)
@@ -169,8 +207,7 @@ def latest_checkpoint(session: Session, *, job_id: str) -> Checkpoint | None:
 def mark_resumed(session: Session, *, job_id: str, owner: str, attempt: int, step: int) -> bool:
     """Record that this attempt continues from the checkpoint at `step`."""
     values = {"resumed_from_step": step, "step": step, "updated_at": utcnow()}
-    if _changed(session, update(Job).where(_fenced(job_id, owner, attempt)).values(**values)) != 1:
-        session.rollback()
+    if not _fenced_update(session, job_id=job_id, owner=owner, attempt=attempt, **values):
         return False
     session.add(_event(job_id, f"Attempt {attempt} resumed from the checkpoint at step {step}"))
     session.commit()
@@ -183,25 +220,25 @@ def fine_tuned_model_name(*, model: str, tenant_name: str, suffix: str | None, j
     return name if step is None else f"{name}:ckpt-step-{step}"
 
 
-def finish_job(session: Session, *, job_id: str, owner: str, attempt: int, status: str,
+def finish_job(session: Session, *, job_id: str, owner: str, attempt: int, status: JobStatus,
                error: JobError | None = None, trained_tokens: int | None = None,
                artifacts: list[ArtifactSpec] = ()) -> bool:
     """Write the final status and outputs, only while holding the lease; False when fenced off."""
     if status not in TERMINAL:
         raise ValueError(f"not a final status: {status}")
+    status = JobStatus(status)
     now = utcnow()
     values = dict(status=status, finished_at=now, updated_at=now, lease_owner=None, lease_expires_at=None,
                   error=_error_dict(error), trained_tokens=trained_tokens)
-    if _changed(session, update(Job).where(_fenced(job_id, owner, attempt)).values(**values)) != 1:
-        session.rollback()
+    if not _fenced_update(session, job_id=job_id, owner=owner, attempt=attempt, **values):
         return False
     job = session.get(Job, job_id, populate_existing=True)
-    if status == "succeeded":
+    if status == JobStatus.SUCCEEDED:
         tenant_name = session.scalar(select(Tenant.name).where(Tenant.id == job.tenant_id))
         job.fine_tuned_model = fine_tuned_model_name(model=job.model, tenant_name=tenant_name,
                                                      suffix=job.suffix, job_id=job.id)
         job.result_files = [_add_artifact(session, job=job, spec=spec, now=now) for spec in artifacts]
-    session.add(_event(job_id, _final_message(status, error), level="error" if status == "failed" else "info",
+    session.add(_event(job_id, _final_message(status, error), level="error" if status == JobStatus.FAILED else "info",
                        now=now))
     session.commit()
     return True
@@ -213,10 +250,10 @@ def _error_dict(error: JobError | None) -> dict | None:
     return {"code": error.code, "message": error.message, "param": error.param, **error.extra}
 
 
-def _final_message(status: str, error: JobError | None) -> str:
-    if status == "succeeded":
+def _final_message(status: JobStatus, error: JobError | None) -> str:
+    if status == JobStatus.SUCCEEDED:
         return "The job has successfully completed"
-    if status == "cancelled":
+    if status == JobStatus.CANCELLED:
         return "The job was cancelled"
     return f"The job failed: {error.message if error else 'unknown error'}"
 
@@ -239,15 +276,15 @@ def _add_artifact(session: Session, *, job: Job, spec: ArtifactSpec, now: dateti
 def cancel_job(session: Session, *, job_id: str) -> Job:
     """queued -> cancelled now; running -> cancel requested (the worker stops and finishes it)."""
     now = utcnow()
-    cancel = update(Job).where(Job.id == job_id, Job.status.in_(["queued", "validating_files"]))
-    if _changed(session, cancel.values(status="cancelled", finished_at=now, updated_at=now)) == 1:
+    cancel = update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+    if _changed(session, cancel.values(status=JobStatus.CANCELLED, finished_at=now, updated_at=now)) == 1:
         session.add(_event(job_id, "The job was cancelled", now=now))
-    elif _changed(session, update(Job).where(Job.id == job_id, Job.status == "running",
+    elif _changed(session, update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING,
                                              Job.cancel_requested.is_(False))
                   .values(cancel_requested=True, updated_at=now)) == 1:
         session.add(_event(job_id, "Cancellation requested; the job stops after its current step", now=now))
     job = session.get(Job, job_id, populate_existing=True)
-    if job.status in TERMINAL and job.status != "cancelled":
+    if job.status in TERMINAL and job.status != JobStatus.CANCELLED:
         session.rollback()
         raise InvalidTransition(f"job {job_id} has already {job.status} and cannot be cancelled")
     session.commit()
@@ -258,26 +295,22 @@ def list_reclaimable(session: Session, *, queued_for_seconds: float, now: dateti
                      limit: int = 100) -> list[str]:
     """Jobs to re-publish: queued and unclaimed for a while, or running with an expired lease."""
     now = now or utcnow()
-    stale_queued = and_(Job.status == "queued", Job.updated_at < now - timedelta(seconds=queued_for_seconds))
-    expired = and_(Job.status == "running", Job.lease_expires_at < now, Job.attempt < Job.max_attempts,
-                   Job.cancel_requested.is_(False))
-    query = select(Job.id).where(or_(stale_queued, expired)).order_by(Job.id).limit(limit)
+    stale_queued = and_(Job.status == JobStatus.QUEUED, Job.updated_at < now - timedelta(seconds=queued_for_seconds))
+    query = select(Job.id).where(or_(stale_queued, reclaimable(now))).order_by(Job.id).limit(limit)
     return list(session.scalars(query))
 
 
 def settle_abandoned(session: Session, *, now: datetime | None = None) -> list[str]:
     """Expired-lease jobs that must not run again: at the attempt cap -> failed; cancel asked -> cancelled."""
     now = now or utcnow()
-    expired = and_(Job.status == "running", Job.lease_expires_at < now)
-    ids = list(session.scalars(select(Job.id).where(expired, or_(Job.attempt >= Job.max_attempts,
-                                                                  Job.cancel_requested.is_(True)))))
+    ids = list(session.scalars(select(Job.id).where(abandoned(now))))
     settled = []
     for job_id in ids:
         job = session.get(Job, job_id)
-        status, error = ("cancelled", None) if job.cancel_requested else (
-            "failed", {"code": "attempts_exhausted", "param": None,
-                       "message": f"the job did not finish after {job.attempt} attempts (worker lost)"})
-        done = update(Job).where(Job.id == job_id, expired).values(
+        status, error = (JobStatus.CANCELLED, None) if job.cancel_requested else (
+            JobStatus.FAILED, {"code": "attempts_exhausted", "param": None,
+                               "message": f"the job did not finish after {job.attempt} attempts (worker lost)"})
+        done = update(Job).where(Job.id == job_id, abandoned(now)).values(
             status=status, error=error, finished_at=now, updated_at=now, lease_owner=None, lease_expires_at=None)
         if _changed(session, done) == 1:
             session.add(_event(job_id, _final_message(status, JobError(**error) if error else None),
@@ -295,9 +328,8 @@ def release_job(session: Session, *, job_id: str, owner: str, attempt: int, reas
     next attempt resumes from the newest checkpoint. `reason` is shown in the job's events.
     """
     now = utcnow()
-    values = dict(status="queued", lease_owner=None, lease_expires_at=None, updated_at=now)
-    if _changed(session, update(Job).where(_fenced(job_id, owner, attempt)).values(**values)) != 1:
-        session.rollback()
+    values = dict(status=JobStatus.QUEUED, lease_owner=None, lease_expires_at=None, updated_at=now)
+    if not _fenced_update(session, job_id=job_id, owner=owner, attempt=attempt, **values):
         return False
     session.add(_event(job_id, reason, level="warning", now=now))
     session.commit()
@@ -312,10 +344,8 @@ def mark_republished(session: Session, *, job_id: str, not_since: datetime, now:
     has moved past the new updated_at.
     """
     now = now or utcnow()
-    reclaimable = or_(Job.status == "queued",
-                      and_(Job.status == "running", Job.lease_expires_at < now, Job.attempt < Job.max_attempts,
-                           Job.cancel_requested.is_(False)))
-    statement = update(Job).where(Job.id == job_id, reclaimable, Job.updated_at < not_since).values(updated_at=now)
+    statement = (update(Job).where(Job.id == job_id, or_(Job.status == JobStatus.QUEUED, reclaimable(now)),
+                                   Job.updated_at < not_since).values(updated_at=now))
     changed = _changed(session, statement) == 1
     session.commit()
     return changed

@@ -27,6 +27,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from store.job_status import JobStatus
+
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -113,7 +115,7 @@ class Job(Base):
     model: Mapped[str] = mapped_column(String(255))
     training_file: Mapped[str] = mapped_column(IdString())
     validation_file: Mapped[str | None] = mapped_column(IdString(), default=None)
-    status: Mapped[str] = mapped_column(String(24), default="queued")
+    status: Mapped[str] = mapped_column(String(24), default=JobStatus.QUEUED.value)  # a JobStatus value
     method: Mapped[dict[str, Any]] = mapped_column(default=dict)  # as shown to the user
     settings: Mapped[dict[str, Any]] = mapped_column(default=dict)  # resolved run settings
     seed: Mapped[int] = mapped_column(Integer)

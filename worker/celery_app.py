@@ -169,6 +169,7 @@ def _publish_released_jobs(**_) -> None:
     from sqlalchemy import select
 
     from store.db import session_scope
+    from store.jobs import JobStatus
     from store.models import Job
 
     path = Path(app.settings.work_dir) / f".publish-at-exit-{os.getpid()}"
@@ -176,7 +177,7 @@ def _publish_released_jobs(**_) -> None:
         return
     job_ids = list(dict.fromkeys(path.read_text().split()))
     with session_scope(app.settings) as session:  # only what still waits (not a stale duplicate)
-        queued = set(session.scalars(select(Job.id).where(Job.id.in_(job_ids), Job.status == "queued")))
+        queued = set(session.scalars(select(Job.id).where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED)))
     for job_id in (job_id for job_id in job_ids if job_id in queued):
         if publish_job(job_id, broker_url=app.settings.broker_url):
             log.info("job %s given back to the queue", job_id)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from store import jobs as job_store
 from store.db import session_scope
-from store.jobs import ArtifactSpec, JobError
+from store.jobs import ArtifactSpec, JobError, JobStatus
 from store.models import Job
 from store.queue import publish_job
 from store.storage import Storage, job_key, open_storage
@@ -138,7 +138,8 @@ class JobAttempt:
         return specs
 
     def succeed(self, artifacts: list[ArtifactSpec]) -> str:
-        if not self.lease.finish("succeeded", trained_tokens=self.lease.trained_tokens(), artifacts=artifacts):
+        if not self.lease.finish(JobStatus.SUCCEEDED, trained_tokens=self.lease.trained_tokens(),
+                                 artifacts=artifacts):
             self.remove_outputs(self.job.attempt)
             return "lost"
         for attempt in range(1, self.job.attempt):  # what earlier attempts may have half-uploaded
@@ -150,7 +151,7 @@ class JobAttempt:
         if not self.lease.held:
             return "lost"
         if self.lease.cancel_requested:
-            self.lease.finish("cancelled")
+            self.lease.finish(JobStatus.CANCELLED)
             self.remove_work_folder()
             return "cancelled"
         return self.release("The worker is shutting down; the job will resume from its newest checkpoint")
@@ -170,7 +171,8 @@ class JobAttempt:
                                 f"(attempt {self.job.attempt + 1} of {self.job.max_attempts})")
         if failure.retry:
             failure = exhausted(failure, attempts=self.job.attempt)
-        self.lease.finish("failed", error=JobError(code=failure.code, message=failure.message, param=failure.param))
+        self.lease.finish(JobStatus.FAILED,
+                          error=JobError(code=failure.code, message=failure.message, param=failure.param))
         self.remove_work_folder()
         return "failed"
 

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from store import jobs as job_store
+from store.jobs import JobStatus
 from store.db import session_scope
 from store.models import Job
 from store.settings import Settings
@@ -79,7 +80,7 @@ class Lease:
         except Exception as error:  # noqa: BLE001 - events only inform
             log.warning("job %s: could not record event %r: %s", self.job_id, message, error)
 
-    def finish(self, status: str, **kwargs) -> bool:
+    def finish(self, status: JobStatus, **kwargs) -> bool:
         return self.held and self._call(job_store.finish_job, status=status, **kwargs)
 
     def release(self, reason: str) -> bool:

@@ -6,6 +6,7 @@ import re
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
+from pydantic import WithJsonSchema
 
 from api.deps import JobViewDep, OwnedJobDep, PublisherDep, SessionDep, SettingsDep, TenantDep
 from api.errors import bad_request
@@ -13,9 +14,12 @@ from api.present import checkpoint_out, event_out, job_out, metric_out
 from api.schemas.common import ListPage
 from api.schemas.jobs import CheckpointOut, FineTuningJob, JobCreate, JobEventOut, MetricPage
 from api.services import jobs as job_service
+from store.jobs import JobStatus
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 _METADATA_PARAM = re.compile(r"^metadata\[(.{1,64})\]$")
+# documented as the JobStatus enum; checked by the service, whose 400 names the wrong value
+StatusFilter = Annotated[str | None, WithJsonSchema({"type": "string", "enum": [s.value for s in JobStatus]})]
 
 
 def _page(items: list, rows: list, has_more: bool) -> ListPage:
@@ -37,7 +41,7 @@ def create_job(body: JobCreate, caller: TenantDep, session: SessionDep, settings
 
 @router.get("", response_model=ListPage[FineTuningJob])
 def list_jobs(request: Request, caller: TenantDep, session: SessionDep, after: str | None = None,
-              limit: int = 20, status: str | None = None) -> ListPage[FineTuningJob]:
+              limit: int = 20, status: StatusFilter = None) -> ListPage[FineTuningJob]:
     metadata = {}
     for name, value in request.query_params.multi_items():
         if name.startswith("metadata"):

@@ -14,10 +14,9 @@ from api.schemas.jobs import JobCreate
 from api.services import methods
 from api.services.scope import check_limit, get_owned, owned, page
 from store import jobs as job_store
+from store.jobs import JobStatus
 from store.models import Artifact, Checkpoint, File, Job, JobEvent, MetricPoint
 from store.settings import Settings
-
-STATUSES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled")
 
 
 def _find_by_key(session: Session, *, tenant_id: str, key: str) -> Job | None:
@@ -84,9 +83,9 @@ def list_jobs(*, session: Session, tenant_id: str, after: str | None, limit: int
               metadata: dict[str, str]) -> tuple[list[Job], bool]:
     query = owned(Job, tenant_id=tenant_id)
     if status is not None:
-        if status not in STATUSES:
-            raise bad_request(f"Invalid status '{status[:32]}': one of {', '.join(STATUSES)}", param="status")
-        query = query.where(Job.status == status)
+        if status not in set(JobStatus):
+            raise bad_request(f"Invalid status '{status[:32]}': one of {', '.join(JobStatus)}", param="status")
+        query = query.where(Job.status == JobStatus(status))
     for key, value in metadata.items():
         query = query.where(Job.meta[key].as_string() == value)
     return page(session, query, id_column=Job.id, after=after, limit=limit)

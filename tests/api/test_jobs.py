@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from store import jobs as job_store
+from store.jobs import ACTIVE, TERMINAL, JobStatus
 from store.queue import publish_job
 
 
@@ -86,6 +87,22 @@ def test_list_paginates_and_filters_by_status_and_metadata(tenant):
     assert [j["id"] for j in cancelled] == [ids[0]]
     batch_b = tenant.get("/v1/fine_tuning/jobs", params={"metadata[batch]": "b"}).json()["data"]
     assert [j["id"] for j in batch_b] == ids[:2:-1]
+
+
+def test_the_status_filter_accepts_exactly_the_job_status_names(tenant, client):
+    """JobStatus is the one list of status names: the OpenAPI enum of `?status=` is its values,
+    each is accepted, and anything else (`validating_files` is not a status here) is a 400."""
+    openapi = client.get("/openapi.json").json()
+    param = next(p for p in openapi["paths"]["/v1/fine_tuning/jobs"]["get"]["parameters"] if p["name"] == "status")
+    documented = param["schema"]["enum"]
+    assert documented == [s.value for s in JobStatus] == ["queued", "running", "succeeded", "failed", "cancelled"]
+    assert JobStatus.QUEUED in ACTIVE and ACTIVE | TERMINAL == set(JobStatus) and not ACTIVE & TERMINAL
+    for status in documented:
+        assert tenant.get("/v1/fine_tuning/jobs", params={"status": status}).status_code == 200
+    for wrong in ("validating_files", "QUEUED", ""):
+        refused = tenant.get("/v1/fine_tuning/jobs", params={"status": wrong})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "status", refused.text
+        assert refused.json()["error"]["message"].endswith("one of queued, running, succeeded, failed, cancelled")
 
 
 def test_progress_percent_eta_attempt_and_resume(tenant, worker):
