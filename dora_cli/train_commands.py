@@ -206,8 +206,7 @@ def _quiet_library_progress_bars():
 
 
 def _print_result(result) -> int:
-    resumed = f", resumed from step {result.resumed_from_step}" if result.resumed_from_step is not None else ""
-    print(f"status: {result.status} (step {result.step}/{result.total_steps}{resumed})")
+    print(f"status: {result.status} ({_status_detail(result)})")
     metrics = "  ".join(f"{name} {_number(value)}" for name, value in result.final_metrics.items())
     print(f"final metrics: {metrics or '-'}")
     if result.outputs:
@@ -219,6 +218,18 @@ def _print_result(result) -> int:
         print("the run stopped before its last step; its checkpoints are kept: run the same command to resume")
         return 1
     return 0
+
+
+def _status_detail(result) -> str:
+    """`step 6/6`, `step 6/6, resumed from step 3`, or, when the run resumed from a checkpoint at
+    which it had already ended (a second `dora train` of a finished run), that nothing was trained."""
+    where = f"step {result.step}/{result.total_steps}"
+    if result.resumed_from_step is None:
+        return where
+    if result.resumed_from_step == result.step and result.status != "stopped":
+        ended = "already complete" if result.status == "completed" else "already stopped early"
+        return f"{ended} at {where}; nothing to train (use --no-resume --overwrite to start over)"
+    return f"{where}, resumed from step {result.resumed_from_step}"
 
 
 def _number(value) -> str:

@@ -84,7 +84,9 @@ def test_yaml_config_trains_prints_step_lines_and_rerun_resumes_from_last_checkp
     assert "already holds a finished run" in second
     assert "resumed from checkpoint at step 6" in second
     assert _step_lines(second) == []
-    assert "status: completed (step 6/6, resumed from step 6)" in second
+    assert ("status: completed (already complete at step 6/6; nothing to train "
+            "(use --no-resume --overwrite to start over))") in second
+    assert "resumed from step" not in second
     assert _metric_steps(out) == [1, 2, 3, 4, 5, 6]
     assert json.loads((out / "manifest.json").read_text())["resumed_from_step"] == 6
     for name, tensor in _adapter(out).items():
@@ -187,7 +189,26 @@ def test_ctrl_c_exits_130_keeps_checkpoints_and_the_same_command_resumes(project
     resumed = capsys.readouterr().out
     assert "resumed from checkpoint at step 3" in resumed
     assert [line.split()[1] for line in _step_lines(resumed)] == ["4/6", "5/6", "6/6"]
+    assert "status: completed (step 6/6, resumed from step 3)" in resumed
     assert _metric_steps(out) == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize(("status", "step", "resumed_from", "expected"), [
+    ("completed", 7, None, "status: completed (step 7/7)"),
+    ("completed", 7, 3, "status: completed (step 7/7, resumed from step 3)"),
+    ("completed", 7, 7, "status: completed (already complete at step 7/7; nothing to train "
+                        "(use --no-resume --overwrite to start over))"),
+    ("early_stopped", 4, 4, "status: early_stopped (already stopped early at step 4/7; nothing to train "
+                            "(use --no-resume --overwrite to start over))"),
+    ("stopped", 3, 3, "status: stopped (step 3/7, resumed from step 3)"),
+])
+def test_the_status_line_says_when_a_resumed_run_had_nothing_left_to_train(capsys, status, step, resumed_from,
+                                                                            expected):
+    from dora_cli.train_commands import _print_result
+    from dora_core.training.run import RunResult
+
+    _print_result(RunResult(status, step, 7, resumed_from, {"steps": step}))
+    assert capsys.readouterr().out.splitlines()[0] == expected
 
 
 def test_no_resume_refuses_an_earlier_run_and_overwrite_says_what_it_deletes(project, tiny_model_dir, capsys):
