@@ -1,6 +1,6 @@
 """The Celery app of the GPU workers and its one task, `worker.run_job(job_id)`.
 
-Settings that follow from "SQL is the truth, the broker only wakes workers" (DESIGN.md):
+Settings that follow from "SQL is the truth, the broker only wakes workers" (docs/architecture.md):
 
 - acks_late + reject_on_worker_lost: a message is acknowledged only after its task returned;
   if the process running it dies, the message goes back to the queue. A redelivered message

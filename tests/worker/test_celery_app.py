@@ -1,4 +1,4 @@
-"""The Celery settings DESIGN.md asks for, and the commands that start a worker."""
+"""The Celery settings docs/architecture.md describes, and the commands that start a worker."""
 
 from __future__ import annotations
 
