@@ -1,0 +1,94 @@
+"""The README's "Train locally" commands run as written on a fresh clone.
+
+The ```bash block under "## Train locally" is read from README.md at test time, and each of its
+commands runs, unchanged, through bash in a fresh folder that holds what a clone has: a copy of
+the repository's `demo/` folder (without anything generated) and `.venv`, here a link to the
+virtual environment running the tests, so `.venv/bin/dora` resolves as `make install` would
+make it. A command that exits non-zero, or a training run that leaves out an output the README
+promises, fails the test; editing the block changes what runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+SECTION = "## Train locally"
+GENERATED = ("model", "out")  # what the commands write into demo/ (git-ignored)
+
+
+def section_commands(markdown: str, heading: str = SECTION) -> list[str]:
+    """The shell commands of the first ```bash block under `heading` (comment lines and blank lines
+    left out, backslash continuations joined), in order."""
+    start = markdown.find(f"\n{heading}\n")
+    assert start >= 0, f"README.md has no '{heading}' section"
+    body = markdown[start + len(heading) + 2:]
+    following = re.search(r"^## ", body, flags=re.MULTILINE)
+    body = body[: following.start()] if following else body
+    block = re.search(r"^```bash\n(.*?)^```", body, flags=re.MULTILINE | re.DOTALL)
+    assert block, f"README.md's '{heading}' section has no ```bash block"
+    commands, pending = [], ""
+    for line in block.group(1).splitlines():
+        if not pending and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        commands.append(pending + line)
+        pending = ""
+    assert not pending, f"the last command of '{heading}' ends with a backslash"
+    return commands
+
+
+def out_folder(commands: list[str]) -> Path:
+    """The --out of the block's `train` command (the folder whose outputs the README lists)."""
+    for command in commands:
+        words = shlex.split(command, comments=True)
+        if "train" in words and "--out" in words:
+            return Path(words[words.index("--out") + 1])
+    pytest.fail(f"no `dora train ... --out DIR` among the README's commands: {commands}")
+
+
+def test_the_section_parser_reads_commands_and_skips_comments():
+    markdown = ("# x\n\n## Train locally\n\nText.\n\n```bash\n# a comment\n.venv/bin/dora a b   # why\n\n"
+                ".venv/bin/dora train c \\\n  --out d\n```\n\n```bash\nnot this\n```\n\n## Next\n")
+    assert section_commands(markdown) == [".venv/bin/dora a b   # why", ".venv/bin/dora train c    --out d"]
+    assert out_folder(section_commands(markdown)) == Path("d")
+
+
+@pytest.fixture
+def fresh_clone(tmp_path: Path) -> Path:
+    """A folder shaped like a fresh clone for these commands: demo/ as tracked, and .venv."""
+    venv = Path(sys.prefix)
+    if not (venv / "bin" / "dora").exists():
+        pytest.skip(f"the `dora` entry point is not installed in {venv} (run `make install`)")
+    shutil.copytree(ROOT / "demo", tmp_path / "demo", ignore=shutil.ignore_patterns(*GENERATED))
+    (tmp_path / ".venv").symlink_to(venv, target_is_directory=True)
+    return tmp_path
+
+
+def test_train_locally_commands_run_as_written_in_a_fresh_clone(fresh_clone: Path):
+    commands = section_commands(README.read_text(encoding="utf-8"))
+    assert any("make-tiny-model" in command for command in commands), commands
+    out = fresh_clone / out_folder(commands)
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+    for command in commands:
+        done = subprocess.run(["bash", "-c", command], cwd=fresh_clone, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, (f"README command failed (exit {done.returncode}): {command}\n"
+                                      f"--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}")
+
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert (out / "merged" / "config.json").is_file() and list((out / "merged").glob("*.safetensors"))
+    assert (out / "metrics.jsonl").read_text().strip(), "metrics.jsonl is empty"
