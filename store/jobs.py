@@ -6,8 +6,10 @@
 Statuses are `JobStatus` members (store/job_status.py, re-exported here), never string
 literals. Which rows may change is said by a few SQL predicates, each written once:
 `holds_lease` (the fence every worker write goes through, via `_fenced_update`),
-`lease_expired` (running, but its worker stopped renewing), `may_run_again` (attempts left,
-no cancel asked) and `claimable` (what a claim or a re-publish may take).
+`lease_expired` (running, but its worker stopped renewing), `unattended` (queued, or an expired
+lease: no attempt works on it), `may_run_again` (attempts left, no cancel asked), and from
+those `claimable` (what a claim or a re-publish may take) and `abandoned` (what the reconciler
+settles: unattended and not allowed to run again, e.g. given back by the last attempt).
 
 Execution is at-least-once delivery made effectively-once by a lease: `claim_job` is ONE
 conditional UPDATE (no row changed: someone else has it, or it is finished), and every
@@ -72,24 +74,27 @@ def lease_expired(now: datetime) -> ColumnElement[bool]:
     return and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
 
 
+def unattended(now: datetime) -> ColumnElement[bool]:
+    """No attempt is working on the job: queued, or running with an expired lease."""
+    return or_(Job.status == JobStatus.QUEUED, lease_expired(now))
+
+
 def may_run_again() -> ColumnElement[bool]:
     """Another attempt is allowed: attempts left and no cancel requested."""
     return and_(Job.attempt < Job.max_attempts, Job.cancel_requested.is_(False))
 
 
-def reclaimable(now: datetime) -> ColumnElement[bool]:
-    """An expired lease whose job may run again: a new attempt may take it over."""
-    return and_(lease_expired(now), may_run_again())
-
-
 def claimable(now: datetime) -> ColumnElement[bool]:
-    """What `claim_job` takes: a queued job that may run (again), or a reclaimable one."""
-    return or_(and_(Job.status == JobStatus.QUEUED, may_run_again()), reclaimable(now))
+    """What a claim takes and the reconciler re-publishes: unattended, and allowed to run again."""
+    return and_(unattended(now), may_run_again())
 
 
 def abandoned(now: datetime) -> ColumnElement[bool]:
-    """An expired lease whose job must not run again (at the attempt cap, or cancel asked)."""
-    return and_(lease_expired(now), ~may_run_again())
+    """Unattended but never to run again (at the attempt cap, or cancel asked): to be settled.
+
+    Besides expired leases, this is a job its last attempt gave back (a worker shut down during
+    attempt N of N) or one given back after a cancel request: no claim would ever take it."""
+    return and_(unattended(now), ~may_run_again())
 
 
 def _event(job_id: str, message: str, *, level: str = "info", type: str = "message", data: dict | None = None,
@@ -293,15 +298,15 @@ def cancel_job(session: Session, *, job_id: str) -> Job:
 
 def list_reclaimable(session: Session, *, queued_for_seconds: float, now: datetime | None = None,
                      limit: int = 100) -> list[str]:
-    """Jobs to re-publish: queued and unclaimed for a while, or running with an expired lease."""
+    """Jobs to re-publish (claimable ones): queued and unclaimed for a while, or with an expired lease."""
     now = now or utcnow()
-    stale_queued = and_(Job.status == JobStatus.QUEUED, Job.updated_at < now - timedelta(seconds=queued_for_seconds))
-    query = select(Job.id).where(or_(stale_queued, reclaimable(now))).order_by(Job.id).limit(limit)
+    stale = or_(Job.status == JobStatus.RUNNING, Job.updated_at < now - timedelta(seconds=queued_for_seconds))
+    query = select(Job.id).where(claimable(now), stale).order_by(Job.id).limit(limit)
     return list(session.scalars(query))
 
 
 def settle_abandoned(session: Session, *, now: datetime | None = None) -> list[str]:
-    """Expired-lease jobs that must not run again: at the attempt cap -> failed; cancel asked -> cancelled."""
+    """Abandoned jobs (unattended, must not run again): cancel asked -> cancelled; at the attempt cap -> failed."""
     now = now or utcnow()
     ids = list(session.scalars(select(Job.id).where(abandoned(now))))
     settled = []
@@ -309,7 +314,8 @@ def settle_abandoned(session: Session, *, now: datetime | None = None) -> list[s
         job = session.get(Job, job_id)
         status, error = (JobStatus.CANCELLED, None) if job.cancel_requested else (
             JobStatus.FAILED, {"code": "attempts_exhausted", "param": None,
-                               "message": f"the job did not finish after {job.attempt} attempts (worker lost)"})
+                               "message": f"the job did not finish after {job.attempt} attempts "
+                                          f"({'worker lost' if job.status == JobStatus.RUNNING else 'given back'})"})
         done = update(Job).where(Job.id == job_id, abandoned(now)).values(
             status=status, error=error, finished_at=now, updated_at=now, lease_owner=None, lease_expires_at=None)
         if _changed(session, done) == 1:
@@ -344,8 +350,7 @@ def mark_republished(session: Session, *, job_id: str, not_since: datetime, now:
     has moved past the new updated_at.
     """
     now = now or utcnow()
-    statement = (update(Job).where(Job.id == job_id, or_(Job.status == JobStatus.QUEUED, reclaimable(now)),
-                                   Job.updated_at < not_since).values(updated_at=now))
+    statement = update(Job).where(Job.id == job_id, claimable(now), Job.updated_at < not_since).values(updated_at=now)
     changed = _changed(session, statement) == 1
     session.commit()
     return changed

@@ -108,3 +108,41 @@ def test_stale_queued_jobs_are_listed_for_republishing(tenant, settings):
         assert job_id not in job_store.list_reclaimable(session, queued_for_seconds=3600)
         later = utcnow() + timedelta(hours=2)
         assert job_id in job_store.list_reclaimable(session, queued_for_seconds=3600, now=later, limit=10_000)
+
+
+def test_a_job_its_last_attempt_gave_back_is_settled_not_left_queued(tenant, settings, worker):
+    """A worker shut down during attempt N of N releases the job: no claim can take it, so it is
+    neither re-published nor left `queued` forever; the reconciler's settle fails it."""
+    job_id = tenant.job({"max_attempts": 1})["id"]
+    worker.claim(job_id)
+    assert worker.call(job_store.release_job, job_id=job_id, reason="The worker is shutting down")
+    assert FakeWorker(settings).claim(job_id) is None
+    later = utcnow() + timedelta(hours=2)
+    with session_scope(settings) as session:
+        assert job_id not in job_store.list_reclaimable(session, queued_for_seconds=0, now=later, limit=10_000)
+        assert not job_store.mark_republished(session, job_id=job_id, not_since=later, now=later)
+        assert job_id in job_store.settle_abandoned(session)
+    job = _status(settings, job_id)
+    assert job.status == "failed" and job.error["code"] == "attempts_exhausted" and job.finished_at is not None
+
+
+def test_a_job_given_back_after_a_cancel_request_is_settled_cancelled(tenant, settings, worker):
+    job_id = tenant.job()["id"]
+    worker.claim(job_id)
+    assert tenant.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").json()["cancel_requested"] is True
+    assert worker.call(job_store.release_job, job_id=job_id, reason="The worker is shutting down")  # missed it
+    assert FakeWorker(settings).claim(job_id) is None
+    later = utcnow() + timedelta(hours=2)
+    with session_scope(settings) as session:
+        assert job_id not in job_store.list_reclaimable(session, queued_for_seconds=0, now=later, limit=10_000)
+        assert job_id in job_store.settle_abandoned(session)
+    assert _status(settings, job_id).status == "cancelled"
+
+
+def test_settling_leaves_live_and_claimable_jobs_alone(tenant, settings, worker):
+    queued, live = tenant.job()["id"], tenant.job()["id"]
+    worker.claim(live, lease_seconds=600)
+    with session_scope(settings) as session:
+        settled = job_store.settle_abandoned(session, now=utcnow() + timedelta(seconds=60))
+    assert queued not in settled and live not in settled
+    assert _status(settings, queued).status == "queued" and _status(settings, live).status == "running"
