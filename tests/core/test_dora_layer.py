@@ -107,7 +107,7 @@ def test_target_list_selects_only_named_layers():
 )
 def test_invalid_settings_name_the_field(kwargs, field):
     with pytest.raises(AdapterConfigError) as error:
-        AdapterConfig(**kwargs)
+        AdapterConfig.from_data(kwargs)
     assert error.value.field == field and field in str(error.value)
 
 

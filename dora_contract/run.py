@@ -1,0 +1,48 @@
+"""A whole run: what to train (adapter, training settings, outputs) and on what (model, data).
+
+`RunSettings` is what a job stores (the API knows no local paths); `RunContract` adds the base
+model and dataset paths that `dora train` reads from its file and the worker fills in after
+downloading.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from dora_contract.adapter import AdapterSettings
+from dora_contract.base import ContractModel, distinct
+from dora_contract.training import TrainingSettings
+
+OUTPUTS = ("adapter", "merged")
+Output = Literal["adapter", "merged"]
+Outputs = Annotated[tuple[Output, ...], AfterValidator(distinct)]
+
+
+def check_one_validation_source(*, has_validation_file: bool, validation_split: float) -> None:
+    """A run validates on a file or on a split of the training set, not both (ambiguous)."""
+    if has_validation_file and validation_split:
+        raise PydanticCustomError("conflict", "give a validation file or a validation_split, not both",
+                                  {"field": "validation_split"})
+
+
+class RunSettings(ContractModel):
+    adapter: AdapterSettings = Field(default_factory=AdapterSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    outputs: Outputs = Field(OUTPUTS, description="what the run writes: adapter (PEFT format), merged model")
+
+
+class RunContract(RunSettings):
+    """Everything one training run needs; paths are local (the worker downloads first)."""
+
+    base_model: str = Field(min_length=1, pattern=r"\S", description="local folder or hub id; safetensors only")
+    train_file: str = Field(min_length=1, pattern=r"\S", description="JSONL, CSV or Parquet")
+    validation_file: str | None = Field(None, description="held-out data; or training.validation_split")
+
+    @model_validator(mode="after")
+    def _one_validation_source(self) -> RunContract:
+        check_one_validation_source(has_validation_file=bool(self.validation_file),
+                                    validation_split=self.training.validation_split)
+        return self

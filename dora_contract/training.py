@@ -1,0 +1,44 @@
+"""Optimisation settings of a run. A step is one optimiser update over micro_batch_size x
+gradient_accumulation_steps examples (the global batch)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, StrictBool, StrictFloat, StrictInt
+
+from dora_contract.base import ContractModel
+
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MAX_SEED = 2**31 - 1
+
+
+class TrainingSettings(ContractModel):
+    """Every default here is the one default: `dora train`, the worker and the API all use it."""
+
+    epochs: StrictFloat = Field(1.0, gt=0, description="passes over the training set (max_steps overrides)")
+    max_steps: StrictInt | None = Field(None, ge=1, description="optimiser steps; overrides epochs when set")
+    micro_batch_size: StrictInt = Field(4, ge=1, description="examples per forward/backward")
+    gradient_accumulation_steps: StrictInt = Field(1, ge=1, le=1024, description="micro-batches per optimiser step")
+    learning_rate: StrictFloat = Field(2e-4, gt=0, le=1, description="peak learning rate (AdamW)")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="schedule after warm-up")
+    warmup_ratio: StrictFloat = Field(0.03, ge=0, le=1, description="fraction of the steps spent warming up")
+    weight_decay: StrictFloat = Field(0.0, ge=0, le=10, description="AdamW weight decay")
+    max_grad_norm: StrictFloat | None = Field(1.0, gt=0, description="gradient clipping; null turns it off")
+    seed: StrictInt = Field(0, ge=0, le=MAX_SEED, description="seeds init, dropout and data order")
+    eval_interval: StrictInt | None = Field(
+        None, ge=1, description="steps between evaluations; with a validation set it also runs at the end")
+    checkpoint_interval: StrictInt = Field(50, ge=1, description="steps between checkpoints")
+    keep_checkpoints: StrictInt = Field(2, ge=1, le=100, description="newest checkpoints kept")
+    gradient_checkpointing: Literal["auto"] | StrictBool = Field(
+        "auto", description="auto: on from 6B parameters, or when bf16 weights fill a third of the GPU")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on a GPU that has it, else fp32")
+    early_stopping_patience: StrictInt | None = Field(
+        None, ge=1, description="evaluations without eval-loss improvement before stopping")
+    max_seq_len: StrictInt = Field(1024, ge=8, description="tokens per example; longer ones are truncated")
+    train_on_inputs: StrictBool = Field(False, description="false: loss on completion/assistant tokens only")
+    packing: StrictBool = Field(False, description="pack several examples into one sequence")
+    validation_split: StrictFloat = Field(0.0, ge=0, le=0.5, description="held out from train; or a validation file")
