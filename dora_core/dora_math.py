@@ -8,6 +8,13 @@ and, treating n as a constant during backpropagation (sec. 4.3), computes a laye
 
     y = g * (W x + s B (A x)) + bias,      g = m / n   (one gain per output feature)
 
+With adapter dropout (training only) the dropout acts on the adapter branch's input alone,
+x_d = dropout(x), and the gain multiplies the undropped base output (torchtune's DoRALinear):
+
+    y = g * (W x + s B (A x_d)) + bias
+
+See `DoraLinearFunction` for why this, and not PEFT's form, is the one computed here.
+
 Shapes used throughout: x (N, in) tokens flattened, W (out, in) frozen, A (r, in), B (out, r),
 m (out,), n (out,), y (N, out).
 """
@@ -15,7 +22,6 @@ m (out,), n (out,), y (N, out).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from dora_core.kernels import use_triton
 
@@ -36,6 +42,29 @@ def squared_row_norms(weight: torch.Tensor) -> torch.Tensor:
 def at_least_fp32(dtype: torch.dtype) -> torch.dtype:
     """fp32 for bf16/fp16/fp32, fp64 stays fp64 (gradcheck runs in fp64)."""
     return torch.promote_types(dtype, torch.float32)
+
+
+def draw_dropout_seed() -> int:
+    """A seed for one layer's dropout mask, drawn from torch's default (CPU) generator.
+
+    Drawing it from the default generator keeps runs reproducible under `torch.manual_seed`,
+    restored by checkpoints (rng.pt) and replayed by gradient checkpointing, which stashes and
+    restores the CPU RNG state before recomputing a forward.
+    """
+    return int(torch.randint(0, 2**62, (1,)).item())
+
+
+@torch.no_grad()
+def dropout_keep_scale(like: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    """The inverted-dropout factor, mask / (1 - p), for a tensor shaped like `like`.
+
+    Generated from `seed` alone (its own generator, on `like`'s device), so the backward can
+    make the same mask again instead of saving it or the dropped input: a (N, in) tensor per
+    layer that plain autograd would keep. Returns `like`'s shape and dtype; entries are 0 or 1/(1-p).
+    """
+    generator = torch.Generator(device=like.device).manual_seed(seed)
+    keep = torch.empty_like(like).bernoulli_(1.0 - p, generator=generator)  # (N, in), 0 or 1
+    return keep.mul_(1.0 / (1.0 - p))
 
 
 @torch.no_grad()
@@ -100,6 +129,18 @@ class DoraLinearFunction(torch.autograd.Function):
     z_j = W_j x stays 0 for a zero row and dm_j = 0 is the exact value. When the layer has a
     bias we save the pre-bias output instead (recovering it by subtraction would cancel).
 
+    Dropout (p > 0, training) follows torchtune's semantics, y = g * (W x + s B A x_d) with
+    x_d = dropout(x) feeding the adapter branch only. PEFT and the paper's code instead apply
+    the DoRA correction to the dropped input, y = W x + (g - 1) W x_d + g s B A x_d, which
+    needs a second full GEMM W x_d per layer, and its output no longer determines z, so the
+    magnitude's gradient needs more saved tensors (PEFT pays 1.5x LoRA's step time and bytes
+    for it at p = 0.05). Here the output is still y = g z: the backward above holds as it is,
+    with u = A x_d and dA = s (dz B)^T x_d, and dx gains the mask on its adapter term,
+        dx = dz W + keep * (s (dz B) A),      keep = mask / (1 - p)   (N, in).
+    The mask is not saved either: it is regenerated in backward from a seed (see
+    `dropout_keep_scale`), so the saved tensors are exactly those of p = 0. The two forms agree
+    at p = 0 and in eval mode (no dropout), i.e. at inference and in the merged model.
+
     All matmuls run in the activation dtype (bf16 on a GPU); parameters stay fp32 and their
     gradients are returned in fp32. On CUDA the two elementwise stages (the forward epilogue
     g * (W x + s B u) and the backward's g * dy with the column sums for dm) run as fused
@@ -107,7 +148,7 @@ class DoraLinearFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, lora_A, lora_B, magnitude, norm, scale):
+    def forward(ctx, x, weight, bias, lora_A, lora_B, magnitude, norm, scale, dropout_p=0.0, dropout_seed=0):
         act_dtype = x.dtype
         fused = use_triton(x)
         weight_act = weight if weight.dtype == act_dtype else weight.to(act_dtype)
@@ -116,7 +157,7 @@ class DoraLinearFunction(torch.autograd.Function):
         # the gain actually applied: fp32 inside the fused kernel, activation dtype otherwise
         gain_used = gain if fused else gain.to(act_dtype)  # (out,)
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
-        u = x2 @ lora_A.to(act_dtype).T  # (N, r)
+        u = _adapter_input(x2, dropout_p, dropout_seed) @ lora_A.to(act_dtype).T  # (N, r)   A x_d
         y = x2 @ weight_act.T  # (N, out)   W x
         if fused:
             from dora_core.kernels.dora_epilogue import dora_epilogue_
@@ -132,6 +173,7 @@ class DoraLinearFunction(torch.autograd.Function):
         )  # (out,) fp32
         ctx.save_for_backward(x, u, y, weight, lora_A, lora_B, gain_used, inv_gain_norm)
         ctx.scale = scale
+        ctx.dropout = (dropout_p, dropout_seed)
         ctx.fused = fused
         ctx.magnitude_dtype = magnitude.dtype
         ctx.bias_needs_grad = bias is not None and bias.requires_grad
@@ -154,22 +196,41 @@ class DoraLinearFunction(torch.autograd.Function):
             dz = dy * gain_used  # (N, out)
             dy_dot_y = _columnwise_dot(dy, y) if ctx.needs_input_grad[5] else None  # (out,)
         dz_b = dz @ b_act  # (N, r)
+        keep = _keep_scale_or_none(x2, *ctx.dropout)  # (N, in) or None
 
         grad_x = grad_a = grad_b = grad_m = grad_bias = None
         if ctx.needs_input_grad[0]:
-            weight_act = weight if weight.dtype == act_dtype else weight.to(act_dtype)
-            grad_x = dz @ weight_act  # (N, in)
-            grad_x.addmm_(dz_b, a_act, alpha=scale)
-            grad_x = grad_x.view(x.shape)
+            grad_x = _input_grad(dz, dz_b, weight, a_act, scale, keep).view(x.shape)  # (N, in)
         if ctx.needs_input_grad[3]:
-            grad_a = (dz_b.T @ x2).to(lora_A.dtype).mul_(scale)  # (r, in)
+            dropped = x2 if keep is None else x2 * keep  # (N, in)   x_d, regenerated
+            grad_a = (dz_b.T @ dropped).to(lora_A.dtype).mul_(scale)  # (r, in)
         if ctx.needs_input_grad[4]:
             grad_b = (dz.T @ u).to(lora_B.dtype).mul_(scale)  # (out, r)
         if ctx.needs_input_grad[5]:
             grad_m = (dy_dot_y * inv_gain_norm).to(ctx.magnitude_dtype)  # (out,)
         if ctx.bias_needs_grad:
             grad_bias = dy.sum(dim=0, dtype=at_least_fp32(dy.dtype)).to(ctx.bias_dtype)
-        return grad_x, None, grad_bias, grad_a, grad_b, grad_m, None, None
+        return grad_x, None, grad_bias, grad_a, grad_b, grad_m, None, None, None, None
+
+
+def _adapter_input(x2: torch.Tensor, dropout_p: float, seed: int) -> torch.Tensor:
+    """x_d: x itself without dropout, else x * mask / (1 - p) (a temporary, never saved)."""
+    return x2 if dropout_p == 0.0 else x2 * dropout_keep_scale(x2, dropout_p, seed)
+
+
+def _keep_scale_or_none(x2: torch.Tensor, dropout_p: float, seed: int) -> torch.Tensor | None:
+    """The forward's mask / (1 - p) again, made from the same seed; None without dropout."""
+    return None if dropout_p == 0.0 else dropout_keep_scale(x2, dropout_p, seed)
+
+
+def _input_grad(dz, dz_b, weight, a_act, scale, keep):
+    """dx = dz W + s (dz B) A, the adapter term masked like the forward's x_d: (N, in)."""
+    act_dtype = dz.dtype
+    weight_act = weight if weight.dtype == act_dtype else weight.to(act_dtype)
+    grad_x = dz @ weight_act  # (N, in)
+    if keep is None:
+        return grad_x.addmm_(dz_b, a_act, alpha=scale)
+    return grad_x.add_((dz_b @ a_act).mul_(keep), alpha=scale)
 
 
 def _columnwise_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -180,9 +241,11 @@ def _columnwise_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(dim=0, dtype=at_least_fp32(a.dtype))
 
 
-def dora_linear(x, weight, bias, lora_A, lora_B, magnitude, norm, scale):
-    """Functional entry point for the fused-memory DoRA forward (dropout off)."""
-    return DoraLinearFunction.apply(x, weight, bias, lora_A, lora_B, magnitude, norm, scale)
+def dora_linear(x, weight, bias, lora_A, lora_B, magnitude, norm, scale, dropout_p=0.0, dropout_seed=0):
+    """Functional entry point for the lean DoRA layer; dropout_p > 0 drops the adapter input
+    with the mask that `dropout_seed` generates (see DoraLinearFunction)."""
+    return DoraLinearFunction.apply(x, weight, bias, lora_A, lora_B, magnitude, norm, scale, float(dropout_p),
+                                    int(dropout_seed))
 
 
 class LoraLinearFunction(torch.autograd.Function):
@@ -191,20 +254,23 @@ class LoraLinearFunction(torch.autograd.Function):
     Plain autograd on `F.linear(x, A.to(bf16))` would save the bf16 copies of A and B per
     layer; here only x and u = A x are saved and the casts are redone in backward.
     Backward: dx = dy W + s (dy B) A,  dB = s dy^T u,  dA = s (dy B)^T x.
+    With dropout, y = W x + s B A x_d (PEFT's LoRA exactly); x_d's mask is regenerated in
+    backward from its seed, as in DoraLinearFunction, so nothing more is saved.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, lora_A, lora_B, scale):
+    def forward(ctx, x, weight, bias, lora_A, lora_B, scale, dropout_p=0.0, dropout_seed=0):
         act_dtype = x.dtype
         weight_act = weight if weight.dtype == act_dtype else weight.to(act_dtype)
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
-        u = x2 @ lora_A.to(act_dtype).T  # (N, r)
+        u = _adapter_input(x2, dropout_p, dropout_seed) @ lora_A.to(act_dtype).T  # (N, r)   A x_d
         y = x2 @ weight_act.T  # (N, out)
         y.addmm_(u, lora_B.to(act_dtype).T, alpha=scale)
         if bias is not None:
             y.add_(bias.to(act_dtype))
         ctx.save_for_backward(x, u, weight, lora_A, lora_B)
         ctx.scale = scale
+        ctx.dropout = (dropout_p, dropout_seed)
         ctx.bias_needs_grad = bias is not None and bias.requires_grad
         ctx.bias_dtype = None if bias is None else bias.dtype
         return y.view(*x.shape[:-1], y.shape[-1])
@@ -215,35 +281,21 @@ class LoraLinearFunction(torch.autograd.Function):
         scale, act_dtype = ctx.scale, x.dtype
         dy = grad_output.reshape(-1, grad_output.shape[-1]).to(act_dtype)  # (N, out)
         dy_b = dy @ lora_B.to(act_dtype)  # (N, r)
+        x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+        keep = _keep_scale_or_none(x2, *ctx.dropout)  # (N, in) or None
         grad_x = grad_a = grad_b = grad_bias = None
         if ctx.needs_input_grad[0]:
-            weight_act = weight if weight.dtype == act_dtype else weight.to(act_dtype)
-            grad_x = (dy @ weight_act).addmm_(dy_b, lora_A.to(act_dtype), alpha=scale).view(x.shape)  # (N, in)
+            grad_x = _input_grad(dy, dy_b, weight, lora_A.to(act_dtype), scale, keep).view(x.shape)  # (N, in)
         if ctx.needs_input_grad[3]:
-            grad_a = (dy_b.T @ x.reshape(-1, x.shape[-1])).to(lora_A.dtype).mul_(scale)  # (r, in)
+            dropped = x2 if keep is None else x2 * keep  # (N, in)   x_d, regenerated
+            grad_a = (dy_b.T @ dropped).to(lora_A.dtype).mul_(scale)  # (r, in)
         if ctx.needs_input_grad[4]:
             grad_b = (dy.T @ u).to(lora_B.dtype).mul_(scale)  # (out, r)
         if ctx.bias_needs_grad:
             grad_bias = dy.sum(dim=0, dtype=at_least_fp32(dy.dtype)).to(ctx.bias_dtype)
-        return grad_x, None, grad_bias, grad_a, grad_b, None
+        return grad_x, None, grad_bias, grad_a, grad_b, None, None, None
 
 
-def lora_linear(x, weight, bias, lora_A, lora_B, scale):
-    """Functional entry point for LoRA without dropout."""
-    return LoraLinearFunction.apply(x, weight, bias, lora_A, lora_B, scale)
-
-
-def dora_linear_with_dropout(x, weight, bias, lora_A, lora_B, magnitude, norm, scale, dropout_p):
-    """DoRA with dropout on the adapter input, exactly as PEFT treats it.
-
-    PEFT keeps the base path on the undropped x and applies the DoRA correction to the
-    dropped x_d:  y = W x + bias + (g - 1) * W x_d + g * s B A x_d.  With dropout the
-    output no longer determines z, so this path uses plain autograd (training only).
-    """
-    act_dtype = x.dtype
-    weight_act = weight if weight.dtype == act_dtype else weight.to(act_dtype)
-    gain = (magnitude / norm.clamp_min(NORM_EPS)).to(act_dtype)  # (out,), grad flows to m
-    dropped = F.dropout(x, p=dropout_p, training=True)
-    base = F.linear(x, weight_act, None if bias is None else bias.to(act_dtype))
-    adapter = F.linear(F.linear(dropped, lora_A.to(act_dtype)), lora_B.to(act_dtype))
-    return base + (gain - 1) * F.linear(dropped, weight_act) + gain * scale * adapter
+def lora_linear(x, weight, bias, lora_A, lora_B, scale, dropout_p=0.0, dropout_seed=0):
+    """Functional entry point for the lean LoRA layer (dropout as in dora_linear)."""
+    return LoraLinearFunction.apply(x, weight, bias, lora_A, lora_B, scale, float(dropout_p), int(dropout_seed))

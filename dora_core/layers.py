@@ -10,14 +10,13 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dora_core.config import AdapterConfig
 from dora_core.dora_math import (
     dense_adapted_weight,
     dora_linear,
-    dora_linear_with_dropout,
+    draw_dropout_seed,
     factored_row_norm,
     lora_linear,
     squared_row_norms,
@@ -34,6 +33,8 @@ class AdapterLinear(nn.Module):
 
     Adapter parameters are fp32 masters whatever the base dtype; the forward casts them to
     the activation dtype, so a bf16 model keeps bf16 activations (and saved tensors).
+    Every forward, with or without dropout, runs one of the two lean autograd functions of
+    dora_math; dropout drops the adapter branch's input only (see DoraLinearFunction).
     """
 
     def __init__(self, base_layer: nn.Module, config: AdapterConfig) -> None:
@@ -95,27 +96,18 @@ class AdapterLinear(nn.Module):
         x = _to_autocast_dtype(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
             weight, bias = self.base_weight(), self.base_layer.bias
-            dropout_active = self.training and self.dropout_p > 0.0
+            dropout_p, seed = self.active_dropout()
             if not self.use_dora:
-                return self._lora_forward(x, weight, bias, dropout_active)
+                return lora_linear(x, weight, bias, self.lora_A, self.lora_B, self.scale, dropout_p, seed)
             norm = self.weight_norm()
-            if dropout_active:
-                return dora_linear_with_dropout(
-                    x, weight, bias, self.lora_A, self.lora_B, self.lora_magnitude_vector, norm, self.scale,
-                    self.dropout_p,
-                )
-            return dora_linear(x, weight, bias, self.lora_A, self.lora_B, self.lora_magnitude_vector, norm, self.scale)
+            return dora_linear(x, weight, bias, self.lora_A, self.lora_B, self.lora_magnitude_vector, norm, self.scale,
+                               dropout_p, seed)
 
-    def _lora_forward(self, x, weight, bias, dropout_active: bool) -> torch.Tensor:
-        """y = W x + bias + s B A dropout(x); keeps x (or the dropped x) and A x, as LoRA must."""
-        if not dropout_active:
-            return lora_linear(x, weight, bias, self.lora_A, self.lora_B, self.scale)
-        act_dtype = x.dtype
-        weight = weight if weight.dtype == act_dtype else weight.to(act_dtype)
-        result = F.linear(x, weight, None if bias is None else bias.to(act_dtype))
-        adapter_in = F.dropout(x, p=self.dropout_p, training=True)
-        adapter = F.linear(F.linear(adapter_in, self.lora_A.to(act_dtype)), self.lora_B.to(act_dtype))
-        return result + adapter * self.scale
+    def active_dropout(self) -> tuple[float, int]:
+        """(p, seed of this forward's mask): (0.0, 0) in eval mode or without dropout."""
+        if not (self.training and self.dropout_p > 0.0):
+            return 0.0, 0
+        return self.dropout_p, draw_dropout_seed()
 
     # -- merge ------------------------------------------------------------------------------
     @torch.no_grad()
