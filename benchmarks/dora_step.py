@@ -21,6 +21,10 @@ ratios to the floor and to PEFT LoRA from the same run.
 
     python benchmarks/dora_step.py --device cpu                        # tiny shapes, fp32 and bf16
     python benchmarks/dora_step.py --device cuda --shapes tinyllama-1.1b,llama3-8b
+    python benchmarks/dora_step.py --dropout 0.0,0.05 --shapes small --layers 4   # adapter dropout
+
+With `--dropout`, every adapter configuration (ours and PEFT's) uses that adapter dropout and the
+ratios compare configurations at the same dropout.
 """
 
 from __future__ import annotations
@@ -89,7 +93,7 @@ def build_base(shape: Shape, dtype: torch.dtype, device: str) -> LlamaForCausalL
     return model.to(dtype).train()
 
 
-def prepare(name: str, base: LlamaForCausalLM, rank: int):
+def prepare(name: str, base: LlamaForCausalLM, rank: int, dropout: float = 0.0):
     """The model for one configuration and its trainable parameters (same base weights)."""
     model = copy.deepcopy(base)
     if name == "floor":
@@ -100,11 +104,11 @@ def prepare(name: str, base: LlamaForCausalLM, rank: int):
     method = "dora" if "dora" in name else "lora"
     if name.startswith("ours-"):
         model.benchmark_uses_run_loss = name.endswith("-run")
-        return apply_adapter(model, AdapterConfig(method=method, rank=rank, alpha=2 * rank))
+        return apply_adapter(model, AdapterConfig(method=method, rank=rank, alpha=2.0 * rank, dropout=dropout))
     from peft import LoraConfig, get_peft_model
 
-    peft_config = LoraConfig(r=rank, lora_alpha=2 * rank, use_dora=method == "dora", target_modules="all-linear",
-                             task_type="CAUSAL_LM")
+    peft_config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=dropout, use_dora=method == "dora",
+                             target_modules="all-linear", task_type="CAUSAL_LM")
     return get_peft_model(model, peft_config, autocast_adapter_dtype=not name.endswith("-bf16"))
 
 
@@ -191,7 +195,7 @@ def synchronize(device: str) -> None:
 
 def measure(name: str, base, shape: Shape, dtype_name: str, args) -> dict:
     device = args.device
-    model = prepare(name, base, args.rank)
+    model = prepare(name, base, args.rank, args.current_dropout)
     batch = make_batch(name, model, shape, device)
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -203,7 +207,8 @@ def measure(name: str, base, shape: Shape, dtype_name: str, args) -> dict:
     peak = torch.cuda.max_memory_allocated() - tensor_bytes(base) if device.startswith("cuda") else None
     result = {
         "benchmark": "dora_step", "shape": args.current_shape, "device": device, "dtype": dtype_name, "config": name,
-        "adapter_dtype": adapter_dtype(model), "rank": args.rank, "batch": shape.batch, "seq": shape.seq,
+        "adapter_dtype": adapter_dtype(model), "rank": args.rank, "dropout": args.current_dropout,
+        "layers": shape.layers, "batch": shape.batch, "seq": shape.seq,
         "step_time_s": statistics.median(times) if times else None, "step_time_min_s": min(times, default=None),
         "steps": len(times),
         "held_activation_bytes": held_activations, "held_total_bytes": held_total, "peak_memory_bytes": peak,
@@ -243,6 +248,8 @@ def parse_args(argv=None):
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--batch", type=int, default=None, help="override the shape's batch")
     parser.add_argument("--seq", type=int, default=None, help="override the shape's sequence length")
+    parser.add_argument("--layers", type=int, default=None, help="override the shape's number of layers")
+    parser.add_argument("--dropout", default="0.0", help="comma list of adapter dropout probabilities")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5, help="timed steps; 0 measures bytes held only")
     args = parser.parse_args(argv)
@@ -250,6 +257,7 @@ def parse_args(argv=None):
     args.shapes = (args.shapes or ("tinyllama-1.1b,llama3-8b" if on_gpu else "tiny,tiny-32k")).split(",")
     args.dtypes = (args.dtypes or ("bfloat16" if on_gpu else "float32,bfloat16")).split(",")
     args.configs = args.configs.split(",")
+    args.dropout = [float(p) for p in args.dropout.split(",")]
     unknown = [c for c in args.configs if c not in ALL_CONFIGS] + [s for s in args.shapes if s not in SHAPES]
     if unknown:
         parser.error(f"unknown configs/shapes: {unknown}")
@@ -260,18 +268,20 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     for shape_name in args.shapes:
         shape = SHAPES[shape_name]
-        shape = Shape(**{**shape.__dict__, **({"batch": args.batch} if args.batch else {}),
-                         **({"seq": args.seq} if args.seq else {})})
+        overrides = {"batch": args.batch, "seq": args.seq, "layers": args.layers}
+        shape = Shape(**{**shape.__dict__, **{k: v for k, v in overrides.items() if v}})
         args.current_shape = shape_name
         for dtype_name in args.dtypes:
             base = build_base(shape, DTYPES[dtype_name], args.device)
-            results = []
-            for name in args.configs:
-                results.append(measure(name, base, shape, dtype_name, args))
-                print(f"# measured {shape_name} {dtype_name} {name}", file=sys.stderr, flush=True)
-            add_ratios(results)
-            for result in results:
-                print(json.dumps(result), flush=True)
+            for dropout in args.dropout:
+                args.current_dropout = dropout
+                results = []
+                for name in args.configs:
+                    results.append(measure(name, base, shape, dtype_name, args))
+                    print(f"# measured {shape_name} {dtype_name} p={dropout} {name}", file=sys.stderr, flush=True)
+                add_ratios(results)
+                for result in results:
+                    print(json.dumps(result), flush=True)
             del base
             gc.collect()
     return 0
