@@ -1,10 +1,11 @@
 """Schema versioning with Alembic: apply migrations (`dora migrate`) and refuse an outdated DB.
 
-The Alembic scripts live in `store/migrations/` and ship inside the installed package (wheel
-or editable), so they are found from the `store` package, never from the working directory:
-`dora migrate` works wherever it runs. The Alembic config is built in code from Settings, so
-`dora migrate`, the tests and `alembic -c alembic.ini upgrade head` (repo root) all migrate
-the database the service will use.
+The Alembic scripts are the top-level `migrations` package, which the wheel installs next to
+`store` (site-packages/migrations/), as it sits next to store/ in a checkout. They are found
+beside the `store` package in use, never from the working directory (where some other project's
+`migrations/` may be): `dora migrate` works wherever it runs. The Alembic config is built in
+code from Settings, so `dora migrate`, the tests and `alembic -c alembic.ini upgrade head` (repo
+root) all migrate the database the service will use.
 """
 
 from __future__ import annotations
@@ -14,12 +15,16 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
+import store
 from store.settings import Settings
 
 
 def migrations_dir() -> Path:
-    """The Alembic script directory inside the installed `store` package."""
-    return Path(str(resources.files("store") / "migrations"))
+    """The Alembic script directory: the `migrations` package installed beside `store`."""
+    beside = Path(store.__file__).resolve().parent.parent / "migrations"
+    if (beside / "env.py").is_file():
+        return beside
+    return Path(str(resources.files("migrations")))  # an install that put the packages apart
 
 
 class SchemaOutdated(RuntimeError):

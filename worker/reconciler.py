@@ -1,8 +1,8 @@
 """The reconciler: the broker only wakes workers, so it re-sends what SQL says is still to do.
 
 Every `DORA_RECONCILE_INTERVAL_SECONDS` one pass:
-  1. settles abandoned jobs that must not run again (lease expired at the attempt cap -> failed,
-     lease expired with a cancel request -> cancelled);
+  1. settles abandoned jobs that must not run again (lease expired, or given back by its last
+     attempt, at the attempt cap -> failed; the same with a cancel request -> cancelled);
   2. re-publishes jobs that are `queued` but unclaimed for `DORA_REQUEUE_AFTER_SECONDS` (the
      message was lost: broker down when the job was created, Redis restarted without
      persistence, a worker killed while holding it) and `running` jobs whose lease expired

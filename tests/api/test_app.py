@@ -128,8 +128,9 @@ def _package_sources(into: Path) -> Path:
 
 
 def test_dora_migrate_from_an_installed_wheel_in_another_directory(tmp_path):
-    """The migration scripts ship inside the wheel and are found from the package, not the CWD:
-    build the wheel, unpack it as an install would, then `dora migrate` far from the checkout."""
+    """The migration scripts ship in the wheel (the top-level `migrations` package, beside `store`)
+    and are found from there, not from the CWD: build the wheel, unpack it as an install would,
+    then `dora migrate` far from the checkout, from a folder holding some other `migrations/`."""
     import zipfile
 
     source = _package_sources(tmp_path / "src")
@@ -139,12 +140,13 @@ def test_dora_migrate_from_an_installed_wheel_in_another_directory(tmp_path):
     assert built.returncode == 0, built.stderr[-3000:]
     wheel = tmp_path / "dist" / built.stdout.strip().splitlines()[-1]
     names = zipfile.ZipFile(wheel).namelist()
-    assert {"store/migrations/env.py", "store/migrations/script.py.mako"} <= set(names)
-    assert any(n.startswith("store/migrations/versions/") for n in names)
-    assert not any(n.startswith("migrations/") for n in names)  # no top-level `migrations` package
+    assert {"migrations/__init__.py", "migrations/env.py", "migrations/script.py.mako"} <= set(names)
+    assert any(n.startswith("migrations/versions/") and n.endswith(".py") for n in names)
+    assert not any(n.startswith("store/migrations/") for n in names)
     zipfile.ZipFile(wheel).extractall(tmp_path / "site")
     elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
+    (elsewhere / "migrations").mkdir(parents=True)  # another project's, first on sys.path for `python -m`
+    (elsewhere / "migrations" / "__init__.py").write_text("raise RuntimeError('not our migrations')\n")
     env = os.environ | {"PYTHONPATH": str(tmp_path / "site"), "DORA_DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}"}
     migrated = subprocess.run([sys.executable, "-m", "dora_cli.main", "migrate"], cwd=elsewhere, env=env,
                               capture_output=True, text=True, timeout=120)
@@ -154,7 +156,8 @@ def test_dora_migrate_from_an_installed_wheel_in_another_directory(tmp_path):
     checked = subprocess.run([sys.executable, "-c", check], cwd=elsewhere, env=env, capture_output=True, text=True,
                              timeout=60)
     assert checked.returncode == 0, checked.stderr[-3000:]
-    assert checked.stdout.strip().startswith(str(tmp_path / "site" / "store"))  # the wheel's copy, not the checkout
+    # the wheel's copy: neither the checkout's nor the `migrations/` in the working directory
+    assert Path(checked.stdout.strip()) == (tmp_path / "site" / "migrations").resolve()
 
 
 def test_alembic_ini_in_the_checkout_still_migrates(tmp_path):
