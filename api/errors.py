@@ -15,6 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from dora_contract.errors import is_union_member
+
 log = logging.getLogger("api.errors")
 
 
@@ -46,8 +48,7 @@ def error_body(message: str, *, type: str, param: str | None = None, code: str |
 def _param_from_loc(loc: tuple) -> str | None:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "cookie")]
     # pydantic adds the union member name ("int", "literal['auto']") to the location: drop it
-    parts = [p for p in parts if not (p.startswith(("literal[", "function-")) or p in ("int", "float", "str", "list[str]"))]
-    return ".".join(parts) or None
+    return ".".join(p for p in parts if not is_union_member(p)) or None
 
 
 def _validation_message(errors: list[dict[str, Any]], param: str | None) -> str:
@@ -78,6 +79,12 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
     errors = list(exc.errors()) or [{"msg": "invalid request"}]
     first = errors[0]
     param = None if first.get("type") == "json_invalid" else _param_from_loc(tuple(first.get("loc", ())))
+    # a union (`'all-linear'` or a list of names) fails once per member: when one member got
+    # further into the value (an item of the list), its error is the one that says what is wrong
+    deeper = [e for e in errors if param and (_param_from_loc(tuple(e.get("loc", ()))) or "").startswith(param + ".")]
+    if deeper:
+        first = deeper[0]
+        param = _param_from_loc(tuple(first.get("loc", ())))
     same = [e for e in errors if _param_from_loc(tuple(e.get("loc", ()))) == param]
     others = [{"param": _param_from_loc(tuple(e.get("loc", ()))), "message": e.get("msg")}
               for e in errors if e not in same and first.get("type") != "json_invalid"][:10]

@@ -32,7 +32,8 @@ class Settings(BaseSettings):
     # benchmarks/api_load.py; turn it off only for a database that never restarts under the API.
     db_pool_pre_ping: bool = True
 
-    # what users may ask for
+    # what users may ask for. A run's defaults are the run contract's (dora_contract); these are
+    # the operator's limits on top of it (api/services/limits.py).
     base_models: dict[str, str] = Field(default_factory=dict)  # name -> local path or hub id
     max_upload_bytes: int = 512 * 1024 * 1024
     min_rank: int = 1
@@ -42,15 +43,6 @@ class Settings(BaseSettings):
     max_seq_len_limit: int = 32768
     max_batch_size: int = 1024
     default_max_attempts: int = 3
-
-    # DoRA defaults used when a request leaves a value out (and for OpenAI's `supervised`)
-    default_rank: int = 16
-    default_alpha: float = 32.0
-    default_dropout: float = 0.05
-    default_learning_rate: float = 2e-4
-    default_n_epochs: int = 3
-    default_batch_size: int = 4
-    default_max_seq_len: int = 2048
 
     # job leases (the worker heartbeats well inside this)
     lease_seconds: int = 120

@@ -1,89 +1,65 @@
 """Fine-tuning jobs: the create request (OpenAI's shape plus `dora`/`lora` methods) and responses.
 
-Static limits live here (pydantic: 400 naming the field); limits the operator configures
-(rank range, epochs, known models) are checked in services/methods.py against Settings.
+The run's settings come from the run contract (dora_contract, via run_fields.py): the same
+types, bounds and defaults as `dora train`. Limits the operator configures (rank range, epochs,
+known models) are applied on top in services/limits.py.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, create_model, field_validator, model_validator
 
 from api.schemas.common import StrictModel, find_nul
+from api.schemas.run_fields import adapter_fields, contract_type, training_fields
+from dora_contract import OUTPUTS, RunSettings, TrainingSettings
 
 Auto = Literal["auto"]
-Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]  # dora_core's SCHEDULERS
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
-Output = Literal["adapter", "merged"]
-MODULE_NAME = r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$"
+# learning_rate_multiplier (OpenAI's): the contract's default learning rate times this
+Multiplier = Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)]
 
 
 class SupervisedHyperparameters(StrictModel):
-    """OpenAI's knobs; mapped onto DoRA defaults (see services/methods.py)."""
+    """OpenAI's knobs for its `supervised` method, run as DoRA with the contract's defaults
+    (see services/methods.py); bounds are the contract's."""
 
-    n_epochs: Auto | Annotated[int, Field(ge=1)] | None = None
-    batch_size: Auto | Annotated[int, Field(ge=1)] | None = None
-    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=100)] | None = None
+    n_epochs: Auto | contract_type(TrainingSettings, "epochs") | None = None
+    batch_size: Auto | contract_type(TrainingSettings, "micro_batch_size") | None = None
+    learning_rate_multiplier: Auto | Multiplier | None = None
 
 
 class SupervisedMethod(StrictModel):
     hyperparameters: SupervisedHyperparameters | None = None
 
 
-class TrainingHyperparameters(StrictModel):
-    """The training run's settings ([train]); anything left out takes the service default."""
-
-    n_epochs: int | None = Field(default=None, ge=1)
-    max_steps: int | None = Field(default=None, ge=1)
-    batch_size: int | None = Field(default=None, ge=1)
-    gradient_accumulation_steps: int | None = Field(default=None, ge=1, le=1024)
-    learning_rate: float | None = Field(default=None, gt=0, le=1)
-    learning_rate_multiplier: float | None = Field(default=None, gt=0, le=100)
-    lr_scheduler: Scheduler | None = None
-    warmup_ratio: float | None = Field(default=None, ge=0, le=1)
-    weight_decay: float | None = Field(default=None, ge=0, le=10)
-    max_grad_norm: float | None = Field(default=None, gt=0)
-    max_seq_len: int | None = Field(default=None, ge=8)
-    packing: bool | None = None
-    train_on_inputs: bool | None = None
-    gradient_checkpointing: bool | None = None
-    precision: Precision | None = None
-    eval_interval: int | None = Field(default=None, ge=1)
-    checkpoint_interval: int | None = Field(default=None, ge=1)
-    keep_checkpoints: int | None = Field(default=None, ge=1, le=100)
-    early_stopping_patience: int | None = Field(default=None, ge=1)
-    validation_split: float | None = Field(default=None, ge=0, le=0.5)
-
+class _OneLearningRate(StrictModel):
     @model_validator(mode="after")
-    def _one_learning_rate(self) -> "TrainingHyperparameters":
+    def _one_learning_rate(self) -> "_OneLearningRate":
         if self.learning_rate is not None and self.learning_rate_multiplier is not None:
             raise ValueError("give learning_rate or learning_rate_multiplier, not both")
         return self
 
 
-class AdapterMethod(StrictModel):
-    rank: int | None = Field(default=None, ge=1)
-    alpha: float | None = Field(default=None, gt=0)
-    dropout: float | None = Field(default=None, ge=0, lt=1)
-    target_modules: list[str] | Literal["all-linear"] | None = None
-    use_rslora: bool | None = None
-    hyperparameters: TrainingHyperparameters | None = None
+# `method.<dora|lora>.hyperparameters`: every training setting and (OpenAI's convention for a
+# method's own knobs) every adapter setting of the run contract; anything left out (null) takes
+# the contract's default.
+TrainingHyperparameters = create_model(
+    "TrainingHyperparameters", __base__=_OneLearningRate, __module__=__name__,
+    __doc__="The run's settings; anything left out takes the run contract's default.",
+    **training_fields(), **adapter_fields(),
+    learning_rate_multiplier=(Multiplier | None, Field(None, description="learning_rate = the default x this")),
+)
 
-    @field_validator("target_modules")
-    @classmethod
-    def _modules(cls, value: list[str] | str | None) -> list[str] | str | None:
-        import re
-
-        if isinstance(value, list):
-            if not value:
-                raise ValueError("target_modules must name at least one module (or be 'all-linear')")
-            bad = [m for m in value if not re.match(MODULE_NAME, m)]
-            if bad:
-                raise ValueError(f"invalid module name(s): {bad}")
-            if len(set(value)) != len(value):
-                raise ValueError("target_modules has duplicates")
-        return value
+# `method.<dora|lora>`: the adapter settings may also stand here, beside `hyperparameters`
+# (giving one in both places is a 400 naming both).
+AdapterMethod = create_model(
+    "AdapterMethod", __base__=StrictModel, __module__=__name__,
+    __doc__="A DoRA or LoRA job's settings: in `hyperparameters`, or the adapter's beside it.",
+    **adapter_fields(),
+    hyperparameters=(TrainingHyperparameters | None, None),
+)
+Output = contract_type(RunSettings, "outputs")
 
 
 class Method(StrictModel):
@@ -110,12 +86,12 @@ class JobCreate(StrictModel):
     training_file: str = Field(min_length=1, max_length=64)
     validation_file: str | None = Field(default=None, min_length=1, max_length=64)
     suffix: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
-    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    seed: contract_type(TrainingSettings, "seed") | None = None  # drawn at random when left out (OpenAI)
     metadata: dict[str, str] | None = None
     method: Method | None = None
     hyperparameters: SupervisedHyperparameters | None = None  # OpenAI's deprecated top-level form
     integrations: list[dict[str, Any]] | None = None
-    outputs: list[Output] = Field(default_factory=lambda: ["adapter"], min_length=1)
+    outputs: Output = OUTPUTS
     max_attempts: int | None = Field(default=None, ge=1, le=10)
 
     @model_validator(mode="before")
@@ -144,13 +120,6 @@ class JobCreate(StrictModel):
     def _integrations(cls, value: list | None) -> list | None:
         if value:
             raise ValueError("integrations are not supported by this server")
-        return value
-
-    @field_validator("outputs")
-    @classmethod
-    def _outputs(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError("outputs has duplicates")
         return value
 
     @model_validator(mode="after")

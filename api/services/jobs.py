@@ -13,6 +13,7 @@ from api.errors import ApiError, bad_request, not_found
 from api.schemas.jobs import JobCreate
 from api.services import methods
 from api.services.scope import check_limit, get_owned, owned, page
+from dora_contract.training import MAX_SEED
 from store import jobs as job_store
 from store.jobs import JobStatus
 from store.models import Artifact, Checkpoint, File, Job, JobEvent, MetricPoint
@@ -59,9 +60,8 @@ def create_job(*, session: Session, settings: Settings, tenant_id: str, request:
                                      param="validation_file")
     except ApiError as error:
         raise _as_client_error(error) from None
-    shown, run = methods.resolve(request=request, settings=settings)
-    seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
-    run["run_config"]["training"]["seed"] = seed
+    seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    shown, run = methods.resolve(request=request, settings=settings, seed=seed)
     run |= {"base_model": {"name": request.model, "path": settings.base_models[request.model]},
             "training_file": training, "validation_file": validation}
     try:

@@ -1,114 +1,139 @@
-"""From the request's `method` to the run settings a worker executes (stored in jobs.settings).
+"""From the request's `method` to the run contract a worker executes (stored in jobs.settings).
 
-OpenAI's `supervised` method becomes a DoRA run with the service defaults: n_epochs and
-batch_size carry over, learning_rate = multiplier x DORA_DEFAULT_LEARNING_RATE. A `dora` or
-`lora` method sets the adapter and any training setting directly. Every value is resolved here,
-once, so the worker never guesses and the job shows exactly what will run.
+Every value a request leaves out takes the run contract's default (dora_contract), the same one
+`dora train` uses; operator limits are applied on top (services/limits.py). OpenAI's `supervised`
+method is a DoRA run: n_epochs and batch_size carry over, learning_rate = multiplier x the
+contract's default learning rate. A `dora` or `lora` method takes every setting, the adapter's
+either beside `hyperparameters` or (OpenAI's convention for a method's own knobs) inside it.
 
-`run_config` is in the shape of `dora_core.training.RunConfig.from_dict` (minus the local
-paths, which the worker adds after downloading), so the worker passes it straight through;
-names are mapped here (n_epochs -> epochs, batch_size -> micro_batch_size) because the API
-keeps OpenAI's names and must not import dora_core.
+What is stored, `settings["run_config"]`, is `RunSettings.model_dump()`: the worker adds the
+local paths and hands it to dora_core unchanged. The job shows the same values under the API's
+names (`method.<kind>.hyperparameters`), so a client sees exactly what will run.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+from pydantic_core import PydanticCustomError
+
 from api.errors import bad_request
-from api.schemas.jobs import AdapterMethod, JobCreate, Method, SupervisedMethod, TrainingHyperparameters
+from api.schemas.jobs import JobCreate, SupervisedMethod
+from api.schemas.run_fields import ADAPTER_FIELDS, API_NAMES, CONTRACT_NAMES, TRAINING_FIELDS
+from api.services.limits import apply_operator_limits
+from dora_contract import RunSettings, SettingError, TrainingSettings, check_one_validation_source
 from store.settings import Settings
 
-TRAINING_ORDER = ("n_epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "learning_rate",
-                  "lr_scheduler", "warmup_ratio", "weight_decay", "max_grad_norm", "max_seq_len", "packing",
-                  "train_on_inputs", "gradient_checkpointing", "precision", "eval_interval", "checkpoint_interval",
-                  "keep_checkpoints", "early_stopping_patience", "validation_split")
-TRAINING_DEFAULTS: dict[str, Any] = {
-    "max_steps": None, "gradient_accumulation_steps": 1, "lr_scheduler": "cosine", "warmup_ratio": 0.03,
-    "weight_decay": 0.0, "max_grad_norm": 1.0, "packing": False, "train_on_inputs": False,
-    "gradient_checkpointing": False, "precision": "auto", "eval_interval": None, "checkpoint_interval": 50,
-    "keep_checkpoints": 2,
-    "early_stopping_patience": None, "validation_split": None,
-}
+DEFAULT_LEARNING_RATE = TrainingSettings.model_fields["learning_rate"].default
 
 
-def _auto(value: Any) -> Any:
-    return None if value == "auto" else value
+def _given(model: BaseModel | None, *, exclude: set[str] = frozenset()) -> dict[str, Any]:
+    """The fields a client set (null means "the default", like leaving it out)."""
+    return {} if model is None else model.model_dump(exclude_none=True, exclude=exclude)
 
 
-def _from_supervised(method: Method | None, request: JobCreate) -> AdapterMethod:
-    supervised = (method.supervised if method else None) or SupervisedMethod(hyperparameters=request.hyperparameters)
-    hp = supervised.hyperparameters
-    if hp is None:
-        return AdapterMethod()
-    return AdapterMethod(hyperparameters=TrainingHyperparameters(
-        n_epochs=_auto(hp.n_epochs), batch_size=_auto(hp.batch_size),
-        learning_rate_multiplier=_auto(hp.learning_rate_multiplier)))
+def _auto(values: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in values.items() if value != "auto"}
 
 
-def _check_range(value: int | None, low: int, high: int, *, param: str, what: str) -> None:
-    if value is not None and not low <= value <= high:
-        raise bad_request(f"{what} must be between {low} and {high} on this server (got {value})", param=param,
-                          code="out_of_range")
+class _Request:
+    """One request's settings in contract names, and where each came from (for error params)."""
+
+    def __init__(self) -> None:
+        self.adapter: dict[str, Any] = {}
+        self.training: dict[str, Any] = {}
+        self.params: dict[tuple[str, str], str] = {}
+        self.default_prefix = ""
+
+    def param(self, section: str, name: str) -> str:
+        api_name = API_NAMES.get(name, name)
+        return self.params.get((section, name), f"{self.default_prefix}.{api_name}")
+
+    def take_training(self, hp: dict[str, Any], prefix: str) -> None:
+        multiplier = hp.pop("learning_rate_multiplier", None)
+        for api_name, value in hp.items():
+            name = CONTRACT_NAMES.get(api_name, api_name)
+            self.training[name] = value
+            self.params["training", name] = f"{prefix}.{api_name}"
+        if multiplier is not None:
+            self.training["learning_rate"] = DEFAULT_LEARNING_RATE * multiplier
+            self.params["training", "learning_rate"] = f"{prefix}.learning_rate_multiplier"
+
+    def take_adapter(self, values: dict[str, Any], prefix: str) -> None:
+        for name, value in values.items():
+            self.adapter[name] = value
+            self.params["adapter", name] = f"{prefix}.{name}"
 
 
-def _training(hp: TrainingHyperparameters, settings: Settings, prefix: str) -> dict[str, Any]:
-    given = hp.model_dump(exclude_none=True)
-    _check_range(hp.n_epochs, 1, settings.max_epochs, param=f"{prefix}.n_epochs", what="n_epochs")
-    _check_range(hp.max_steps, 1, settings.max_steps_limit, param=f"{prefix}.max_steps", what="max_steps")
-    _check_range(hp.batch_size, 1, settings.max_batch_size, param=f"{prefix}.batch_size", what="batch_size")
-    _check_range(hp.max_seq_len, 8, settings.max_seq_len_limit, param=f"{prefix}.max_seq_len", what="max_seq_len")
-    multiplier = given.pop("learning_rate_multiplier", None)
-    run = TRAINING_DEFAULTS | {"n_epochs": settings.default_n_epochs, "batch_size": settings.default_batch_size,
-                               "max_seq_len": settings.default_max_seq_len,
-                               "learning_rate": settings.default_learning_rate * (multiplier or 1.0)}
-    run |= given
-    return {key: run[key] for key in TRAINING_ORDER}
-
-
-def _adapter(adapter: AdapterMethod, kind: str, settings: Settings, prefix: str) -> dict[str, Any]:
-    _check_range(adapter.rank, settings.min_rank, settings.max_rank, param=f"{prefix}.rank", what="rank")
-    rank = adapter.rank or min(max(settings.default_rank, settings.min_rank), settings.max_rank)
-    return {
-        "adapter": kind, "rank": rank,
-        "alpha": adapter.alpha if adapter.alpha is not None else settings.default_alpha * rank / settings.default_rank,
-        "dropout": adapter.dropout if adapter.dropout is not None else settings.default_dropout,
-        "target_modules": adapter.target_modules or "all-linear",
-        "use_rslora": bool(adapter.use_rslora),
-    }
-
-
-def resolve(*, request: JobCreate, settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(method as shown on the job, resolved run settings)."""
+def _from_supervised(request: JobCreate) -> _Request:
     method = request.method
-    kind = method.type if method else "supervised"
+    supervised = (method.supervised if method else None) or SupervisedMethod(hyperparameters=request.hyperparameters)
+    prefix = "method.supervised.hyperparameters" if method else "hyperparameters"
+    given = _Request()
+    given.default_prefix = prefix
+    given.take_training(_auto(_given(supervised.hyperparameters)), prefix)
+    return given
+
+
+def _from_adapter_method(request: JobCreate, kind: str) -> _Request:
+    block = getattr(request.method, kind)
+    prefix = f"method.{kind}"
+    beside = _given(block, exclude={"hyperparameters"})
+    inside = _given(block.hyperparameters if block is not None else None)
+    both = [name for name in ADAPTER_FIELDS if name in beside and name in inside]
+    if both:
+        name = both[0]
+        raise bad_request(f"'{prefix}.{name}' and '{prefix}.hyperparameters.{name}' are both given: "
+                          f"give {name} in one place", param=f"{prefix}.hyperparameters.{name}",
+                          code="conflicting_parameters")
+    given = _Request()
+    given.default_prefix = f"{prefix}.hyperparameters"
+    given.take_adapter(beside, prefix)
+    given.take_adapter({name: inside.pop(name) for name in ADAPTER_FIELDS if name in inside},
+                       f"{prefix}.hyperparameters")
+    given.take_training(inside, f"{prefix}.hyperparameters")
+    return given
+
+
+def resolve(*, request: JobCreate, settings: Settings, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(method as shown on the job, what jobs.settings stores: the resolved run and its outputs)."""
+    kind = request.method.type if request.method else "supervised"
+    given = _from_supervised(request) if kind == "supervised" else _from_adapter_method(request, kind)
+    apply_operator_limits({"adapter": given.adapter, "training": given.training}, settings, given.param)
+    try:
+        check_one_validation_source(has_validation_file=request.validation_file is not None,
+                                    validation_split=given.training.get("validation_split", 0.0))
+        run = RunSettings.from_data({
+            "adapter": {"method": "dora" if kind == "supervised" else kind} | given.adapter,
+            "training": given.training | {"seed": seed},
+            "outputs": request.outputs,
+        })
+    except SettingError as error:
+        section, _, name = error.field.partition(".")
+        raise bad_request(error.message, param=given.param(section, name) if name else error.field) from None
+    except PydanticCustomError as error:  # check_one_validation_source
+        raise bad_request(str(error), param=given.param("training", "validation_split")) from None
+    return shown_method(kind, run), {"run_config": run.model_dump(mode="json"), "outputs": list(run.outputs),
+                                     "openai_hyperparameters": openai_hyperparameters(run)}
+
+
+def openai_hyperparameters(run: RunSettings) -> dict[str, Any]:
+    """OpenAI's top-level `hyperparameters` of a job: its three knobs, resolved."""
+    return {"n_epochs": run.training.epochs, "batch_size": run.training.micro_batch_size,
+            "learning_rate_multiplier": run.training.learning_rate / DEFAULT_LEARNING_RATE}
+
+
+def shown_method(kind: str, run: RunSettings) -> dict[str, Any]:
+    """Every resolved setting under the API's names, in `method.<kind>.hyperparameters`.
+
+    One place only: a client that sends the shown method back gets the same run, not a 400
+    for a value given twice. `supervised` jobs show OpenAI's block and the DoRA run it became.
+    """
+    adapter = run.adapter.model_dump(mode="json", include=set(ADAPTER_FIELDS))
+    training = run.training.model_dump(mode="json", include=set(TRAINING_FIELDS))
+    hyperparameters = adapter | {API_NAMES.get(name, name): value for name, value in training.items()}
     if kind == "supervised":
-        adapter, prefix, adapter_kind = _from_supervised(method, request), "method.supervised.hyperparameters", "dora"
-    else:
-        adapter, prefix, adapter_kind = getattr(method, kind) or AdapterMethod(), f"method.{kind}", kind
-    adapter_settings = _adapter(adapter, adapter_kind, settings, prefix)
-    training = _training(adapter.hyperparameters or TrainingHyperparameters(), settings,
-                         prefix if kind == "supervised" else f"{prefix}.hyperparameters")
-    openai_hp = {"n_epochs": training["n_epochs"], "batch_size": training["batch_size"],
-                 "learning_rate_multiplier": training["learning_rate"] / settings.default_learning_rate}
-    shown_adapter = adapter_settings | {"hyperparameters": training}
-    shown_adapter.pop("adapter")
-    if kind == "supervised":
-        shown = {"type": "supervised", "supervised": {"hyperparameters": openai_hp}, "dora": shown_adapter}
-    else:
-        shown = {"type": kind, kind: shown_adapter}
-    run = {"run_config": run_config(adapter_settings, training, outputs=list(request.outputs)),
-           "outputs": list(request.outputs), "openai_hyperparameters": openai_hp}
-    return shown, run
-
-
-CORE_NAMES = {"n_epochs": "epochs", "batch_size": "micro_batch_size"}
-
-
-def run_config(adapter: dict[str, Any], training: dict[str, Any], *, outputs: list[str]) -> dict[str, Any]:
-    """dora_core's RunConfig.from_dict shape, without base_model/train_file/validation_file."""
-    core_training = {CORE_NAMES.get(k, k): v for k, v in training.items()}
-    if core_training.get("validation_split") is None:
-        core_training["validation_split"] = 0.0
-    core_adapter = {"method": adapter["adapter"]} | {k: v for k, v in adapter.items() if k != "adapter"}
-    return {"adapter": core_adapter, "training": core_training, "outputs": outputs}
+        return {"type": "supervised", "supervised": {"hyperparameters": openai_hyperparameters(run)},
+                "dora": {"hyperparameters": hyperparameters}}
+    return {"type": kind, kind: {"hyperparameters": hyperparameters}}

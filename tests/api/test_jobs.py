@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from dora_contract import AdapterSettings, TrainingSettings
 from store import jobs as job_store
 from store.jobs import ACTIVE, TERMINAL, JobStatus
 from store.queue import publish_job
@@ -18,32 +19,52 @@ def test_dora_method_is_stored_resolved_and_published_once(tenant, app):
     job = tenant.job({"method": method, "suffix": "my-run", "seed": 7, "metadata": {"team": "nlp"},
                       "outputs": ["adapter", "merged"]})
     assert job["object"] == "fine_tuning.job" and job["id"].startswith("ftjob-") and job["status"] == "queued"
-    dora = job["method"]["dora"]
-    assert (dora["rank"], dora["alpha"], dora["dropout"], dora["target_modules"]) == (8, 16, 0.1, ["q_proj", "v_proj"])
-    assert dora["hyperparameters"]["max_steps"] == 50 and dora["hyperparameters"]["learning_rate"] == 1e-4
-    assert dora["hyperparameters"]["gradient_accumulation_steps"] == 1  # defaults filled in, visibly
+    hp = job["method"]["dora"]["hyperparameters"]  # every resolved value, in one place
+    assert (hp["rank"], hp["alpha"], hp["dropout"], hp["target_modules"]) == (8, 16, 0.1, ["q_proj", "v_proj"])
+    assert hp["max_steps"] == 50 and hp["learning_rate"] == 1e-4
+    assert hp["gradient_accumulation_steps"] == 1 and hp["gradient_checkpointing"] == "auto"  # defaults, visibly
+    assert set(job["method"]["dora"]) == {"hyperparameters"}
     assert job["seed"] == 7 and job["suffix"] == "my-run" and job["metadata"] == {"team": "nlp"}
     assert job["outputs"] == ["adapter", "merged"] and job["attempt"] == 0 and job["result_files"] == []
     assert job["progress"] == {"step": 0, "total_steps": None, "epoch": None, "percent": None, "eta_seconds": None}
     assert app.state.published.count(job["id"]) == 1
 
 
-def test_openai_supervised_method_maps_to_dora_defaults(tenant, settings):
+def test_openai_supervised_method_maps_to_dora_defaults(tenant):
     method = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": "auto",
                                                                       "learning_rate_multiplier": 0.5}}}
     job = tenant.job({"method": method})
-    assert job["hyperparameters"] == {"n_epochs": 2, "batch_size": settings.default_batch_size,
+    assert job["hyperparameters"] == {"n_epochs": 2, "batch_size": TrainingSettings().micro_batch_size,
                                       "learning_rate_multiplier": 0.5}
-    dora = job["method"]["dora"]
-    assert dora["rank"] == settings.default_rank
-    assert dora["hyperparameters"]["learning_rate"] == pytest.approx(settings.default_learning_rate * 0.5)
+    hp = job["method"]["dora"]["hyperparameters"]
+    assert hp["rank"] == AdapterSettings().rank
+    assert hp["learning_rate"] == pytest.approx(TrainingSettings().learning_rate * 0.5)
     plain = tenant.job()  # no method at all: supervised with every default
-    assert plain["method"]["type"] == "supervised" and plain["method"]["dora"]["rank"] == settings.default_rank
+    assert plain["method"]["type"] == "supervised"
+    assert plain["method"]["dora"]["hyperparameters"]["rank"] == AdapterSettings().rank
 
 
 def test_lora_method(tenant):
     job = tenant.job({"method": {"type": "lora", "lora": {"rank": 4, "use_rslora": True}}})
-    assert job["method"]["type"] == "lora" and job["method"]["lora"]["use_rslora"] is True
+    hp = job["method"]["lora"]["hyperparameters"]
+    assert job["method"]["type"] == "lora" and hp["use_rslora"] is True and hp["rank"] == 4
+
+
+def test_adapter_settings_inside_hyperparameters_openai_convention(tenant):
+    """OpenAI keeps a method's own knobs in `hyperparameters` (DPO's beta): rank and alpha too."""
+    method = {"type": "dora", "dora": {"hyperparameters": {"rank": 8, "alpha": 12, "dropout": 0.05, "max_steps": 3}}}
+    hp = tenant.job({"method": method})["method"]["dora"]["hyperparameters"]
+    assert (hp["rank"], hp["alpha"], hp["dropout"], hp["max_steps"]) == (8, 12, 0.05, 3)
+    # alpha left out follows the rank (2 x rank), wherever the rank was given
+    assert tenant.job({"method": {"type": "dora", "dora": {"rank": 4}}})["method"]["dora"]["hyperparameters"][
+        "alpha"] == 8
+
+
+def test_shown_method_sent_back_gives_the_same_job_settings(tenant):
+    first = tenant.job({"method": {"type": "dora", "dora": {"rank": 4, "hyperparameters": {"max_steps": 3}}},
+                        "seed": 1})
+    again = tenant.job({"method": first["method"], "seed": 1})
+    assert again["method"] == first["method"]
 
 
 def test_idempotency_key_returns_the_same_job(tenant, app):

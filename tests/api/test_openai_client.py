@@ -22,11 +22,17 @@ def test_files_jobs_events_checkpoints_through_the_openai_client(oai, tenant, wo
     assert oai.files.retrieve(uploaded.id).filename == "train.jsonl"
     assert oai.files.content(uploaded.id).read() == CHAT_ROW * 5
 
+    # OpenAI's convention for a method's own knobs (DPO's beta): inside `hyperparameters`
     job = oai.fine_tuning.jobs.create(
         model="tiny-llama", training_file=uploaded.id, suffix="demo", seed=3,
-        extra_body={"method": {"type": "dora", "dora": {"rank": 8, "hyperparameters": {"max_steps": 20}}}})
+        method={"type": "dora", "dora": {"hyperparameters": {"rank": 8, "alpha": 24, "max_steps": 20}}})
     assert job.status == "queued" and job.method.type == "dora" and job.seed == 3
-    assert job.method.model_extra["dora"]["rank"] == 8  # our additions ride along as extra fields
+    resolved = job.method.model_extra["dora"]["hyperparameters"]  # our additions ride along as extra fields
+    assert (resolved["rank"], resolved["alpha"], resolved["max_steps"]) == (8, 24, 20)
+    assert resolved["dropout"] == 0.0 and resolved["gradient_checkpointing"] == "auto"  # the lean defaults
+    legacy = oai.fine_tuning.jobs.create(  # the adapter's settings beside `hyperparameters` work too
+        model="tiny-llama", training_file=uploaded.id, extra_body={"method": {"type": "lora", "lora": {"rank": 4}}})
+    assert legacy.method.model_extra["lora"]["hyperparameters"]["rank"] == 4
     assert job.model_extra["progress"]["step"] == 0
     supervised = oai.fine_tuning.jobs.create(
         model="tiny-llama", training_file=uploaded.id,
