@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     log_level: str = "info"
 
     @model_validator(mode="after")
-    def _check_limits(self) -> "Settings":
+    def _check_limits(self) -> Settings:
         if not 1 <= self.min_rank <= self.max_rank:
             raise ValueError("DORA_MIN_RANK must be >= 1 and <= DORA_MAX_RANK")
         if self.max_upload_bytes <= 0:

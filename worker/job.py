@@ -82,7 +82,6 @@ class JobAttempt:
     # -- before training ---------------------------------------------------------------------
     def train(self):
         from dora_core.training import run_training
-
         from worker.progress import JobProgress
 
         config = self.build_config()
@@ -97,7 +96,8 @@ class JobAttempt:
 
         run = self.job.settings
         train = self.fetch_input(run["training_file"], "train.jsonl")  # the API accepts JSONL only
-        validation = self.fetch_input(run["validation_file"], "validation.jsonl") if run.get("validation_file") else None
+        validation = (self.fetch_input(run["validation_file"], "validation.jsonl")
+                      if run.get("validation_file") else None)
         self.restore_checkpoint(self.folder / "run" / "checkpoints")
         base_model = self.settings.base_models.get(self.job.model) or run["base_model"]["path"]
         return RunConfig.from_dict(run["run_config"] | {

@@ -15,9 +15,8 @@ import time
 from dataclasses import dataclass, field
 
 from store import jobs as job_store
-from store.jobs import JobStatus
 from store.db import session_scope
-from store.models import Job
+from store.jobs import JobStatus
 from store.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -86,10 +85,6 @@ class Lease:
     def release(self, reason: str) -> bool:
         return self.held and self._call(job_store.release_job, reason=reason)
 
-    def job(self) -> Job:
-        with session_scope(self.settings) as session:
-            return session.get(Job, self.job_id)
-
     def trained_tokens(self) -> int:
         with session_scope(self.settings) as session:
             return job_store.trained_tokens_total(session, job_id=self.job_id)
@@ -115,7 +110,7 @@ class LeaseKeeper:
             if not self.lease.renew():
                 return
 
-    def __enter__(self) -> "LeaseKeeper":
+    def __enter__(self) -> LeaseKeeper:
         self._thread.start()
         return self
 

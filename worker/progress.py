@@ -45,7 +45,8 @@ class JobProgress(TrainingCallback):
         self.lease.renew(step=start_step, total_steps=total_steps)
         rows = (report.get("train") or {}).get("rows")
         self.lease.event(f"Training on {rows} examples for {total_steps} steps" if rows else
-                         f"Training for {total_steps} steps", data={"total_steps": total_steps, "start_step": start_step})
+                         f"Training for {total_steps} steps",
+                         data={"total_steps": total_steps, "start_step": start_step})
 
     def on_step(self, metrics: dict) -> None:
         step = metrics["step"]

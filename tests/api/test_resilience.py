@@ -11,7 +11,6 @@ from sqlalchemy.exc import OperationalError
 
 from store.db import build_engine
 
-
 # SQLite has no server connections to lose: these tests exist for the PostgreSQL run only
 # (tests/api/conftest.py deselects their SQLite variants; nothing is skipped).
 pytestmark = pytest.mark.postgresql_only
