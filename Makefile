@@ -19,7 +19,10 @@ $(STAMP): $(PY) pyproject.toml
 
 install: $(STAMP)
 
+# lint first (ruff: pyproject's [tool.ruff]; lint-imports: the package contracts in [tool.importlinter])
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 # API on http://127.0.0.1:8000 + one worker, on embedded defaults (SQLite, SQLite-backed broker,

@@ -5,7 +5,8 @@ Starts `uvicorn api.app:create_app` in a subprocess against a fresh PostgreSQL d
 each creates jobs (a unique Idempotency-Key each, plus one deliberate retry; all clients at
 once), then, once every client has created its jobs, polls
 `GET /v1/fine_tuning/jobs/{id}` every `--poll-interval` seconds (0 = back to back: then
-latency is just concurrency / throughput, and the run measures saturation instead). Prints one JSON line: p50/p99 latency per operation, errors,
+latency is just concurrency / throughput, and the run measures saturation instead).
+Prints one JSON line: p50/p99 latency per operation, errors,
 whether every created job is stored exactly once, and the server's CPU time per GET during the
 polling phase (all its processes, from /proc: the part of the cost that other load on a shared
 machine does not distort the way it distorts p99). Measured, not asserted (target: p99 of
@@ -224,7 +225,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as storage:
             env = {"DORA_DATABASE_URL": database_url, "DORA_BROKER_URL": args.broker_url,
                    "DORA_STORAGE_URL": storage, "DORA_BASE_MODELS": json.dumps({"tiny-llama": "./tiny"})}
-            settings = Settings(**{k.removeprefix("DORA_").lower(): v for k, v in env.items() if k != "DORA_BASE_MODELS"})
+            settings = Settings(**{k.removeprefix("DORA_").lower(): v for k, v in env.items()
+                                   if k != "DORA_BASE_MODELS"})
             upgrade(settings)
             with session_scope(settings) as session:
                 key = create_api_key(session, tenant_name="load").key

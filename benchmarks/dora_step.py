@@ -236,13 +236,15 @@ def add_ratios(results: list[dict]) -> None:
                 result[f"held_total_vs_{reference_name}"] = round(
                     result["held_total_bytes"] / reference["held_total_bytes"], 3)
             if result["peak_memory_bytes"] and reference["peak_memory_bytes"]:
-                result[f"peak_vs_{reference_name}"] = round(result["peak_memory_bytes"] / reference["peak_memory_bytes"], 3)
+                result[f"peak_vs_{reference_name}"] = round(
+                    result["peak_memory_bytes"] / reference["peak_memory_bytes"], 3)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--shapes", default=None, help=f"comma list of {sorted(SHAPES)} (default: tiny,tiny-32k on cpu)")
+    parser.add_argument("--shapes", default=None,
+                        help=f"comma list of {sorted(SHAPES)} (default: tiny,tiny-32k on cpu)")
     parser.add_argument("--dtypes", default=None, help="comma list of float32,bfloat16 (cpu default: both)")
     parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help=f"comma list of {ALL_CONFIGS}")
     parser.add_argument("--rank", type=int, default=16)

@@ -70,7 +70,8 @@ def parity(device: str) -> list[dict]:
         logits, grads = forward_backward(to_device_bf16_base(reference, device), ids.to(device))
         errors = [float((grads[n] - g).norm() / g.norm().clamp_min(1e-12)) for n, g in expected_grads.items()]
         results.append({"benchmark": "gpu_parity", "device": device, "triton": fused,
-                        "logits_max_rel_error": float((logits - expected_logits).abs().max() / expected_logits.abs().max()),
+                        "logits_max_rel_error": float((logits - expected_logits).abs().max()
+                                                      / expected_logits.abs().max()),
                         "grad_rel_l2_error_max": max(errors), "grad_rel_l2_error_median": statistics.median(errors)})
     os.environ.pop("DORA_DISABLE_TRITON", None)
     return results

@@ -109,7 +109,12 @@ class BarProgress(RunProgress):
 
     def on_start(self, *, total_steps: int, start_step: int, report: dict) -> None:
         from rich.progress import (
-            BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
         )
 
         super().on_start(total_steps=total_steps, start_step=start_step, report=report)

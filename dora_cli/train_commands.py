@@ -156,8 +156,6 @@ def _load_config(path: Path):
         raise UsageError(f"config {path} is not valid JSON: {error}") from None
     except yaml.YAMLError as error:
         raise UsageError(f"config {path} is not valid YAML: {error}") from None
-    except TypeError as error:  # RunConfig.from_dict lets a missing base_model/train_file through as TypeError
-        raise UsageError(f"invalid config {path}: {error}") from None
 
 
 def _device(name: str) -> str | None:

@@ -214,7 +214,8 @@ def _print_banner(settings, url: str, key: str | None, models: dict[str, str]) -
 def _supervise(children: dict[str, subprocess.Popen], grace: float = 60.0) -> int:
     """Wait until Ctrl-C/SIGTERM or until a child exits; then stop every child (SIGTERM, then SIGKILL)."""
     stopping = []
-    handlers = {sig: signal.signal(sig, lambda signum, _: stopping.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {sig: signal.signal(sig, lambda signum, _: stopping.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while not stopping and all(child.poll() is None for child in children.values()):
             time.sleep(0.2)

@@ -7,7 +7,6 @@ so the model stays the same transformers class (generate, save_pretrained, Train
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 
 from torch import nn
@@ -135,8 +134,3 @@ def _output_head_name(model: nn.Module) -> str | None:
 def _parent_and_child(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     parent_name, _, child_name = name.rpartition(".")
     return (model.get_submodule(parent_name) if parent_name else model), child_name
-
-
-def regex_for_exact_modules(names: list[str]) -> str:
-    """A PEFT `target_modules` regex that full-matches exactly these module names."""
-    return "^(" + "|".join(re.escape(name) for name in names) + ")$"

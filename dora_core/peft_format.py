@@ -48,7 +48,8 @@ def save_adapter(model: nn.Module, directory: str | Path, *, base_model_name_or_
         tensors[f"{KEY_PREFIX}{name}.lora_A.weight"] = layer.lora_A.detach().float().contiguous()
         tensors[f"{KEY_PREFIX}{name}.lora_B.weight"] = layer.lora_B.detach().float().contiguous()
         if layer.use_dora:
-            tensors[f"{KEY_PREFIX}{name}.lora_magnitude_vector"] = layer.lora_magnitude_vector.detach().float().contiguous()
+            magnitude = layer.lora_magnitude_vector.detach().float().contiguous()
+            tensors[f"{KEY_PREFIX}{name}.lora_magnitude_vector"] = magnitude
     tensors = {key: tensor.cpu() for key, tensor in tensors.items()}
     write_atomically(directory / WEIGHTS_NAME, lambda temp: save_file(tensors, str(temp), metadata={"format": "pt"}))
     write_json_atomically(directory / CONFIG_NAME, _peft_config_dict(model, config, names, base_model_name_or_path))

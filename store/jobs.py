@@ -35,7 +35,7 @@ from store.job_status import ACTIVE, TERMINAL, JobStatus  # noqa: F401 - re-expo
 from store.models import Artifact, Checkpoint, File, Job, JobEvent, MetricPoint, Tenant, utcnow
 
 
-class InvalidTransition(Exception):
+class InvalidTransition(Exception):  # noqa: N818 - named for the refused state change, like SQLAlchemy's NoResultFound
     """The job is not in a state that allows this (e.g. cancelling a finished job)."""
 
 
@@ -133,7 +133,8 @@ def create_job(session: Session, *, tenant_id: str, model: str, training_file: s
     return job
 
 
-def claim_job(session: Session, *, job_id: str, owner: str, lease_seconds: float, now: datetime | None = None) -> Job | None:
+def claim_job(session: Session, *, job_id: str, owner: str, lease_seconds: float,
+              now: datetime | None = None) -> Job | None:
     """Take the job for `owner` (queued, or running with an expired lease); None if no row changed."""
     now = now or utcnow()
     statement = (
@@ -219,7 +220,8 @@ def mark_resumed(session: Session, *, job_id: str, owner: str, attempt: int, ste
     return True
 
 
-def fine_tuned_model_name(*, model: str, tenant_name: str, suffix: str | None, job_id: str, step: int | None = None) -> str:
+def fine_tuned_model_name(*, model: str, tenant_name: str, suffix: str | None, job_id: str,
+                          step: int | None = None) -> str:
     """OpenAI's shape: `ft:<base>:<org>:<suffix>:<short id>` (`:ckpt-step-<n>` for a checkpoint)."""
     name = f"ft:{model}:{tenant_name}:{suffix or ''}:{job_id.split('-', 1)[1][-8:]}"
     return name if step is None else f"{name}:ckpt-step-{step}"

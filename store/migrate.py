@@ -27,7 +27,7 @@ def migrations_dir() -> Path:
     return Path(str(resources.files("migrations")))  # an install that put the packages apart
 
 
-class SchemaOutdated(RuntimeError):
+class SchemaOutdated(RuntimeError):  # noqa: N818 - a state the operator fixes by migrating, read as a sentence
     """The database is not at the code's migration head; the message says what to run."""
 
 

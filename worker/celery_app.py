@@ -139,8 +139,9 @@ def _preload(**_) -> None:
     """Import the ML stack once in the parent so each forked job skips it; CUDA stays untouched."""
     if not app.settings.preload_ml:
         return
-    import dora_core.training  # noqa: F401 - torch, transformers
     import torch
+
+    import dora_core.training  # noqa: F401 - torch, transformers
 
     if torch.cuda.is_initialized():  # pragma: no cover - a guard for future imports
         raise RuntimeError("CUDA was initialised in the worker's parent process; jobs must own it")
@@ -164,13 +165,12 @@ def _ask_running_jobs_to_stop(**_) -> None:
 @worker_shutdown.connect
 def _publish_released_jobs(**_) -> None:
     """Consumption has stopped: now publish what this worker's jobs gave back."""
-    from store.queue import publish_job
-
     from sqlalchemy import select
 
     from store.db import session_scope
     from store.jobs import JobStatus
     from store.models import Job
+    from store.queue import publish_job
 
     path = Path(app.settings.work_dir) / f".publish-at-exit-{os.getpid()}"
     if not path.exists():

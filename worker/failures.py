@@ -21,10 +21,6 @@ class Failure:
     param: str | None = None
 
 
-class Shutdown(Exception):  # noqa: N818 - a reason to stop, not an error
-    """The worker is shutting down: give the job back so it resumes elsewhere (or here, later)."""
-
-
 def _clip(text: str) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."

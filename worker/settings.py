@@ -35,7 +35,7 @@ class WorkerSettings(Settings):
     preload_ml: bool = True  # import torch in the worker's parent (never CUDA) so each job starts faster
 
     @model_validator(mode="after")
-    def _check_worker_limits(self) -> "WorkerSettings":
+    def _check_worker_limits(self) -> WorkerSettings:
         if self.heartbeat_seconds <= 0 or self.heartbeat_seconds * 2 > self.lease_seconds:
             raise ValueError("DORA_HEARTBEAT_SECONDS must be positive and at most half of DORA_LEASE_SECONDS")
         if self.job_time_limit_seconds <= 0:

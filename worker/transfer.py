@@ -11,7 +11,6 @@ import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 from store.storage import Storage
@@ -27,9 +26,9 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download_file(storage: Storage, key: str, target: Path, *, size: int | None = None) -> Path:
-    """`key` to `target` (kept if already there with the expected size)."""
-    if target.is_file() and (size is None or target.stat().st_size == size):
+def download_file(storage: Storage, key: str, target: Path) -> Path:
+    """`key` to `target` (kept if already there: a local file is whole, see above)."""
+    if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
@@ -41,14 +40,10 @@ def download_file(storage: Storage, key: str, target: Path, *, size: int | None 
     return target
 
 
-def upload_folder(storage: Storage, folder: Path, prefix: str, *, between: Callable[[], None] = lambda: None) -> list[dict]:
-    """Every file under `folder` to `prefix/<relative path>`; returns [{"path", "bytes", "sha256"}].
-
-    `between` runs before each file (the caller renews its lease there during long uploads).
-    """
+def upload_folder(storage: Storage, folder: Path, prefix: str) -> list[dict]:
+    """Every file under `folder` to `prefix/<relative path>`; returns [{"path", "bytes", "sha256"}]."""
     files = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        between()
         relative = path.relative_to(folder).as_posix()
         size = storage.put_file(f"{prefix}/{relative}", path)
         files.append({"path": relative, "bytes": size, "sha256": sha256_of(path)})

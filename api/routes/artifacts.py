@@ -9,8 +9,8 @@ from fastapi import APIRouter, Header
 from api.deps import OwnedJobDep, SessionDep, StorageDep
 from api.downloads import stream_response
 from api.present import artifact_out
-from api.schemas.jobs import ArtifactOut
 from api.schemas.common import ListPage
+from api.schemas.jobs import ArtifactOut
 from api.services import jobs as job_service
 from store.archive import iter_tar, tar_size
 

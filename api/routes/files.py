@@ -69,7 +69,8 @@ def file_content(file: OwnedFileDep, session: SessionDep, storage: StorageDep,
     """The uploaded bytes, or a job result's whole artifact as a tar stream (Range works on both)."""
     if file.artifact_id is not None:
         artifact = session.get(Artifact, file.artifact_id)
-        return stream_response(size=tar_size(artifact), read=lambda start, stop: iter_tar(artifact, storage, start, stop),
+        return stream_response(size=tar_size(artifact),
+                               read=lambda start, stop: iter_tar(artifact, storage, start, stop),
                                range_header=range_header, filename=file.filename, media_type="application/x-tar",
                                etag=artifact.sha256)
     return stream_response(size=file.bytes, read=lambda start, stop: storage.open_range(file.storage_key, start, stop),

@@ -35,7 +35,7 @@ class SupervisedMethod(StrictModel):
 
 class _OneLearningRate(StrictModel):
     @model_validator(mode="after")
-    def _one_learning_rate(self) -> "_OneLearningRate":
+    def _one_learning_rate(self) -> _OneLearningRate:
         if self.learning_rate is not None and self.learning_rate_multiplier is not None:
             raise ValueError("give learning_rate or learning_rate_multiplier, not both")
         return self
@@ -71,7 +71,7 @@ class Method(StrictModel):
     reinforcement: dict[str, Any] | None = None
 
     @model_validator(mode="after")
-    def _matching_block(self) -> "Method":
+    def _matching_block(self) -> Method:
         if self.type not in ("supervised", "dora", "lora"):
             raise ValueError(f"method type '{self.type}' is not supported; use 'dora', 'lora' or 'supervised'")
         given = [name for name in ("supervised", "dora", "lora", "dpo", "reinforcement") if getattr(self, name)]
@@ -123,7 +123,7 @@ class JobCreate(StrictModel):
         return value
 
     @model_validator(mode="after")
-    def _one_form(self) -> "JobCreate":
+    def _one_form(self) -> JobCreate:
         if self.hyperparameters is not None and self.method is not None:
             raise ValueError("give hyperparameters inside method, not both at the top level and in method")
         return self

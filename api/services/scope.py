@@ -37,6 +37,7 @@ def page(session: Session, query: Select, *, id_column: Any, after: str | None, 
     """One page after the cursor id (ids sort by creation time), and whether more follow."""
     if after is not None:
         query = query.where(id_column > after if ascending else id_column < after)
-    query = query.order_by(id_column.asc() if ascending else id_column.desc()).limit(check_limit(limit, maximum=max_limit) + 1)
+    query = query.order_by(id_column.asc() if ascending else id_column.desc())
+    query = query.limit(check_limit(limit, maximum=max_limit) + 1)
     rows = list(session.scalars(query))
     return rows[:limit], len(rows) > limit

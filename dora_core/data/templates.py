@@ -127,7 +127,7 @@ def _prefix_length(
     """len(render(part)) when that rendering is a prefix of the full text, else None."""
     try:
         text = render(part, generation_prompt)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a chat template may raise anything on a partial conversation
         return None
     return len(text) if full.startswith(text) else None
 

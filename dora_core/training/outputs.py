@@ -44,7 +44,8 @@ def remove_partial_outputs(out_dir: Path) -> None:
 
 
 def write_adapter(out_dir: Path, model, *, base_model: str) -> Path:
-    return publish_folder(out_dir, "adapter", lambda temp: save_adapter(model, temp, base_model_name_or_path=base_model))
+    return publish_folder(out_dir, "adapter",
+                          lambda temp: save_adapter(model, temp, base_model_name_or_path=base_model))
 
 
 def write_merged(out_dir: Path, model, tokenizer) -> Path:

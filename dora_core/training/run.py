@@ -24,13 +24,18 @@ from pathlib import Path
 import torch
 from transformers import get_scheduler
 
-from dora_core.data import prepare_datasets
 from dora_core.atomic_io import write_json_atomically
+from dora_core.data import prepare_datasets
 from dora_core.inject import apply_adapter
 from dora_core.model_loading import load_base_model, load_tokenizer, resolve_device
 from dora_core.training.callbacks import CallbackList, TrainingCallback
 from dora_core.training.checkpoints import (
-    RunState, list_checkpoints, load_checkpoint, read_run_state, remove_partial_checkpoints, save_checkpoint,
+    RunState,
+    list_checkpoints,
+    load_checkpoint,
+    read_run_state,
+    remove_partial_checkpoints,
+    save_checkpoint,
 )
 from dora_core.training.loss import count_trained_tokens, summed_loss
 from dora_core.training.outputs import MetricsLog, remove_partial_outputs, write_adapter, write_manifest, write_merged
@@ -107,7 +112,8 @@ class TrainingRun:
             train_on_inputs=self.settings.train_on_inputs, packing=self.settings.packing, seed=self.settings.seed,
         )
         self.report = self.data.report
-        self.state.fingerprint = self.config.fingerprint((self.report.get("train_sha256"), self.report.get("validation_sha256")))
+        self.state.fingerprint = self.config.fingerprint(
+            (self.report.get("train_sha256"), self.report.get("validation_sha256")))
         write_json_atomically(self.out_dir / "dataset_report.json", self.report)
         for warning in self.report.get("warnings", []):
             self.callbacks.on_event(warning, level="warning")
@@ -136,7 +142,8 @@ class TrainingRun:
 
     def build_optimizer(self) -> None:
         self.schedule = BatchSchedule(
-            dataset_size=len(self.data.train), global_batch=self.state.micro_batch_size * self.state.gradient_accumulation_steps,
+            dataset_size=len(self.data.train),
+            global_batch=self.state.micro_batch_size * self.state.gradient_accumulation_steps,
             epochs=self.settings.epochs, max_steps=self.settings.max_steps, seed=self.settings.seed,
         )
         decay = [p for p in self.trainable if p.ndim >= 2]
@@ -147,7 +154,8 @@ class TrainingRun:
         )
         total = self.schedule.total_steps
         self.scheduler = get_scheduler(self.settings.lr_scheduler, self.optimizer,
-                                       num_warmup_steps=int(self.settings.warmup_ratio * total), num_training_steps=total)
+                                       num_warmup_steps=int(self.settings.warmup_ratio * total),
+                                       num_training_steps=total)
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
 
     def start_over(self) -> None:
@@ -215,7 +223,7 @@ class TrainingRun:
 
     @torch.no_grad()
     def restart_from_initial_state(self) -> None:
-        for parameter, initial in zip(self.trainable, self.initial_adapter):
+        for parameter, initial in zip(self.trainable, self.initial_adapter, strict=True):
             parameter.copy_(initial)
         torch.set_rng_state(self.initial_rng)
         self.state.step, self.state.best_eval_loss, self.state.evaluations_without_improvement = 0, None, 0
@@ -259,7 +267,8 @@ class TrainingRun:
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             loss_sum += float(sums.loss_sum.detach())
             correct += sums.correct
-            seen_tokens += int(batch["input_ids"].numel() if "attention_mask" not in batch else batch["attention_mask"].sum())
+            seen_tokens += int(batch["input_ids"].numel() if "attention_mask" not in batch
+                               else batch["attention_mask"].sum())
         grad_norm = self.clip_and_step()
         self.state.step += 1
         elapsed = time.perf_counter() - started
@@ -301,7 +310,8 @@ class TrainingRun:
         items = self.data.validation
         for start in range(0, len(items), self.state.micro_batch_size):
             self.callbacks.heartbeat()
-            batch = self.data.collator([items[i] for i in range(start, min(start + self.state.micro_batch_size, len(items)))])
+            stop = min(start + self.state.micro_batch_size, len(items))
+            batch = self.data.collator([items[i] for i in range(start, stop)])
             sums = summed_loss(self.model, {k: v.to(self.device) for k, v in batch.items()})
             loss_sum, tokens, correct = loss_sum + float(sums.loss_sum), tokens + sums.tokens, correct + sums.correct
         self.model.train()
@@ -338,7 +348,8 @@ class TrainingRun:
     def final_metrics(self) -> dict:
         final: dict = {"steps": self.state.step}
         for record in self.metrics.records():
-            final.update({k: record[k] for k in ("loss", "token_accuracy", "eval_loss", "eval_token_accuracy") if k in record})
+            final.update({k: record[k] for k in ("loss", "token_accuracy", "eval_loss", "eval_token_accuracy")
+                          if k in record})
         return final
 
     def write_outputs(self, result: RunResult) -> dict[str, str]:
@@ -354,7 +365,8 @@ class TrainingRun:
             self.out_dir, config=self.config.to_dict(), status=result.status, seed=self.settings.seed,
             steps=result.step, total_steps=result.total_steps, resumed_from_step=result.resumed_from_step,
             oom_retries=self.state.oom_retries, micro_batch_size=self.state.micro_batch_size,
-            dataset={"train_sha256": self.report.get("train_sha256"), "validation_sha256": self.report.get("validation_sha256"),
+            dataset={"train_sha256": self.report.get("train_sha256"),
+                     "validation_sha256": self.report.get("validation_sha256"),
                      "train_rows": self.report.get("train", {}).get("rows")},
             final_metrics=result.final_metrics, outputs=sorted(outputs),
         ))

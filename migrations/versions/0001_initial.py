@@ -44,7 +44,8 @@ def upgrade() -> None:
         sa.Column("prefix", sa.String(32), nullable=False),
         _ts("created_at"),
         _ts("revoked_at", nullable=True),
-        sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name="fk_api_keys_tenant_id_tenants", ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name="fk_api_keys_tenant_id_tenants",
+                                ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id", name="pk_api_keys"),
         sa.UniqueConstraint("key_hash", name="uq_api_keys_key_hash"),
     )
@@ -120,7 +121,8 @@ def upgrade() -> None:
         _id("file_id", nullable=True),
         _ts("created_at"),
         sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name="fk_artifacts_job_id_jobs", ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name="fk_artifacts_tenant_id_tenants", ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name="fk_artifacts_tenant_id_tenants",
+                                ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id", name="pk_artifacts"),
         sa.UniqueConstraint("job_id", "name", name="uq_artifacts_job_id_name"),
     )

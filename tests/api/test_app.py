@@ -151,7 +151,8 @@ def test_dora_migrate_from_an_installed_wheel_in_another_directory(tmp_path):
     migrated = subprocess.run([sys.executable, "-m", "dora_cli.main", "migrate"], cwd=elsewhere, env=env,
                               capture_output=True, text=True, timeout=120)
     assert migrated.returncode == 0, migrated.stderr[-3000:]
-    check = ("import store, store.migrate as m; from store.db import build_engine; from store.settings import Settings; "
+    check = ("import store, store.migrate as m; from store.db import build_engine; "
+             "from store.settings import Settings; "
              "m.check_schema(build_engine(Settings().database_url)); print(m.migrations_dir())")
     checked = subprocess.run([sys.executable, "-c", check], cwd=elsewhere, env=env, capture_output=True, text=True,
                              timeout=60)

@@ -3,8 +3,8 @@ never a 500, and nothing left behind (no job or file row, no stored object)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pytest
 

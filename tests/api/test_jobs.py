@@ -190,8 +190,9 @@ def test_events_checkpoints_and_metrics(tenant, worker):
 
 def test_broker_failure_leaves_the_job_created_and_queued(tenant, settings):
     assert publish_job("ftjob-none", broker_url="redis://127.0.0.1:1/0") is False  # refused, not raised
-    from api.app import create_app
     from fastapi.testclient import TestClient
+
+    from api.app import create_app
 
     app = create_app(settings)  # the real publisher, pointed at a dead broker
     with TestClient(app) as client:

@@ -15,7 +15,6 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from store import jobs as job_store
 from store.storage import S3Storage, file_key, job_key
-
 from tests.api.conftest import CHAT_ROW, make_tenant, running_server
 from tests.api.streaming import stream_download
 from tests.api.test_artifacts import finish_with_stored_files

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from sqlalchemy import select
+
 from store import jobs as job_store
 from store.db import session_scope
 from store.models import Job, MetricPoint, utcnow
-from sqlalchemy import select
-
 from tests.api.conftest import FakeWorker
 
 

@@ -51,7 +51,8 @@ def test_a_job_through_the_openai_client_trains_and_its_outputs_agree(stack, tin
         if first_step is None and job.model_extra["progress"]["step"] > 0:
             first_step = time.monotonic() - submitted
     TIMINGS["Redis + PostgreSQL (openai client)"] = {
-        "submit_to_first_step": round(first_step or 0, 2), "submit_to_succeeded": round(time.monotonic() - submitted, 2),
+        "submit_to_first_step": round(first_step or 0, 2),
+        "submit_to_succeeded": round(time.monotonic() - submitted, 2),
         "steps": job.model_extra["progress"]["total_steps"]}
     assert job.status == "succeeded" and job.fine_tuned_model.startswith("ft:tiny-llama:")
     assert any(e.message == "The job has successfully completed" for e in oai.fine_tuning.jobs.list_events(job.id))
