@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.api.conftest import CHAT_ROW, MAX_UPLOAD
+from tests.support.api_client import CHAT_ROW, MAX_UPLOAD
 
 JOBS = "/v1/fine_tuning/jobs"
 

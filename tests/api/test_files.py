@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from tests.api.conftest import CHAT_ROW, MAX_UPLOAD
+from tests.support.api_client import CHAT_ROW, MAX_UPLOAD
 
 
 def test_upload_reports_format_rows_and_digest(tenant):

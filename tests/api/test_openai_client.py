@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from store import jobs as job_store
-from tests.api.conftest import CHAT_ROW
+from tests.support.api_client import CHAT_ROW
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def test_errors_arrive_as_openai_exceptions(oai, tenant):
 
 
 def test_an_oversized_upload_gets_413_not_a_broken_connection(oai):
-    from tests.api.conftest import MAX_UPLOAD
+    from tests.support.api_client import MAX_UPLOAD
 
     with pytest.raises(openai.APIStatusError) as too_big:
         oai.files.create(file=("big.jsonl", io.BytesIO(CHAT_ROW * (4 * MAX_UPLOAD // len(CHAT_ROW)))),

@@ -15,9 +15,10 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from store import jobs as job_store
 from store.storage import S3Storage, file_key, job_key
-from tests.api.conftest import CHAT_ROW, make_tenant, running_server
-from tests.api.streaming import stream_download
-from tests.api.test_artifacts import finish_with_stored_files
+from tests.support.api_client import CHAT_ROW, make_tenant
+from tests.support.artifacts import finish_with_stored_files
+from tests.support.services import running_server
+from tests.support.streaming import stream_download
 
 MIB = 1024 * 1024
 ADAPTER_FILES = {"adapter_config.json": b'{"use_dora": true, "r": 8}',

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from store import jobs as job_store
 from store.db import session_scope
 from store.models import Job, MetricPoint, utcnow
-from tests.api.conftest import FakeWorker
+from tests.support.api_client import FakeWorker
 
 
 def _status(settings, job_id):

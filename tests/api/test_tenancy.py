@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.api.test_artifacts import finish_with_artifacts
+from tests.support.artifacts import finish_with_artifacts
 
 JOB_PATHS = ["", "/events", "/checkpoints", "/metrics", "/artifacts", "/artifacts/adapter/archive",
              "/artifacts/adapter/files/adapter_config.json"]
@@ -67,7 +67,7 @@ def test_a_revoked_key_stops_working_within_the_auth_cache_ttl(settings):
     from fastapi.testclient import TestClient
 
     from api.app import create_app
-    from tests.api.conftest import make_tenant
+    from tests.support.api_client import make_tenant
 
     ttl = 0.5
     with TestClient(create_app(settings.model_copy(update={"auth_cache_seconds": ttl}))) as client:

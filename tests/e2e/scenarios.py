@@ -7,7 +7,8 @@ import tarfile
 import time
 from pathlib import Path
 
-from tests.e2e.conftest import TIMINGS, Stack, dora_method, wait_for
+from tests.support.jobs import dora_method, wait_for
+from tests.support.stack import E2E_RUN, TIMINGS, Stack
 
 
 def extract(archive: bytes, into: Path) -> Path:
@@ -37,7 +38,7 @@ def timed_job(stack: Stack, name: str) -> dict:
     """Create a job and time it: submit -> first training step, and submit -> succeeded."""
     api = stack.api
     submitted = time.monotonic()
-    job = api.create(dora_method(), outputs=["adapter", "merged"])
+    job = api.create(dora_method(**E2E_RUN), outputs=["adapter", "merged"])
     wait_for(lambda: api.steps(job["id"]), timeout=90, what="the first training step", interval=0.05)
     first_step = time.monotonic() - submitted
     job = api.wait(job["id"])

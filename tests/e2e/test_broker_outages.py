@@ -14,7 +14,9 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import dora_method, free_port, make_stack, unavailable, wait_for
+from tests.support.jobs import dora_method, wait_for
+from tests.support.services import free_port, postgres_database, unavailable
+from tests.support.stack import make_stack
 
 
 class OwnRedis:
@@ -47,10 +49,8 @@ class OwnRedis:
 
 @pytest.fixture(scope="module")
 def outage(tmp_path_factory, tiny_model_dir):
-    from tests.api.conftest import postgres_database
-
     if shutil.which("redis-server") is None:
-        unavailable("redis-server", "not installed")
+        unavailable("redis-server", "not installed", problem="is not available")
     root = tmp_path_factory.mktemp("outages")
     redis = OwnRedis(free_port(), root)
     redis.start()
@@ -70,12 +70,12 @@ def test_jobs_survive_a_redis_restart_and_a_redis_outage(outage):
     api = stack.api
     a = api.create(dora_method(max_steps=150, checkpoint_interval=50))
     wait_for(lambda: api.steps(a["id"]), timeout=60, what="job A to start training")
-    b = api.create(dora_method(max_steps=4))  # its message waits in Redis behind A
+    b = api.create(dora_method(max_steps=4, checkpoint_interval=4))  # its message waits in Redis behind A
     assert api.job(b["id"])["status"] == "queued"
 
     redis.stop()  # a restart without persistence: B's message is gone
     started = time.monotonic()
-    c = api.create(dora_method(max_steps=4))  # the broker is down: the job is still created
+    c = api.create(dora_method(max_steps=4, checkpoint_interval=4))  # the broker is down: the job is still created
     assert c["status"] == "queued" and time.monotonic() - started < 10
     redis.start()
 

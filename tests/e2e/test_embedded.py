@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import scenarios
-from tests.e2e.conftest import dora_method, running_stack, wait_for
+from tests.support.jobs import dora_method, wait_for
+from tests.support.stack import E2E_RUN, running_stack
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def test_a_job_trains_and_its_adapter_and_merged_model_download_and_agree(stack,
 
 
 def test_the_same_message_delivered_twice_runs_the_job_once(stack):
-    job = stack.api.create(dora_method(max_steps=4))
+    job = stack.api.create(dora_method(max_steps=4, checkpoint_interval=4))
     assert stack.publish(job["id"])  # a second message for the same job
     job = stack.api.wait(job["id"])
     assert job["status"] == "succeeded" and job["attempt"] == 1
@@ -56,7 +57,7 @@ def test_cancel_mid_run_stops_within_a_step_without_retry_or_artifacts(stack):
 
 
 def test_a_dataset_that_breaks_at_training_time_fails_with_a_clear_error(stack):
-    job = stack.api.wait(stack.api.create(dora_method(max_seq_len=8))["id"])
+    job = stack.api.wait(stack.api.create(dora_method(**E2E_RUN, max_seq_len=8))["id"])
     assert job["status"] == "failed" and job["attempt"] == 1
     assert job["error"]["code"] == "invalid_training_file"
     assert "line 1: no trainable tokens within max_seq_len=8" in job["error"]["message"]

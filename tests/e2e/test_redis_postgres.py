@@ -8,7 +8,9 @@ import os
 import pytest
 
 from tests.e2e import scenarios
-from tests.e2e.conftest import DATASET, TIMINGS, dora_method, running_stack, unavailable
+from tests.support.jobs import DATASET, dora_method
+from tests.support.services import postgres_database, unavailable
+from tests.support.stack import E2E_RUN, TIMINGS, running_stack
 
 # a database of its own: the API suite uses 15, benchmarks/api_load.py 14
 REDIS_URL = os.environ.get("DORA_TEST_E2E_REDIS_URL", "redis://127.0.0.1:6379/13")
@@ -18,13 +20,11 @@ REDIS_URL = os.environ.get("DORA_TEST_E2E_REDIS_URL", "redis://127.0.0.1:6379/13
 def stack(tmp_path_factory, tiny_model_dir):
     import redis
 
-    from tests.api.conftest import postgres_database
-
     try:
         client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
         client.ping()
     except redis.RedisError as error:
-        unavailable("Redis", error)
+        unavailable("Redis", error, problem="is not available")
     client.delete("gpu", "unacked", "unacked_index")  # leftovers of an earlier run
     root = tmp_path_factory.mktemp("redis-postgres")
     with postgres_database() as database_url:
@@ -42,7 +42,7 @@ def test_a_job_through_the_openai_client_trains_and_its_outputs_agree(stack, tin
     training_file = oai.files.create(file=("train.jsonl", io.BytesIO(DATASET)), purpose="fine-tune")
     submitted = time.monotonic()
     job = oai.fine_tuning.jobs.create(model="tiny-llama", training_file=training_file.id,
-                                      extra_body={"method": dora_method(), "outputs": ["adapter", "merged"]})
+                                      extra_body={"method": dora_method(**E2E_RUN), "outputs": ["adapter", "merged"]})
     first_step = None
     while job.status not in ("succeeded", "failed", "cancelled"):
         assert time.monotonic() - submitted < 90, job

@@ -6,31 +6,18 @@ Jobs are created through the API, so the worker reads exactly the rows productio
 
 from __future__ import annotations
 
-import json
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
 
 from store.db import session_scope
 from store.migrate import upgrade
-from store.models import Checkpoint, Job, JobEvent, MetricPoint
 from store.tenants import create_api_key
-from tests.api.conftest import recording_app
+from tests.support.api_client import recording_app
+from tests.support.worker_service import Service
 from worker.settings import WorkerSettings
-
-ROWS = [{"messages": [{"role": "user", "content": f"What is {a} plus {b}?"},
-                      {"role": "assistant", "content": f"{a + b}"}]} for a in range(5) for b in range(5)]
-DATASET = "".join(json.dumps(row) + "\n" for row in ROWS).encode()
-
-
-def dora_method(**hyperparameters) -> dict:
-    training = {"max_steps": 6, "batch_size": 4, "max_seq_len": 64, "checkpoint_interval": 3,
-                "learning_rate": 1e-2, "warmup_ratio": 0.0, "lr_scheduler": "constant"} | hyperparameters
-    return {"type": "dora", "dora": {"rank": 4, "alpha": 8, "dropout": 0.0, "hyperparameters": training}}
 
 
 @pytest.fixture(scope="session")
@@ -54,55 +41,6 @@ def settings(tmp_path_factory, tiny_model_dir) -> WorkerSettings:
 @pytest.fixture(scope="session")
 def app(settings):
     return recording_app(settings)
-
-
-@dataclass
-class Service:
-    """The API as one tenant sees it, plus what the worker side needs to inspect."""
-
-    client: TestClient
-    settings: WorkerSettings
-    headers: dict
-    published: list = field(default_factory=list)
-
-    def upload(self, content: bytes = DATASET) -> str:
-        response = self.client.post("/v1/files", headers=self.headers, files={"file": ("train.jsonl", content)},
-                                    data={"purpose": "fine-tune"})
-        assert response.status_code == 200, response.text
-        return response.json()["id"]
-
-    def create(self, method: dict | None = None, **body) -> str:
-        body = {"model": "tiny-llama", "training_file": self.upload(), "method": method or dora_method()} | body
-        response = self.client.post("/v1/fine_tuning/jobs", headers=self.headers, json=body)
-        assert response.status_code == 200, response.text
-        return response.json()["id"]
-
-    def get(self, job_id: str) -> dict:
-        return self.client.get(f"/v1/fine_tuning/jobs/{job_id}", headers=self.headers).json()
-
-    def cancel(self, job_id: str) -> dict:
-        return self.client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel", headers=self.headers).json()
-
-    def artifacts(self, job_id: str) -> list[dict]:
-        return self.client.get(f"/v1/fine_tuning/jobs/{job_id}/artifacts", headers=self.headers).json()["data"]
-
-    def row(self, job_id: str) -> Job:
-        with session_scope(self.settings) as session:
-            return session.get(Job, job_id)
-
-    def steps(self, job_id: str) -> list[int]:
-        with session_scope(self.settings) as session:
-            query = select(MetricPoint.step).where(MetricPoint.job_id == job_id).order_by(MetricPoint.step)
-            return list(session.scalars(query))
-
-    def checkpoints(self, job_id: str) -> list[Checkpoint]:
-        with session_scope(self.settings) as session:
-            return list(session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.id)))
-
-    def events(self, job_id: str) -> list[str]:
-        with session_scope(self.settings) as session:
-            query = select(JobEvent.message).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
-            return list(session.scalars(query))
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from sqlalchemy import update
 from store.db import session_scope
 from store.models import Job
 from store.storage import open_storage
-from tests.worker.conftest import DATASET, dora_method
+from tests.support.jobs import DATASET, dora_method
 from worker.job import run_job
 
 

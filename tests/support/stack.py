@@ -1,0 +1,216 @@
+"""End to end: a real `dora api` (uvicorn) and real `dora worker` (Celery) processes.
+
+A stack (API + worker + the worker's reconciler) runs on its own database, broker and storage,
+with short leases and intervals so that crash recovery takes seconds: a lease of 6 s renewed
+every second, a reconciler pass every second, and queued jobs re-published after 2 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from tests.support.jobs import DATASET, dora_method, wait_for
+from tests.support.services import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = {"DORA_LEASE_SECONDS": "6", "DORA_HEARTBEAT_SECONDS": "1", "DORA_RECONCILE_INTERVAL_SECONDS": "1",
+        "DORA_REQUEUE_AFTER_SECONDS": "2", "DORA_AUTH_CACHE_SECONDS": "0", "DORA_DEVICE": "cpu",
+        "HF_HUB_OFFLINE": "1", "DORA_LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1"}
+# e2e jobs run longer than the worker suite's default (dora_method's 6 steps, a checkpoint every 3)
+E2E_RUN = {"max_steps": 12, "checkpoint_interval": 4}
+TIMINGS: dict = {}  # measured by the tests (not asserted), printed after the run (tests/e2e/conftest.py)
+
+
+@dataclass
+class Process:
+    """A service process in a session of its own (so SIGKILL can take its children with it)."""
+
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: the Celery parent, the job's process, the reconciler."""
+        if self.alive():
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(timeout=10)
+
+    def stop(self, timeout: float = 20) -> None:
+        if not self.alive():
+            return
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        try:  # whatever the group left behind (a reconciler between two passes)
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@dataclass
+class Api:
+    url: str
+    key: str
+    client: httpx.Client = None
+
+    def __post_init__(self) -> None:
+        self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=30)
+
+    def upload(self, content: bytes = DATASET) -> str:
+        response = self.client.post("/v1/files", files={"file": ("train.jsonl", content)},
+                                    data={"purpose": "fine-tune"})
+        assert response.status_code == 200, response.text
+        return response.json()["id"]
+
+    def create(self, method: dict | None = None, **body) -> dict:
+        method = method or dora_method(**E2E_RUN)
+        body = {"model": "tiny-llama", "training_file": self.upload(), "method": method} | body
+        response = self.client.post("/v1/fine_tuning/jobs", json=body)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def job(self, job_id: str) -> dict:
+        return self.client.get(f"/v1/fine_tuning/jobs/{job_id}").raise_for_status().json()
+
+    def wait(self, job_id: str, *statuses: str, timeout: float = 90) -> dict:
+        statuses = statuses or ("succeeded", "failed", "cancelled")
+        job = wait_for(lambda: (j := self.job(job_id))["status"] in statuses and j, timeout=timeout,
+                       what=f"job {job_id} to reach {statuses}", interval=0.2)
+        return job
+
+    def steps(self, job_id: str) -> list[int]:
+        data = self.client.get(f"/v1/fine_tuning/jobs/{job_id}/metrics", params={"limit": 10000}).json()["data"]
+        return [point["step"] for point in data]
+
+    def events(self, job_id: str) -> list[str]:
+        data = self.client.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 100}).json()["data"]
+        return [event["message"] for event in reversed(data)]  # oldest first
+
+    def checkpoints(self, job_id: str) -> list[int]:
+        data = self.client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints", params={"limit": 100}).json()["data"]
+        return sorted(c["step_number"] for c in data)
+
+    def artifacts(self, job_id: str) -> list[dict]:
+        return self.client.get(f"/v1/fine_tuning/jobs/{job_id}/artifacts").raise_for_status().json()["data"]
+
+    def cancel(self, job_id: str) -> dict:
+        return self.client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").raise_for_status().json()
+
+    def download(self, path: str) -> bytes:
+        return self.client.get(path).raise_for_status().content
+
+    def job_pid(self, job_id: str, attempt: int) -> int:
+        """The process running `attempt` (its claim event says `... started on host:pid`)."""
+        prefix = f"Attempt {attempt} of "
+        message = wait_for(lambda: next((m for m in self.events(job_id) if m.startswith(prefix)), None),
+                           timeout=60, what=f"attempt {attempt} of {job_id} to start")
+        return int(message.rsplit(":", 1)[1])
+
+
+@dataclass
+class Stack:
+    root: Path
+    env: dict
+    api: Api = None
+    api_process: Process = None
+    workers: list[Process] = field(default_factory=list)
+
+    @property
+    def settings(self):
+        from worker.settings import WorkerSettings
+
+        return WorkerSettings(database_url=self.env["DORA_DATABASE_URL"], broker_url=self.env["DORA_BROKER_URL"],
+                              storage_url=self.env["DORA_STORAGE_URL"])
+
+    def _spawn(self, name: str, args: list[str], env: dict) -> Process:
+        log = self.root / f"{name}.log"
+        handle = open(log, "ab")
+        popen = subprocess.Popen([sys.executable, "-m", "dora_cli.main", *args], cwd=ROOT, env=env, stdout=handle,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+        handle.close()
+        return Process(name, popen, log)
+
+    def start_api(self) -> Api:
+        port = free_port()
+        self.api_process = self._spawn("api", ["api", "--port", str(port)], self.env)
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _healthy(url), timeout=60, what=f"the API at {url}; log:\n{self.api_process.text()}")
+        self.api = Api(url, self._create_key())
+        return self.api
+
+    def start_worker(self, work_dir: str | None = None) -> Process:
+        env = self.env | {"DORA_WORK_DIR": work_dir or str(self.root / "work")}
+        worker = self._spawn(f"worker-{len(self.workers) + 1}", ["worker"], env)
+        self.workers.append(worker)
+        wait_for(lambda: " ready." in worker.text() or not worker.alive(), timeout=90,
+                 what=f"{worker.name} to start")
+        assert worker.alive(), worker.text()
+        return worker
+
+    def publish(self, job_id: str) -> bool:
+        from store.queue import publish_job
+
+        return publish_job(job_id, broker_url=self.env["DORA_BROKER_URL"])
+
+    def _create_key(self) -> str:
+        from store.db import session_scope
+        from store.tenants import create_api_key
+
+        with session_scope(self.settings) as session:
+            return create_api_key(session, tenant_name=f"e2e-{uuid.uuid4().hex[:8]}").key
+
+    def stop(self) -> None:
+        for process in [*self.workers, self.api_process]:
+            if process is not None:
+                process.stop()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def make_stack(root: Path, *, database_url: str, broker_url: str, tiny_model_dir: Path) -> Stack:
+    from store.migrate import upgrade
+    from store.settings import Settings
+
+    upgrade(Settings(database_url=database_url))
+    env = dict(os.environ) | FAST | {
+        "DORA_DATABASE_URL": database_url, "DORA_BROKER_URL": broker_url,
+        "DORA_STORAGE_URL": str(root / "artifacts"),
+        "DORA_BASE_MODELS": json.dumps({"tiny-llama": str(tiny_model_dir)}),
+    }
+    return Stack(root=root, env=env)
+
+
+@contextmanager
+def running_stack(root: Path, *, database_url: str, broker_url: str, tiny_model_dir: Path) -> Iterator[Stack]:
+    """An API and a worker on these backends, stopped (with their children) on exit."""
+    stack = make_stack(root, database_url=database_url, broker_url=broker_url, tiny_model_dir=tiny_model_dir)
+    try:
+        stack.start_api()
+        stack.start_worker()
+        yield stack
+    finally:
+        stack.stop()
