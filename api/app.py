@@ -3,7 +3,8 @@
 Everything a request needs (settings, session factory, storage, the publish function,
 metrics) is built here once and hung on `app.state`; routes get it through api/deps.py.
 Startup refuses an un-migrated or outdated database with a message saying to run
-`dora migrate`, rather than failing later on a missing column.
+`dora migrate`, rather than failing later on a missing column; a database that cannot be reached
+at start does not stop the API (it answers 503 and checks again, see api/schema_check.py).
 """
 
 from __future__ import annotations
@@ -12,13 +13,17 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
+from api.authentication import Authenticate
+from api.body_limit import LimitBody
 from api.errors import RejectNulInUrl, install_error_handlers
 from api.observability import MetricsMiddleware, Observability
 from api.routes import artifacts, files, health, jobs, models
+from api.schema_check import check_schema_until_reachable
+from api.unavailable import database_error_handler
 from store.db import get_engine
-from store.migrate import check_schema
 from store.queue import publish_job
 from store.settings import Settings, get_settings
 from store.storage import open_storage
@@ -39,9 +44,14 @@ def _publisher(settings: Settings, observability: Observability):
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
+    waiting = None
     if app.state.settings.check_schema_on_startup:
-        check_schema(app.state.engine)  # SchemaOutdated: "... run `dora migrate`"
+        # SchemaOutdated stops the start ("... run `dora migrate`"); an unreachable database does
+        # not: the API serves (503s until it is back) and checks again with backoff, logged.
+        waiting = await check_schema_until_reachable(app.state.engine)
     yield
+    if waiting is not None:
+        waiting.cancel()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -56,13 +66,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.read_sessionmaker = sessionmaker(bind=read_engine, expire_on_commit=False)
     app.state.storage = open_storage(settings.storage_url, endpoint_url=settings.s3_endpoint_url,
                                      region=settings.s3_region)
-    app.state.key_cache = {}
     app.state.observability = Observability()
     app.state.observability.watch_jobs(app.state.sessionmaker)
     app.state.publish = _publisher(settings, app.state.observability)
     install_error_handlers(app)
+    app.add_exception_handler(SQLAlchemyError, database_error_handler)  # unreachable: 503, Retry-After
     for router in (files.router, jobs.router, artifacts.router, models.router, health.router):
         app.include_router(router)
+    # innermost first: body limit, then authentication before it (no body is read for a bad key)
+    app.add_middleware(LimitBody, max_json_bytes=settings.max_json_body_bytes,
+                       max_upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(Authenticate, read_sessionmaker=app.state.read_sessionmaker,
+                       cache_seconds=settings.auth_cache_seconds)
     app.add_middleware(RejectNulInUrl)
     app.add_middleware(MetricsMiddleware, observability=app.state.observability)  # outermost: counts all
     return app

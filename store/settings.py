@@ -31,11 +31,18 @@ class Settings(BaseSettings):
     # under 0.1 ms of server CPU per GET measured in-process, below the run-to-run noise of
     # benchmarks/api_load.py; turn it off only for a database that never restarts under the API.
     db_pool_pre_ping: bool = True
+    # Give up on the database in seconds, not minutes: a request then answers 503 (Retry-After)
+    # instead of hanging. connect: TCP + authentication of a new connection; statement: the
+    # server cancels a statement running longer; pool: waiting for a free pooled connection.
+    db_connect_timeout_seconds: int = 5
+    db_statement_timeout_seconds: float = 30.0
+    db_pool_timeout_seconds: float = 5.0
 
     # what users may ask for. A run's defaults are the run contract's (dora_contract); these are
     # the operator's limits on top of it (api/services/limits.py).
     base_models: dict[str, str] = Field(default_factory=dict)  # name -> local path or hub id
     max_upload_bytes: int = 512 * 1024 * 1024
+    max_json_body_bytes: int = 1024 * 1024  # every request body but an upload (api/body_limit.py)
     min_rank: int = 1
     max_rank: int = 256
     max_epochs: int = 100

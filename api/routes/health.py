@@ -13,7 +13,9 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz() -> dict:
+async def healthz() -> dict:
+    """Liveness: the process answers. Never touches the database or the thread pool, so it stays
+    fast when they are exhausted or hung (readiness is /readyz)."""
     return {"status": "ok"}
 
 
