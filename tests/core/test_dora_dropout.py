@@ -165,7 +165,7 @@ def test_lora_dropout_is_peft_lora_with_the_same_masks():
         if isinstance(module, LoraLayer):
             module.lora_dropout["default"] = _SeededDropout(config.dropout)
     for model in (ours, twin):  # only the adapter dropout may draw random numbers
-        for name, module in model.named_modules():
+        for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
     ids = input_ids()
