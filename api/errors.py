@@ -75,9 +75,22 @@ async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
+def _own_param(error: dict[str, Any]) -> str | None:
+    """The `param` of an error from a check over a whole body (api/schemas/common.py StrictModel),
+    which names the place itself (in its context) below the model's own location."""
+    where = (error.get("ctx") or {}).get("param")
+    if where is None:
+        return None
+    return ".".join(p for p in (_param_from_loc(tuple(error.get("loc", ()))), where) if p and p != "body") or None
+
+
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
     errors = list(exc.errors()) or [{"msg": "invalid request"}]
     first = errors[0]
+    if (first.get("ctx") or {}).get("param") is not None:  # its message says what and where
+        body = error_body(first.get("msg", "invalid request"), type="invalid_request_error", param=_own_param(first),
+                          code="invalid_value")
+        return JSONResponse(body, status_code=400)
     param = None if first.get("type") == "json_invalid" else _param_from_loc(tuple(first.get("loc", ())))
     # a union (`'all-linear'` or a list of names) fails once per member: when one member got
     # further into the value (an item of the list), its error is the one that says what is wrong
@@ -108,6 +121,39 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
                         status_code=500)
 
 
+class AnswerUnexpected:
+    """ASGI middleware: an exception no handler took becomes the 500 answer, and stops here.
+
+    Starlette's outermost ServerErrorMiddleware also answers with `_unexpected`, but then
+    re-raises (for servers to log), and uvicorn closes the connection on an exception from the
+    app: the client's next request on that keep-alive connection failed. Here the error is
+    logged and answered, and the connection stays usable. When the response had already
+    started (a download failing mid-stream), the exception goes on up: only closing the
+    connection tells the client that the body is cut short.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def watch(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:  # noqa: BLE001 - logged by _unexpected with its traceback, answered 500
+            if started:
+                raise
+            response = await _unexpected(Request(scope), exc)
+            await response(scope, receive, send)
+
+
 class RejectNulInUrl:
     """ASGI middleware: a URL whose path or query holds a NUL character is a 400.
 
@@ -128,7 +174,13 @@ class RejectNulInUrl:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    """The handlers, and `AnswerUnexpected` around the routes: it sits inside every middleware
+    added after this call (create_app adds all of its own after), so it takes every exception
+    from the routes and their handlers (one that re-raises, too) and the middleware outside it
+    sees an ordinary 500 (counted in the metrics). The `Exception` handler stays for errors from
+    that middleware itself (answered by Starlette, then the connection is closed)."""
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(AnswerUnexpected)
