@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
-from dora_formats.records import DEFAULT_MAX_ERRORS, Example, ValidationResult
+from dora_formats.records import DEFAULT_MAX_ERRORS, MAX_JSON_DEPTH, Example, ValidationResult
+from dora_formats.rules import LONE_SURROGATE, deep_or_not_text
 from dora_formats.validate import RowValidator
 
 Source = str | os.PathLike[str] | IO[bytes] | IO[str]
@@ -64,6 +65,9 @@ def iter_jsonl_examples(
             if problem is not None:
                 validator.feed_invalid(line_number, problem)
                 continue
+            if _may_be_deep_or_not_text(text) and (found := deep_or_not_text(row)) is not None:
+                validator.feed_invalid(line_number, found[1], field=found[0])
+                continue
             example = validator.feed(line_number, row)
             if example is not None:
                 yield example
@@ -74,6 +78,16 @@ def _parse(text: str) -> tuple[Any, str | None]:
         return json.loads(text), None
     except json.JSONDecodeError as error:
         return None, f"invalid JSON: {error.msg} (column {error.colno})"
+    except RecursionError:  # ~1000 levels: far past the bound
+        return None, f"JSON nested more than {MAX_JSON_DEPTH} levels deep"
+
+
+def _may_be_deep_or_not_text(text: str) -> bool:
+    """Whether a row needs `deep_or_not_text` (a cheap test, so most rows skip the walk): a lone
+    surrogate comes from a `\\u` escape (or from a text-mode source), and nesting past the bound
+    needs more brackets than that."""
+    return ("\\u" in text or LONE_SURROGATE.search(text) is not None
+            or text.count("[") + text.count("{") > MAX_JSON_DEPTH)
 
 
 def _decode(raw: bytes | str, *, first: bool) -> tuple[str, str | None]:

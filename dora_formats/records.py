@@ -21,6 +21,10 @@ ROLES = ("system", "user", "assistant")
 TEXT_ROLE = "text"  # the single segment of a plain-text row
 
 DEFAULT_MAX_ERRORS = 50
+# Levels of arrays and objects a JSONL row may nest, the row itself being level 1. Chat rows
+# need 3 or 4; past the bound a row is an error (deeper still, Python's JSON reader raises
+# RecursionError, which is reported the same way).
+MAX_JSON_DEPTH = 64
 
 
 @dataclass(frozen=True, slots=True)

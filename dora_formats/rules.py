@@ -19,12 +19,14 @@ A row's format is recognised from its keys, first match wins: `messages` -> chat
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from dora_formats.records import (
     ALPACA,
     CHAT,
+    MAX_JSON_DEPTH,
     PROMPT_COMPLETION,
     ROLES,
     TEXT,
@@ -34,6 +36,11 @@ from dora_formats.records import (
 )
 
 Problem = tuple[str | None, str]  # (field path or None, message)
+
+# `\ud800` in JSON text is valid JSON (RFC 8259 allows the escape) but not Unicode text: no
+# tokenizer, UTF-8 encoder or database takes it. A surrogate pair is joined by the JSON reader,
+# so any surrogate left in a parsed string is a lone one.
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 ALPACA_INPUT_SEPARATOR = "\n\n"
 
@@ -53,6 +60,39 @@ def json_type(value: object) -> str:
     if isinstance(value, Mapping):
         return "object"
     return type(value).__name__
+
+
+def deep_or_not_text(value: object, path: str = "", depth: int = 1) -> Problem | None:
+    """The first array or object nested more than MAX_JSON_DEPTH levels deep, or string or key
+    holding a lone surrogate, in a parsed row (`path` like `messages[1].content`); None if none."""
+    if isinstance(value, str):
+        match = LONE_SURROGATE.search(value)
+        return None if match is None else (path or None, _lone_surrogate("field", path or "row", match.group()))
+    if not isinstance(value, dict | list):
+        return None
+    if depth > MAX_JSON_DEPTH:
+        return path or None, f"JSON nested more than {MAX_JSON_DEPTH} levels deep"
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if (problem := deep_or_not_text(item, f"{path}[{index}]", depth + 1)) is not None:
+                return problem
+        return None
+    for key, item in value.items():
+        where = f"{path}.{key}" if path else str(key)
+        if isinstance(key, str) and (match := LONE_SURROGATE.search(key)) is not None:
+            shown = LONE_SURROGATE.sub(lambda m: _escaped(m.group()), where)
+            return shown, _lone_surrogate("key", shown, match.group())
+        if (problem := deep_or_not_text(item, where, depth + 1)) is not None:
+            return problem
+    return None
+
+
+def _escaped(character: str) -> str:
+    return f"\\u{ord(character):04x}"
+
+
+def _lone_surrogate(what: str, where: str, character: str) -> str:
+    return f"{what} '{where}' contains a lone surrogate ({_escaped(character)}), which is not valid Unicode text"
 
 
 def detect_format(row: Mapping[str, Any]) -> str | None:

@@ -36,10 +36,11 @@ class RowValidator:
     def skip_blank(self) -> None:
         self.blank_lines += 1
 
-    def feed_invalid(self, line: int, message: str) -> None:
-        """A row that could not even be parsed (bad JSON, bad encoding, over-long line)."""
+    def feed_invalid(self, line: int, message: str, *, field: str | None = None) -> None:
+        """A row that could not even be parsed (bad JSON, bad encoding, over-long line), or
+        not be read as data (nested too deep, a lone surrogate)."""
         self.rows += 1
-        self.add_error(line, message)
+        self.add_error(line, message, field=field)
 
     def feed(self, line: int, row: object) -> Example | None:
         """Check one parsed row; returns its normalised Example, or None if it has problems."""

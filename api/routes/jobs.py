@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated
+from urllib.parse import unquote_to_bytes
 
 from fastapi import APIRouter, Header, Query, Request
 from pydantic import WithJsonSchema
@@ -20,6 +21,25 @@ router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 _METADATA_PARAM = re.compile(r"^metadata\[(.{1,64})\]$")
 # documented as the JobStatus enum; checked by the service, whose 400 names the wrong value
 StatusFilter = Annotated[str | None, WithJsonSchema({"type": "string", "enum": [s.value for s in JobStatus]})]
+
+
+def _metadata_filters(query_string: bytes) -> list[tuple[str, str]]:
+    """The `metadata...` query parameters, decoded strictly: a name or value that is not UTF-8
+    once percent-decoded is a 400 naming it. (Starlette's query_params turn such bytes into
+    U+FFFD, a filter that silently matches nothing; stored metadata is valid text.)"""
+    filters = []
+    for part in query_string.split(b"&"):
+        raw_name, _, raw_value = part.replace(b"+", b" ").partition(b"=")
+        name_bytes = unquote_to_bytes(raw_name)
+        if not name_bytes.startswith(b"metadata"):
+            continue
+        name = name_bytes.decode("utf-8", "backslashreplace")[:80]
+        try:
+            filters.append((name_bytes.decode("utf-8"), unquote_to_bytes(raw_value).decode("utf-8")))
+        except UnicodeDecodeError as error:
+            raise bad_request(f"Invalid metadata filter '{name}': not valid UTF-8 once percent-decoded "
+                              f"(byte 0x{error.object[error.start]:02x})", param=name) from None
+    return filters
 
 
 def _page(items: list, rows: list, has_more: bool) -> ListPage:
@@ -43,12 +63,11 @@ def create_job(body: JobCreate, caller: TenantDep, session: SessionDep, settings
 def list_jobs(request: Request, caller: TenantDep, session: SessionDep, after: str | None = None,
               limit: int = 20, status: StatusFilter = None) -> ListPage[FineTuningJob]:
     metadata = {}
-    for name, value in request.query_params.multi_items():
-        if name.startswith("metadata"):
-            match = _METADATA_PARAM.match(name)
-            if match is None:
-                raise bad_request(f"Invalid metadata filter '{name[:80]}': use metadata[key]=value", param=name[:80])
-            metadata[match.group(1)] = value
+    for name, value in _metadata_filters(request.scope["query_string"]):
+        match = _METADATA_PARAM.match(name)
+        if match is None:
+            raise bad_request(f"Invalid metadata filter '{name[:80]}': use metadata[key]=value", param=name[:80])
+        metadata[match.group(1)] = value
     rows, has_more = job_service.list_jobs(session=session, tenant_id=caller.tenant_id, after=after, limit=limit,
                                            status=status, metadata=metadata)
     return _page([job_out(r) for r in rows], rows, has_more)

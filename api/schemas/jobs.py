@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, create_model, field_validator, model_validator
 
-from api.schemas.common import StrictModel, find_nul
+from api.schemas.common import StrictModel
 from api.schemas.run_fields import adapter_fields, contract_type, training_fields
 from dora_contract import OUTPUTS, RunSettings, TrainingSettings
 
@@ -93,14 +93,6 @@ class JobCreate(StrictModel):
     integrations: list[dict[str, Any]] | None = None
     outputs: Output = OUTPUTS
     max_attempts: int | None = Field(default=None, ge=1, le=10)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_nul(cls, value: Any) -> Any:
-        """PostgreSQL text and JSON cannot hold NUL: refuse it here, naming where, not with a 500."""
-        if (where := find_nul(value)) is not None:
-            raise ValueError(f"'{where}' contains a NUL character (\\u0000), which is not allowed")
-        return value
 
     @field_validator("metadata")
     @classmethod

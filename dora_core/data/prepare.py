@@ -5,7 +5,9 @@ before any tokenisation), split off validation rows, render, tokenise, truncate,
 
 Rows that validate but turn out unusable after tokenisation (no tokens, no trained token left
 after truncation, template failure) are dropped and listed in the report with their line
-numbers and a warning; the run goes on with the rest. If every row of the training (or
+numbers and a warning; the run goes on with the rest. Rows the tokenizer raises on are not
+dropped: they are a DatasetFormatError naming their lines (such input should not have passed
+validation, and a run without them is not the run asked for). If every row of the training (or
 validation) set is dropped, DatasetFormatError is raised with those rows, since no run could
 succeed. The validation set is never packed: eval loss is measured on whole examples.
 """
@@ -26,7 +28,7 @@ from dora_core.data.report import rendered_example, split_report, warnings_for
 from dora_core.data.sources import file_sha256, read_examples
 from dora_core.data.split import split_examples
 from dora_core.data.templates import RenderedExample, RenderError, chat_template_for, render_example
-from dora_core.data.tokenization import DroppedRow, TokenizedExample, tokenize_examples
+from dora_core.data.tokenization import DroppedRow, TokenizedExample, TokenizerError, tokenize_examples
 from dora_formats import DatasetFormatError, Example, ValidationIssue
 
 
@@ -129,7 +131,11 @@ def _tokenize_split(
     split: _Split, tokenizer: Any, *, template: str, train_on_inputs: bool, max_seq_len: int
 ) -> tuple[list[TokenizedExample], dict[str, Any]]:
     rendered, dropped = _render_all(split.examples, tokenizer, template=template, train_on_inputs=train_on_inputs)
-    tokenized, more_dropped = tokenize_examples(rendered, tokenizer, max_seq_len=max_seq_len)
+    try:
+        tokenized, more_dropped = tokenize_examples(rendered, tokenizer, max_seq_len=max_seq_len)
+    except TokenizerError as failure:  # the data's doing: the same on every attempt
+        issues = [ValidationIssue(row.line, row.reason, unit=split.unit) for row in failure.rows]
+        raise DatasetFormatError(issues, source=f"{split.source} ({split.name})") from failure
     dropped = sorted(dropped + more_dropped, key=lambda row: row.line)
     if not tokenized:
         issues = [ValidationIssue(row.line, row.reason, unit=split.unit) for row in dropped]

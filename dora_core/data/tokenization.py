@@ -12,6 +12,10 @@ piece at span boundaries instead; that can differ from whole-text tokenisation a
 Truncation keeps the first `max_seq_len` tokens. Rows that end up unusable are returned as
 `DroppedRow`s, never silently lost: no tokens at all, or no trained token left (`prepare`
 decides what to do with them).
+
+A row the tokenizer raises on (a Rust tokenizer's TypeError on text it cannot take) is a
+`TokenizerError` naming every such row by line: a property of the data, which no retry
+changes (`prepare` reports it as a DatasetFormatError, which fails the job at once).
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from dora_core.data.templates import RenderedExample, Span
 
 IGNORE_INDEX = -100
 _BATCH = 512  # rows per call into the Rust tokenizer
+# what tokenizers raise on input they cannot take (the Rust one: TypeError for text that is not
+# valid Unicode); anything else (a time limit, an interrupt) is not about the data and goes on up
+_REFUSED_INPUT = (TypeError, ValueError)
 
 
 @dataclass(slots=True)
@@ -44,21 +51,56 @@ class DroppedRow:
     reason: str
 
 
+class TokenizerError(ValueError):
+    """The tokenizer raised on these rows (`rows`: line and reason each)."""
+
+    def __init__(self, rows: Sequence[DroppedRow]) -> None:
+        self.rows = list(rows)
+        super().__init__("; ".join(f"line {row.line}: {row.reason}" for row in self.rows[:5]))
+
+
 def tokenize_examples(
     rendered: Sequence[RenderedExample], tokenizer: Any, *, max_seq_len: int
 ) -> tuple[list[TokenizedExample], list[DroppedRow]]:
-    """Tokenise, label and truncate every row; unusable rows come back as DroppedRow."""
+    """Tokenise, label and truncate every row; unusable rows come back as DroppedRow.
+
+    Raises TokenizerError, after trying every row, if the tokenizer raised on any."""
     kept: list[TokenizedExample] = []
     dropped: list[DroppedRow] = []
+    failed: list[DroppedRow] = []
     for start in range(0, len(rendered), _BATCH):
         batch = rendered[start : start + _BATCH]
-        for row, (ids, labels) in zip(batch, _tokenize_batch(batch, tokenizer), strict=True):
-            example, problem = _truncate(row.line, ids, labels, max_seq_len)
+        for row, encoded in zip(batch, _tokenize_guarded(batch, tokenizer, failed), strict=True):
+            if encoded is None:
+                continue
+            example, problem = _truncate(row.line, *encoded, max_seq_len)
             if example is None:
                 dropped.append(DroppedRow(row.line, problem))
             else:
                 kept.append(example)
+    if failed:
+        raise TokenizerError(failed)
     return kept, dropped
+
+
+def _tokenize_guarded(
+    batch: Sequence[RenderedExample], tokenizer: Any, failed: list[DroppedRow]
+) -> list[tuple[list[int], list[int]] | None]:
+    """`_tokenize_batch`, and when the tokenizer raises, row by row to find the rows it refuses
+    (None for each, with its reason added to `failed`)."""
+    try:
+        return _tokenize_batch(batch, tokenizer)
+    except _REFUSED_INPUT:
+        pass  # the rows that cause it are found below
+    results: list[tuple[list[int], list[int]] | None] = []
+    for row in batch:
+        try:
+            results.append(_tokenize_batch([row], tokenizer)[0])
+        except _REFUSED_INPUT as error:
+            reason = f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+            failed.append(DroppedRow(row.line, f"the tokenizer cannot encode this row ({reason})"))
+            results.append(None)
+    return results
 
 
 def _tokenize_batch(batch: Sequence[RenderedExample], tokenizer: Any) -> list[tuple[list[int], list[int]]]:

@@ -39,6 +39,25 @@ def raw(content: bytes, content_type: str = "application/json") -> Callable[[Ctx
     return lambda ctx: {"content": content, "headers": {"Content-Type": content_type}}
 
 
+def raw_job(members: str) -> Callable[[Ctx], dict]:
+    """A job body written as JSON text, for what `json=` cannot send (lone surrogates, deep nesting)."""
+
+    def body(ctx: Ctx) -> dict:
+        text = f'{{"model": "tiny-llama", "training_file": "{ctx.file_id}", {members}}}'
+        return {"content": text.encode(), "headers": {"Content-Type": "application/json"}}
+
+    return body
+
+
+def nested(levels: int, leaf: str = "1") -> str:
+    """JSON text of `levels` objects, each the value of key "a" of the one around it."""
+    return '{"a": ' * levels + leaf + "}" * levels
+
+
+def file_content(ctx: Ctx) -> str:
+    return f"/v1/files/{ctx.file_id}/content"
+
+
 def upload(content: bytes | None = CHAT_ROW, purpose: str | None = "fine-tune", filename: str = "d.jsonl"):
     def body(ctx: Ctx) -> dict:
         files = {"file": (filename, content)} if content is not None else {"unused": (None, "x")}
@@ -51,7 +70,7 @@ def upload(content: bytes | None = CHAT_ROW, purpose: str | None = "fine-tune", 
 class Case:
     id: str
     method: str
-    path: str
+    path: str | Callable[[Ctx], str]
     request: Callable[[Ctx], dict]
     status: int
     says: str  # must appear in error.message
@@ -204,6 +223,40 @@ CASES = [
          "method.dora.hyperparameters.max_grad_norm"),
     Case("body-nested-too-deep", "POST", JOBS, raw(b"[" * 100_000), 400, ""),
     Case("wrong-method", "PUT", JOBS, lambda c: {}, 405, "Method Not Allowed"),
+    # --- found by the security campaign ([reliability] no poison input): each was a 500, or
+    # stored and a 500 later. JSON text with an escaped lone surrogate is valid JSON that no
+    # UTF-8 text (PostgreSQL's, a response's, a tokenizer's) can hold.
+    Case("surrogate-in-metadata-value", "POST", JOBS, raw_job(r'"metadata": {"k": "a\udc80"}'), 400,
+         "'metadata.k' contains a lone surrogate (\\udc80)", "metadata.k"),
+    Case("surrogate-in-metadata-key", "POST", JOBS, raw_job(r'"metadata": {"k\udc80": "v"}'), 400,
+         "'metadata.k\\udc80' contains a lone surrogate", "metadata.k\\udc80"),
+    Case("surrogate-deep-in-method", "POST", JOBS,
+         raw_job(r'"method": {"type": "dora", "dora": {"target_modules": ["q_proj\ud800"]}}'), 400,
+         "lone surrogate (\\ud800)", "method.dora.target_modules.0"),
+    Case("surrogates-reversed-pair", "POST", JOBS, raw_job(r'"suffix": "\udc00\ud800"'), 400, "lone surrogate",
+         "suffix"),
+    Case("nul-param-named", "POST", JOBS, job({"metadata": {"k": "a\x00b"}}), 400, "NUL", "metadata.k"),
+    Case("body-nested-33-levels", "POST", JOBS, raw_job(f'"dpo": {nested(40)}'), 400, "nested more than 32 levels",
+         "dpo" + ".a" * 31),
+    Case("body-nested-deep-in-a-list", "POST", JOBS, raw_job('"integrations": ' + "[" * 40 + "]" * 40), 400,
+         "nested more than 32 levels", "integrations" + ".0" * 31),
+    Case("metadata-filter-not-utf8", "GET", f"{JOBS}?metadata%5Bk%5D=%ED%B2%80", lambda c: {}, 400, "UTF-8",
+         "metadata[k]"),
+    Case("metadata-filter-key-not-utf8", "GET", f"{JOBS}?metadata%5B%FF%5D=v", lambda c: {}, 400, "UTF-8",
+         "metadata[\\xff]"),
+    Case("range-start-past-int-digit-limit", "GET", file_content,
+         lambda c: {"headers": {"Range": "bytes=" + "9" * 4301 + "-"}}, 416, "not satisfiable", "Range"),
+    Case("upload-nested-100k-deep", "POST", "/v1/files",
+         upload(content=CHAT_ROW + b'{"text": "t", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"), 400,
+         "line 2: JSON nested more than", "file"),
+    Case("upload-nested-past-the-bound", "POST", "/v1/files",
+         upload(content=b'{"text": "t", "x": ' + nested(100).encode() + b"}\n"), 400, "line 1: JSON nested more than",
+         "file"),
+    Case("upload-lone-surrogate-in-text", "POST", "/v1/files", upload(content=b'{"text": "a\\ud800b"}\n'), 400,
+         "line 1: field 'text' contains a lone surrogate (\\ud800)", "file"),
+    Case("upload-lone-surrogate-in-chat", "POST", "/v1/files",
+         upload(content=CHAT_ROW + CHAT_ROW.replace(b"hello", b"hel\\udfffo")), 400,
+         "line 2: field 'messages[1].content' contains a lone surrogate", "file"),
 ]
 
 
@@ -214,7 +267,8 @@ def test_bad_input_is_a_4xx_naming_the_problem_and_leaves_nothing(case: Case, te
     request = case.request(ctx)
     headers = tenant.headers | request.pop("headers", {})
     headers = {k: v for k, v in headers.items() if v}
-    response = tenant.client.request(case.method, case.path, headers=headers, **request)
+    path = case.path(ctx) if callable(case.path) else case.path
+    response = tenant.client.request(case.method, path, headers=headers, **request)
     assert response.status_code == case.status, response.text
     error = response.json()["error"]
     assert set(error) >= {"message", "type", "param", "code"}
@@ -234,3 +288,15 @@ def test_a_metrics_cursor_outside_the_step_range_is_a_400(tenant, after):
     job_id = tenant.job()["id"]
     response = tenant.get(f"{JOBS}/{job_id}/metrics", params={"after": after})
     assert response.status_code == 400 and response.json()["error"]["param"] == "after", response.text
+
+
+def test_a_refused_metadata_key_leaves_the_tenants_metadata_filters_working(tenant):
+    """A lone surrogate in a metadata key was stored, and from then on every metadata-filtered
+    list of the tenant was a 500 (PostgreSQL cannot read such a key back out of JSON)."""
+    refused = tenant.post(JOBS, headers={"Content-Type": "application/json"},
+                          content=f'{{"model": "tiny-llama", "training_file": "{tenant.file_id()}", '
+                                  r'"metadata": {"\udc80": "v"}}'.encode())
+    assert refused.status_code == 400, refused.text
+    job_id = tenant.job({"metadata": {"team": "a"}})["id"]
+    listed = tenant.get(JOBS, params={"metadata[team]": "a"})
+    assert listed.status_code == 200 and [j["id"] for j in listed.json()["data"]] == [job_id], listed.text

@@ -203,6 +203,53 @@ def test_over_long_line_is_reported_and_skipped_without_breaking_the_next_lines(
     assert result.rows == 4
 
 
+def test_nesting_past_the_bound_is_a_line_error_not_a_recursion_error():
+    """100,000 nested arrays made json.loads raise RecursionError, which escaped validation (a 500)."""
+    from dora_formats import MAX_JSON_DEPTH
+
+    deep = '{"text": "t", "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    past = '{"text": "t", "x": ' + "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH + "}"  # the row is one more level
+    within = '{"text": "t", "x": ' + "[" * (MAX_JSON_DEPTH - 1) + "]" * (MAX_JSON_DEPTH - 1) + "}"
+    result = validate_jsonl(io.BytesIO(jsonl({"text": "a"}, deep, past, within)))
+    message = f"JSON nested more than {MAX_JSON_DEPTH} levels deep"
+    assert [(issue.line, issue.message) for issue in result.errors] == [(2, message), (3, message)]
+    assert result.errors[1].field == "x" + "[0]" * (MAX_JSON_DEPTH - 1)
+    assert result.rows == 4
+
+
+def test_lone_surrogates_are_refused_with_line_and_field(tmp_path: Path):
+    """`\\ud800` is valid JSON but not text any tokenizer (or UTF-8) can hold: the job failed 3 times."""
+    data = jsonl({"text": "fine"}, r'{"text": "a\ud800b"}', r'{"text": "ok", "extra": {"k\udc80": 1}}',
+                 r'{"text": "\ud83d\ude00 a pair is fine"}')
+    result = validate_jsonl(io.BytesIO(data))
+    assert [(issue.line, issue.field, issue.message) for issue in result.errors] == [
+        (2, "text", "field 'text' contains a lone surrogate (\\ud800), which is not valid Unicode text"),
+        (3, "extra.k\\udc80",
+         "key 'extra.k\\udc80' contains a lone surrogate (\\udc80), which is not valid Unicode text"),
+    ]
+    chat_data = jsonl(chat(USER, ANSWER), r'{"messages": [{"role": "user", "content": "hi"}, '
+                                          r'{"role": "assistant", "content": "\udfff"}]}')
+    assert [(issue.line, issue.field) for issue in validate_jsonl(io.BytesIO(chat_data)).errors] == [
+        (2, "messages[1].content")]
+    path = tmp_path / "surrogate.jsonl"
+    path.write_bytes(data)
+    with pytest.raises(DatasetFormatError, match="line 2: field 'text' contains a lone surrogate"):
+        read_jsonl_examples(path)
+
+
+def test_dora_core_loading_applies_the_same_checks(tmp_path: Path):
+    """The worker reads datasets through dora_core.data.read_examples: same bound, same messages."""
+    pytest.importorskip("torch")
+    from dora_core.data import read_examples
+
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(jsonl({"text": "a"}, "[" * 100_000 + "]" * 100_000, r'{"text": "a\ud800b"}'))
+    with pytest.raises(DatasetFormatError) as caught:
+        read_examples(path)
+    assert [(issue.line, issue.message.split(",")[0]) for issue in caught.value.errors] == [
+        (2, "JSON nested more than 64 levels deep"), (3, "field 'text' contains a lone surrogate (\\ud800)")]
+
+
 class ReadlineOnly:
     """A file object offering nothing but readline(size): proves validation streams line by line."""
 

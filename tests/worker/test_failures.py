@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from celery.exceptions import SoftTimeLimitExceeded
 
@@ -36,3 +37,29 @@ def test_anything_else_is_retried_and_the_last_attempt_names_the_error_in_one_li
     final = exhausted(failure, attempts=3)
     assert final.code == "attempts_exhausted" and not final.retry
     assert final.message == "The job failed on all 3 attempts; the last error was: OSError: disk full"
+
+
+def test_a_dataset_the_tokenizer_cannot_take_fails_the_job_at_once_naming_the_line(tmp_path, tiny_model_dir,
+                                                                                    monkeypatch):
+    """A row the tokenizer raises on (a lone surrogate: TypeError from the Rust tokenizer) was an
+    internal error, retried on every attempt; now it fails the job at once, naming the line."""
+    import importlib
+
+    from dora_core.data import prepare_datasets
+    from dora_core.model_loading import load_tokenizer
+    from dora_formats import Example, Segment, read_jsonl_examples
+
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"text": "good"}\n{"text": "also good"}\n{"text": "bad"}\n')
+    examples, result = read_jsonl_examples(path)
+    poisoned = [*examples[:2], Example(line=3, format="text", segments=(Segment("text", "a\ud800b", True),))]
+    # a row today's validation refuses, as a file stored before it (or a gap in it) would bring
+    monkeypatch.setattr(importlib.import_module("dora_core.data.prepare"), "read_examples",
+                        lambda *args, **kw: (poisoned, result))
+    tokenizer = load_tokenizer(tiny_model_dir, local_files_only=True)
+    with pytest.raises(DatasetFormatError) as caught:
+        prepare_datasets(path, tokenizer, max_seq_len=32)
+    failure = describe(caught.value, training_file="file-abc")
+    assert (failure.code, failure.retry, failure.param) == ("invalid_training_file", False, "training_file")
+    assert failure.message.startswith("The training file file-abc cannot be used for training: 1 problem(s): "
+                                      "line 3: the tokenizer cannot encode this row (TypeError: "), failure.message
