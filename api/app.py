@@ -18,7 +18,7 @@ from sqlalchemy.orm import sessionmaker
 
 from api.authentication import Authenticate
 from api.body_limit import LimitBody
-from api.errors import RejectNulInUrl, install_error_handlers
+from api.errors import AnswerUnexpected, RejectNulInUrl, install_error_handlers
 from api.observability import MetricsMiddleware, Observability
 from api.routes import artifacts, files, health, jobs, models
 from api.schema_check import check_schema_until_reachable
@@ -79,5 +79,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(Authenticate, read_sessionmaker=app.state.read_sessionmaker,
                        cache_seconds=settings.auth_cache_seconds)
     app.add_middleware(RejectNulInUrl)
+    app.add_middleware(AnswerUnexpected)  # also around our own middleware: a 500 keeps the connection
     app.add_middleware(MetricsMiddleware, observability=app.state.observability)  # outermost: counts all
     return app

@@ -13,6 +13,17 @@ machine does not distort the way it distorts p99). Measured, not asserted (targe
 GET < 50 ms at 50 clients, zero errors).
 
     python benchmarks/api_load.py --clients 50 --jobs 2 --polls 40 --poll-interval 0.5 --server-workers 2
+
+Two more modes measure what a burst and slow clients do to everyone else (issue [reliability]):
+
+    python benchmarks/api_load.py --mode burst           # 100 creates at once on a cold key cache
+    python benchmarks/api_load.py --mode slow-uploads    # 50 uploads at 1 byte/s beside 50 pollers
+
+`burst`: every client opens its connection, then all create at the same instant, just after the
+key cache expired, through a small database pool (`--pool-size`), so every request needs a key
+lookup and a connection at once. `slow-uploads`: one tenant's uploads trickle their bodies while
+another tenant's clients poll a job; each prints 5xx counts and latencies (target: 0 x 5xx,
+polls p99 < 100 ms while the uploads trickle).
 """
 
 from __future__ import annotations
@@ -36,12 +47,25 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+# burst: the key cache lives this long, so the burst can arrive just after it expired
+BURST_CACHE_SECONDS = 1.0
+# server settings per mode (the tenant caps are raised so the load measures the server, not the quota)
+MODE_SETTINGS = {
+    "steady": {},
+    "burst": {"DORA_AUTH_CACHE_SECONDS": str(BURST_CACHE_SECONDS)},
+    "slow-uploads": {},
+}
 CHAT_ROW = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=("steady", "burst", "slow-uploads"), default="steady")
     parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--burst", type=int, default=100, help="burst mode: creates sent at once")
+    parser.add_argument("--slow-uploads", type=int, default=50, help="slow-uploads mode: trickling uploads")
+    parser.add_argument("--trickle-seconds", type=float, default=20.0, help="slow-uploads mode: how long they trickle")
+    parser.add_argument("--pool-size", type=int, default=None, help="the server's DORA_DB_POOL_SIZE (no overflow)")
     parser.add_argument("--jobs", type=int, default=2, help="jobs created per client")
     parser.add_argument("--polls", type=int, default=40, help="GET job requests per client")
     parser.add_argument("--poll-interval", type=float, default=0.5,
@@ -187,6 +211,99 @@ async def run_clients(base_url: str, key: str, args: argparse.Namespace,
         return recorder, created, time.perf_counter() - started
 
 
+async def run_burst(base_url: str, key: str, args: argparse.Namespace) -> dict:
+    """`args.burst` clients connect, wait for the key cache to expire, then all create at once."""
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=60) as setup:
+        upload = await setup.post("/v1/files", files={"file": ("train.jsonl", CHAT_ROW * 20)},
+                                  data={"purpose": "fine-tune"})
+        upload.raise_for_status()
+    recorder, connected = Recorder(), asyncio.Barrier(args.burst + 1)
+    body = {"model": "tiny-llama", "training_file": upload.json()["id"],
+            "method": {"type": "dora", "dora": {"hyperparameters": {"max_steps": 10}}}}
+    statuses: list[int] = []
+
+    async def one() -> None:
+        async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=60) as http:
+            await http.get("/healthz")  # connected: the creates then arrive together
+            await connected.wait()
+            started = time.perf_counter()
+            try:
+                response = await http.post("/v1/fine_tuning/jobs", json=body)
+            except httpx.HTTPError as error:
+                recorder.errors.append(f"create_job: {type(error).__name__}")
+                return
+            recorder.latency.setdefault("create_job", []).append((time.perf_counter() - started) * 1000)
+            statuses.append(response.status_code)
+
+    tasks = [asyncio.create_task(one()) for _ in range(args.burst)]
+    await asyncio.sleep(BURST_CACHE_SECONDS + 0.5)  # every client connected, the cached key expired
+    started = time.perf_counter()
+    await connected.wait()
+    await asyncio.gather(*tasks)
+    wall = time.perf_counter() - started
+    return {"burst": args.burst, "statuses": {str(code): statuses.count(code) for code in sorted(set(statuses))},
+            "server_errors_5xx": sum(1 for code in statuses if code >= 500), "transport_errors": len(recorder.errors),
+            "create_job": recorder.summary("create_job", wall), "wall_s": round(wall, 2)}
+
+
+async def _trickle_upload(host: str, port: int, key: str, stop: asyncio.Event) -> str:
+    """A multipart upload sending one byte a second; returns how it ended."""
+    reader, writer = await asyncio.open_connection(host, port)
+    head = (f"POST /v1/files HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
+            "Content-Type: multipart/form-data; boundary=xyz\r\nContent-Length: 1000000\r\n\r\n"
+            '--xyz\r\nContent-Disposition: form-data; name="file"; filename="d.jsonl"\r\n\r\n')
+    writer.write(head.encode())
+    try:
+        while not stop.is_set():
+            writer.write(b"{")
+            await writer.drain()
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
+        return "trickled"
+    except OSError as error:
+        return f"closed: {type(error).__name__}"
+    finally:
+        writer.close()
+
+
+async def run_slow_uploads(base_url: str, upload_key: str, poll_key: str, args: argparse.Namespace) -> dict:
+    """`args.slow_uploads` uploads trickle for `args.trickle_seconds` while `args.clients` poll."""
+    host, port = base_url.removeprefix("http://").split(":")
+    limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
+    async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {poll_key}"}, limits=limits,
+                                 timeout=30) as http:
+        upload = await http.post("/v1/files", files={"file": ("train.jsonl", CHAT_ROW * 20)},
+                                 data={"purpose": "fine-tune"})
+        upload.raise_for_status()
+        job = await http.post("/v1/fine_tuning/jobs",
+                              json={"model": "tiny-llama", "training_file": upload.json()["id"]})
+        job.raise_for_status()
+        job_id = job.json()["id"]
+        stop = asyncio.Event()
+        uploads = [asyncio.create_task(_trickle_upload(host, int(port), upload_key, stop))
+                   for _ in range(args.slow_uploads)]
+        await asyncio.sleep(2.0)  # every upload is in, authenticated and streaming
+        recorder, started = Recorder(), time.perf_counter()
+
+        async def poller() -> None:
+            await asyncio.sleep(random.uniform(0, args.poll_interval))
+            while time.perf_counter() - started < args.trickle_seconds - 2.0:
+                await recorder.call("get_job", http.get(f"/v1/fine_tuning/jobs/{job_id}"))
+                await asyncio.sleep(args.poll_interval * random.uniform(0.8, 1.2))
+
+        await asyncio.gather(*(poller() for _ in range(args.clients)))
+        wall = time.perf_counter() - started
+        stop.set()
+        endings = await asyncio.gather(*uploads)
+    server_errors = sum(1 for e in recorder.errors if " HTTP 5" in e)
+    return {"slow_uploads": args.slow_uploads, "upload_endings": {e: endings.count(e) for e in set(endings)},
+            "pollers": args.clients, "get_job": recorder.summary("get_job", wall), "server_errors_5xx": server_errors,
+            "errors": len(recorder.errors), "error_samples": recorder.errors[:5], "wall_s": round(wall, 2)}
+
+
 def check_stored_once(database_url: str, created: dict[str, str]) -> dict:
     from sqlalchemy import create_engine, text
 
@@ -230,9 +347,25 @@ def main() -> int:
             upgrade(settings)
             with session_scope(settings) as session:
                 key = create_api_key(session, tenant_name="load").key
+                other_key = create_api_key(session, tenant_name="load-pollers").key
+            env |= MODE_SETTINGS[args.mode]
+            if args.pool_size:
+                env |= {"DORA_DB_POOL_SIZE": str(args.pool_size), "DORA_DB_MAX_OVERFLOW": "0"}
             port = free_port()
             server = start_server(env, port, args.server_workers)
-            recorder, created, wall = asyncio.run(run_clients(f"http://127.0.0.1:{port}", key, args, server.pid))
+            base_url = f"http://127.0.0.1:{port}"
+            common = {"benchmark": "api_load", "mode": args.mode, "database": "postgresql",
+                      "server_workers": args.server_workers, "pool_size": args.pool_size, "cpus": os.cpu_count(),
+                      "load_avg_1m_before": load_before}
+            if args.mode == "burst":
+                result = common | asyncio.run(run_burst(base_url, key, args)) | check_jobs_unique(database_url)
+                result["load_avg_1m"] = round(os.getloadavg()[0], 2)
+                return _print(result)
+            if args.mode == "slow-uploads":
+                result = common | asyncio.run(run_slow_uploads(base_url, key, other_key, args))
+                result["load_avg_1m"] = round(os.getloadavg()[0], 2)
+                return _print(result)
+            recorder, created, wall = asyncio.run(run_clients(base_url, key, args, server.pid))
             result = {
                 "benchmark": "api_load", "database": "postgresql", "clients": args.clients,
                 "poll_interval_s": args.poll_interval, "server_workers": args.server_workers,
@@ -253,8 +386,22 @@ def main() -> int:
 
         dispose_engines()
         drop_database(args.pg_admin_url, name)
-    print(json.dumps(result))
+    return _print(result)
+
+
+def _print(result: dict) -> int:
+    print(json.dumps(result), flush=True)
     return 0
+
+
+def check_jobs_unique(database_url: str) -> dict:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    with engine.connect() as connection:
+        count = connection.execute(text("SELECT count(*) FROM jobs")).scalar()
+    engine.dispose()
+    return {"jobs_in_db": count}
 
 
 if __name__ == "__main__":
