@@ -33,6 +33,7 @@ from store.archive import tar_size
 from store.ids import new_id
 from store.job_status import ACTIVE, TERMINAL, JobStatus  # noqa: F401 - re-exported: import them from here
 from store.models import Artifact, Checkpoint, File, Job, JobEvent, MetricPoint, Tenant, utcnow
+from store.notify import job_changed
 
 
 class InvalidTransition(Exception):  # noqa: N818 - named for the refused state change, like SQLAlchemy's NoResultFound
@@ -98,9 +99,27 @@ def abandoned(now: datetime) -> ColumnElement[bool]:
 
 
 def _event(job_id: str, message: str, *, level: str = "info", type: str = "message", data: dict | None = None,
-           now: datetime | None = None) -> JobEvent:
+           now: datetime | None = None, seq: int | None = None) -> JobEvent:
+    """An event row; `seq` is set by _add_events (or by create_job for a job's first events)."""
     return JobEvent(id=new_id("event"), job_id=job_id, message=message, level=level, type=type, data=data,
-                    created_at=now or utcnow())
+                    created_at=now or utcnow(), seq=seq)
+
+
+def _add_events(session: Session, job_id: str, *events: JobEvent) -> None:
+    """Number the job's new events and add them; streams are told at commit (store/notify.py).
+
+    `jobs.event_seq` is bumped by an UPDATE, which holds the job row's lock until the commit, so
+    a job's events are numbered in commit order: a reader that has seen seq n has seen every
+    event before it, which event streams resume by. (Ids are time-ordered, but two processes'
+    ids are not in commit order: clocks differ, and an id is made before its commit.)
+    """
+    statement = (update(Job).where(Job.id == job_id).values(event_seq=Job.event_seq + len(events))
+                 .returning(Job.event_seq))
+    last = session.execute(statement, execution_options={"synchronize_session": False}).scalar_one()
+    for seq, event in enumerate(events, start=last - len(events) + 1):
+        event.seq = seq
+    session.add_all(events)
+    job_changed(session, job_id)
 
 
 def _changed(session: Session, statement) -> int:
@@ -124,11 +143,12 @@ def create_job(session: Session, *, tenant_id: str, model: str, training_file: s
     job = Job(id=new_id("job"), tenant_id=tenant_id, model=model, training_file=training_file,
               validation_file=validation_file, status=JobStatus.QUEUED, method=method, settings=settings, seed=seed,
               suffix=suffix, meta=metadata, max_attempts=max_attempts, idempotency_key=idempotency_key,
-              request_hash=request_hash, created_at=now, updated_at=now)
+              request_hash=request_hash, created_at=now, updated_at=now, event_seq=2)
     session.add(job)
     session.flush()  # the job row first: events reference it
-    session.add_all([_event(job.id, f"Created fine-tuning job: {job.id}", now=now),
-                     _event(job.id, "Files validated, moving job to queued state", now=now)])
+    # numbered here (no stream can watch a job before this commit, so no NOTIFY either)
+    session.add_all([_event(job.id, f"Created fine-tuning job: {job.id}", now=now, seq=1),
+                     _event(job.id, "Files validated, moving job to queued state", now=now, seq=2)])
     session.commit()
     return job
 
@@ -148,7 +168,8 @@ def claim_job(session: Session, *, job_id: str, owner: str, lease_seconds: float
         session.rollback()
         return None
     job = session.get(Job, job_id, populate_existing=True)
-    session.add(_event(job_id, f"Attempt {job.attempt} of {job.max_attempts} started on {owner}", now=now))
+    _add_events(session, job_id, _event(job_id, f"Attempt {job.attempt} of {job.max_attempts} started on {owner}",
+                                        now=now))
     session.commit()
     return job
 
@@ -179,6 +200,7 @@ def record_metrics(session: Session, *, job_id: str, owner: str, attempt: int, s
         return False
     session.execute(delete(MetricPoint).where(MetricPoint.job_id == job_id, MetricPoint.step == step))
     session.add(MetricPoint(job_id=job_id, step=step, epoch=epoch, values=values, created_at=now))
+    job_changed(session, job_id)
     session.commit()
     return True
 
@@ -187,7 +209,7 @@ def add_event(session: Session, *, job_id: str, message: str, level: str = "info
               data: dict | None = None) -> JobEvent:
     """Append a user-visible event (commits). Not fenced: events only inform."""
     event = _event(job_id, message, level=level, type=type, data=data)
-    session.add(event)
+    _add_events(session, job_id, event)
     session.commit()
     return event
 
@@ -200,7 +222,8 @@ def add_checkpoint(session: Session, *, job_id: str, owner: str, attempt: int, s
         return None
     checkpoint = Checkpoint(id=new_id("checkpoint"), job_id=job_id, step=step, attempt=attempt,
                             storage_key=storage_key, metrics=metrics or {}, created_at=now)
-    session.add_all([checkpoint, _event(job_id, f"Checkpoint saved at step {step}", now=now)])
+    session.add(checkpoint)
+    _add_events(session, job_id, _event(job_id, f"Checkpoint saved at step {step}", now=now))
     session.commit()
     return checkpoint
 
@@ -215,7 +238,7 @@ def mark_resumed(session: Session, *, job_id: str, owner: str, attempt: int, ste
     values = {"resumed_from_step": step, "step": step, "updated_at": utcnow()}
     if not _fenced_update(session, job_id=job_id, owner=owner, attempt=attempt, **values):
         return False
-    session.add(_event(job_id, f"Attempt {attempt} resumed from the checkpoint at step {step}"))
+    _add_events(session, job_id, _event(job_id, f"Attempt {attempt} resumed from the checkpoint at step {step}"))
     session.commit()
     return True
 
@@ -245,8 +268,8 @@ def finish_job(session: Session, *, job_id: str, owner: str, attempt: int, statu
         job.fine_tuned_model = fine_tuned_model_name(model=job.model, tenant_name=tenant_name,
                                                      suffix=job.suffix, job_id=job.id)
         job.result_files = [_add_artifact(session, job=job, spec=spec, now=now) for spec in artifacts]
-    session.add(_event(job_id, _final_message(status, error), level="error" if status == JobStatus.FAILED else "info",
-                       now=now))
+    _add_events(session, job_id, _event(job_id, _final_message(status, error), now=now,
+                                        level="error" if status == JobStatus.FAILED else "info"))
     session.commit()
     return True
 
@@ -285,11 +308,12 @@ def cancel_job(session: Session, *, job_id: str) -> Job:
     now = utcnow()
     cancel = update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED)
     if _changed(session, cancel.values(status=JobStatus.CANCELLED, finished_at=now, updated_at=now)) == 1:
-        session.add(_event(job_id, "The job was cancelled", now=now))
+        _add_events(session, job_id, _event(job_id, "The job was cancelled", now=now))
     elif _changed(session, update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING,
                                              Job.cancel_requested.is_(False))
                   .values(cancel_requested=True, updated_at=now)) == 1:
-        session.add(_event(job_id, "Cancellation requested; the job stops after its current step", now=now))
+        _add_events(session, job_id, _event(job_id, "Cancellation requested; the job stops after its current step",
+                                            now=now))
     job = session.get(Job, job_id, populate_existing=True)
     if job.status in TERMINAL and job.status != JobStatus.CANCELLED:
         session.rollback()
@@ -321,8 +345,8 @@ def settle_abandoned(session: Session, *, now: datetime | None = None) -> list[s
         done = update(Job).where(Job.id == job_id, abandoned(now)).values(
             status=status, error=error, finished_at=now, updated_at=now, lease_owner=None, lease_expires_at=None)
         if _changed(session, done) == 1:
-            session.add(_event(job_id, _final_message(status, JobError(**error) if error else None),
-                               level="error" if error else "info", now=now))
+            _add_events(session, job_id, _event(job_id, _final_message(status, JobError(**error) if error else None),
+                                                level="error" if error else "info", now=now))
             settled.append(job_id)
     session.commit()
     return settled
@@ -339,7 +363,7 @@ def release_job(session: Session, *, job_id: str, owner: str, attempt: int, reas
     values = dict(status=JobStatus.QUEUED, lease_owner=None, lease_expires_at=None, updated_at=now)
     if not _fenced_update(session, job_id=job_id, owner=owner, attempt=attempt, **values):
         return False
-    session.add(_event(job_id, reason, level="warning", now=now))
+    _add_events(session, job_id, _event(job_id, reason, level="warning", now=now))
     session.commit()
     return True
 

@@ -145,13 +145,20 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     attempt_started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    # events: the seq of the job's newest event (store/jobs.py _add_events numbers them under this row's lock)
+    event_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class JobEvent(Base):
+    """`seq` numbers a job's events 1, 2, ... in commit order (streams resume by it); `id` is
+    time-ordered but, across processes, not commit-ordered."""
+
     __tablename__ = "job_events"
-    __table_args__ = (Index("ix_job_events_job_id_id", "job_id", "id"),)
+    __table_args__ = (Index("ix_job_events_job_id_id", "job_id", "id"),
+                      Index("ix_job_events_job_id_seq", "job_id", "seq", unique=True))
     id: Mapped[str] = mapped_column(IdString(), primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     level: Mapped[str] = mapped_column(String(8), default="info")
     type: Mapped[str] = mapped_column(String(16), default="message")
