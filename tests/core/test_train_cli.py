@@ -95,7 +95,8 @@ def test_yaml_config_trains_prints_step_lines_and_rerun_resumes_from_last_checkp
 
 def test_changed_config_in_the_same_folder_is_refused(project, tiny_model_dir, capsys):
     out = project / "out"
-    assert main(["train", str(_write_yaml(project, _settings(tiny_model_dir))), "--out", str(out), "--device", "cpu"]) == 0
+    config = _write_yaml(project, _settings(tiny_model_dir))
+    assert main(["train", str(config), "--out", str(out), "--device", "cpu"]) == 0
     capsys.readouterr()
     changed = _settings(tiny_model_dir)
     changed["adapter"]["rank"] = 8
