@@ -161,13 +161,15 @@ def held_for_backward(model, batch) -> tuple[int, int]:
     return activations, total
 
 
-def time_steps(model, batch, device: str, *, warmup: int, steps: int) -> list[float]:
+def time_steps(model, batch, device: str, *, warmup: int, steps: int) -> tuple[list[float], list[float]]:
+    """(wall seconds, process CPU seconds) per timed step. On a shared CPU the CPU time is the
+    steadier figure: other load stretches wall time far more than the work a step does."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4) if trainable else None
-    times = []
+    times, cpu_times = [], []
     for index in range(warmup + steps):
         synchronize(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         loss = step_loss(model, batch)
         loss.backward()
         if optimizer is not None:
@@ -176,9 +178,10 @@ def time_steps(model, batch, device: str, *, warmup: int, steps: int) -> list[fl
         synchronize(device)
         if index >= warmup:
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
         if "inputs_embeds" in batch:
             batch["inputs_embeds"].grad = None
-    return times
+    return times, cpu_times
 
 
 def tensor_bytes(model) -> int:
@@ -201,7 +204,8 @@ def measure(name: str, base, shape: Shape, dtype_name: str, args) -> dict:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     held_activations, held_total = held_for_backward(model, batch)
-    times = time_steps(model, batch, device, warmup=args.warmup, steps=args.steps) if args.steps else []
+    times, cpu_times = ([], []) if not args.steps else time_steps(model, batch, device, warmup=args.warmup,
+                                                                   steps=args.steps)
     # The base template stays resident so that every configuration starts from the same weights;
     # it is not part of any configuration's footprint.
     peak = torch.cuda.max_memory_allocated() - tensor_bytes(base) if device.startswith("cuda") else None
@@ -210,7 +214,7 @@ def measure(name: str, base, shape: Shape, dtype_name: str, args) -> dict:
         "adapter_dtype": adapter_dtype(model), "rank": args.rank, "dropout": args.current_dropout,
         "layers": shape.layers, "batch": shape.batch, "seq": shape.seq,
         "step_time_s": statistics.median(times) if times else None, "step_time_min_s": min(times, default=None),
-        "steps": len(times),
+        "step_cpu_s": statistics.median(cpu_times) if cpu_times else None, "steps": len(times),
         "held_activation_bytes": held_activations, "held_total_bytes": held_total, "peak_memory_bytes": peak,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
@@ -230,6 +234,8 @@ def add_ratios(results: list[dict]) -> None:
                 continue
             if result["step_time_s"] and reference["step_time_s"]:
                 result[f"time_vs_{reference_name}"] = round(result["step_time_s"] / reference["step_time_s"], 3)
+            if result["step_cpu_s"] and reference["step_cpu_s"]:
+                result[f"cpu_vs_{reference_name}"] = round(result["step_cpu_s"] / reference["step_cpu_s"], 3)
             if reference_name != "floor" and reference["held_activation_bytes"]:
                 result[f"held_vs_{reference_name}"] = round(
                     result["held_activation_bytes"] / reference["held_activation_bytes"], 3)
