@@ -22,6 +22,7 @@ from api.errors import AnswerUnexpected, RejectNulInUrl, install_error_handlers
 from api.observability import MetricsMiddleware, Observability
 from api.routes import artifacts, files, health, jobs, models
 from api.schema_check import check_schema_until_reachable
+from api.streams import Streams
 from api.unavailable import database_error_handler
 from store.db import get_engine
 from store.queue import publish_job
@@ -50,6 +51,7 @@ async def lifespan(app: FastAPI):
         # not: the API serves (503s until it is back) and checks again with backoff, logged.
         waiting = await check_schema_until_reachable(app.state.engine)
     yield
+    await app.state.streams.aclose()  # the LISTEN connection of event streams
     if waiting is not None:
         waiting.cancel()
 
@@ -64,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # single-SELECT reads (api/deps.py read_owned_*): autocommit, so no BEGIN/ROLLBACK round trips
     read_engine = app.state.engine.execution_options(isolation_level="AUTOCOMMIT")
     app.state.read_sessionmaker = sessionmaker(bind=read_engine, expire_on_commit=False)
+    app.state.streams = Streams(settings, app.state.read_sessionmaker)  # ?stream=true (api/streams.py)
     app.state.storage = open_storage(settings.storage_url, endpoint_url=settings.s3_endpoint_url,
                                      region=settings.s3_region)
     app.state.observability = Observability()

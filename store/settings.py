@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     # revoked key keeps working for at most this many seconds (0 = look up every request)
     auth_cache_seconds: float = 10.0
     upload_tmp_dir: str | None = None  # where uploads are staged while validated (system temp)
+    # event streams (`?stream=true`, api/streams.py): a `: ping` after this many quiet seconds; how
+    # often a stream re-reads SQL where nothing wakes it (SQLite); open streams per tenant in each
+    # API process (0: no bound)
+    stream_heartbeat_seconds: float = Field(15.0, gt=0)
+    stream_poll_seconds: float = Field(0.5, gt=0)
+    max_streams_per_tenant: int = Field(10, ge=0)
     log_level: str = "info"
 
     @model_validator(mode="after")

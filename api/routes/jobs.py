@@ -15,12 +15,18 @@ from api.present import checkpoint_out, event_out, job_out, metric_out
 from api.schemas.common import ListPage
 from api.schemas.jobs import CheckpointOut, FineTuningJob, JobCreate, JobEventOut, MetricPage
 from api.services import jobs as job_service
+from api.streams import stream_responses
 from store.jobs import JobStatus
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 _METADATA_PARAM = re.compile(r"^metadata\[(.{1,64})\]$")
 # documented as the JobStatus enum; checked by the service, whose 400 names the wrong value
 StatusFilter = Annotated[str | None, WithJsonSchema({"type": "string", "enum": [s.value for s in JobStatus]})]
+# ?stream=true: the list as a text/event-stream instead (api/streams.py)
+StreamFlag = Annotated[bool, Query(description="true: a text/event-stream of them as they are written, oldest first")]
+LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", max_length=64,
+                                           description="With stream=true: resume after this id (what EventSource "
+                                                       "sends on a reconnect); wins over `after`")]
 
 
 def _metadata_filters(query_string: bytes) -> list[tuple[str, str]]:
@@ -83,9 +89,15 @@ def cancel_job(job: OwnedJobDep, session: SessionDep) -> FineTuningJob:
     return job_out(job_service.cancel_job(session=session, job=job))
 
 
-@router.get("/{job_id}/events", response_model=ListPage[JobEventOut])
-def list_events(job: OwnedJobDep, session: SessionDep, after: str | None = None,
-                limit: int = 20) -> ListPage[JobEventOut]:
+@router.get("/{job_id}/events", response_model=ListPage[JobEventOut], responses=stream_responses("events"))
+def list_events(request: Request, job: JobViewDep, caller: TenantDep, session: SessionDep, after: str | None = None,
+                limit: int = 20, stream: StreamFlag = False,
+                last_event_id: LastEventId = None) -> ListPage[JobEventOut]:
+    """Newest first, `after` an event id. With `stream=true`: oldest first, as they are written,
+    resuming after the event `Last-Event-ID` or `after` names."""
+    if stream:  # JobViewDep, not OwnedJobDep: a stream must not keep the request's session open
+        return request.app.state.streams.events(job=job, tenant_id=caller.tenant_id, after=last_event_id or after,
+                                                param="Last-Event-ID" if last_event_id else "after")
     rows, has_more = job_service.list_events(session=session, job=job, after=after, limit=limit)
     return _page([event_out(r) for r in rows], rows, has_more)
 
@@ -97,10 +109,16 @@ def list_checkpoints(job: OwnedJobDep, caller: TenantDep, session: SessionDep, a
     return _page([checkpoint_out(r, job, tenant_name=caller.tenant_name) for r in rows], rows, has_more)
 
 
-@router.get("/{job_id}/metrics", response_model=MetricPage)
-def list_metrics(job: OwnedJobDep, session: SessionDep,
-                 after: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None, limit: int = 1000) -> MetricPage:
-    """Per-step metrics in step order; pass `next_after` back as `after` for the next page."""
+@router.get("/{job_id}/metrics", response_model=MetricPage, responses=stream_responses("metrics"))
+def list_metrics(request: Request, job: JobViewDep, caller: TenantDep, session: SessionDep,
+                 after: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None, limit: int = 1000,
+                 stream: StreamFlag = False, last_event_id: LastEventId = None) -> MetricPage:
+    """Per-step metrics in step order; pass `next_after` back as `after` for the next page. With
+    `stream=true`: as they are written, after the step `Last-Event-ID` or `after` names."""
+    if stream:
+        return request.app.state.streams.metrics(job=job, tenant_id=caller.tenant_id,
+                                                 after=last_event_id or after,
+                                                 param="Last-Event-ID" if last_event_id else "after")
     rows, has_more = job_service.list_metrics(session=session, job=job, after=after, limit=limit)
     return MetricPage(data=[metric_out(r) for r in rows], has_more=has_more,
                       next_after=rows[-1].step if rows and has_more else None)
