@@ -20,7 +20,7 @@ from api.authentication import Authenticate
 from api.body_limit import LimitBody
 from api.errors import AnswerUnexpected, RejectNulInUrl, install_error_handlers
 from api.observability import MetricsMiddleware, Observability
-from api.routes import artifacts, files, health, jobs, models
+from api.routes import artifacts, files, health, jobs, models, webhooks
 from api.schema_check import check_schema_until_reachable
 from api.streams import Streams
 from api.unavailable import database_error_handler
@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.publish = _publisher(settings, app.state.observability)
     install_error_handlers(app)
     app.add_exception_handler(SQLAlchemyError, database_error_handler)  # unreachable: 503, Retry-After
-    for router in (files.router, jobs.router, artifacts.router, models.router, health.router):
+    for router in (files.router, jobs.router, artifacts.router, models.router, health.router, webhooks.router):
         app.include_router(router)
     # innermost first: body limit, then authentication before it (no body is read for a bad key)
     app.add_middleware(LimitBody, max_json_bytes=settings.max_json_body_bytes,

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.authentication import Caller
 from api.services import scope
-from store.models import File, Job
+from store.models import File, Job, Webhook
 from store.settings import Settings
 from store.storage import Storage
 
@@ -31,7 +31,8 @@ async def get_settings(request: Request) -> Settings:
 async def get_session(request: Request) -> AsyncIterator[Session]:
     """A session per request. Opening one does no I/O; closing it (returning the connection) may,
     so it goes to the thread pool only when the session did use a connection."""
-    session = request.app.state.sessionmaker()
+    # the broker: webhook deliveries written by a transition (a cancel) are published after the commit
+    session = request.app.state.sessionmaker(info={"broker_url": request.app.state.settings.broker_url})
     try:
         yield session
     finally:
@@ -75,8 +76,13 @@ def get_owned_file(file_id: str, session: SessionDep, caller: TenantDep) -> File
     return scope.get_owned(session, File, tenant_id=caller.tenant_id, object_id=file_id, what="file")
 
 
+def get_owned_webhook(webhook_id: str, session: SessionDep, caller: TenantDep) -> Webhook:
+    return scope.get_owned(session, Webhook, tenant_id=caller.tenant_id, object_id=webhook_id, what="webhook")
+
+
 OwnedJobDep = Annotated[Job, Depends(get_owned_job)]
 OwnedFileDep = Annotated[File, Depends(get_owned_file)]
+OwnedWebhookDep = Annotated[Webhook, Depends(get_owned_webhook)]
 
 
 def _read_owned(request: Request, model: type, *, tenant_id: str, object_id: str, what: str):

@@ -1,8 +1,9 @@
-"""Worker commands: `dora worker`, `dora reconcile`, and `dora up` (API + worker on one machine).
+"""Worker commands: `dora worker`, `dora reconcile`, `dora webhooks`, and `dora up` (all on one machine).
 
 `dora up --demo` is what `make run` calls: it migrates the database, builds the tiny demo model
 once (var/models/tiny-llama), registers it as base model `tiny-llama`, creates a demo API key
-(var/demo-api-key), then runs `dora api` and `dora worker` side by side until Ctrl-C.
+(var/demo-api-key), then runs `dora api`, `dora worker` and `dora webhooks` side by side until
+Ctrl-C; webhooks to loopback addresses are allowed there, so a local receiver works.
 
 With no DORA_* variables everything is embedded: SQLite (var/dora.db), artifacts in
 var/artifacts, and the broker is kombu's SQLAlchemy transport on SQLite (var/broker.db).
@@ -47,7 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     reconcile.add_argument("--once", action="store_true", help="one pass, then exit")
     reconcile.set_defaults(run=run_reconcile)
 
-    up = subparsers.add_parser("up", help="run the API and one worker together (Ctrl-C stops both)")
+    webhooks = subparsers.add_parser("webhooks", help="send webhook deliveries (Celery, queue 'webhooks'; no GPU)")
+    webhooks.add_argument("--hostname", default=None, help="Celery node name (default: webhooks@host)")
+    webhooks.set_defaults(run=run_webhooks)
+
+    up = subparsers.add_parser("up", help="run the API, one worker and the webhook sender together (Ctrl-C stops all)")
     up.add_argument("--host", default=None, help="API bind address (default: DORA_HOST or 127.0.0.1)")
     up.add_argument("--port", type=int, default=None, help="API port (default: DORA_PORT or 8000)")
     up.add_argument("--demo", action="store_true",
@@ -112,7 +117,24 @@ def run_reconcile(args: argparse.Namespace) -> int:
     return reconciler.main()
 
 
+# -- dora webhooks -------------------------------------------------------------------------------
+def run_webhooks(args: argparse.Namespace) -> int:
+    from store.settings import get_settings
+
+    settings = get_settings()
+    if (error := _schema_problem(settings)) is not None:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from worker.webhooks import run
+
+    return run(settings, hostname=args.hostname)
+
+
 # -- dora up -------------------------------------------------------------------------------------
+# what --demo lets webhooks reach besides public addresses: this machine (a local receiver)
+DEMO_WEBHOOK_CIDRS = '["127.0.0.0/8", "::1/128"]'
+
+
 def run_up(args: argparse.Namespace) -> int:
     from worker.settings import get_worker_settings
 
@@ -124,11 +146,13 @@ def run_up(args: argparse.Namespace) -> int:
         upgrade(settings)
     if args.demo:
         env["DORA_BASE_MODELS"] = json.dumps(_demo_models(settings.base_models))
+        env.setdefault("DORA_WEBHOOK_ALLOWED_CIDRS", DEMO_WEBHOOK_CIDRS)
         key = _demo_key(settings)
     host, port = args.host or settings.host, args.port or settings.port
     children = {
         "api": _start([sys.executable, "-m", "dora_cli.main", "api", "--host", host, "--port", str(port)], env),
         "worker": _start([sys.executable, "-m", "dora_cli.main", "worker"], env),
+        "webhooks": _start([sys.executable, "-m", "dora_cli.main", "webhooks"], env),
     }
     url = f"http://{host}:{port}"
     if _wait_healthy(url, children["api"]):
@@ -199,7 +223,7 @@ def _hide_password(url: str) -> str:
 
 
 def _print_banner(settings, url: str, key: str | None, models: dict[str, str]) -> None:
-    lines = ["", "dora-tuner is running (Ctrl-C stops the API and the worker)",
+    lines = ["", "dora-tuner is running (Ctrl-C stops the API, the worker and the webhook sender)",
              f"  API        {url}/v1   (OpenAPI docs: {url}/docs)"]
     if key:
         lines.append(f"  API key    {key}   (saved in {DEMO_KEY_FILE})")
@@ -207,7 +231,10 @@ def _print_banner(settings, url: str, key: str | None, models: dict[str, str]) -
         lines.append(f"  base model {name} -> {path}")
     lines += [f"  database   {_hide_password(settings.database_url)}",
               f"  broker     {_hide_password(settings.broker_url)}",
-              f"  storage    {settings.storage_url}", ""]
+              f"  storage    {settings.storage_url}"]
+    if key:
+        lines.append("  webhooks   loopback targets allowed (DORA_WEBHOOK_ALLOWED_CIDRS) for a local receiver")
+    lines.append("")
     print("\n".join(lines), flush=True)
 
 
@@ -223,7 +250,8 @@ def _supervise(children: dict[str, subprocess.Popen], grace: float = 60.0) -> in
         if failed and not stopping:
             print(f"error: {', '.join(failed)} exited (code {children[failed[0]].returncode}); stopping",
                   file=sys.stderr, flush=True)
-        print("stopping the API and the worker (a running job resumes from its checkpoint next time) ...",
+        print("stopping the API, the worker and the webhook sender (a running job resumes from its checkpoint "
+              "next time) ...",
               flush=True)
         for child in children.values():
             if child.poll() is None:

@@ -92,7 +92,8 @@ def forget_inherited_connections() -> None:
 
 
 def session_factory(settings: Settings) -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(settings), expire_on_commit=False)
+    # the broker: webhook deliveries a transaction wrote are published right after its commit (store/webhooks.py)
+    return sessionmaker(bind=get_engine(settings), expire_on_commit=False, info={"broker_url": settings.broker_url})
 
 
 @contextmanager

@@ -22,6 +22,11 @@ PREFIXES = {
     "artifact": "ftart-",
     "tenant": "org-",
     "key": "key-",
+    # webhooks (store/webhooks.py); an event's id is the `webhook-id` of its deliveries
+    "webhook": "wh_",
+    "webhook_event": "evt_",
+    "webhook_delivery": "whdel_",
+    "webhook_attempt": "whatt_",
 }
 
 _lock = threading.Lock()

@@ -34,6 +34,7 @@ from store.ids import new_id
 from store.job_status import ACTIVE, TERMINAL, JobStatus  # noqa: F401 - re-exported: import them from here
 from store.models import Artifact, Checkpoint, File, Job, JobEvent, MetricPoint, Tenant, utcnow
 from store.notify import job_changed
+from store.webhooks import checkpoint_event, job_event  # the webhook outbox, written in each transition
 
 
 class InvalidTransition(Exception):  # noqa: N818 - named for the refused state change, like SQLAlchemy's NoResultFound
@@ -170,6 +171,7 @@ def claim_job(session: Session, *, job_id: str, owner: str, lease_seconds: float
     job = session.get(Job, job_id, populate_existing=True)
     _add_events(session, job_id, _event(job_id, f"Attempt {job.attempt} of {job.max_attempts} started on {owner}",
                                         now=now))
+    job_event(session, job, now=now)
     session.commit()
     return job
 
@@ -224,6 +226,7 @@ def add_checkpoint(session: Session, *, job_id: str, owner: str, attempt: int, s
                             storage_key=storage_key, metrics=metrics or {}, created_at=now)
     session.add(checkpoint)
     _add_events(session, job_id, _event(job_id, f"Checkpoint saved at step {step}", now=now))
+    checkpoint_event(session, checkpoint, now=now)
     session.commit()
     return checkpoint
 
@@ -270,6 +273,7 @@ def finish_job(session: Session, *, job_id: str, owner: str, attempt: int, statu
         job.result_files = [_add_artifact(session, job=job, spec=spec, now=now) for spec in artifacts]
     _add_events(session, job_id, _event(job_id, _final_message(status, error), now=now,
                                         level="error" if status == JobStatus.FAILED else "info"))
+    job_event(session, job, now=now)
     session.commit()
     return True
 
@@ -309,6 +313,7 @@ def cancel_job(session: Session, *, job_id: str) -> Job:
     cancel = update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED)
     if _changed(session, cancel.values(status=JobStatus.CANCELLED, finished_at=now, updated_at=now)) == 1:
         _add_events(session, job_id, _event(job_id, "The job was cancelled", now=now))
+        job_event(session, session.get(Job, job_id, populate_existing=True), now=now)
     elif _changed(session, update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING,
                                              Job.cancel_requested.is_(False))
                   .values(cancel_requested=True, updated_at=now)) == 1:
@@ -347,6 +352,7 @@ def settle_abandoned(session: Session, *, now: datetime | None = None) -> list[s
         if _changed(session, done) == 1:
             _add_events(session, job_id, _event(job_id, _final_message(status, JobError(**error) if error else None),
                                                 level="error" if error else "info", now=now))
+            job_event(session, session.get(Job, job_id, populate_existing=True), now=now)
             settled.append(job_id)
     session.commit()
     return settled

@@ -204,3 +204,52 @@ class Artifact(Base):
     sha256: Mapped[str] = mapped_column(String(64))  # digest of the sorted file list
     file_id: Mapped[str | None] = mapped_column(IdString(), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Webhook(Base):
+    """A tenant's endpoint for job events; `secret` (`whsec_<base64>`) signs every delivery.
+
+    The secret is kept as is (signing needs it) and shown once, when the webhook is created."""
+
+    __tablename__ = "webhooks"
+    __table_args__ = (Index("ix_webhooks_tenant_id_id", "tenant_id", "id"),)
+    id: Mapped[str] = mapped_column(IdString(), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[list[Any]] = mapped_column(default=list)  # event types (store/webhooks.py EVENT_TYPES)
+    secret: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event for one webhook: the outbox row, written in the job transition's transaction,
+    and where its delivery stands (pending -> delivered | failed). `body` is the exact JSON sent."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_webhook_id_id", "webhook_id", "id"),
+                      Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"))
+    id: Mapped[str] = mapped_column(IdString(), primary_key=True)
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event_id: Mapped[str] = mapped_column(IdString())
+    event_type: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[str | None] = mapped_column(IdString(), default=None)
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=None)  # due from then (None once done)
+    published_at: Mapped[datetime | None] = mapped_column(default=None)  # a message for it was last sent then
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class WebhookAttempt(Base):
+    """One HTTP attempt of a delivery: when, the status code or the error, how long it took."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (Index("ix_webhook_attempts_delivery_id_id", "delivery_id", "id"),)
+    id: Mapped[str] = mapped_column(IdString(), primary_key=True)
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("webhook_deliveries.id", ondelete="CASCADE"))
+    attempted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    duration_ms: Mapped[int] = mapped_column(Integer, default=0)

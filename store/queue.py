@@ -1,4 +1,5 @@
-"""The one way a job reaches the workers: a Celery message holding only the job id.
+"""The one way a job reaches the workers: a Celery message holding only the job id (and the
+one way a webhook delivery reaches its sender: `publish_delivery`, queue `webhooks`).
 
 The API and the reconciler call `publish_job` after the job row is committed. The message is
 only a wake-up call: SQL holds the truth and the worker's claim makes duplicates harmless.
@@ -14,6 +15,10 @@ import threading
 
 TASK_NAME = "worker.run_job"
 QUEUE = "gpu"
+# webhook deliveries go to a queue of their own, consumed by `dora webhooks` (worker/webhooks.py),
+# never by a GPU worker: a busy GPU never delays a delivery
+WEBHOOK_TASK_NAME = "webhooks.deliver"
+WEBHOOK_QUEUE = "webhooks"
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -42,6 +47,17 @@ def publish_job(job_id: str, *, broker_url: str) -> bool:
         _celery_app(broker_url).send_task(TASK_NAME, args=[job_id], queue=QUEUE, retry=False)
     except Exception as error:  # noqa: BLE001 - any broker problem leaves the job queued in SQL
         log.warning("could not publish job %s (the reconciler will retry): %s", job_id, error)
+        return False
+    return True
+
+
+def publish_delivery(delivery_id: str, *, broker_url: str) -> bool:
+    """Send `webhooks.deliver(delivery_id)` to the `webhooks` queue; False (and a log line) if the
+    broker failed: the delivery row stays due and the sweeper publishes it again."""
+    try:
+        _celery_app(broker_url).send_task(WEBHOOK_TASK_NAME, args=[delivery_id], queue=WEBHOOK_QUEUE, retry=False)
+    except Exception as error:  # noqa: BLE001 - any broker problem leaves the delivery due in SQL
+        log.warning("could not publish webhook delivery %s (the sweeper will retry): %s", delivery_id, error)
         return False
     return True
 

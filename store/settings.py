@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, model_validator
+from pydantic import Field, IPvAnyNetwork, PositiveFloat, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -53,6 +53,21 @@ class Settings(BaseSettings):
 
     # job leases (the worker heartbeats well inside this)
     lease_seconds: int = 120
+
+    # webhooks (store/webhooks.py; `dora webhooks` sends them): a failed delivery is tried again
+    # after each of these delays in turn (about 22 h in all), then marked failed. Targets must
+    # resolve to public addresses, unless the operator allows more: webhook_allow_private (any
+    # address), or the networks in webhook_allowed_cidrs (JSON: '["127.0.0.0/8", "::1/128"]',
+    # which `dora up --demo` sets). 0 webhooks per tenant turns the cap off.
+    webhook_max_per_tenant: int = Field(default=20, ge=0)
+    webhook_retry_schedule_seconds: list[PositiveFloat] = Field(
+        default_factory=lambda: [5, 30, 120, 600, 3600, 3 * 3600, 6 * 3600, 12 * 3600], min_length=1)
+    webhook_timeout_seconds: PositiveFloat = 10.0  # one attempt, from connecting to the response
+    webhook_allow_private: bool = False
+    webhook_allowed_cidrs: list[IPvAnyNetwork] = Field(default_factory=list)
+    webhook_sweep_interval_seconds: PositiveFloat = 5.0  # publish due deliveries (retries, lost messages)
+    webhook_republish_after_seconds: PositiveFloat = 60.0  # published, not attempted by then: again
+    webhook_concurrency: int = Field(default=8, ge=1)  # attempts at once in one `dora webhooks`
 
     # API server
     host: str = "127.0.0.1"

@@ -1,0 +1,360 @@
+"""Signed webhooks: the outbox of job events, Standard Webhooks signatures, and allowed targets.
+
+**Outbox.** The job transitions in store/jobs.py (claim -> running; finish, cancel and settle ->
+succeeded, failed or cancelled; add_checkpoint) call `job_event` or `checkpoint_event` before
+they commit: one `webhook_deliveries` row per webhook of the job's tenant subscribed to that
+event type, in the SAME transaction as the transition. The event exists exactly when the
+transition does, so it is delivered at least once. Right after the commit, the new deliveries
+are published to the `webhooks` queue (when the session knows the broker:
+`session.info["broker_url"]`, set by store/db.py and api/deps.py); the sweeper of
+`dora webhooks` publishes whatever is due and was not (broker down, a crash, a retry's time).
+
+**Delivery.** `claim_delivery` takes a due delivery with one conditional UPDATE that moves its
+`next_attempt_at` past the attempt's time limit (a duplicate message, or a second sender, then
+changes no row and drops it); the sender (worker/webhooks.py) POSTs the stored body with the
+Standard Webhooks headers, and `record_attempt` stores the attempt and ends the delivery (2xx:
+delivered; the retry schedule used up: failed) or schedules the next try. A deleted webhook's
+deliveries are deleted with it, so nothing more is sent to it.
+
+**Targets.** `check_target` refuses a URL whose host resolves to any address that is not public
+(private, loopback, link-local, shared, reserved, multicast, or such an IPv4 address inside an
+IPv6 one) unless the operator allows it (`DORA_WEBHOOK_ALLOW_PRIVATE`,
+`DORA_WEBHOOK_ALLOWED_CIDRS`). The API checks at creation, the sender before every attempt, and
+the sender connects to the very addresses it checked (no second lookup, no redirects).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import json
+import secrets
+import socket
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as ResolveTimeout
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import ColumnElement, and_, event, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
+
+from store.ids import new_id
+from store.job_status import JobStatus
+from store.models import Checkpoint, Job, Webhook, WebhookAttempt, WebhookDelivery, utcnow
+from store.queue import publish_delivery
+from store.settings import Settings
+
+JOB_EVENTS = {
+    JobStatus.RUNNING: "fine_tuning.job.running",
+    JobStatus.SUCCEEDED: "fine_tuning.job.succeeded",
+    JobStatus.FAILED: "fine_tuning.job.failed",
+    JobStatus.CANCELLED: "fine_tuning.job.cancelled",
+}
+CHECKPOINT_CREATED = "fine_tuning.job.checkpoint.created"
+EVENT_TYPES = (*JOB_EVENTS.values(), CHECKPOINT_CREATED)
+
+SECRET_PREFIX = "whsec_"
+SECRET_BYTES = 32
+# session.info keys: the broker to publish to after a commit, and what this transaction wrote
+BROKER_URL = "broker_url"
+_WRITTEN = "webhook_deliveries_written"
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"  # due at next_attempt_at
+    DELIVERED = "delivered"  # a 2xx answer
+    FAILED = "failed"  # every attempt of the retry schedule failed
+
+
+class TargetRefused(ValueError):  # noqa: N818 - read as a sentence: the target was refused
+    """The URL cannot be a webhook target (its message says why, naming the address)."""
+
+
+# -- signatures (https://www.standardwebhooks.com) ---------------------------------------------
+def new_secret() -> str:
+    """A signing secret in Standard Webhooks' form, `whsec_<base64 of 32 random bytes>`."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
+
+
+def sign(secret: str, *, message_id: str, timestamp: int, body: str) -> str:
+    """`v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`, keyed by the secret's decoded bytes."""
+    key = base64.b64decode(secret.removeprefix(SECRET_PREFIX))
+    digest = hmac.new(key, f"{message_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def signed_headers(secret: str, *, message_id: str, timestamp: int, body: str) -> dict[str, str]:
+    return {"webhook-id": message_id, "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(secret, message_id=message_id, timestamp=timestamp, body=body),
+            "content-type": "application/json"}
+
+
+# -- targets -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Target:
+    url: str
+    scheme: str  # http | https
+    host: str
+    port: int
+    path: str  # path and query, as sent in the request line
+    addresses: tuple[str, ...] = ()  # every address the host resolved to, all of them allowed
+
+
+Resolver = Callable[[str, int], Iterable[str]]
+# getaddrinfo cannot be given a timeout: lookups run here, and whoever asked waits a bounded time
+_lookups = ThreadPoolExecutor(max_workers=8, thread_name_prefix="webhook-dns")
+
+
+def _resolve(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+def parse_target(url: str) -> Target:
+    """The parts of an http(s) URL; TargetRefused says what is wrong with it."""
+    if any(ord(c) <= 0x20 or c == "\x7f" for c in url):
+        raise TargetRefused("must not contain spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as error:
+        raise TargetRefused(f"is not a valid URL ({error})") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise TargetRefused("must be an http:// or https:// URL")
+    if not parts.hostname:
+        raise TargetRefused("has no host")
+    if parts.username is not None or parts.password is not None:
+        raise TargetRefused("must not carry credentials (user:password@)")
+    if not parts.hostname.isascii():
+        raise TargetRefused("must have an ASCII host name (use its punycode form, xn--...)")
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return Target(url=url, scheme=scheme, host=parts.hostname, port=port or (443 if scheme == "https" else 80),
+                  path=path)
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """IPv4 addresses a gateway would reach for this IPv6 one: 6to4, Teredo, NAT64 (64:ff9b::/96)."""
+    found = [address.sixtofour] if address.sixtofour else []
+    if address.teredo:
+        found += list(address.teredo)
+    if address in ipaddress.ip_network("64:ff9b::/96"):
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return found
+
+
+def _networks(settings: Settings) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(str(network)) for network in settings.webhook_allowed_cidrs]
+
+
+def address_allowed(address: str, settings: Settings) -> bool:
+    """A public address, or one the operator allows (every address when webhook_allow_private)."""
+    if settings.webhook_allow_private:
+        return True
+    return _allowed(ipaddress.ip_address(address), _networks(settings))
+
+
+def _allowed(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: list) -> bool:
+    if ip.version == 6 and ip.ipv4_mapped is not None:  # ::ffff:a.b.c.d is that IPv4 address
+        ip = ip.ipv4_mapped
+    if any(ip in network for network in networks):
+        return True
+    if not ip.is_global or ip.is_multicast:
+        return False
+    return ip.version == 4 or all(_allowed(inner, networks) for inner in _embedded_ipv4(ip))
+
+
+def check_target(url: str, settings: Settings, *, resolve: Resolver = _resolve,
+                 resolve_timeout: float = 5.0) -> Target:
+    """The target with the addresses its host resolves to (within `resolve_timeout` seconds),
+    every one of them allowed; else TargetRefused."""
+    target = parse_target(url)
+    try:
+        addresses = list(_lookups.submit(resolve, target.host, target.port).result(timeout=resolve_timeout))
+    except ResolveTimeout:
+        raise TargetRefused(f"has a host that did not resolve within {resolve_timeout:g}s: {target.host}") from None
+    except (OSError, UnicodeError) as error:
+        raise TargetRefused(f"has a host that does not resolve: {target.host} ({error})") from None
+    if not addresses:
+        raise TargetRefused(f"has a host that does not resolve: {target.host}")
+    for address in addresses:
+        if not address_allowed(address, settings):
+            shown = address if address == target.host else f"{address} ({target.host})"
+            raise TargetRefused(f"points at {shown}, which is not a public address; the operator can allow "
+                                "it (DORA_WEBHOOK_ALLOW_PRIVATE or DORA_WEBHOOK_ALLOWED_CIDRS)")
+    return Target(url=target.url, scheme=target.scheme, host=target.host, port=target.port, path=target.path,
+                  addresses=tuple(addresses))
+
+
+# -- the outbox --------------------------------------------------------------------------------
+def event_body(*, event_id: str, event_type: str, created_at: datetime, data: dict[str, Any]) -> str:
+    """The event as sent (and signed), in OpenAI's shape."""
+    payload = {"object": "event", "id": event_id, "type": event_type, "created_at": int(created_at.timestamp()),
+               "data": data}
+    return json.dumps(payload, separators=(",", ":"))
+
+
+def job_event(session: Session, job: Job, *, now: datetime | None = None) -> list[str]:
+    """The job's new status as an event for the tenant's webhooks, in the caller's transaction.
+
+    Called by store/jobs.py right after a transition, before its commit; `job` is the row as
+    the transition left it. Returns the ids of the deliveries written (none for a status with
+    no event, or no webhook subscribed)."""
+    event_type = JOB_EVENTS.get(job.status)
+    if event_type is None:
+        return []
+    error = {key: job.error.get(key) for key in ("code", "message", "param")} if job.error else None
+    data = {"id": job.id, "object": "fine_tuning.job", "status": str(job.status),
+            "fine_tuned_model": job.fine_tuned_model, "error": error}
+    return _write(session, tenant_id=job.tenant_id, job_id=job.id, event_type=event_type, data=data, now=now)
+
+
+def checkpoint_event(session: Session, checkpoint: Checkpoint, *, now: datetime | None = None) -> list[str]:
+    """`fine_tuning.job.checkpoint.created` for a checkpoint just registered, in the caller's transaction."""
+    tenant_id = session.scalar(select(Job.tenant_id).where(Job.id == checkpoint.job_id))
+    data = {"id": checkpoint.job_id, "object": "fine_tuning.job.checkpoint", "checkpoint_id": checkpoint.id,
+            "step": checkpoint.step, "metrics": checkpoint.metrics or {}}
+    return _write(session, tenant_id=tenant_id, job_id=checkpoint.job_id, event_type=CHECKPOINT_CREATED, data=data,
+                  now=now)
+
+
+def _write(session: Session, *, tenant_id: str | None, job_id: str, event_type: str, data: dict[str, Any],
+           now: datetime | None) -> list[str]:
+    hooks = session.execute(select(Webhook.id, Webhook.events).where(Webhook.tenant_id == tenant_id)).all()
+    subscribed = [webhook_id for webhook_id, events in hooks if event_type in (events or ())]
+    if not subscribed:
+        return []
+    now = now or utcnow()
+    event_id = new_id("webhook_event")
+    body = event_body(event_id=event_id, event_type=event_type, created_at=now, data=data)
+    rows = [WebhookDelivery(id=new_id("webhook_delivery"), webhook_id=webhook_id, event_id=event_id,
+                            event_type=event_type, job_id=job_id, body=body, status=DeliveryStatus.PENDING,
+                            attempts=0, next_attempt_at=now, created_at=now) for webhook_id in subscribed]
+    session.add_all(rows)
+    session.info.setdefault(_WRITTEN, []).extend(row.id for row in rows)
+    return [row.id for row in rows]
+
+
+@event.listens_for(Session, "after_commit")
+def _publish_written(session: Session) -> None:
+    """The deliveries this transaction wrote are committed: wake the sender now (when the session
+    knows the broker; otherwise, or when the broker fails, the sweeper publishes them)."""
+    written, broker_url = session.info.pop(_WRITTEN, None), session.info.get(BROKER_URL)
+    for delivery_id in (written or []) if broker_url else []:
+        publish_delivery(delivery_id, broker_url=broker_url)
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_written(session: Session) -> None:
+    session.info.pop(_WRITTEN, None)
+
+
+# -- delivery (used by worker/webhooks.py) --------------------------------------------------------
+@dataclass(frozen=True)
+class DeliveryWork:
+    """What one attempt needs: where, the secret, the exact body, the message id."""
+
+    delivery_id: str
+    webhook_id: str
+    event_id: str
+    url: str
+    secret: str
+    body: str
+    attempt: int  # the number of this attempt, from 1
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    attempted_at: datetime
+    duration_ms: int
+    status_code: int | None = None  # the receiver's answer, when there was one
+    error: str | None = None  # why there was no (acceptable) answer
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.status_code is not None and 200 <= self.status_code < 300
+
+
+def _due(now: datetime) -> ColumnElement[bool]:
+    return and_(WebhookDelivery.status == DeliveryStatus.PENDING, WebhookDelivery.next_attempt_at <= now)
+
+
+def claim_delivery(session: Session, *, delivery_id: str, lock_seconds: float,
+                   now: datetime | None = None) -> DeliveryWork | None:
+    """Take a due delivery for one attempt (one conditional UPDATE; commits). None: not due (a
+    duplicate message, another sender has it, already delivered or failed) or gone (its webhook
+    was deleted). It is due again after `lock_seconds` if this attempt is never recorded."""
+    now = now or utcnow()
+    claim = (update(WebhookDelivery).where(WebhookDelivery.id == delivery_id, _due(now))
+             .values(next_attempt_at=now + timedelta(seconds=lock_seconds)))
+    if session.execute(claim, execution_options={"synchronize_session": False}).rowcount != 1:
+        session.rollback()
+        return None
+    row = session.execute(
+        select(WebhookDelivery.event_id, WebhookDelivery.body, WebhookDelivery.attempts, Webhook.id, Webhook.url,
+               Webhook.secret)
+        .join(Webhook, Webhook.id == WebhookDelivery.webhook_id).where(WebhookDelivery.id == delivery_id)).first()
+    session.commit()
+    if row is None:
+        return None
+    event_id, body, attempts, webhook_id, url, secret = row
+    return DeliveryWork(delivery_id=delivery_id, webhook_id=webhook_id, event_id=event_id, url=url, secret=secret,
+                        body=body, attempt=attempts + 1)
+
+
+def record_attempt(session: Session, *, delivery_id: str, result: AttemptResult, schedule: list[float],
+                   now: datetime | None = None) -> DeliveryStatus | None:
+    """Store the attempt and what follows (commits): delivered on a 2xx; otherwise the next try
+    `schedule[n - 1]` seconds after the n-th failed attempt, or failed once the schedule is used
+    up. Returns the delivery's status, or None when it is gone (its webhook was deleted)."""
+    now = now or utcnow()
+    delivery = session.get(WebhookDelivery, delivery_id, populate_existing=True)
+    if delivery is None or delivery.status != DeliveryStatus.PENDING:
+        session.rollback()
+        return None
+    delivery.attempts += 1
+    if result.ok:
+        delivery.status, delivery.finished_at, delivery.next_attempt_at = DeliveryStatus.DELIVERED, now, None
+    elif delivery.attempts <= len(schedule):
+        delivery.next_attempt_at = now + timedelta(seconds=float(schedule[delivery.attempts - 1]))
+        delivery.published_at = None  # for the sweeper to publish when it is due
+    else:
+        delivery.status, delivery.finished_at, delivery.next_attempt_at = DeliveryStatus.FAILED, now, None
+    session.add(WebhookAttempt(id=new_id("webhook_attempt"), delivery_id=delivery_id,
+                               attempted_at=result.attempted_at, status_code=result.status_code,
+                               error=result.error[:2000] if result.error else None, duration_ms=result.duration_ms))
+    try:
+        session.commit()
+    except (IntegrityError, StaleDataError):  # the webhook was deleted meanwhile, its deliveries with it
+        session.rollback()
+        return None
+    return DeliveryStatus(delivery.status)
+
+
+def take_due(session: Session, *, republish_after: float, now: datetime | None = None,
+             limit: int = 500) -> list[str]:
+    """Due deliveries to publish (commits): never published since they became due, or published
+    more than `republish_after` seconds ago and still not attempted (the message was lost). Each
+    is marked published in one conditional UPDATE, so several sweepers publish it once."""
+    now = now or utcnow()
+    unpublished = or_(WebhookDelivery.published_at.is_(None),
+                      WebhookDelivery.published_at < now - timedelta(seconds=republish_after))
+    query = (select(WebhookDelivery.id).where(_due(now), unpublished)
+             .order_by(WebhookDelivery.next_attempt_at).limit(limit))
+    candidates = list(session.scalars(query))
+    if not candidates:
+        session.commit()
+        return []
+    mark = (update(WebhookDelivery).where(WebhookDelivery.id.in_(candidates), _due(now), unpublished)
+            .values(published_at=now).returning(WebhookDelivery.id))
+    taken = list(session.execute(mark, execution_options={"synchronize_session": False}).scalars())
+    session.commit()
+    return taken
