@@ -23,6 +23,7 @@ from api.observability import MetricsMiddleware, Observability
 from api.routes import artifacts, files, health, jobs, models, webhooks
 from api.schema_check import check_schema_until_reachable
 from api.streams import Streams
+from api.ui import mount_ui
 from api.unavailable import database_error_handler
 from store.db import get_engine
 from store.queue import publish_job
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(SQLAlchemyError, database_error_handler)  # unreachable: 503, Retry-After
     for router in (files.router, jobs.router, artifacts.router, models.router, health.router, webhooks.router):
         app.include_router(router)
+    mount_ui(app)  # the dashboard at /ui: static files, no key (each API call it makes sends one)
     # innermost first: body limit, then authentication before it (no body is read for a bad key)
     app.add_middleware(LimitBody, max_json_bytes=settings.max_json_body_bytes,
                        max_upload_bytes=settings.max_upload_bytes)

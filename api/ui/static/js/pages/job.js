@@ -1,0 +1,329 @@
+// One job: status and progress, live metric charts (from the metrics stream), the events log (from
+// the events stream), checkpoints, artifacts with downloads, the resolved settings, the error.
+
+import {download, getJson} from "../api.js";
+import {LineChart} from "../chart.js";
+import {
+  TERMINAL, clear, formatBytes, formatDuration, formatNumber, formatTime, h, jobDuration, jobMethod, progressBar,
+  statusBadge,
+} from "../dom.js";
+import {follow} from "../stream.js";
+import {cancelButton} from "./jobs.js";
+
+const REFRESH_MS = 2000;
+// dora_core's per-step names (dora_core/training/run.py), charted first and always
+const PRIMARY = [
+  ["loss", "Train loss", "#2f5fd0"],
+  ["eval_loss", "Eval loss", "#c2410c"],
+  ["lr", "Learning rate", "#0f766e"],
+  ["grad_norm", "Grad norm", "#7c3aed"],
+  ["token_accuracy", "Token accuracy", "#15803d"],
+  ["eval_token_accuracy", "Eval token accuracy", "#b45309"],
+];
+const SHOWN_WHEN_EMPTY = new Set(["loss", "lr", "grad_norm", "token_accuracy"]);
+const TITLES = {tokens_per_second: "Tokens / second", trained_tokens: "Trained tokens per step",
+                micro_batch_size: "Micro-batch size", gpu_memory_allocated_bytes: "GPU memory allocated (bytes)",
+                gpu_memory_peak_bytes: "GPU memory peak (bytes)"};
+
+function section(title, ...children) {
+  return h("section", {class: "card"}, h("h2", {}, title), ...children);
+}
+
+function definitionList(pairs) {
+  return h("dl", {class: "facts"}, pairs.filter(Boolean).map(([term, value]) =>
+    h("div", {class: "fact"}, h("dt", {}, term), h("dd", {}, value))));
+}
+
+function settingValue(value) {
+  if (value === null || value === undefined) return h("span", {class: "muted"}, "null");
+  if (typeof value === "object") return h("code", {}, JSON.stringify(value));
+  if (typeof value === "number") return formatNumber(value);
+  return String(value);
+}
+
+function artifactPath(jobId, name, path) {
+  const encoded = path.split("/").map(encodeURIComponent).join("/");
+  return `/v1/fine_tuning/jobs/${encodeURIComponent(jobId)}/artifacts/${encodeURIComponent(name)}/files/${encoded}`;
+}
+
+function downloadButton(label, path, filename, attrs = {}) {
+  const note = h("span", {class: "muted small download-note"});
+  const button = h("button", {type: "button", class: "secondary small", ...attrs, onclick: async () => {
+    button.disabled = true;
+    note.textContent = "starting…";
+    try {
+      const bytes = await download(path, filename, (got, total) => {
+        note.textContent = total ? `${Math.floor((100 * got) / total)}% of ${formatBytes(total)}` : formatBytes(got);
+      });
+      note.textContent = `saved ${formatBytes(bytes)}`;
+    } catch (error) {
+      note.textContent = `failed: ${error.message}`;
+    } finally {
+      button.disabled = false;
+    }
+  }}, label);
+  return h("span", {class: "download"}, button, note);
+}
+
+export function render(main, {id}) {
+  const jobPath = `/v1/fine_tuning/jobs/${encodeURIComponent(id)}`;
+  let job = null, stopped = false, timer = null, lastDrawnStatus = null;
+  const streams = [];
+
+  const head = h("div", {class: "page-head"});
+  const summary = h("div", {class: "card", id: "job-summary"});
+  const errorBox = h("div", {id: "job-error"});
+  const liveState = {metrics: h("span", {class: "live", dataset: {stream: "metrics"}}),
+                     events: h("span", {class: "live", dataset: {stream: "events"}})};
+  const chartsPrimary = h("div", {class: "charts", id: "charts"});
+  const chartsMore = h("div", {class: "charts"});
+  const moreMetrics = h("details", {class: "more-metrics", hidden: true}, h("summary", {}, "More metrics"), chartsMore);
+  const eventsList = h("ol", {class: "events", id: "events"});
+  const checkpointsBody = h("tbody");
+  const artifactsBody = h("div", {id: "artifacts"});
+  const settingsBox = h("div", {id: "settings"});
+  const message = h("p", {class: "error", role: "alert"});
+
+  clear(main,
+    h("p", {}, h("a", {href: "#/jobs"}, "← Jobs")),
+    head, message, errorBox, summary,
+    h("section", {class: "card"}, h("div", {class: "section-head"}, h("h2", {}, "Metrics"), liveState.metrics),
+      chartsPrimary, moreMetrics),
+    h("div", {class: "columns"},
+      h("section", {class: "card"}, h("div", {class: "section-head"}, h("h2", {}, "Events"), liveState.events),
+        eventsList),
+      section("Checkpoints",
+        h("table", {class: "table", id: "checkpoints"},
+          h("thead", {}, h("tr", {}, ["Step", "Checkpoint", "Metrics", "Created"].map((t) => h("th", {}, t)))),
+          checkpointsBody))),
+    section("Artifacts", artifactsBody),
+    section("Resolved settings", settingsBox));
+
+  // -- metrics ------------------------------------------------------------------------------
+  const points = new Map(); // step -> {step, epoch, values}
+  const charts = new Map();
+  let drawQueued = false;
+
+  function chartFor(key) {
+    if (!charts.has(key)) {
+      const known = PRIMARY.find(([name]) => name === key);
+      const chart = new LineChart({key, title: known ? known[1] : (TITLES[key] || key), color: known ? known[2] : "#475569"});
+      charts.set(key, chart);
+      if (known) {
+        // keep PRIMARY's order
+        const order = PRIMARY.map(([name]) => name);
+        const after = [...chartsPrimary.children].find((el) => order.indexOf(el.dataset.metric) > order.indexOf(key));
+        chartsPrimary.insertBefore(chart.element, after || null);
+      } else {
+        chartsMore.append(chart.element);
+        moreMetrics.hidden = false;
+      }
+    }
+    return charts.get(key);
+  }
+  for (const [key] of PRIMARY) if (SHOWN_WHEN_EMPTY.has(key)) chartFor(key);
+
+  function drawCharts() {
+    drawQueued = false;
+    if (stopped) return;
+    const series = new Map();
+    for (const point of points.values()) {
+      for (const [key, value] of Object.entries(point.values || {})) {
+        if (typeof value !== "number") continue;
+        if (!series.has(key)) series.set(key, []);
+        series.get(key).push({x: point.step, y: value});
+      }
+    }
+    for (const [key, data] of series) chartFor(key).setPoints(data);
+  }
+
+  function addMetrics(items) {
+    for (const item of items) {
+      const known = points.get(item.step);
+      // an evaluation stores its values on the step it ran after: merge, don't replace
+      points.set(item.step, known ? {...known, ...item, values: {...known.values, ...item.values}} : item);
+    }
+    if (!drawQueued) {
+      drawQueued = true;
+      requestAnimationFrame(drawCharts);
+    }
+  }
+
+  let lastStep = null;
+  async function pollMetrics() {
+    const done = job !== null && TERMINAL.has(job.status);
+    const items = [];
+    // from the step before the newest: an evaluation may have added to it since
+    let after = lastStep === null ? undefined : Math.max(0, lastStep - 1);
+    for (;;) {
+      const page = await getJson(`${jobPath}/metrics`, {query: {after, limit: 10000}});
+      items.push(...page.data);
+      if (!page.has_more || page.next_after === null) break;
+      after = page.next_after;
+    }
+    if (items.length) lastStep = items[items.length - 1].step;
+    return {items, done};
+  }
+
+  // An evaluation adds its values to a step already stored (and maybe already streamed, which
+  // the stream does not send again): with a validation set, re-read the steps since the last
+  // such read from the list now and then, and once the job is over.
+  let reconciledStep = 0, lastReconcile = 0;
+  async function reconcileMetrics(force = false) {
+    const hp = jobMethod(job).hyperparameters;
+    if (!job.validation_file && !(hp.validation_split > 0)) return;
+    if (!force && Date.now() - lastReconcile < 10_000) return;
+    lastReconcile = Date.now();
+    let after = Math.max(0, reconciledStep - 1), newest = reconciledStep;
+    for (;;) {
+      const page = await getJson(`${jobPath}/metrics`, {query: {after: after || undefined, limit: 10000}});
+      addMetrics(page.data);
+      if (page.data.length) newest = page.data[page.data.length - 1].step;
+      if (!page.has_more || page.next_after === null) break;
+      after = page.next_after;
+    }
+    reconciledStep = newest;
+  }
+
+  // -- events -------------------------------------------------------------------------------
+  const events = new Map();
+  function addEvents(items) {
+    for (const item of items) events.set(item.id, item);
+    const sorted = [...events.values()].sort((a, b) => (b.created_at - a.created_at) || (a.id < b.id ? 1 : -1));
+    clear(eventsList, sorted.length ? sorted.map((event) =>
+      h("li", {class: `event level-${event.level}`, dataset: {id: event.id}},
+        h("time", {title: formatTime(event.created_at)}, new Date(event.created_at * 1000).toLocaleTimeString()),
+        h("span", {class: `level level-${event.level}`}, event.level),
+        h("span", {class: "message"}, event.message)))
+      : h("li", {class: "empty"}, "No events yet."));
+  }
+  addEvents([]);
+
+  async function pollEvents() {
+    const done = job !== null && TERMINAL.has(job.status);
+    const items = [];
+    let after;
+    for (let pages = 0; pages < 20; pages += 1) { // newest first: page back until a known event
+      const page = await getJson(`${jobPath}/events`, {query: {limit: 100, after}});
+      items.push(...page.data);
+      if (!page.has_more || page.data.some((event) => events.has(event.id))) break;
+      after = page.last_id;
+    }
+    return {items: items.reverse(), done};
+  }
+
+  // -- job, checkpoints, artifacts ----------------------------------------------------------
+  function drawJob() {
+    const method = jobMethod(job);
+    clear(head,
+      h("h1", {}, "Job ", h("span", {class: "mono"}, job.id)),
+      h("div", {class: "actions"}, statusBadge(job.status, job.cancel_requested),
+        cancelButton(job, (updated) => { job = updated; drawJob(); })));
+    clear(summary,
+      progressBar(job),
+      definitionList([
+        ["Status", h("span", {id: "job-status"}, job.status)],
+        ["Model", job.model],
+        ["Method", `${method.label}${method.rank !== null ? ` · rank ${method.rank}` : ""}`],
+        ["Training file", h("span", {class: "mono"}, job.training_file)],
+        job.validation_file ? ["Validation file", h("span", {class: "mono"}, job.validation_file)] : null,
+        ["Created", formatTime(job.created_at)],
+        ["Finished", formatTime(job.finished_at)],
+        ["Duration", formatDuration(jobDuration(job))],
+        ["Attempt", `${job.attempt} of ${job.max_attempts}`],
+        job.resumed_from_step ? ["Resumed from step", String(job.resumed_from_step)] : null,
+        ["Outputs", (job.outputs || []).join(", ") || "–"],
+        ["Seed", String(job.seed)],
+        job.fine_tuned_model ? ["Fine-tuned model", h("span", {class: "mono"}, job.fine_tuned_model)] : null,
+        job.trained_tokens ? ["Trained tokens", String(job.trained_tokens)] : null,
+      ]));
+    clear(errorBox, job.error ? h("div", {class: "card failure", role: "alert"},
+      h("h2", {}, "Failed: ", h("code", {}, job.error.code)),
+      h("p", {class: "error-message"}, job.error.message),
+      job.error.param ? h("p", {class: "muted"}, "param: ", h("code", {}, job.error.param)) : null) : null);
+    const order = ["rank", "alpha", "dropout", "target_modules", "use_rslora"];
+    const entries = Object.entries(method.hyperparameters).sort(([a], [b]) => {
+      const [ia, ib] = [order.indexOf(a), order.indexOf(b)];
+      return (ia === -1 ? 99 : ia) - (ib === -1 ? 99 : ib) || a.localeCompare(b);
+    });
+    clear(settingsBox,
+      h("p", {class: "muted"}, `method.${method.kind === "supervised" ? "dora" : method.kind}.hyperparameters`,
+        method.kind === "supervised" ? " (a supervised job runs DoRA with these settings)" : ""),
+      h("table", {class: "table settings"}, h("tbody", {},
+        entries.map(([name, value]) => h("tr", {dataset: {setting: name}}, h("th", {}, name), h("td", {}, settingValue(value)))))));
+  }
+
+  async function loadCheckpoints() {
+    const page = await getJson(`${jobPath}/checkpoints`, {query: {limit: 100}});
+    clear(checkpointsBody, page.data.length ? page.data.map((checkpoint) => {
+      const metrics = Object.entries(checkpoint.metrics || {}).filter(([name]) => name !== "step")
+        .map(([name, value]) => `${name} ${formatNumber(value)}`).join(" · ");
+      return h("tr", {dataset: {step: String(checkpoint.step_number)}},
+        h("td", {}, String(checkpoint.step_number)),
+        h("td", {class: "mono small wrap-anywhere"}, checkpoint.fine_tuned_model_checkpoint),
+        h("td", {class: "small"}, metrics || "–"),
+        h("td", {}, formatTime(checkpoint.created_at)));
+    }) : h("tr", {}, h("td", {colspan: 4, class: "empty"}, "No checkpoints yet.")));
+  }
+
+  async function loadArtifacts() {
+    const page = await getJson(`${jobPath}/artifacts`);
+    if (!page.data.length) {
+      const why = job.status === "succeeded" ? "This job has no artifacts."
+        : TERMINAL.has(job.status) ? `No artifacts: the job ${job.status}.` : "Artifacts appear when the job has succeeded.";
+      return clear(artifactsBody, h("p", {class: "muted"}, why));
+    }
+    clear(artifactsBody, h("table", {class: "table"},
+      h("thead", {}, h("tr", {}, ["Artifact", "Size", "Files", "sha256", ""].map((t) => h("th", {}, t)))),
+      h("tbody", {}, page.data.map((artifact) => h("tr", {dataset: {artifact: artifact.name}},
+        h("td", {}, h("strong", {}, artifact.name)),
+        h("td", {class: "artifact-size"}, formatBytes(artifact.bytes)),
+        h("td", {}, h("details", {}, h("summary", {}, `${artifact.files.length} files`),
+          h("ul", {class: "file-list"}, artifact.files.map((file) => h("li", {},
+            downloadButton(file.path, artifactPath(job.id, artifact.name, file.path), file.path.split("/").pop()),
+            h("span", {class: "muted small"}, ` ${formatBytes(file.bytes)}`)))))),
+        h("td", {class: "mono small", title: artifact.sha256}, `${artifact.sha256.slice(0, 12)}…`),
+        h("td", {}, downloadButton("Download .tar", artifact.download_url, `${job.id}-${artifact.name}.tar`,
+                                   {dataset: {download: artifact.name}})))))));
+  }
+
+  async function refresh() {
+    try {
+      job = await getJson(jobPath);
+      if (stopped) return;
+      message.textContent = "";
+      drawJob();
+      const changed = job.status !== lastDrawnStatus;
+      if (job.status === "running" || changed) await loadCheckpoints();
+      if (changed) await loadArtifacts();
+      await reconcileMetrics(TERMINAL.has(job.status));
+      lastDrawnStatus = job.status;
+      if (!streams.length) startStreams();
+    } catch (error) {
+      if (stopped) return;
+      message.textContent = error.status === 404 ? `No such job: ${id}` : `Could not load the job: ${error.message}`;
+      if (error.status === 404) return;
+    }
+    if (!stopped && !TERMINAL.has(job && job.status)) timer = setTimeout(refresh, REFRESH_MS);
+  }
+
+  function showState(node) {
+    return (state) => {
+      node.textContent = state === "done" ? "complete" : state;
+      node.dataset.state = state.split(":")[0];
+    };
+  }
+
+  function startStreams() {
+    streams.push(
+      follow({path: `${jobPath}/metrics`, onItems: addMetrics, poll: pollMetrics, onState: showState(liveState.metrics)}),
+      follow({path: `${jobPath}/events`, onItems: addEvents, poll: pollEvents, onState: showState(liveState.events)}));
+  }
+
+  refresh();
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+    for (const stream of streams) stream.stop();
+  };
+}

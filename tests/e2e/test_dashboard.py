@@ -1,0 +1,271 @@
+"""The dashboard at /ui in a real headless Chromium, against a real `dora api` and `dora worker`.
+
+The stack is the embedded one (SQLite, the SQLAlchemy broker, a local folder) with the tiny model,
+which trains a step in well under a second on a CPU. Each test leaves a full-page screenshot in
+var/screenshots/ (DORA_TEST_SCREENSHOTS elsewhere), named after it, whatever its outcome. With CI
+set, a missing Chromium or Playwright fails these tests instead of skipping them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import time
+
+import pytest
+
+from tests.support.browser import chromium, screenshot_path
+from tests.support.jobs import DATASET, dora_method, wait_for
+from tests.support.stack import E2E_RUN, Api, running_stack
+
+# a dataset whose line 3 is not JSON and whose line 5 has no assistant reply
+BROKEN = DATASET.split(b"\n")
+BROKEN[2] = b'{"messages": [{"role": "user", "content": "What is 0 plus 2?"'
+BROKEN[4] = b'{"messages": [{"role": "user", "content": "What is 0 plus 4?"}]}'
+BROKEN = b"\n".join(BROKEN)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("dashboard")
+    with running_stack(root, database_url=f"sqlite:///{root / 'dora.db'}",
+                       broker_url=f"sqla+sqlite:///{root / 'broker.db'}", tiny_model_dir=tiny_model_dir) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as browser:
+        yield browser
+
+
+@pytest.fixture
+def page(browser, stack, request):
+    """A fresh browser profile (empty sessionStorage) on the stack's API; screenshot at the end."""
+    context = browser.new_context(base_url=stack.api.url, viewport={"width": 1400, "height": 1000},
+                                  accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    try:
+        page.screenshot(path=str(screenshot_path(request.node.name)), full_page=True)
+    finally:
+        context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
+
+
+def sign_in(page, key: str) -> None:
+    page.goto("/ui/")
+    page.fill("#api-key", key)
+    page.click("#sign-in button[type=submit]")
+    page.wait_for_selector("#nav:not([hidden])")
+
+
+def storage(page) -> dict:
+    return page.evaluate("({session: {...sessionStorage}, local: {...localStorage}, cookie: document.cookie})")
+
+
+def test_sign_in_keeps_the_key_in_session_storage_only_shows_only_that_tenants_jobs_and_sign_out_clears_it(
+        page, stack, request):
+    job = stack.api.create(dora_method(max_steps=2, checkpoint_interval=2))
+    page.goto("/ui")  # redirected to /ui/: the page needs no key
+    assert page.url.endswith("/ui/")
+    page.fill("#api-key", "sk-dora-not-a-key")
+    page.click("#sign-in button[type=submit]")
+    page.wait_for_selector("#sign-in-error:has-text('not accepted')")
+    assert storage(page)["session"] == {}
+
+    sign_in(page, stack.api.key)
+    page.wait_for_selector(f"#jobs-table tr[data-job='{job['id']}']")
+    assert storage(page) == {"session": {"dora.apiKey": stack.api.key}, "local": {}, "cookie": ""}
+    assert stack.api.key not in page.url
+
+    other = Api(stack.api.url, stack._create_key())  # another tenant sees none of those jobs
+    page.click("#sign-out")
+    sign_in(page, other.key)
+    page.wait_for_selector("#jobs-table td.empty:has-text('No jobs yet')")
+    assert page.locator(f"tr[data-job='{job['id']}']").count() == 0
+    page.screenshot(path=str(screenshot_path(f"{request.node.name}-other-tenant")), full_page=True)
+
+    page.click("#sign-out")
+    page.wait_for_selector("#sign-in")
+    assert storage(page)["session"] == {}
+    page.reload()  # nothing kept: still signed out
+    page.wait_for_selector("#sign-in")
+    assert page.locator("#nav").is_hidden()
+
+
+def test_an_upload_with_broken_lines_shows_their_line_numbers(page, stack):
+    sign_in(page, stack.api.key)
+    page.click("#nav a[data-nav=new]")
+    page.set_input_files("#dataset-file", {"name": "broken.jsonl", "mimeType": "application/jsonl", "buffer": BROKEN})
+    errors = page.locator("#upload-status .line-errors li")
+    errors.first.wait_for()
+    lines = [errors.nth(i).get_attribute("data-line") for i in range(errors.count())]
+    assert lines == ["3", "5"]
+    assert "line 3" in errors.nth(0).inner_text() and "invalid JSON" in errors.nth(0).inner_text()
+    assert "line 5" in errors.nth(1).inner_text()
+    assert "Invalid training data in 'broken.jsonl'" in page.inner_text("#upload-status")
+    assert page.locator("#training-file option:has-text('broken.jsonl')").count() == 0  # nothing was stored
+
+
+def test_a_job_created_in_the_form_charts_its_loss_live_succeeds_and_its_adapter_downloads(page, stack, tmp_path):
+    sign_in(page, stack.api.key)
+    page.click("#nav a[data-nav=new]")
+    page.set_input_files("#dataset-file", {"name": "train.jsonl", "mimeType": "application/jsonl", "buffer": DATASET})
+    page.wait_for_selector("#upload-ok:has-text('25 rows')")
+    assert page.input_value("#training-file").startswith("file-")
+    page.wait_for_selector("#model option[value=tiny-llama]", state="attached")
+    page.check("input[name=method][value=dora]")
+    for name, value in {"rank": "4", "batch_size": "4", "learning_rate": "0.01", "max_steps": "30"}.items():
+        page.fill(f"#hp-{name}", value)
+    page.click("#create-job")
+    page.wait_for_url("**/ui/#/jobs/ftjob-*")
+    job_id = page.url.rsplit("/", 1)[-1]
+    page.evaluate("window.sameDocument = true")  # gone if anything reloads the page
+
+    # the loss chart gains points while the job runs, from the stream (the page is not reloaded)
+    seen_running: set[int] = set()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        points = int(page.get_attribute(".chart[data-metric=loss]", "data-points"))
+        status = page.inner_text("#job-status")
+        if status == "running" and points > 0:
+            seen_running.add(points)
+        if status in ("succeeded", "failed", "cancelled"):
+            break
+        time.sleep(0.1)
+    assert len(seen_running) >= 2, f"the loss chart did not grow while running: {sorted(seen_running)}"
+    page.wait_for_selector("#job-status:text-is('succeeded')", timeout=60_000)
+    page.wait_for_selector(".chart[data-metric=loss][data-points='30']")
+    for metric in ("lr", "grad_norm", "token_accuracy"):
+        assert page.get_attribute(f".chart[data-metric={metric}]", "data-points") == "30"
+    assert page.evaluate("window.sameDocument") is True
+    page.wait_for_selector(".live[data-stream=metrics][data-state=done]")
+    page.wait_for_selector("#events li:has-text('Training on 25 examples for 30 steps')")
+    assert page.inner_text("tr[data-setting=rank] td") == "4"
+    assert page.inner_text("tr[data-setting=max_steps] td") == "30"
+    assert "dora · rank 4" in page.inner_text("#job-summary")
+    assert "100%" in page.inner_text("#job-summary .progress-label")
+
+    # the adapter's tar, downloaded by the page (fetch with the key, then a blob)
+    page.wait_for_selector("tr[data-artifact=adapter] [data-download=adapter]")
+    with page.expect_download() as caught:
+        page.click("tr[data-artifact=adapter] [data-download=adapter]")
+    download = caught.value
+    assert download.suggested_filename == f"{job_id}-adapter.tar"
+    saved = tmp_path / download.suggested_filename
+    download.save_as(saved)
+    page.wait_for_selector("tr[data-artifact=adapter] .download-note:has-text('saved')")
+    archive = stack.api.artifacts(job_id)
+    adapter = next(a for a in archive if a["name"] == "adapter")
+    assert saved.read_bytes() == stack.api.download(adapter["download_url"])
+    with tarfile.open(saved) as tar:
+        names = set(tar.getnames())
+        config = json.load(tar.extractfile("adapter/adapter_config.json"))
+        weights = tar.extractfile("adapter/adapter_model.safetensors").read()
+    assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"} <= names
+    listed = {f["path"]: f["sha256"] for f in adapter["files"]}
+    assert hashlib.sha256(weights).hexdigest() == listed["adapter_model.safetensors"]
+    assert config["use_dora"] is True and config["r"] == 4
+    assert page.inner_text("tr[data-artifact=merged] .artifact-size").endswith(("KB", "MB"))
+    page.evaluate("window.scrollTo(0, 0)")
+
+
+def test_cancel_a_running_job_from_the_jobs_list(page, stack):
+    api = stack.api
+    job = api.create(dora_method(max_steps=2000, checkpoint_interval=3))
+    wait_for(lambda: api.checkpoints(job["id"]), timeout=90, what="a first checkpoint")
+    sign_in(page, api.key)
+    page.select_option("#status-filter", "running")
+    row = page.locator(f"#jobs-table tr[data-job='{job['id']}']")
+    row.wait_for()
+    assert row.get_attribute("data-status") == "running"
+    assert "dora · r4" in row.inner_text() and "/ 2000 steps" in row.inner_text()
+    page.screenshot(path=str(screenshot_path("test_cancel_a_running_job_from_the_jobs_list-running")), full_page=True)
+    page.once("dialog", lambda dialog: dialog.accept())
+    row.locator("[data-action=cancel]").click()
+    page.select_option("#status-filter", "cancelled")
+    page.wait_for_selector(f"#jobs-table tr[data-job='{job['id']}'][data-status=cancelled]", timeout=60_000)
+    assert api.job(job["id"])["status"] == "cancelled"
+    page.screenshot(path=str(screenshot_path("test_cancel_a_running_job_from_the_jobs_list-list")), full_page=True)
+
+    page.click(f"#jobs-table tr[data-job='{job['id']}'] a")
+    page.wait_for_selector("#job-status:text-is('cancelled')")
+    page.wait_for_selector("#checkpoints tbody tr[data-step='3']")
+    page.wait_for_selector("#artifacts:has-text('No artifacts: the job cancelled.')")
+    assert page.locator(".page-head [data-action=cancel]").count() == 0  # nothing left to cancel
+
+
+def test_a_failed_job_shows_its_error(page, stack):
+    job = stack.api.wait(stack.api.create(dora_method(**E2E_RUN, max_seq_len=8))["id"])
+    assert job["status"] == "failed"
+    sign_in(page, stack.api.key)
+    page.goto(f"/ui/#/jobs/{job['id']}")
+    page.wait_for_selector("#job-error .failure")
+    text = page.inner_text("#job-error")
+    assert "invalid_training_file" in text and "line 1: no trainable tokens within max_seq_len=8" in text
+    page.wait_for_selector("#job-status:text-is('failed')")
+    assert page.locator(".page-head [data-action=cancel]").count() == 0
+
+
+def test_the_files_page_lists_and_deletes_a_file(page, stack):
+    response = stack.api.client.post("/v1/files", files={"file": ("delete-me.jsonl", io.BytesIO(DATASET))},
+                                     data={"purpose": "fine-tune"})
+    file_id = response.raise_for_status().json()["id"]
+    sign_in(page, stack.api.key)
+    page.click("#nav a[data-nav=files]")
+    row = page.locator(f"#files-table tr[data-file='{file_id}']")
+    row.wait_for()
+    assert "delete-me.jsonl" in row.inner_text() and "chat" in row.inner_text() and "25" in row.inner_text()
+    page.once("dialog", lambda dialog: dialog.accept())
+    row.locator("[data-action=delete]").click()
+    page.wait_for_selector("#files-message:has-text('Deleted delete-me.jsonl')")
+    assert row.count() == 0
+    assert stack.api.client.get(f"/v1/files/{file_id}").status_code == 404
+
+
+def test_the_sse_parser_reads_events_split_anywhere_skips_pings_and_keeps_the_last_id(page, stack):
+    page.goto("/ui/")  # the module from the server, in the page's own origin
+    wire = ("id: 1\r\ndata: {\"step\": 1}\r\n\r\n: ping\n\nid: 2\ndata: {\"step\":\ndata:  2}\n\n"
+            "retry: 2500\rdata: [DONE]\r\r")
+    parsed = page.evaluate("""async (wire) => {
+        const {SseParser} = await import("/ui/js/stream.js");
+        const runs = [];
+        for (const size of [1, 2, 3, 7, wire.length]) {  // the same bytes cut into chunks of each size
+            const events = [], comments = [];
+            const parser = new SseParser((event) => events.push(event), (text) => comments.push(text));
+            for (let at = 0; at < wire.length; at += size) parser.feed(wire.slice(at, at + size));
+            runs.push({events, comments, lastEventId: parser.lastEventId, retry: parser.retry});
+        }
+        return runs;
+    }""", wire)
+    expected = {"events": [{"id": "1", "type": "message", "data": '{"step": 1}'},
+                           {"id": "2", "type": "message", "data": '{"step":\n 2}'},
+                           {"id": "2", "type": "message", "data": "[DONE]"}],
+                "comments": ["ping"], "lastEventId": "2", "retry": 2500}
+    assert parsed == [expected] * 5
+
+
+def test_a_server_without_streams_is_polled_instead(page, stack):
+    """An API that answers `?stream=true` with the JSON list (one from before streams) still
+    fills the charts and the events log: the page polls the list endpoints."""
+    job = stack.api.wait(stack.api.create(dora_method(max_steps=4, checkpoint_interval=4))["id"])
+    assert job["status"] == "succeeded"
+
+    def as_list(route):  # what a server without streams answers: the JSON list, stream=true ignored
+        url = route.request.url.replace("stream=true", "stream=false")
+        route.fulfill(response=route.fetch(url=url))
+
+    page.route("**/v1/fine_tuning/jobs/*/*stream=true*", as_list)
+    sign_in(page, stack.api.key)
+    page.goto(f"/ui/#/jobs/{job['id']}")
+    page.wait_for_selector(".chart[data-metric=loss][data-points='4']")
+    page.wait_for_selector(".live[data-stream=metrics][data-state=done]")
+    page.wait_for_selector(".live[data-stream=events][data-state=done]")
+    page.wait_for_selector("#events li:has-text('The job has successfully completed')")
+    assert page.inner_text("#job-status") == "succeeded"
