@@ -8,6 +8,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from dora_core import AdapterConfig, AdapterLinear, apply_adapter
+from tests.support.numerics import float64_model
 
 VOCAB = 96
 
@@ -65,9 +66,15 @@ def peft_twin(ours, base, *, config: AdapterConfig):
     return twin
 
 
-def adapted_pair(kind: str, config: AdapterConfig):
-    """(base, ours with perturbed adapters, PEFT twin) for a tiny model of `kind`."""
+def adapted_pair(kind: str, config: AdapterConfig, *, dtype: torch.dtype = torch.float32):
+    """(base, ours with perturbed adapters, PEFT twin) for a tiny model of `kind`, in `dtype`.
+
+    Built in fp32 and then converted, so the float64 models hold exactly the fp32 models'
+    values (and an adapter saved in PEFT's fp32 format loses nothing); float64 models compute
+    in float64 throughout (numerics.float64_model)."""
     base = MODEL_MAKERS[kind]()
     ours = apply_adapter(copy.deepcopy(base), config)
     perturb_adapters(ours)
+    convert = float64_model if dtype == torch.float64 else (lambda model: model.to(dtype))
+    base, ours = convert(base), convert(ours)
     return base, ours, peft_twin(ours, base, config=config)
