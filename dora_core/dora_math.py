@@ -100,12 +100,14 @@ def dense_adapted_weight(
     scale: float,
     magnitude: torch.Tensor | None,
 ) -> torch.Tensor:
-    """W' in fp32, (out, in): W + sBA for LoRA, m * (W + sBA) / n for DoRA. Used by merge only."""
-    dense = weight.float() + scale * (lora_B.float() @ lora_A.float())  # (out, in)
+    """W' in at least fp32, (out, in): W + sBA for LoRA, m * (W + sBA) / n for DoRA. Merge only.
+    (fp32 for bf16/fp32 weights, float64 kept for a float64 model.)"""
+    exact = at_least_fp32(weight.dtype)
+    dense = weight.to(exact) + scale * (lora_B.to(exact) @ lora_A.to(exact))  # (out, in)
     if magnitude is None:
         return dense
     norm = torch.linalg.vector_norm(dense, dim=1).clamp_min(NORM_EPS)  # (out,)
-    return dense * (magnitude.float() / norm).unsqueeze(1)
+    return dense * (magnitude.to(exact) / norm).unsqueeze(1)
 
 
 class DoraLinearFunction(torch.autograd.Function):

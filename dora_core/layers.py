@@ -14,6 +14,7 @@ from torch import nn
 
 from dora_core.config import AdapterConfig
 from dora_core.dora_math import (
+    at_least_fp32,
     dense_adapted_weight,
     dora_linear,
     draw_dropout_seed,
@@ -48,9 +49,9 @@ class AdapterLinear(nn.Module):
         weight = self.base_weight()  # (out, in)
         out_features, in_features = weight.shape
         self.in_features, self.out_features = in_features, out_features
-        device = weight.device
-        self.lora_A = nn.Parameter(torch.empty(config.rank, in_features, device=device))  # (r, in)
-        self.lora_B = nn.Parameter(torch.zeros(out_features, config.rank, device=device))  # (out, r)
+        device, master = weight.device, at_least_fp32(weight.dtype)  # fp32 masters (float64 for a float64 base)
+        self.lora_A = nn.Parameter(torch.empty(config.rank, in_features, device=device, dtype=master))  # (r, in)
+        self.lora_B = nn.Parameter(torch.zeros(out_features, config.rank, device=device, dtype=master))  # (out, r)
         # PEFT's (and nn.Linear's) default init for A; B = 0 makes the adapter a no-op at step 0.
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self._weight_sq_norm_cache: tuple[tuple, torch.Tensor] | None = None

@@ -66,7 +66,8 @@ def _full_logits_summed_loss(model, batch: dict[str, torch.Tensor]) -> LossSums:
     labels = batch["labels"][:, 1:]  # (batch, seq - 1)
     trained = labels != IGNORE_INDEX  # (batch, seq - 1)
     # Only trained positions are upcast to fp32: (tokens, vocab), not the whole (batch, seq, vocab).
-    selected = logits[:, :-1][trained].float()  # (tokens, vocab)
+    selected = logits[:, :-1][trained]
+    selected = selected.to(torch.promote_types(selected.dtype, torch.float32))  # (tokens, vocab), >= fp32
     targets = labels[trained]  # (tokens,)
     loss_sum = F.cross_entropy(selected, targets, reduction="sum")
     correct = int((selected.detach().argmax(dim=-1) == targets).sum())
