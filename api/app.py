@@ -20,6 +20,8 @@ from api.authentication import Authenticate
 from api.body_limit import LimitBody
 from api.errors import AnswerUnexpected, RejectNulInUrl, install_error_handlers
 from api.observability import MetricsMiddleware, Observability
+from api.openapi import install_openapi
+from api.rate_limit import TokenBuckets
 from api.routes import artifacts, files, health, jobs, models, webhooks
 from api.schema_check import check_schema_until_reachable
 from api.streams import Streams
@@ -78,11 +80,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (files.router, jobs.router, artifacts.router, models.router, health.router, webhooks.router):
         app.include_router(router)
     mount_ui(app)  # the dashboard at /ui: static files, no key (each API call it makes sends one)
+    install_openapi(app)  # errors as answered (400, not 422), with the error body
     # innermost first: body limit, then authentication before it (no body is read for a bad key)
     app.add_middleware(LimitBody, max_json_bytes=settings.max_json_body_bytes,
                        max_upload_bytes=settings.max_upload_bytes)
+    rate_limit = (TokenBuckets(per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst)
+                  if settings.rate_limit_per_minute else None)
     app.add_middleware(Authenticate, read_sessionmaker=app.state.read_sessionmaker,
-                       cache_seconds=settings.auth_cache_seconds)
+                       cache_seconds=settings.auth_cache_seconds, rate_limit=rate_limit)
     app.add_middleware(RejectNulInUrl)
     app.add_middleware(AnswerUnexpected)  # also around our own middleware: a 500 keeps the connection
     app.add_middleware(MetricsMiddleware, observability=app.state.observability)  # outermost: counts all

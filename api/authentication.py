@@ -13,6 +13,9 @@ A successful lookup is cached in this process for `auth_cache_seconds` (keyed by
 sha256, never the key), so a polling client costs no key query; the price is that a revoked key
 keeps working until its entry expires, at most that many seconds. Unknown keys are never cached.
 Routes read the caller from `request.state.caller` (api/deps.py).
+
+Once the tenant is known, its request rate is checked here too (api/rate_limit.py): a tenant
+over it gets a 429 before its body is read.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
 from api.errors import error_body
+from api.rate_limit import TokenBuckets
 from api.unavailable import is_database_unavailable, unavailable_response
 from store.tenants import hash_key, tenant_for_key
 
@@ -57,8 +61,9 @@ def bearer_key(headers: list[tuple[bytes, bytes]]) -> str | None:
 class Authenticate:
     """Sets scope["state"]["caller"] for /v1/ requests, or answers 401/503 without calling the app."""
 
-    def __init__(self, app, *, read_sessionmaker, cache_seconds: float) -> None:
+    def __init__(self, app, *, read_sessionmaker, cache_seconds: float, rate_limit: TokenBuckets | None = None) -> None:
         self.app, self.read_sessionmaker, self.cache_seconds = app, read_sessionmaker, cache_seconds
+        self.rate_limit = rate_limit  # None: no request rate limit
         self.cache: dict[str, tuple[Caller, float]] = {}
 
     async def __call__(self, scope, receive, send):
@@ -77,6 +82,9 @@ class Authenticate:
             return await unavailable_response()(scope, receive, send)
         if caller is None:
             return await unauthorized(f"Incorrect API key provided: {key[:10]}***")(scope, receive, send)
+        if self.rate_limit is not None and (refusal := self.rate_limit.take(caller.tenant_id)) is not None:
+            response = self.rate_limit.refusal_response(refusal, tenant_name=caller.tenant_name)
+            return await response(scope, receive, send)
         scope.setdefault("state", {})["caller"] = caller
         return await self.app(scope, receive, send)
 

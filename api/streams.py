@@ -86,6 +86,13 @@ STREAM_EXAMPLES = {
                "data: [DONE]\n\n",
 }
 
+# one message of the stream (OpenAPI 3.1: a text/event-stream's `schema` describes each message)
+SSE_MESSAGE = {"type": "object", "required": ["data"], "properties": {
+    "id": {"type": "string", "description": "the event id, or the metric's step"},
+    "event": {"type": "string", "enum": ["message"], "description": "never sent: the default type"},
+    "data": {"type": "string", "description": "one item as JSON, or [DONE] once the job is terminal"},
+    "retry": {"type": "integer"}}}
+
 
 def stream_responses(what: str) -> dict[int | str, dict[str, Any]]:
     """`responses=` for a list route that streams with `stream=true`."""
@@ -94,7 +101,7 @@ def stream_responses(what: str) -> dict[int | str, dict[str, Any]]:
         f"({'the event id' if what == 'events' else 'the step'}) and `data:` (one item as JSON) per message, "
         "`: ping` comments while quiet, and `data: [DONE]` once the job is terminal and all were sent. Resume "
         "with `Last-Event-ID` (or `after`). Over the tenant's open streams: 429, code `rate_limit_exceeded`."),
-        "content": {"text/event-stream": {"schema": {"type": "string"}, "example": STREAM_EXAMPLES[what]}}}}
+        "content": {"text/event-stream": {"schema": SSE_MESSAGE, "example": STREAM_EXAMPLES[what]}}}}
 
 
 def too_many_streams(limit: int) -> ApiError:

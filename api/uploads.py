@@ -4,6 +4,8 @@ Starlette's `request.form()` spools a whole file before the route runs, so a lim
 afterwards has already cost the disk and the time. Here the body is parsed as it streams:
 the file part goes straight to a temp file (hashing as it goes) and the request is answered
 413 the moment the file passes the limit (or before reading, when Content-Length says so).
+The caller may lower the limit for one upload and say what passing it means (the route lowers
+it to what is left of the tenant's storage quota, and passing that is a 429, api/quotas.py).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,8 +57,8 @@ def safe_filename(raw: str) -> str:
 class _Receiver:
     """python-multipart callbacks: text fields kept in memory, the one file part to `out`."""
 
-    def __init__(self, out, max_bytes: int) -> None:
-        self.out, self.max_bytes = out, max_bytes
+    def __init__(self, out, max_bytes: int, over_limit: Callable[[], ApiError]) -> None:
+        self.out, self.max_bytes, self.over_limit = out, max_bytes, over_limit
         self.upload = Upload()
         self.digest = hashlib.sha256()
         self.pending: list[bytes] = []
@@ -104,7 +107,7 @@ class _Receiver:
             return
         self.upload.size += len(chunk)
         if self.upload.size > self.max_bytes:
-            raise too_large(self.max_bytes)
+            raise self.over_limit()
         self.pending.append(chunk)
         self.pending_size += len(chunk)
 
@@ -134,21 +137,27 @@ def _boundary(request: Request) -> bytes:
     return options[b"boundary"]
 
 
-def _check_declared_length(request: Request, max_bytes: int) -> None:
+def _check_declared_length(request: Request, max_bytes: int, over_limit: Callable[[], ApiError]) -> None:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes + ENVELOPE:
-        raise too_large(max_bytes)
+        raise over_limit()
 
 
-async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: str | None = None) -> Upload:
-    """Parse the multipart body into fields and one file on disk; the caller must `cleanup()`."""
+async def receive_upload(request: Request, *, max_bytes: int, tmp_dir: str | None = None,
+                         over_limit: Callable[[], ApiError] | None = None) -> Upload:
+    """Parse the multipart body into fields and one file on disk; the caller must `cleanup()`.
+
+    A file of more than `max_bytes` raises `over_limit()` (default: the 413 `too_large`) as
+    soon as its first byte past the limit arrives, or before reading when Content-Length says
+    so; nothing of it is left on disk."""
+    over_limit = over_limit or (lambda: too_large(max_bytes))
     boundary = _boundary(request)
-    _check_declared_length(request, max_bytes)
+    _check_declared_length(request, max_bytes, over_limit)
     fd, name = tempfile.mkstemp(prefix="dora-upload-", suffix=".part", dir=tmp_dir)
     receiver = None
     try:
         with os.fdopen(fd, "wb") as out:
-            receiver = _Receiver(out, max_bytes)
+            receiver = _Receiver(out, max_bytes, over_limit)
             receiver.upload.path = Path(name)
             parser = MultipartParser(boundary, receiver.callbacks())
             async for chunk in request.stream():

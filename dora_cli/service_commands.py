@@ -1,4 +1,8 @@
-"""Service commands: `dora api`, `dora migrate`, `dora keys create --tenant NAME`.
+"""Service commands: `dora api`, `dora migrate`, `dora keys create --tenant NAME`, `dora keys list
+[--tenant NAME] [--json]` and `dora keys revoke KEY_ID`.
+
+`keys list` shows what an operator may know of a key (id, tenant, the prefix it starts with,
+when it was created and revoked), never the key: only its sha256 is stored.
 
 Imports of the web stack and SQLAlchemy happen inside the run functions, so `dora --help`
 stays fast and `dora train` never loads them (and `dora api` never loads torch).
@@ -26,6 +30,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     create = key_commands.add_parser("create", help="create an API key; prints it once, alone on the last line")
     create.add_argument("--tenant", required=True, help="tenant name (created if it does not exist)")
     create.set_defaults(run=run_keys_create)
+    listing = key_commands.add_parser("list", help="list API keys: id, tenant, prefix, created, revoked (not the key)")
+    listing.add_argument("--tenant", default=None, help="only this tenant's keys")
+    listing.add_argument("--json", action="store_true", help="one JSON object per key, one per line")
+    listing.set_defaults(run=run_keys_list)
+    revoke = key_commands.add_parser("revoke", help="revoke an API key by its id (see `dora keys list`)")
+    revoke.add_argument("key_id", metavar="KEY_ID", help="the key's id, e.g. key-...")
+    revoke.set_defaults(run=run_keys_revoke)
 
 
 def run_api(args: argparse.Namespace) -> int:
@@ -66,4 +77,52 @@ def run_keys_create(args: argparse.Namespace) -> int:
         new = create_api_key(session, tenant_name=args.tenant)
     print(f"created API key {new.key_id} for tenant '{args.tenant}' ({new.tenant_id}); it is shown only once:")
     print(new.key)
+    return 0
+
+
+def _when(value) -> str | None:
+    return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def run_keys_list(args: argparse.Namespace) -> int:
+    import json
+
+    from store.db import session_scope
+    from store.settings import get_settings
+    from store.tenants import find_tenant, list_api_keys
+
+    with session_scope(get_settings()) as session:
+        if args.tenant is not None and find_tenant(session, name=args.tenant) is None:
+            print(f"error: no tenant named '{args.tenant}'", file=sys.stderr)
+            return 1
+        keys = list_api_keys(session, tenant_name=args.tenant)
+    rows = [{"id": k.key_id, "tenant": k.tenant_name, "tenant_id": k.tenant_id, "prefix": k.prefix,
+             "created": _when(k.created_at), "revoked": _when(k.revoked_at)} for k in keys]
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    columns = ("id", "tenant", "prefix", "created", "revoked")
+    table = [columns] + [tuple(row[c] or "-" for c in columns) for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+    return 0
+
+
+def run_keys_revoke(args: argparse.Namespace) -> int:
+    from store.db import session_scope
+    from store.settings import get_settings
+    from store.tenants import revoke_api_key
+
+    settings = get_settings()
+    with session_scope(settings) as session:
+        revoked = revoke_api_key(session, key_id=args.key_id)
+    if revoked is None:
+        print(f"error: no API key with id '{args.key_id}' (see `dora keys list`)", file=sys.stderr)
+        return 1
+    key = revoked.key
+    what = "was already revoked" if revoked.already else "revoked"
+    print(f"API key {key.key_id} ({key.prefix}...) of tenant '{key.tenant_name}' {what} at {_when(key.revoked_at)}; "
+          f"API processes refuse it within {settings.auth_cache_seconds:g} s (DORA_AUTH_CACHE_SECONDS)")
     return 0

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, IPvAnyNetwork, PositiveFloat, model_validator
+from pydantic import Field, IPvAnyNetwork, PositiveFloat, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# a guessable operator token would open /metrics: e.g. `openssl rand -hex 32`
+MIN_METRICS_TOKEN_LENGTH = 16
 
 
 class Settings(BaseSettings):
@@ -51,6 +54,16 @@ class Settings(BaseSettings):
     max_batch_size: int = 1024
     default_max_attempts: int = 3
 
+    # per-tenant caps; 0 turns one off. Over a cap the API answers 429 with Retry-After (README,
+    # "Limits per tenant"). Active jobs and stored bytes are counted in SQL under a lock on the
+    # tenant's row, so they hold across every API process (api/quotas.py); the request rate is a
+    # token bucket in each API process (api/rate_limit.py): with P processes a tenant gets up to
+    # P times this rate in all.
+    max_active_jobs_per_tenant: int = 20  # queued + running
+    max_stored_bytes_per_tenant: int = 10 * 1024**3  # uploaded files (job outputs are not counted)
+    rate_limit_per_minute: int = 600  # the bucket's refill rate: requests per minute, per tenant
+    rate_limit_burst: int = 100  # the bucket's size: requests a tenant may send at once
+
     # job leases (the worker heartbeats well inside this)
     lease_seconds: int = 120
 
@@ -76,6 +89,9 @@ class Settings(BaseSettings):
     # a valid key's lookup is reused this long, per API process, keyed by the key's sha256: a
     # revoked key keeps working for at most this many seconds (0 = look up every request)
     auth_cache_seconds: float = 10.0
+    # /metrics (counts over every tenant) is for the operator: it needs `Authorization: Bearer
+    # <this token>`; unset, /metrics is refused on every address (api/routes/health.py)
+    metrics_token: SecretStr | None = None
     upload_tmp_dir: str | None = None  # where uploads are staged while validated (system temp)
     # event streams (`?stream=true`, api/streams.py): a `: ping` after this many quiet seconds; how
     # often a stream re-reads SQL where nothing wakes it (SQLite); open streams per tenant in each
@@ -91,6 +107,15 @@ class Settings(BaseSettings):
             raise ValueError("DORA_MIN_RANK must be >= 1 and <= DORA_MAX_RANK")
         if self.max_upload_bytes <= 0:
             raise ValueError("DORA_MAX_UPLOAD_BYTES must be positive")
+        caps = ("max_active_jobs_per_tenant", "max_stored_bytes_per_tenant", "rate_limit_per_minute")
+        for name in caps:
+            if getattr(self, name) < 0:
+                raise ValueError(f"DORA_{name.upper()} must be >= 0 (0 turns it off)")
+        if self.rate_limit_burst < 1:
+            raise ValueError("DORA_RATE_LIMIT_BURST must be at least 1")
+        token = self.metrics_token.get_secret_value() if self.metrics_token is not None else None
+        if token is not None and len(token) < MIN_METRICS_TOKEN_LENGTH:
+            raise ValueError(f"DORA_METRICS_TOKEN must be at least {MIN_METRICS_TOKEN_LENGTH} characters")
         return self
 
 

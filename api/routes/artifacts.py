@@ -10,6 +10,7 @@ from api.deps import OwnedJobDep, SessionDep, StorageDep
 from api.downloads import stream_response
 from api.present import artifact_out
 from api.schemas.common import ListPage
+from api.schemas.content import OCTET_STREAM, TAR, OctetStreamResponse, TarResponse, download_responses
 from api.schemas.jobs import ArtifactOut
 from api.services import jobs as job_service
 from store.archive import iter_tar, tar_size
@@ -24,16 +25,17 @@ def list_artifacts(job: OwnedJobDep, session: SessionDep) -> ListPage[ArtifactOu
     return ListPage(data=[artifact_out(r) for r in rows], has_more=False)
 
 
-@router.get("/{name}/archive")
+@router.get("/{name}/archive", response_class=TarResponse, responses=download_responses(TAR))
 def download_archive(name: str, job: OwnedJobDep, session: SessionDep, storage: StorageDep,
                      range_header: RangeHeader = None):
     artifact = job_service.get_artifact(session=session, job=job, name=name)
     return stream_response(size=tar_size(artifact), read=lambda a, b: iter_tar(artifact, storage, a, b),
                            range_header=range_header, filename=f"{job.id}-{name}.tar",
-                           media_type="application/x-tar", etag=artifact.sha256)
+                           media_type=TAR, etag=artifact.sha256)
 
 
-@router.get("/{name}/files/{path:path}")
+@router.get("/{name}/files/{path:path}", response_class=OctetStreamResponse,
+            responses=download_responses(OCTET_STREAM))
 def download_file(name: str, path: str, job: OwnedJobDep, session: SessionDep, storage: StorageDep,
                   range_header: RangeHeader = None):
     artifact = job_service.get_artifact(session=session, job=job, name=name)

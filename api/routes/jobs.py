@@ -13,7 +13,9 @@ from api.deps import JobViewDep, OwnedJobDep, PublisherDep, SessionDep, Settings
 from api.errors import bad_request
 from api.present import checkpoint_out, event_out, job_out, metric_out
 from api.schemas.common import ListPage
+from api.schemas.errors import error_responses
 from api.schemas.jobs import CheckpointOut, FineTuningJob, JobCreate, JobEventOut, MetricPage
+from api.schemas.params import Limit, limit_param
 from api.services import jobs as job_service
 from api.streams import stream_responses
 from store.jobs import JobStatus
@@ -27,6 +29,7 @@ StreamFlag = Annotated[bool, Query(description="true: a text/event-stream of the
 LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", max_length=64,
                                            description="With stream=true: resume after this id (what EventSource "
                                                        "sends on a reconnect); wins over `after`")]
+MetricsLimit = limit_param(job_service.MAX_METRICS_LIMIT)
 
 
 def _metadata_filters(query_string: bytes) -> list[tuple[str, str]]:
@@ -53,7 +56,9 @@ def _page(items: list, rows: list, has_more: bool) -> ListPage:
                     last_id=rows[-1].id if rows else None)
 
 
-@router.post("", response_model=FineTuningJob)
+@router.post("", response_model=FineTuningJob, responses=error_responses(
+    409, 429, d409="The Idempotency-Key was used with another body",
+    d429="At the tenant's cap on queued+running jobs (type `insufficient_quota`, code `quota_exceeded`) or its rate"))
 def create_job(body: JobCreate, caller: TenantDep, session: SessionDep, settings: SettingsDep,
                publish: PublisherDep,
                idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1,
@@ -67,7 +72,7 @@ def create_job(body: JobCreate, caller: TenantDep, session: SessionDep, settings
 
 @router.get("", response_model=ListPage[FineTuningJob])
 def list_jobs(request: Request, caller: TenantDep, session: SessionDep, after: str | None = None,
-              limit: int = 20, status: StatusFilter = None) -> ListPage[FineTuningJob]:
+              limit: Limit = 20, status: StatusFilter = None) -> ListPage[FineTuningJob]:
     metadata = {}
     for name, value in _metadata_filters(request.scope["query_string"]):
         match = _METADATA_PARAM.match(name)
@@ -84,14 +89,15 @@ async def get_job(job: JobViewDep) -> FineTuningJob:  # no I/O left here: run in
     return job_out(job)
 
 
-@router.post("/{job_id}/cancel", response_model=FineTuningJob)
+@router.post("/{job_id}/cancel", response_model=FineTuningJob,
+             responses=error_responses(409, d409="The job has already finished"))
 def cancel_job(job: OwnedJobDep, session: SessionDep) -> FineTuningJob:
     return job_out(job_service.cancel_job(session=session, job=job))
 
 
 @router.get("/{job_id}/events", response_model=ListPage[JobEventOut], responses=stream_responses("events"))
 def list_events(request: Request, job: JobViewDep, caller: TenantDep, session: SessionDep, after: str | None = None,
-                limit: int = 20, stream: StreamFlag = False,
+                limit: Limit = 20, stream: StreamFlag = False,
                 last_event_id: LastEventId = None) -> ListPage[JobEventOut]:
     """Newest first, `after` an event id. With `stream=true`: oldest first, as they are written,
     resuming after the event `Last-Event-ID` or `after` names."""
@@ -104,15 +110,16 @@ def list_events(request: Request, job: JobViewDep, caller: TenantDep, session: S
 
 @router.get("/{job_id}/checkpoints", response_model=ListPage[CheckpointOut])
 def list_checkpoints(job: OwnedJobDep, caller: TenantDep, session: SessionDep, after: str | None = None,
-                     limit: int = 10) -> ListPage[CheckpointOut]:
+                     limit: Limit = 10) -> ListPage[CheckpointOut]:
     rows, has_more = job_service.list_checkpoints(session=session, job=job, after=after, limit=limit)
     return _page([checkpoint_out(r, job, tenant_name=caller.tenant_name) for r in rows], rows, has_more)
 
 
 @router.get("/{job_id}/metrics", response_model=MetricPage, responses=stream_responses("metrics"))
 def list_metrics(request: Request, job: JobViewDep, caller: TenantDep, session: SessionDep,
-                 after: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None, limit: int = 1000,
-                 stream: StreamFlag = False, last_event_id: LastEventId = None) -> MetricPage:
+                 after: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
+                 limit: MetricsLimit = 1000, stream: StreamFlag = False,
+                 last_event_id: LastEventId = None) -> MetricPage:
     """Per-step metrics in step order; pass `next_after` back as `after` for the next page. With
     `stream=true`: as they are written, after the step `Last-Event-ID` or `after` names."""
     if stream:

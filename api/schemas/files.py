@@ -6,6 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+# an upload, or a job's result (a tar of one output)
+FilePurpose = Literal["fine-tune", "fine-tune-results"]
+
 
 class FileObject(BaseModel):
     id: str
@@ -13,8 +16,8 @@ class FileObject(BaseModel):
     bytes: int
     created_at: int
     filename: str
-    purpose: str
-    status: str = "processed"
+    purpose: FilePurpose
+    status: Literal["uploaded", "processed", "error"] = "processed"  # OpenAI's; uploads are validated: processed
     status_details: str | None = None
     expires_at: int | None = None
     # additions

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, create_model, field_validator, model_vali
 from api.schemas.common import StrictModel
 from api.schemas.run_fields import adapter_fields, contract_type, training_fields
 from dora_contract import OUTPUTS, RunSettings, TrainingSettings
+from store.job_status import JobStatus
 
 Auto = Literal["auto"]
 # learning_rate_multiplier (OpenAI's): the contract's default learning rate times this
@@ -147,7 +148,7 @@ class FineTuningJob(BaseModel):
     organization_id: str
     result_files: list[str]
     seed: int
-    status: str
+    status: JobStatus
     trained_tokens: int | None = None
     training_file: str
     validation_file: str | None = None

@@ -1,7 +1,9 @@
 """Files: accept a validated upload into storage, list, delete, and read content.
 
-An upload is kept only if it validates: the dataset is checked on the staged temp file, and
-the storage object and the row are written only after that, so a rejected file leaves nothing.
+An upload is kept only if it validates and fits the tenant's storage quota: the dataset is
+checked on the staged temp file, and the storage object and the row are written only after
+that; the quota is checked again (locked, api/quotas.py) in the transaction that inserts the
+row, and a refused file's object is deleted, so a rejected file leaves nothing.
 """
 
 from __future__ import annotations
@@ -11,14 +13,17 @@ from sqlalchemy.orm import Session
 
 from api.datasets import validate_dataset
 from api.errors import ApiError, bad_request
+from api.quotas import check_storage
 from api.services.scope import owned, page
 from api.uploads import Upload
 from store.ids import new_id
 from store.jobs import ACTIVE
 from store.models import File, Job
+from store.settings import Settings
 from store.storage import Storage, file_key
 
-PURPOSES = ("fine-tune",)
+PURPOSES = ("fine-tune",)  # what may be uploaded (the other FilePurpose is a job's result)
+MAX_LIST_LIMIT = 10_000  # OpenAI's files list takes up to 10,000 per page
 
 
 def list_files(*, session: Session, tenant_id: str, after: str | None, limit: int, order: str,
@@ -27,7 +32,7 @@ def list_files(*, session: Session, tenant_id: str, after: str | None, limit: in
     if purpose is not None:
         query = query.where(File.purpose == purpose)
     return page(session, query, id_column=File.id, after=after, limit=limit, ascending=order == "asc",
-                max_limit=10_000)
+                max_limit=MAX_LIST_LIMIT)
 
 
 def _check_purpose(upload: Upload) -> str:
@@ -54,8 +59,10 @@ def _check_dataset(upload: Upload) -> tuple[str | None, int]:
     return report.format, report.rows
 
 
-def create_from_upload(*, session: Session, storage: Storage, tenant_id: str, upload: Upload) -> File:
-    """Validate, then store the object, then commit the row (the object is removed if that fails)."""
+def create_from_upload(*, session: Session, storage: Storage, settings: Settings, tenant_id: str,
+                       upload: Upload) -> File:
+    """Validate, then store the object, then check the quota and commit the row (the object is
+    removed if either fails)."""
     purpose = _check_purpose(upload)
     fmt, rows = _check_dataset(upload)
     file_id = new_id("file")
@@ -64,6 +71,7 @@ def create_from_upload(*, session: Session, storage: Storage, tenant_id: str, up
     row = File(id=file_id, tenant_id=tenant_id, filename=upload.filename, purpose=purpose, bytes=upload.size,
                status="processed", format=fmt, rows=rows, sha256=upload.sha256, storage_key=key)
     try:
+        check_storage(session, settings=settings, tenant_id=tenant_id, size=upload.size)
         session.add(row)
         session.commit()
     except BaseException:

@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError, bad_request, not_found
+from api.quotas import check_active_jobs
 from api.schemas.jobs import JobCreate
 from api.services import methods
 from api.services.scope import check_limit, get_owned, owned, page
@@ -18,6 +19,8 @@ from store import jobs as job_store
 from store.jobs import JobStatus
 from store.models import Artifact, Checkpoint, File, Job, JobEvent, MetricPoint
 from store.settings import Settings
+
+MAX_METRICS_LIMIT = 10_000  # metric points per page
 
 
 def _find_by_key(session: Session, *, tenant_id: str, key: str) -> Job | None:
@@ -47,7 +50,11 @@ def _as_client_error(error: ApiError) -> ApiError:
 
 def create_job(*, session: Session, settings: Settings, tenant_id: str, request: JobCreate,
                idempotency_key: str | None) -> tuple[Job, bool]:
-    """(job, created). The same Idempotency-Key and body return the first job, created=False."""
+    """(job, created). The same Idempotency-Key and body return the first job, created=False.
+
+    At the tenant's cap on queued+running jobs this is a 429 (api/quotas.py): the count and the
+    insert are one transaction under a lock on the tenant's row, so concurrent creates cannot
+    pass the cap together."""
     request_hash = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
     if idempotency_key and (existing := _find_by_key(session, tenant_id=tenant_id, key=idempotency_key)):
         return _replay(existing, request_hash), False
@@ -65,6 +72,7 @@ def create_job(*, session: Session, settings: Settings, tenant_id: str, request:
     run |= {"base_model": {"name": request.model, "path": settings.base_models[request.model]},
             "training_file": training, "validation_file": validation}
     try:
+        check_active_jobs(session, settings=settings, tenant_id=tenant_id)  # holds the lock until the commit
         job = job_store.create_job(
             session, tenant_id=tenant_id, model=request.model, training_file=request.training_file,
             validation_file=request.validation_file, method=shown, settings=run, seed=seed, suffix=request.suffix,
@@ -113,7 +121,8 @@ def list_metrics(*, session: Session, job: Job, after: int | None, limit: int) -
     query = select(MetricPoint).where(MetricPoint.job_id == job.id)
     if after is not None:
         query = query.where(MetricPoint.step > after)
-    rows = list(session.scalars(query.order_by(MetricPoint.step).limit(check_limit(limit, maximum=10_000) + 1)))
+    rows = list(session.scalars(query.order_by(MetricPoint.step).limit(check_limit(limit, maximum=MAX_METRICS_LIMIT)
+                                                                        + 1)))
     return rows[:limit], len(rows) > limit
 
 

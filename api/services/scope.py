@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from api.errors import bad_request, not_found
 
 Row = TypeVar("Row")
+MAX_LIMIT = 100  # a page of jobs, events or checkpoints (OpenAI's bound)
 
 
 def owned(model: type[Row], *, tenant_id: str) -> Select:
@@ -26,14 +27,14 @@ def get_owned(session: Session, model: type[Row], *, tenant_id: str, object_id: 
     return row
 
 
-def check_limit(limit: int, *, maximum: int = 100) -> int:
+def check_limit(limit: int, *, maximum: int = MAX_LIMIT) -> int:
     if not 1 <= limit <= maximum:
         raise bad_request(f"limit must be between 1 and {maximum}", param="limit")
     return limit
 
 
 def page(session: Session, query: Select, *, id_column: Any, after: str | None, limit: int,
-         ascending: bool = False, max_limit: int = 100) -> tuple[list[Any], bool]:
+         ascending: bool = False, max_limit: int = MAX_LIMIT) -> tuple[list[Any], bool]:
     """One page after the cursor id (ids sort by creation time), and whether more follow."""
     if after is not None:
         query = query.where(id_column > after if ascending else id_column < after)

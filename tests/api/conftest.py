@@ -20,7 +20,15 @@ from fastapi.testclient import TestClient
 
 from store.migrate import upgrade
 from store.settings import Settings
-from tests.support.api_client import BASE_MODELS, MAX_UPLOAD, FakeWorker, Tenant, make_tenant, recording_app
+from tests.support.api_client import (
+    BASE_MODELS,
+    MAX_UPLOAD,
+    METRICS_TOKEN,
+    FakeWorker,
+    Tenant,
+    make_tenant,
+    recording_app,
+)
 from tests.support.services import MOTO_SERVER, REDIS_URL, postgres_database, running_server, unavailable
 
 
@@ -49,7 +57,8 @@ def database_url(request, tmp_path_factory):
 def settings(database_url, tmp_path_factory) -> Settings:
     settings = Settings(database_url=database_url, storage_url=str(tmp_path_factory.mktemp("artifacts")),
                         broker_url="redis://127.0.0.1:1/0", base_models=BASE_MODELS, max_upload_bytes=MAX_UPLOAD,
-                        max_rank=128, auth_cache_seconds=0.0, upload_tmp_dir=str(tmp_path_factory.mktemp("uploads")))
+                        max_rank=128, auth_cache_seconds=0.0, upload_tmp_dir=str(tmp_path_factory.mktemp("uploads")),
+                        metrics_token=METRICS_TOKEN)
     upgrade(settings)
     return settings
 

@@ -18,6 +18,7 @@ from store.db import build_engine
 from store.migrate import SchemaOutdated
 from store.models import Base
 from store.settings import Settings
+from tests.support.api_client import OPERATOR
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,7 +52,7 @@ def test_health_ready_and_prometheus(client, tenant):
     ready = client.get("/readyz")  # the test settings point at a dead broker
     assert ready.status_code == 503 and ready.json()["database"] == "ok" and ready.json()["broker"] == "unreachable"
     tenant.job()
-    text = client.get("/metrics").text
+    text = client.get("/metrics", headers=OPERATOR).text
     assert 'dora_http_requests_total{method="POST",route="/v1/fine_tuning/jobs",status="200"}' in text
     assert 'dora_jobs{status="queued"}' in text
 

@@ -10,6 +10,7 @@ from dora_contract import AdapterSettings, TrainingSettings
 from store import jobs as job_store
 from store.jobs import ACTIVE, TERMINAL, JobStatus
 from store.queue import publish_job
+from tests.support.api_client import OPERATOR
 
 
 def test_dora_method_is_stored_resolved_and_published_once(tenant, app):
@@ -200,7 +201,7 @@ def test_broker_failure_leaves_the_job_created_and_queued(tenant, settings):
         response = client.post("/v1/fine_tuning/jobs", headers=tenant.headers,
                                json={"model": "tiny-llama", "training_file": file_id})
         assert response.status_code == 200 and response.json()["status"] == "queued"
-        assert "dora_publish_failures_total 1.0" in client.get("/metrics").text
+        assert "dora_publish_failures_total 1.0" in client.get("/metrics", headers=OPERATOR).text
 
 
 def test_stored_run_config_is_accepted_by_dora_core(tenant, settings):

@@ -129,7 +129,8 @@ def test_burst_of_creates_on_a_cold_key_cache_gets_no_5xx(settings, fresh_engine
     missing the cache. The lookup used to hold the request's connection while the route waited for
     a thread; now it returns it in the same hop, so the pool never deadlocks against the threads."""
     small_pool = settings.model_copy(update={"db_pool_size": 3, "db_max_overflow": 0, "db_pool_timeout_seconds": 10.0,
-                                             "auth_cache_seconds": 0.0})
+                                             "auth_cache_seconds": 0.0,  # and no per-tenant caps: 100 jobs at once
+                                             "max_active_jobs_per_tenant": 0, "rate_limit_per_minute": 0})
     app = create_app(small_pool)  # first: the engine cached for this URL is now the small pool's
     headers = _key(settings, "burst")
     with running_server(app) as url:
@@ -169,7 +170,8 @@ def test_slow_uploads_of_one_tenant_do_not_starve_another(settings, fresh_engine
     """F2: one tenant trickles 12 uploads (more than the pool has connections); another tenant's
     GETs stay fast, because no upload holds a connection while its body arrives."""
     small_pool = settings.model_copy(update={"db_pool_size": 3, "db_max_overflow": 0, "db_pool_timeout_seconds": 10.0,
-                                             "auth_cache_seconds": 0.0})
+                                             "auth_cache_seconds": 0.0,  # no per-tenant caps: this is about the pool
+                                             "max_active_jobs_per_tenant": 0, "rate_limit_per_minute": 0})
     app = create_app(small_pool)  # first: the engine cached for this URL is now the small pool's
     slow, other = _key(settings, "slow-uploader"), _key(settings, "patient-poller")
     assert app.state.engine.pool.size() == 3

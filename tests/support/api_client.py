@@ -18,6 +18,9 @@ from store.tenants import create_api_key
 
 MAX_UPLOAD = 256 * 1024
 BASE_MODELS = {"tiny-llama": "./var/models/tiny-llama", "llama-3.2-1b": "meta-llama/Llama-3.2-1B"}
+# the operator's token for /metrics in the API suite's settings (DORA_METRICS_TOKEN)
+METRICS_TOKEN = "test-metrics-token-0123456789"
+OPERATOR = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 CHAT_ROW = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
 
 

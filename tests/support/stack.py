@@ -26,7 +26,8 @@ from tests.support.services import free_port
 ROOT = Path(__file__).resolve().parents[2]
 FAST = {"DORA_LEASE_SECONDS": "6", "DORA_HEARTBEAT_SECONDS": "1", "DORA_RECONCILE_INTERVAL_SECONDS": "1",
         "DORA_REQUEUE_AFTER_SECONDS": "2", "DORA_AUTH_CACHE_SECONDS": "0", "DORA_DEVICE": "cpu",
-        "HF_HUB_OFFLINE": "1", "DORA_LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1"}
+        "HF_HUB_OFFLINE": "1", "DORA_LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1",
+        "DORA_RATE_LIMIT_PER_MINUTE": "0"}  # the suites poll every 50 ms; the rate limit has tests of its own
 # e2e jobs run longer than the worker suite's default (dora_method's 6 steps, a checkpoint every 3)
 E2E_RUN = {"max_steps": 12, "checkpoint_interval": 4}
 TIMINGS: dict = {}  # measured by the tests (not asserted), printed after the run (tests/e2e/conftest.py)

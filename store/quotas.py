@@ -1,0 +1,45 @@
+"""What a tenant's caps count, and the lock that makes a check and the insert it allows one step.
+
+A cap checked with a plain count races: two creates at N-1 both count N-1 and both insert.
+`lock_tenant` takes a write lock on the tenant's row first, inside the transaction that then
+counts and inserts, so a second check of the same tenant waits until the first one committed
+(or rolled back) and counts what it inserted. On PostgreSQL that is `SELECT ... FOR UPDATE` on
+the row (other tenants are not held up); SQLite has one writer at a time, and a no-op UPDATE
+as the transaction's first statement makes it that writer (waiting on the busy timeout) before
+anything is counted, so the count is never of a stale snapshot.
+
+The lock is held for one count and one insert; nothing slow (an upload to storage, a broker)
+happens while it is held.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from store.job_status import ACTIVE
+from store.models import File, Job, Tenant
+
+
+def lock_tenant(session: Session, *, tenant_id: str) -> None:
+    """Hold the tenant's row until the session's transaction ends (commit or rollback)."""
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(update(Tenant).where(Tenant.id == tenant_id).values(name=Tenant.name),
+                        execution_options={"synchronize_session": False})
+    else:
+        session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+
+
+def active_jobs(session: Session, *, tenant_id: str) -> int:
+    """The tenant's queued and running jobs."""
+    query = select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE))
+    return int(session.scalar(query) or 0)
+
+
+def stored_bytes(session: Session, *, tenant_id: str) -> int:
+    """Bytes of the files the tenant uploaded. Job results (`fine-tune-results`, rows with an
+    artifact) are not counted: no API call deletes them, so counting them could lock a tenant
+    out for good."""
+    query = select(func.coalesce(func.sum(File.bytes), 0)).where(File.tenant_id == tenant_id,
+                                                                  File.artifact_id.is_(None))
+    return int(session.scalar(query) or 0)
