@@ -50,10 +50,11 @@ sys.path.insert(0, str(ROOT))
 # burst: the key cache lives this long, so the burst can arrive just after it expired
 BURST_CACHE_SECONDS = 1.0
 # server settings per mode (the tenant caps are raised so the load measures the server, not the quota)
+UNCAPPED = {"DORA_MAX_ACTIVE_JOBS_PER_TENANT": "0", "DORA_RATE_LIMIT_PER_MINUTE": "0"}
 MODE_SETTINGS = {
-    "steady": {},
-    "burst": {"DORA_AUTH_CACHE_SECONDS": str(BURST_CACHE_SECONDS)},
-    "slow-uploads": {},
+    "steady": UNCAPPED,
+    "burst": UNCAPPED | {"DORA_AUTH_CACHE_SECONDS": str(BURST_CACHE_SECONDS)},
+    "slow-uploads": UNCAPPED,
 }
 CHAT_ROW = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
 

@@ -41,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_api(args: argparse.Namespace) -> int:
     import uvicorn
+    from sqlalchemy.exc import SQLAlchemyError
 
     from store.db import get_engine
     from store.migrate import SchemaOutdated, check_schema
@@ -52,9 +53,18 @@ def run_api(args: argparse.Namespace) -> int:
     except SchemaOutdated as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except SQLAlchemyError as error:  # unreachable: start anyway, the app answers 503 and waits for it
+        print(f"warning: the database is unreachable ({str(error).splitlines()[0][:160]}); starting anyway",
+              file=sys.stderr)
+    # Open event streams would hold a graceful shutdown forever: after this many seconds the
+    # remaining connections are closed (clients reconnect with Last-Event-ID to another process).
     uvicorn.run("api.app:create_app", factory=True, host=args.host or settings.host, port=args.port or settings.port,
-                workers=args.workers, log_level=settings.log_level)
+                workers=args.workers, log_level=settings.log_level,
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
     return 0
+
+
+GRACEFUL_SHUTDOWN_SECONDS = 10
 
 
 def run_migrate(args: argparse.Namespace) -> int:

@@ -246,3 +246,34 @@ def test_the_api_starts_while_the_database_is_down_and_serves_once_it_is_back(pg
                 assert status == 503 and time.monotonic() < deadline
                 time.sleep(0.2)
     assert any("database unreachable at start" in record.message for record in caplog.records)
+
+
+def test_dora_api_starts_with_no_database_and_answers_503(tmp_path):
+    """`dora api` used to exit with a traceback when the database was down at start."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.services import free_port
+
+    port, dead = free_port(), free_port()  # nothing listens on `dead`
+    env = os.environ | {"DORA_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:{dead}/none",
+                        "DORA_BROKER_URL": f"sqla+sqlite:///{tmp_path}/broker.db", "DORA_STORAGE_URL": str(tmp_path)}
+    process = subprocess.Popen([sys.executable, "-m", "dora_cli.main", "api", "--port", str(port)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, process.stdout.read()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "dora api did not come up"
+            time.sleep(0.2)
+        _assert_503(httpx.get(f"http://127.0.0.1:{port}/v1/files", headers={"Authorization": "Bearer sk-x"},
+                              timeout=30))
+    finally:
+        process.terminate()
+        process.wait(15)
