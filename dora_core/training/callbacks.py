@@ -37,6 +37,12 @@ class TrainingCallback:
         """Return True to end the run cleanly (cancellation); checked every micro-batch."""
         return False
 
+    def checkpoint_on_stop(self) -> bool:
+        """Asked once should_stop ended the run: True to write a checkpoint at the step reached
+        first (a worker shutting down, so the next attempt resumes there); False (the default)
+        for a stop after which nothing will resume, such as a cancel."""
+        return False
+
 
 class CallbackList(TrainingCallback):
     """Fans every call out to several callbacks; stops when any one asks to."""
@@ -74,3 +80,6 @@ class CallbackList(TrainingCallback):
 
     def should_stop(self) -> bool:
         return any(callback.should_stop() for callback in self.callbacks)
+
+    def checkpoint_on_stop(self) -> bool:
+        return any(callback.checkpoint_on_stop() for callback in self.callbacks)

@@ -62,7 +62,9 @@ def remove_partial_checkpoints(folder: Path) -> None:
 
 
 def save_checkpoint(folder: Path, *, model: nn.Module, optimizer, scheduler, scaler, state: RunState,
-                    base_model_name: str, keep: int) -> Path:
+                    base_model_name: str, keep: int, rng: dict | None = None) -> Path:
+    """`rng`: the generators' states to resume with (rng_state()), when not the current ones (a
+    run stopped inside a step has drawn from them since the step began)."""
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / checkpoint_name(state.step)
     temp = folder / f".tmp-{final.name}-{os.getpid()}"
@@ -70,7 +72,7 @@ def save_checkpoint(folder: Path, *, model: nn.Module, optimizer, scheduler, sca
     save_adapter(model, temp, base_model_name_or_path=base_model_name)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None}, temp / "optimizer.pt")
-    torch.save(_rng_state(), temp / "rng.pt")
+    torch.save(rng or rng_state(), temp / "rng.pt")
     (temp / "state.json").write_text(json.dumps(asdict(state), indent=2))
     for path in temp.iterdir():
         with open(path, "rb") as handle:
@@ -102,7 +104,8 @@ def read_run_state(path: Path) -> RunState:
     return RunState(**json.loads((path / "state.json").read_text()))
 
 
-def _rng_state() -> dict:
+def rng_state() -> dict:
+    """The torch CPU and (when in use) CUDA generators' states, as a checkpoint keeps them."""
     state = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()

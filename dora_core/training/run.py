@@ -35,6 +35,7 @@ from dora_core.training.checkpoints import (
     load_checkpoint,
     read_run_state,
     remove_partial_checkpoints,
+    rng_state,
     save_checkpoint,
 )
 from dora_core.training.loss import count_trained_tokens, summed_loss
@@ -235,10 +236,11 @@ class TrainingRun:
         self.model.train()
         while self.state.step < self.schedule.total_steps:
             if self.callbacks.should_stop():
-                return "stopped"
+                return self.stop(rng=None)  # between steps: the generators are where the next step starts
+            step_rng = rng_state()
             metrics = self.optimizer_step()
             if metrics is None:
-                return "stopped"
+                return self.stop(rng=step_rng)  # inside a step: as it began, before its micro-batches drew
             self.record(metrics, self.callbacks.on_step)
             if self.evaluation_due() and self.evaluate() == "early_stopped":
                 self.state.early_stopped = True
@@ -249,6 +251,16 @@ class TrainingRun:
         if self.data.validation is not None and not self.evaluation_due():
             self.evaluate()
         return "completed"
+
+    def stop(self, *, rng: dict | None) -> str:
+        """should_stop ended the run. When the callbacks ask (a worker shutting down), first checkpoint
+        the last completed step, so that the next attempt resumes there and loses no step; an
+        interrupted step's partial gradients were dropped, and `rng` rewinds the generators to it."""
+        checkpoints = list_checkpoints(self.checkpoint_dir)
+        saved = checkpoints[-1][0] if checkpoints else 0
+        if self.state.step > saved and self.callbacks.checkpoint_on_stop():
+            self.save_checkpoint(rng=rng)
+        return "stopped"
 
     def optimizer_step(self) -> dict | None:
         """One update over the global batch; None if should_stop fired between micro-batches."""
@@ -338,10 +350,10 @@ class TrainingRun:
         notify(metrics)
         self.callbacks.heartbeat()
 
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self, *, rng: dict | None = None) -> None:
         path = save_checkpoint(self.checkpoint_dir, model=self.model, optimizer=self.optimizer,
                                scheduler=self.scheduler, scaler=self.scaler, state=self.state,
-                               base_model_name=self.config.base_model, keep=self.settings.keep_checkpoints)
+                               base_model_name=self.config.base_model, keep=self.settings.keep_checkpoints, rng=rng)
         self.callbacks.on_checkpoint(step=self.state.step, path=str(path))
 
     # -- the end -----------------------------------------------------------------------------
