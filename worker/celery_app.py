@@ -171,13 +171,21 @@ def _publish_released_jobs(**_) -> None:
     from store.jobs import JobStatus
     from store.models import Job
     from store.queue import publish_job
+    from worker.database import first_line, unreachable
 
     path = Path(app.settings.work_dir) / f".publish-at-exit-{os.getpid()}"
     if not path.exists():
         return
     job_ids = list(dict.fromkeys(path.read_text().split()))
-    with session_scope(app.settings) as session:  # only what still waits (not a stale duplicate)
-        queued = set(session.scalars(select(Job.id).where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED)))
+    try:
+        with session_scope(app.settings) as session:  # only what still waits (not a stale duplicate)
+            queued = set(session.scalars(select(Job.id).where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED)))
+    except Exception as error:
+        if not unreachable(error):
+            raise
+        log.warning("database unreachable at shutdown (%s); publishing every job given back (a duplicate is "
+                    "dropped by the claim)", first_line(error))
+        queued = set(job_ids)
     for job_id in (job_id for job_id in job_ids if job_id in queued):
         if publish_job(job_id, broker_url=app.settings.broker_url):
             log.info("job %s given back to the queue", job_id)

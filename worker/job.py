@@ -5,7 +5,10 @@
              the message was a duplicate or stale, and is simply acknowledged
   succeeded / failed / cancelled   the final status this attempt wrote while holding the lease
   released   the job went back to the queue for another attempt (a retryable error, a shutdown)
-  lost       another attempt took the job over; this one wrote nothing more
+  lost       another attempt took the job over, or the database was unreachable for most of the
+             lease; this one wrote nothing more
+  deferred   the worker stopped while waiting for an unreachable database to claim the job;
+             the message is handed back (published again)
 
 The local work folder (`DORA_WORK_DIR/<job id>`) survives a crash, so an attempt retried on
 the same host resumes from the checkpoints left there; checkpoints are also uploaded, so an
@@ -29,8 +32,9 @@ from store.jobs import ArtifactSpec, JobError, JobStatus
 from store.models import Job
 from store.queue import publish_job
 from store.storage import Storage, job_key, open_storage
+from worker.database import call_when_reachable, unreachable
 from worker.failures import Failure, describe, exhausted
-from worker.lease import Lease, LeaseKeeper
+from worker.lease import Lease, LeaseGone, LeaseKeeper
 from worker.settings import WorkerSettings
 from worker.transfer import download_file, download_folder, upload_folder
 
@@ -45,8 +49,21 @@ def worker_identity() -> str:
 def run_job(job_id: str, *, settings: WorkerSettings, storage: Storage | None = None,
             publish: Callable[[str], bool] | None = None, stop_requested: Callable[[], bool] = lambda: False) -> str:
     owner = worker_identity()
-    with session_scope(settings) as session:
-        job = job_store.claim_job(session, job_id=job_id, owner=owner, lease_seconds=settings.lease_seconds)
+
+    def claim():
+        with session_scope(settings) as session:
+            return job_store.claim_job(session, job_id=job_id, owner=owner, lease_seconds=settings.lease_seconds)
+
+    try:  # a database that is down is waited for: this message is the job's only wake-up call
+        job = call_when_reachable(claim, what=f"job {job_id}: claim", stopped=stop_requested, first=0.5, most=5.0)
+    except Exception as error:
+        if not unreachable(error):
+            raise
+        log.warning("job %s: not claimed (the database is unreachable and the worker is stopping); "
+                    "handing the message back", job_id)
+        publish = publish or (lambda jid: publish_job(jid, broker_url=settings.broker_url))
+        publish(job_id)
+        return "deferred"
     if job is None:
         log.info("job %s: not claimed (finished, cancelled, held by a live attempt or at its attempt cap); "
                  "message dropped", job_id)
@@ -88,7 +105,8 @@ class JobAttempt:
         self.progress = JobProgress(lease=self.lease, storage=self.storage, tenant_id=self.job.tenant_id,
                                     heartbeat_seconds=self.settings.heartbeat_seconds,
                                     keep_checkpoints=config.training.keep_checkpoints,
-                                    stop_requested=self.stop_requested)
+                                    stop_requested=self.stop_requested,
+                                    metrics_file=self.folder / "run" / "metrics.jsonl")
         return run_training(config, self.folder / "run", callbacks=[self.progress], device=self.settings.device)
 
     def build_config(self):
@@ -111,8 +129,7 @@ class JobAttempt:
         """Download the newest registered checkpoint when this host has none as new (another host wrote it)."""
         from dora_core.training.checkpoints import checkpoint_name, list_checkpoints
 
-        with session_scope(self.settings) as session:
-            latest = job_store.latest_checkpoint(session, job_id=self.job.id)
+        latest = self.lease.read(job_store.latest_checkpoint)  # waits for the database, within the lease
         local = list_checkpoints(checkpoints)
         if latest is None or (local and local[-1][0] >= latest.step):
             return
@@ -137,9 +154,11 @@ class JobAttempt:
             specs.append(ArtifactSpec(name=name, storage_prefix=prefix, files=files))
         return specs
 
+    # Each write from here on waits for an unreachable database, within the lease (worker/lease.py);
+    # False from one means the lease is gone and nothing was written.
     def succeed(self, artifacts: list[ArtifactSpec]) -> str:
-        if not self.lease.finish(JobStatus.SUCCEEDED, trained_tokens=self.lease.trained_tokens(),
-                                 artifacts=artifacts):
+        tokens = self.lease.trained_tokens()
+        if tokens is None or not self.lease.finish(JobStatus.SUCCEEDED, trained_tokens=tokens, artifacts=artifacts):
             self.remove_outputs(self.job.attempt)
             return "lost"
         for attempt in range(1, self.job.attempt):  # what earlier attempts may have half-uploaded
@@ -151,7 +170,8 @@ class JobAttempt:
         if not self.lease.held:
             return "lost"
         if self.lease.cancel_requested:
-            self.lease.finish(JobStatus.CANCELLED)
+            if not self.lease.finish(JobStatus.CANCELLED):
+                return "lost"
             self.remove_work_folder()
             return "cancelled"
         return self.release("The worker is shutting down; the job will resume from its newest checkpoint")
@@ -159,7 +179,7 @@ class JobAttempt:
     def fail(self, error: Exception) -> str:
         failure: Failure = describe(error, training_file=self.job.training_file,
                                     time_limit=self.settings.job_time_limit_seconds)
-        if not self.lease.held:
+        if not self.lease.held or isinstance(error, LeaseGone):
             log.warning("job %s: attempt %s ended after losing its lease: %s", self.job.id, self.job.attempt, error)
             return "lost"
         if failure.retry:
@@ -171,8 +191,9 @@ class JobAttempt:
                                 f"(attempt {self.job.attempt + 1} of {self.job.max_attempts})")
         if failure.retry:
             failure = exhausted(failure, attempts=self.job.attempt)
-        self.lease.finish(JobStatus.FAILED,
-                          error=JobError(code=failure.code, message=failure.message, param=failure.param))
+        if not self.lease.finish(JobStatus.FAILED,
+                                 error=JobError(code=failure.code, message=failure.message, param=failure.param)):
+            return "lost"
         self.remove_work_folder()
         return "failed"
 

@@ -1,21 +1,26 @@
 """The training callback of a job: progress to SQL, checkpoints to storage, stop when asked.
 
 dora_core calls these hooks (see dora_core/training/callbacks.py); this class turns them into
-fenced writes through the `Lease`. Every optimiser step stores its metrics and renews the lease,
-which is also when cancellation is read, so a cancelled job stops within one step.
+fenced writes through the `Lease`. Every optimiser step buffers its metrics and renews the
+lease, which writes them (and, after a database outage, everything buffered meanwhile) and is
+also when cancellation is read, so a cancelled job stops within one step.
 Checkpoints are uploaded to storage before they are registered in SQL, so a registered
-checkpoint is always whole and another host can resume from it.
+checkpoint is always whole and another host can resume from it. A worker shutting down
+(`stop_requested`) has the run write a checkpoint at the step it reached before it stops
+(`checkpoint_on_stop`), so the next attempt resumes from there.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
 
 from dora_core.training import TrainingCallback
+from store.progress import stored_steps
 from store.storage import Storage, job_key
-from worker.lease import Lease
+from worker.lease import Lease, LeaseGone
 from worker.transfer import upload_folder
 
 log = logging.getLogger(__name__)
@@ -27,8 +32,9 @@ CHECKPOINT_METRICS = {"loss": "train_loss", "token_accuracy": "train_mean_token_
 
 class JobProgress(TrainingCallback):
     def __init__(self, *, lease: Lease, storage: Storage, tenant_id: str, heartbeat_seconds: float,
-                 keep_checkpoints: int, stop_requested=lambda: False) -> None:
+                 keep_checkpoints: int, stop_requested=lambda: False, metrics_file: Path | None = None) -> None:
         self.lease, self.storage, self.tenant_id = lease, storage, tenant_id
+        self.metrics_file = metrics_file  # the run's metrics.jsonl on this host
         self.heartbeat_seconds, self.keep_checkpoints = heartbeat_seconds, keep_checkpoints
         self.stop_requested = stop_requested  # the worker is shutting down
         self.total_steps: int | None = None
@@ -42,6 +48,7 @@ class JobProgress(TrainingCallback):
         self.total_steps = total_steps
         if start_step > 0:
             self.lease.mark_resumed(start_step)  # event: "Attempt n resumed from the checkpoint at step k"
+            self._backfill(start_step)
         self.lease.renew(step=start_step, total_steps=total_steps)
         rows = (report.get("train") or {}).get("rows")
         self.lease.event(f"Training on {rows} examples for {total_steps} steps" if rows else
@@ -72,13 +79,15 @@ class JobProgress(TrainingCallback):
         metrics = {name: values[key] for key, name in CHECKPOINT_METRICS.items() if key in values}
         try:
             upload_folder(self.storage, Path(path), prefix)
-            registered = self.lease.add_checkpoint(step=step, storage_key=prefix, metrics=metrics)
         except Exception as error:  # noqa: BLE001 - the run goes on; this host still has it locally
             log.warning("job %s: could not store checkpoint %s: %s", self.lease.job_id, prefix, error)
-            registered = False
-        if registered:
+            self._quietly(self.storage.delete_prefix, prefix)
+            return
+        # "pending": the database is away; the row is written when it is back, so the files stay
+        outcome = self.lease.add_checkpoint(step=step, storage_key=prefix, metrics=metrics)
+        if outcome == "registered":
             self._prune_checkpoints()
-        else:
+        elif outcome == "lost":
             self._quietly(self.storage.delete_prefix, prefix)
 
     def on_event(self, message: str, *, level: str = "info", data: dict | None = None) -> None:
@@ -93,7 +102,37 @@ class JobProgress(TrainingCallback):
     def should_stop(self) -> bool:
         return not self.lease.held or self.lease.cancel_requested or self.stop_requested()
 
+    def checkpoint_on_stop(self) -> bool:
+        """Only a shutdown is worth a checkpoint: a cancelled job never runs again, and an attempt
+        that lost its lease must not write (another attempt may be using the same work folder)."""
+        return self.lease.held and not self.lease.cancel_requested and self.stop_requested()
+
     # -- helpers ---------------------------------------------------------------------------
+    def _backfill(self, up_to: int) -> None:
+        """Metrics of steps up to the checkpoint this attempt resumes from that SQL lacks (an earlier
+        attempt on this host buffered them through a database outage, then lost its lease) are
+        taken from the run's metrics.jsonl here, so the job still has every step once."""
+        if self.metrics_file is None or not self.metrics_file.is_file():
+            return
+        try:
+            stored = set(self.lease.read(stored_steps, up_to=up_to))
+        except LeaseGone:
+            return
+        missing: dict[int, dict] = {}
+        epochs: dict[int, float | None] = {}
+        for line in self.metrics_file.read_text().splitlines():
+            record = json.loads(line) if line.strip() else {}
+            step = record.get("step")
+            if step is None or step > up_to or step in stored:
+                continue
+            missing.setdefault(step, {}).update({k: v for k, v in record.items() if k not in ("step", "epoch")})
+            epochs[step] = record.get("epoch", epochs.get(step))
+        for step in sorted(missing):
+            self.lease.record_metrics(step=step, values=missing[step], epoch=epochs[step])
+        if missing:
+            log.info("job %s: %d steps' metrics missing in the database were restored from this host's run",
+                     self.lease.job_id, len(missing))
+
     def _beat(self, **progress) -> None:
         self._last_beat = time.monotonic()
         self.lease.renew(total_steps=self.total_steps, **progress)

@@ -23,6 +23,10 @@ class WorkerSettings(Settings):
     # liveness (lease_seconds is in Settings): a side thread renews the lease this often, and every
     # optimiser step renews it too (that is also when cancellation is read: within one step)
     heartbeat_seconds: float = 15.0
+    # while the database is unreachable, a job keeps this much progress in memory to write once it
+    # is back (worker/lease.py); past it the oldest is dropped, and an event says how many steps
+    progress_buffer_steps: int = 10_000  # metric points (a few hundred bytes each)
+    progress_buffer_events: int = 1_000
 
     # the reconciler: every interval it settles abandoned jobs and re-publishes queued jobs that
     # no worker claimed for requeue_after_seconds and running jobs whose lease expired
@@ -38,6 +42,8 @@ class WorkerSettings(Settings):
     def _check_worker_limits(self) -> WorkerSettings:
         if self.heartbeat_seconds <= 0 or self.heartbeat_seconds * 2 > self.lease_seconds:
             raise ValueError("DORA_HEARTBEAT_SECONDS must be positive and at most half of DORA_LEASE_SECONDS")
+        if self.progress_buffer_steps < 1 or self.progress_buffer_events < 1:
+            raise ValueError("DORA_PROGRESS_BUFFER_STEPS and DORA_PROGRESS_BUFFER_EVENTS must be at least 1")
         if self.job_time_limit_seconds <= 0:
             raise ValueError("DORA_JOB_TIME_LIMIT_SECONDS must be positive")
         return self

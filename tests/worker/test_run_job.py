@@ -102,8 +102,8 @@ def test_cancel_mid_run_stops_within_one_step_without_artifacts(service):
     assert _run(service, job_id) == "skipped"  # a cancelled job is never claimed again
 
 
-def test_a_worker_shutting_down_gives_the_job_back_and_the_next_attempt_resumes_here(service):
-    job_id = service.create(dora_method(max_steps=60, checkpoint_interval=2))
+def test_a_worker_shutting_down_checkpoints_gives_the_job_back_and_the_next_attempt_resumes_there(service):
+    job_id = service.create(dora_method(max_steps=60, checkpoint_interval=50))
     stop = threading.Event()
     published = []
     thread, outcome = _in_thread(service, job_id, stop_requested=stop.is_set, published=published)
@@ -112,12 +112,14 @@ def test_a_worker_shutting_down_gives_the_job_back_and_the_next_attempt_resumes_
     thread.join(timeout=60)
     assert outcome["value"] == "released" and published == [job_id]
     job = service.row(job_id)
-    assert job.status == "queued" and job.lease_owner is None
+    stopped_at = job.step
+    assert job.status == "queued" and job.lease_owner is None and 5 <= stopped_at < 50
+    assert [c.step for c in service.checkpoints(job_id)] == [stopped_at]  # the stop's, not an interval's
     assert (Path(service.settings.work_dir) / job_id / "run" / "checkpoints").is_dir()
 
     assert _run(service, job_id) == "succeeded"
     job = service.get(job_id)
-    assert job["attempt"] == 2 and job["resumed_from_step"] >= 4
+    assert job["attempt"] == 2 and job["resumed_from_step"] == stopped_at
     assert service.steps(job_id) == list(range(1, 61))  # continuous: re-run steps replaced, none missing
     assert any(m == f"Attempt 2 resumed from the checkpoint at step {job['resumed_from_step']}"
                for m in service.events(job_id))
