@@ -69,19 +69,20 @@ def run_worker(args: argparse.Namespace) -> int:
     from worker.settings import get_worker_settings
 
     settings = get_worker_settings()
-    if (error := _schema_problem(settings)) is not None:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     reconciler = None
     if settings.reconcile_interval_seconds > 0 and not args.no_reconciler:
         from celery.signals import worker_shutting_down
 
+        # started first: it waits for an unreachable database by itself (worker/reconciler.py)
         reconciler = subprocess.Popen([sys.executable, "-m", "worker.reconciler", "--parent", str(os.getpid())])
         worker_shutting_down.connect(lambda **_: reconciler.terminate(), weak=False)  # stop it with the worker
     hostname = args.hostname or (f"gpu{args.gpu}@%h" if args.gpu is not None else None)
     argv = ["worker", "--queues", QUEUE, "--concurrency", str(settings.concurrency),
             "--loglevel", settings.log_level.upper(), "--without-gossip", "--without-mingle", "--without-heartbeat"]
     try:
+        if (error := _schema_problem(settings)) is not None:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         from worker.celery_app import app
 
         app.worker_main(argv + (["--hostname", hostname] if hostname else []))
@@ -95,13 +96,35 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def _schema_problem(settings) -> str | None:
+    """What stops the start (an outdated schema: run `dora migrate`), or None. A database that
+    cannot be reached is waited for, logged, with backoff (a host rebooted before its database,
+    a failover): consuming jobs before it is back would only fail their claims. SIGTERM or
+    SIGINT while waiting exits cleanly."""
+    import logging
+    import threading
+
     from store.db import get_engine
     from store.migrate import SchemaOutdated, check_schema
+    from worker.database import call_when_reachable
 
+    if not logging.getLogger().handlers:  # Celery replaces this with its own once it starts
+        logging.basicConfig(format="[%(asctime)s: %(levelname)s/MainProcess] %(message)s")
+        logging.getLogger("worker.database").setLevel(logging.INFO)
+    stop = threading.Event()
+    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        check_schema(get_engine(settings))
+        call_when_reachable(lambda: check_schema(get_engine(settings)), what="start-up", stopped=stop.is_set,
+                            wait=stop.wait, most=10.0)
     except SchemaOutdated as error:
         return str(error)
+    except Exception:
+        if stop.is_set():
+            print("stopped while waiting for the database", file=sys.stderr)
+            raise SystemExit(0) from None
+        raise
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     return None
 
 
@@ -110,7 +133,15 @@ def run_reconcile(args: argparse.Namespace) -> int:
     from worker.settings import get_worker_settings
 
     if args.once:
-        done = reconciler.Reconciler(get_worker_settings()).run_once()
+        from worker.database import first_line, unreachable
+
+        try:
+            done = reconciler.Reconciler(get_worker_settings()).run_once()
+        except Exception as error:
+            if not unreachable(error):
+                raise
+            print(f"error: the database is unreachable: {first_line(error)}", file=sys.stderr)
+            return 1
         print(json.dumps({"settled": done.settled, "published": done.published, "unpublished": done.unpublished}))
         return 0
     sys.argv = [sys.argv[0]]

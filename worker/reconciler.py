@@ -10,6 +10,16 @@ Every `DORA_RECONCILE_INTERVAL_SECONDS` one pass:
 Each re-publish first wins a conditional UPDATE (store.jobs.mark_republished), so reconcilers
 on several worker hosts publish a stale job once per interval, not once each. Duplicate
 messages are harmless anyway: the claim lets one through.
+
+A broker that lost its queue (Redis FLUSHALL, a Redis restarted without persistence, a failover
+to an empty replica) is noticed at the next pass instead of after DORA_REQUEUE_AFTER_SECONDS:
+the reconciler keeps a marker key in Redis (`MARKER_KEY`, no expiry), which goes with the
+rest of the data. A pass that finds it gone puts it back (SET NX: one reconciler wins, whatever
+the number of hosts) and re-publishes every queued job at once. The first pass against a fresh
+Redis does the same, which only sends duplicates the claims drop.
+
+The database being unreachable is not fatal: a pass that fails is retried with backoff
+(interval, 2 x interval, ... up to 15 s or the interval), logged, until it is back.
 With the embedded broker (kombu's SQLAlchemy transport) it also deletes delivered messages,
 which that transport keeps forever (marked invisible).
 
@@ -19,22 +29,33 @@ runs it alone.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from sqlalchemy import select
+
 from store import jobs as job_store
 from store.db import session_scope
-from store.models import utcnow
+from store.jobs import JobStatus
+from store.models import Job, utcnow
 from store.queue import publish_job
+from worker.database import Backoff, first_line, unreachable
 from worker.settings import WorkerSettings, get_worker_settings
 
 log = logging.getLogger("worker.reconciler")
+
+
+MARKER_KEY = "dora:broker-marker"
+MAX_BACKOFF_SECONDS = 15.0
 
 
 @dataclass
@@ -43,6 +64,7 @@ class Pass:
     published: list[str] = field(default_factory=list)
     unpublished: list[str] = field(default_factory=list)  # the broker refused; retried next pass
     compacted: int = 0  # delivered messages removed from the embedded broker's table
+    broker_lost_queue: bool = False  # the marker was gone: every queued job was re-published
 
 
 class Reconciler:
@@ -55,12 +77,16 @@ class Reconciler:
         with session_scope(self.settings) as session:
             result.settled = job_store.settle_abandoned(session)
             candidates = job_store.list_reclaimable(session, queued_for_seconds=self.settings.requeue_after_seconds)
+        if broker_lost_its_queue(self.settings.broker_url):
+            result.broker_lost_queue = True
+            lost = self.republish_queued(result)
+            log.log(logging.WARNING if lost else logging.INFO,
+                    "the broker has no marker key: it lost its queue (FLUSHALL, a restart without persistence) "
+                    "or this is its first reconciler; re-published %d queued jobs now%s", len(lost),
+                    f": {', '.join(lost)}" if lost else "")
+            candidates = [job_id for job_id in candidates if job_id not in lost]
         for job_id in candidates:
-            with session_scope(self.settings) as session:
-                not_since = utcnow() - timedelta(seconds=self.settings.requeue_after_seconds)
-                if not job_store.mark_republished(session, job_id=job_id, not_since=not_since):
-                    continue  # another reconciler took it this round
-            (result.published if self.publish(job_id) else result.unpublished).append(job_id)
+            self._republish(job_id, result, requeue_after=self.settings.requeue_after_seconds)
         result.compacted = compact_sql_broker(self.settings.broker_url)
         for job_id in result.settled:
             log.info("settled abandoned job %s", job_id)
@@ -68,18 +94,67 @@ class Reconciler:
             log.info("re-published %s", ", ".join(result.published))
         return result
 
+    def republish_queued(self, result: Pass) -> list[str]:
+        """Re-publish every queued job that may run, now (the broker lost their messages)."""
+        with session_scope(self.settings) as session:
+            queued = list(session.scalars(select(Job.id).where(job_store.claimable(utcnow()),
+                                                               Job.status == JobStatus.QUEUED).order_by(Job.id)))
+        return [job_id for job_id in queued if self._republish(job_id, result, requeue_after=0.0)]
+
+    def _republish(self, job_id: str, result: Pass, *, requeue_after: float) -> bool:
+        with session_scope(self.settings) as session:
+            not_since = utcnow() - timedelta(seconds=requeue_after)
+            if not job_store.mark_republished(session, job_id=job_id, not_since=not_since):
+                return False  # another reconciler took it this round (or it was claimed meanwhile)
+        published = self.publish(job_id)
+        (result.published if published else result.unpublished).append(job_id)
+        return True
+
     def run_forever(self, stop: threading.Event, *, parent_pid: int | None = None) -> None:
-        """Pass after pass until `stop` is set (or the process that started us is gone)."""
+        """Pass after pass until `stop` is set (or the process that started us is gone); a pass
+        that fails (the database is unreachable) is retried with backoff."""
         interval = self.settings.reconcile_interval_seconds
+        backoff, failing_since = Backoff(interval, max(interval, MAX_BACKOFF_SECONDS)), None
         while not stop.is_set():
+            wait = interval
             try:
                 self.run_once()
-            except Exception as error:  # noqa: BLE001 - a database blip: try again next interval
-                log.warning("reconciler pass failed: %s", error)
+            except Exception as error:  # noqa: BLE001 - a database blip: try again, backing off
+                failing_since = failing_since or time.monotonic()
+                wait = backoff.next()
+                what = f"database unreachable ({first_line(error)})" if unreachable(error) else str(error)
+                log.warning("reconciler pass failed: %s; next pass in %.0f s", what, wait)
+            else:
+                if failing_since is not None:
+                    log.info("database reachable again after %.0f s", time.monotonic() - failing_since)
+                backoff, failing_since = Backoff(interval, max(interval, MAX_BACKOFF_SECONDS)), None
             if parent_pid is not None and os.getppid() != parent_pid:
                 log.info("the worker that started the reconciler is gone; stopping")
                 return
-            stop.wait(interval)
+            stop.wait(wait)
+
+
+_redis_clients: dict = {}
+
+
+def broker_lost_its_queue(broker_url: str) -> bool:
+    """Redis only: True when the marker key was gone (and is now back, put there by this call:
+    SET NX, so one reconciler of many sees True); False when it is there, when Redis cannot be
+    reached (the next pass tries again) and for other brokers."""
+    if not broker_url.startswith(("redis://", "rediss://")):
+        return False
+    import redis
+
+    client = _redis_clients.get(broker_url)
+    if client is None:
+        client = _redis_clients.setdefault(broker_url, redis.Redis.from_url(
+            broker_url, socket_connect_timeout=2, socket_timeout=5))
+    marker = json.dumps({"set_at": utcnow().isoformat(), "by": f"{socket.gethostname()}:{os.getpid()}"})
+    try:
+        return bool(client.set(MARKER_KEY, marker, nx=True))
+    except redis.RedisError as error:
+        log.debug("broker marker not checked: %s", error)
+        return False
 
 
 _broker_engines: dict = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -87,20 +88,28 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/status").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
 
 
-def test_a_worker_stopped_gracefully_gives_its_job_back_and_the_next_worker_resumes_it(stack):
-    """What Ctrl-C on `dora up` or `docker stop` does: the job stops at its next micro-batch,
-    goes back to the queue, and resumes from its newest checkpoint."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_worker_stopped_gracefully_checkpoints_and_the_next_worker_resumes_where_it_stopped(stack, signum):
+    """What Ctrl-C on `dora worker` (SIGINT), `make run`/`dora up` (which SIGTERMs its worker) or
+    `docker stop` (SIGTERM) does: the job stops at its next micro-batch, writes a checkpoint at the
+    step it reached, goes back to the queue, and the next attempt resumes from that very step (not
+    from the last interval checkpoint, here none: the interval is longer than the run)."""
     api = stack.api
-    job = api.create(dora_method(max_steps=60, checkpoint_interval=4), outputs=["adapter"])
-    wait_for(lambda: api.checkpoints(job["id"]), timeout=90, what="the first checkpoint", interval=0.05)
+    job = api.create(dora_method(max_steps=60, checkpoint_interval=1000), outputs=["adapter"])
+    wait_for(lambda: len(api.steps(job["id"])) >= 3, timeout=90, what="three steps", interval=0.05)
     worker = stack.workers[-1]
     started = time.monotonic()
-    worker.stop(timeout=30)
+    worker.popen.send_signal(signum)
+    worker.popen.wait(timeout=30)
     assert worker.popen.returncode == 0 and time.monotonic() - started < 15, worker.text()[-3000:]
     job = api.job(job["id"])
-    assert job["status"] == "queued" and job["attempt"] == 1
+    stopped_at = job["progress"]["step"]
+    assert job["status"] == "queued" and job["attempt"] == 1 and 3 <= stopped_at < 60
+    assert api.checkpoints(job["id"]) == [stopped_at]  # written at the stop, not at an interval
+    assert max(api.steps(job["id"])) == stopped_at
     assert "The worker is shutting down; the job will resume from its newest checkpoint" in api.events(job["id"])
     stack.start_worker()
     job = api.wait(job["id"], timeout=90)
-    assert job["status"] == "succeeded" and job["attempt"] == 2 and job["resumed_from_step"] >= 4
+    assert job["status"] == "succeeded" and job["attempt"] == 2 and job["resumed_from_step"] == stopped_at
+    assert f"Attempt 2 resumed from the checkpoint at step {stopped_at}" in api.events(job["id"])
     assert api.steps(job["id"]) == list(range(1, 61))

@@ -134,6 +134,7 @@ class Stack:
     api: Api = None
     api_process: Process = None
     workers: list[Process] = field(default_factory=list)
+    more_apis: list[Process] = field(default_factory=list)  # API processes beside the first
 
     @property
     def settings(self):
@@ -158,6 +159,15 @@ class Stack:
         self.api = Api(url, self._create_key())
         return self.api
 
+    def start_another_api(self) -> Api:
+        """One more `dora api` process on the same backends, with the first one's key."""
+        port = free_port()
+        process = self._spawn(f"api-{len(self.more_apis) + 2}", ["api", "--port", str(port)], self.env)
+        self.more_apis.append(process)
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _healthy(url), timeout=60, what=f"the API at {url}; log:\n{process.text()}")
+        return Api(url, self.api.key)
+
     def start_worker(self, work_dir: str | None = None) -> Process:
         env = self.env | {"DORA_WORK_DIR": work_dir or str(self.root / "work")}
         worker = self._spawn(f"worker-{len(self.workers) + 1}", ["worker"], env)
@@ -180,7 +190,7 @@ class Stack:
             return create_api_key(session, tenant_name=f"e2e-{uuid.uuid4().hex[:8]}").key
 
     def stop(self) -> None:
-        for process in [*self.workers, self.api_process]:
+        for process in [*self.workers, self.api_process, *self.more_apis]:
             if process is not None:
                 process.stop()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 from sqlalchemy import update
@@ -9,6 +10,7 @@ from sqlalchemy import update
 from store import jobs as job_store
 from store.db import session_scope
 from store.models import Job, utcnow
+from tests.support.services import unavailable
 from worker.reconciler import Reconciler
 
 
@@ -102,3 +104,63 @@ def test_the_embedded_broker_forgets_delivered_messages_and_keeps_waiting_ones(t
     with engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM kombu_message WHERE visible = 1")).scalar() == 1
     assert compact_sql_broker("redis://127.0.0.1:1/0") == 0
+
+
+# its own Redis database number (the API suite uses 15, benchmarks 14, the e2e suite 11 to 13)
+WORKER_REDIS_URL = os.environ.get("DORA_TEST_WORKER_REDIS_URL", "redis://127.0.0.1:6379/10")
+
+
+def test_a_broker_that_lost_its_queue_gets_every_queued_job_republished_at_the_next_pass(service):
+    import redis
+
+    from worker.reconciler import MARKER_KEY
+
+    client = redis.Redis.from_url(WORKER_REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        unavailable("Redis", error, problem="is not available")
+    client.delete(MARKER_KEY)
+    settings = service.settings.model_copy(update={"broker_url": WORKER_REDIS_URL})
+    first, second = service.create(), service.create()  # fresh: the usual requeue would wait 5 s
+    published = []
+    one, other = _reconciler(settings, published), _reconciler(settings, published)
+    assert one.run_once().broker_lost_queue  # no marker yet (a first start): re-published, harmlessly
+    assert {first, second} <= set(published)
+    published.clear()
+    assert not other.run_once().broker_lost_queue and published == []  # the marker is there now
+    client.delete(MARKER_KEY)  # what FLUSHALL or a restart without persistence does
+    done = [one.run_once(), other.run_once()]
+    assert [p.broker_lost_queue for p in done] == [True, False]  # SET NX: one reconciler of many
+    assert {first, second} <= set(done[0].published) and published.count(first) == 1
+    client.delete(MARKER_KEY)
+
+
+def test_a_failing_pass_is_retried_with_backoff_and_logged(service, monkeypatch, caplog):
+    import threading
+
+    from sqlalchemy import exc as sa_exc
+
+    settings = service.settings.model_copy(update={"reconcile_interval_seconds": 1.0})
+    reconciler = _reconciler(settings, [])
+
+    def down():
+        raise sa_exc.OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+
+    monkeypatch.setattr(reconciler, "run_once", down)
+
+    class Waits(threading.Event):
+        def __init__(self):
+            super().__init__()
+            self.waits = []
+
+        def wait(self, timeout=None):
+            self.waits.append(timeout)
+            if len(self.waits) == 6:
+                self.set()
+            return self.is_set()
+
+    stop = Waits()
+    reconciler.run_forever(stop)
+    assert stop.waits == [1.0, 2.0, 4.0, 8.0, 15.0, 15.0]
+    assert "reconciler pass failed: database unreachable" in caplog.text
