@@ -13,7 +13,7 @@ from dora_core import AdapterLinear, apply_adapter
 from dora_core.training import RunConfig
 from store.db import session_scope
 from store.models import Job
-from tests.core.model_factories import input_ids, perturb_adapters, tiny_llama
+from tests.support.model_factories import input_ids, perturb_adapters, tiny_llama
 
 PATHS = {"base_model", "train_file", "validation_file"}
 

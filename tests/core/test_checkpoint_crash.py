@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dora_core.training import run_training
 from dora_core.training.checkpoints import list_checkpoints
-from tests.core.training_helpers import dataset_rows, run_config, write_jsonl
+from tests.support.training_helpers import dataset_rows, run_config, write_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 

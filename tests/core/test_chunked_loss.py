@@ -8,7 +8,7 @@ import torch
 from dora_core import AdapterConfig, apply_adapter
 from dora_core.chunked_cross_entropy import chunked_linear_cross_entropy
 from dora_core.training.loss import summed_loss, supports_chunked_loss
-from tests.core.model_factories import MODEL_MAKERS, input_ids, perturb_adapters
+from tests.support.model_factories import MODEL_MAKERS, input_ids, perturb_adapters
 from tests.support.numerics import assert_close_to_reference, budget, model_budget
 
 

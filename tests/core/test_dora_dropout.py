@@ -15,7 +15,7 @@ from peft.tuners.lora import LoraLayer
 
 from dora_core import AdapterConfig, AdapterLinear, apply_adapter
 from dora_core.dora_math import DoraLinearFunction, dora_linear, dropout_keep_scale, lora_linear
-from tests.core.model_factories import adapted_pair, input_ids, perturb_adapters, tiny_llama
+from tests.support.model_factories import adapted_pair, input_ids, perturb_adapters, tiny_llama
 
 FLOAT64_RELATIVE = 1e-12
 N, IN, OUT, RANK, P, SEED, SCALE = 24, 12, 10, 3, 0.3, 1234, 1.7

@@ -15,7 +15,7 @@ from dora_core import (
     merge_adapter,
 )
 from dora_core.dora_math import DoraLinearFunction, LoraLinearFunction, factored_row_norm, squared_row_norms
-from tests.core.model_factories import MODEL_MAKERS, input_ids, perturb_adapters
+from tests.support.model_factories import MODEL_MAKERS, input_ids, perturb_adapters
 from tests.support.numerics import (
     assert_close_to_reference,
     assert_distinguishable,

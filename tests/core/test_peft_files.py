@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from dora_core import AdapterConfig, AdapterFormatError, apply_adapter, load_adapter, save_adapter
-from tests.core.model_factories import MODEL_MAKERS, adapted_pair, input_ids, perturb_adapters
+from tests.support.model_factories import MODEL_MAKERS, adapted_pair, input_ids, perturb_adapters
 from tests.support.numerics import assert_close_to_reference, float64_model, model_budget
 
 CONFIGS = [AdapterConfig(method="dora", rank=4, alpha=8),

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dora_core import AdapterConfig, AdapterLinear
-from tests.core.model_factories import adapted_pair, input_ids
+from tests.support.model_factories import adapted_pair, input_ids
 from tests.support.numerics import assert_close_to_reference, model_budget
 
 DTYPES = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])

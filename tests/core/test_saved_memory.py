@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from dora_core import AdapterConfig, AdapterLinear, apply_adapter
-from tests.core.model_factories import input_ids, perturb_adapters, tiny_llama
+from tests.support.model_factories import input_ids, perturb_adapters, tiny_llama
 
 REPO = Path(__file__).resolve().parents[2]
 

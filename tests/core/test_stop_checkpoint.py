@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from dora_core.training import TrainingCallback, run_training
 from dora_core.training.checkpoints import list_checkpoints
-from tests.core.training_helpers import dataset_rows, run_config, write_jsonl
+from tests.support.training_helpers import dataset_rows, run_config, write_jsonl
 
 pytestmark = pytest.mark.usefixtures("offline_hub")
 

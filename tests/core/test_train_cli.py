@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from dora_cli.main import main
 from dora_cli.progress import BarProgress, LineProgress, make_progress
-from tests.core.training_helpers import dataset_rows, write_jsonl
+from tests.support.training_helpers import dataset_rows, write_jsonl
 
 OUTPUT_NAMES = ("adapter", "merged", "metrics.jsonl", "manifest.json")
 

@@ -10,7 +10,6 @@ from safetensors.torch import load_file
 
 from dora_core.config import AdapterConfigError
 from dora_core.training import RunConfig, TrainingCallback, TrainingError, run_training
-from tests.core.training_helpers import dataset_rows, run_config, write_jsonl
 from tests.support.numerics import (
     assert_close_to_reference,
     assert_distinguishable,
@@ -19,6 +18,7 @@ from tests.support.numerics import (
     model_budget,
     replay_budget,
 )
+from tests.support.training_helpers import dataset_rows, run_config, write_jsonl
 
 pytestmark = pytest.mark.usefixtures("offline_hub")
 

@@ -8,7 +8,7 @@ import torch
 
 from dora_core import AdapterConfig, AdapterLinear, apply_adapter
 from dora_core.kernels import force_triton
-from tests.core.model_factories import input_ids, perturb_adapters, tiny_llama
+from tests.support.model_factories import input_ids, perturb_adapters, tiny_llama
 from tests.support.numerics import assert_close_to_reference, budget, model_budget
 
 pytest.importorskip("triton", reason="triton is a dev dependency on linux x86_64")

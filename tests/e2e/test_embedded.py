@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import scenarios
+from tests.support import e2e_scenarios as scenarios
 from tests.support.jobs import dora_method, wait_for
 from tests.support.stack import E2E_RUN, running_stack
 

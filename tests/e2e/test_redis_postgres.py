@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tests.e2e import scenarios
+from tests.support import e2e_scenarios as scenarios
 from tests.support.jobs import DATASET, dora_method
 from tests.support.services import postgres_database, unavailable
 from tests.support.stack import E2E_RUN, TIMINGS, running_stack
