@@ -19,6 +19,7 @@ from store.migrate import SchemaOutdated
 from store.models import Base
 from store.settings import Settings
 from tests.support.api_client import OPERATOR
+from tests.support.packaging import build_wheel
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -111,35 +112,13 @@ def test_migrations_downgrade_and_upgrade_again(tmp_path):
     engine.dispose()
 
 
-def _package_sources(into: Path) -> Path:
-    """A copy of what a wheel is built from: pyproject.toml, README and the packages it names."""
-    import fnmatch
-    import shutil
-    import tomllib
-
-    into.mkdir(parents=True)
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    patterns = config["tool"]["setuptools"]["packages"]["find"]["include"]
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, into / name)
-    for folder in ROOT.iterdir():
-        if folder.is_dir() and any(fnmatch.fnmatch(folder.name, p) for p in patterns):
-            shutil.copytree(folder, into / folder.name, ignore=shutil.ignore_patterns("__pycache__"))
-    return into
-
-
 def test_dora_migrate_from_an_installed_wheel_in_another_directory(tmp_path):
     """The migration scripts ship in the wheel (the top-level `migrations` package, beside `store`)
     and are found from there, not from the CWD: build the wheel, unpack it as an install would,
     then `dora migrate` far from the checkout, from a folder holding some other `migrations/`."""
     import zipfile
 
-    source = _package_sources(tmp_path / "src")
-    built = subprocess.run([sys.executable, "-c", "import sys; from setuptools import build_meta; "
-                            "print(build_meta.build_wheel(sys.argv[1]))", str(tmp_path / "dist")],
-                           cwd=source, capture_output=True, text=True, timeout=120)
-    assert built.returncode == 0, built.stderr[-3000:]
-    wheel = tmp_path / "dist" / built.stdout.strip().splitlines()[-1]
+    wheel = build_wheel(tmp_path)
     names = zipfile.ZipFile(wheel).namelist()
     assert {"migrations/__init__.py", "migrations/env.py", "migrations/script.py.mako"} <= set(names)
     assert any(n.startswith("migrations/versions/") and n.endswith(".py") for n in names)
