@@ -76,8 +76,22 @@ def test_lora_dropout_matches_float64_reference():
         assert _relative_error(mine, theirs) < FLOAT64_RELATIVE
 
 
+def test_masks_drop_p_of_the_inputs_and_keep_the_mean():
+    """The mask is Bernoulli(1 - p) per entry (p to 1/65536), scaled so the dropped input is unbiased."""
+    like = torch.empty(512, 1024)
+    for p in (0.05, 0.3):
+        keep = dropout_keep_scale(like, p, seed=7)
+        dropped = float((keep == 0).double().mean())
+        sigma = (p * (1 - p) / like.numel()) ** 0.5
+        assert abs(dropped - p) < 5 * sigma, (p, dropped)
+        zero, kept = torch.unique(keep).tolist()
+        assert zero == 0.0 and kept == pytest.approx(1 / (1 - p), rel=1e-4)
+        assert torch.equal(keep, dropout_keep_scale(like, p, seed=7))  # the seed makes the mask
+        assert not torch.equal(keep, dropout_keep_scale(like, p, seed=8))
+
+
 def test_dora_dropout_backward_passes_gradcheck():
-    """Finite differences in float64: the regenerated mask makes the function deterministic."""
+    """Finite differences in float64: the seed makes the mask, so the function is deterministic."""
     x, weight, bias, lora_a, lora_b, magnitude = _float64_case(True)
     norm = (weight + SCALE * lora_b.detach() @ lora_a.detach()).norm(dim=1)
 
@@ -110,14 +124,15 @@ def _saved_tensor_bytes(layer: AdapterLinear, x: torch.Tensor) -> tuple[int, str
 
 
 @pytest.mark.parametrize("method", ["dora", "lora"])
-def test_dropout_runs_the_lean_function_and_saves_what_p0_saves(method):
-    """No plain-autograd fallback and no kept mask: with dropout the layer saves what it saves at p = 0."""
+def test_dropout_runs_the_lean_function_and_saves_only_its_mask_beyond_p0(method):
+    """No plain-autograd fallback and no dropped copy of x: with dropout the layer saves what it
+    saves at p = 0 plus the mask, one byte per input element."""
     x = torch.randn(2, 8, IN, requires_grad=True)
     lean, lean_node = _saved_tensor_bytes(_one_layer(method, 0.0).train(), x)
     dropped, dropped_node = _saved_tensor_bytes(_one_layer(method, 0.25).train(), x)
     expected_node = "DoraLinearFunctionBackward" if method == "dora" else "LoraLinearFunctionBackward"
     assert lean_node == dropped_node == expected_node
-    assert dropped == lean
+    assert dropped == lean + x.numel()  # the bool mask
 
 
 def test_layer_draws_its_mask_seed_from_torch_rng():
