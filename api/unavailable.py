@@ -10,26 +10,20 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import exc as sa_exc
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from api.errors import error_body
+from store.db_errors import unreachable
 
 log = logging.getLogger("api.unavailable")
 
 RETRY_AFTER_SECONDS = 5
 
 
-def is_database_unavailable(error: BaseException) -> bool:
-    """True for errors that say the database is unreachable or overloaded, not that a query is wrong."""
-    if isinstance(error, sa_exc.TimeoutError):  # the pool gave no connection within its checkout timeout
-        return True
-    if isinstance(error, sa_exc.DBAPIError):
-        if error.connection_invalidated or isinstance(error, sa_exc.OperationalError):
-            return True
-        return type(error.orig).__name__ in ("QueryCanceled", "AdminShutdown", "CannotConnectNow")
-    return False
+# the one classification of "the database is unreachable right now", shared with the workers
+is_database_unavailable = unreachable
 
 
 def unavailable_response(what: str = "database") -> JSONResponse:
@@ -38,7 +32,7 @@ def unavailable_response(what: str = "database") -> JSONResponse:
     return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
-async def database_error_handler(request: Request, error: sa_exc.SQLAlchemyError) -> JSONResponse:
+async def database_error_handler(request: Request, error: SQLAlchemyError) -> JSONResponse:
     if is_database_unavailable(error):
         log.warning("database unavailable on %s %s: %s", request.method, request.url.path,
                     str(error).splitlines()[0][:200])

@@ -3,9 +3,7 @@
 A worker host outlives database restarts, failovers and partitions: `dora worker`, the
 reconciler and a job's claim wait for the database (logged, with exponential backoff) instead of
 exiting with a traceback, and a job's lease (worker/lease.py) retries its writes within the lease.
-What counts as unreachable is what the API answers with a 503 (api/unavailable.py): connection
-refused or reset, a connect or statement timeout, a pool with no connection to give, a server
-shutting down. Anything else (a bug, a constraint) is raised at once.
+What counts as unreachable is what the API answers with a 503: `store.db_errors.unreachable`.
 """
 
 from __future__ import annotations
@@ -15,7 +13,9 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from sqlalchemy import exc as sa_exc
+from store.db_errors import first_line, unreachable
+
+__all__ = ["Backoff", "call_when_reachable", "first_line", "unreachable"]
 
 log = logging.getLogger("worker.database")
 
@@ -23,21 +23,6 @@ T = TypeVar("T")
 
 FIRST_WAIT_SECONDS = 1.0
 MAX_WAIT_SECONDS = 30.0
-
-
-def unreachable(error: BaseException) -> bool:
-    """True for errors that say the database cannot be reached right now, not that a query is wrong."""
-    if isinstance(error, sa_exc.TimeoutError | sa_exc.DisconnectionError):
-        return True
-    if isinstance(error, sa_exc.DBAPIError):
-        if error.connection_invalidated or isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError):
-            return True
-        return type(error.orig).__name__ in ("QueryCanceled", "AdminShutdown", "CannotConnectNow")
-    return False
-
-
-def first_line(error: BaseException) -> str:
-    return (str(error).splitlines() or [type(error).__name__])[0][:200]
 
 
 class Backoff:
