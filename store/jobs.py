@@ -181,16 +181,24 @@ def heartbeat(session: Session, *, job_id: str, owner: str, attempt: int, lease_
               trained_tokens: int | None = None, now: datetime | None = None) -> Heartbeat:
     """Extend the lease (only for its holder), store progress, report whether cancel was asked."""
     now = now or utcnow()
-    progress = {k: v for k, v in dict(step=step, total_steps=total_steps, epoch=epoch,
-                                      trained_tokens=trained_tokens).items() if v is not None}
-    statement = (
-        update(Job).where(holds_lease(job_id, owner, attempt))
-        .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now, **progress)
-        .returning(Job.cancel_requested)
-    )
-    row = session.execute(statement, execution_options={"synchronize_session": False}).first()
+    row = renew_lease(session, job_id=job_id, owner=owner, attempt=attempt, lease_seconds=lease_seconds, now=now,
+                      step=step, total_steps=total_steps, epoch=epoch, trained_tokens=trained_tokens)
     session.commit()
     return Heartbeat(held=row is not None, cancel_requested=bool(row and row[0]))
+
+
+def renew_lease(session: Session, *, job_id: str, owner: str, attempt: int, lease_seconds: float, now: datetime,
+                **progress: Any):
+    """The fenced UPDATE every heartbeat makes: extend the lease and store the progress values
+    given (None ones are left as they are), only for the lease's holder. The row (cancel_requested,)
+    or None when the lease is gone; the caller commits."""
+    values = {name: value for name, value in progress.items() if value is not None}
+    statement = (
+        update(Job).where(holds_lease(job_id, owner, attempt))
+        .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now, **values)
+        .returning(Job.cancel_requested)
+    )
+    return session.execute(statement, execution_options={"synchronize_session": False}).first()
 
 
 def record_metrics(session: Session, *, job_id: str, owner: str, attempt: int, step: int, values: dict[str, float],

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from store.ids import new_id
-from store.jobs import Heartbeat, _add_events, holds_lease
-from store.models import Job, JobEvent, MetricPoint, utcnow
+from store.jobs import Heartbeat, _add_events, renew_lease
+from store.models import JobEvent, MetricPoint, utcnow
 from store.notify import job_changed
 
 
@@ -53,14 +53,8 @@ def write_progress(session: Session, *, job_id: str, owner: str, attempt: int, l
     now = now or utcnow()
     if step is None and metrics:
         step = max(point.step for point in metrics)
-    progress = {k: v for k, v in dict(step=step, total_steps=total_steps, epoch=epoch,
-                                      resumed_from_step=resumed_from_step).items() if v is not None}
-    statement = (
-        update(Job).where(holds_lease(job_id, owner, attempt))
-        .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now, **progress)
-        .returning(Job.cancel_requested)
-    )
-    row = session.execute(statement, execution_options={"synchronize_session": False}).first()
+    row = renew_lease(session, job_id=job_id, owner=owner, attempt=attempt, lease_seconds=lease_seconds, now=now,
+                      step=step, total_steps=total_steps, epoch=epoch, resumed_from_step=resumed_from_step)
     if row is None:
         session.rollback()
         return Heartbeat(held=False, cancel_requested=False)
