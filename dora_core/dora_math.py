@@ -176,7 +176,7 @@ class DoraLinearFunction(torch.autograd.Function):
         # the gain actually applied: fp32 inside the fused kernel, activation dtype otherwise
         gain_used = gain if fused else gain.to(act_dtype)  # (out,)
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
-        u, keep = _adapter_input_times_a(x2, lora_A.to(act_dtype), dropout_p, dropout_seed)  # (N, r) A x_d
+        u, keep, ctx.keep_scale = _adapter_input_times_a(x2, lora_A.to(act_dtype), dropout_p, dropout_seed)  # A x_d
         y = x2 @ weight_act.T  # (N, out)   W x
         if fused:
             from dora_core.kernels.dora_epilogue import dora_epilogue_
@@ -192,7 +192,6 @@ class DoraLinearFunction(torch.autograd.Function):
         )  # (out,) fp32
         ctx.save_for_backward(x, u, y, weight, lora_A, lora_B, gain_used, inv_gain_norm, keep)
         ctx.scale = scale
-        ctx.keep_scale = _keep_scale(dropout_p, dropout_seed, x2)
         ctx.fused = fused
         ctx.magnitude_dtype = magnitude.dtype
         ctx.bias_needs_grad = bias is not None and bias.requires_grad
@@ -232,18 +231,13 @@ class DoraLinearFunction(torch.autograd.Function):
 
 
 def _adapter_input_times_a(x2, a_act, dropout_p: float, seed: int):
-    """(u = A x_d, keep): x_d = x * keep / (1 - p), the 1 / (1 - p) applied to the (N, r) product
-    rather than to the (N, in) input. keep is the bool mask (an empty tensor without dropout:
-    save_for_backward takes tensors only), kept for backward at one byte per input element."""
+    """(u = A x_d, keep, 1 / (1 - p)): x_d = x * keep / (1 - p), the 1 / (1 - p) applied to the
+    (N, r) product rather than to the (N, in) input. keep is the bool mask (an empty tensor without
+    dropout: save_for_backward takes tensors only), kept for backward at one byte per input element."""
     if dropout_p == 0.0:
-        return x2 @ a_act.T, x2.new_empty(0, dtype=torch.bool)
+        return x2 @ a_act.T, x2.new_empty(0, dtype=torch.bool), 1.0
     keep, keep_scale = dropout_keep_mask(x2, dropout_p, seed)  # (N, in) bool
-    return ((x2 * keep) @ a_act.T).mul_(keep_scale), keep  # (N, r)
-
-
-def _keep_scale(dropout_p: float, seed: int, x2) -> float:
-    """1 / (1 - p) as dropout_keep_mask rounds p (1.0 without dropout)."""
-    return 1.0 if dropout_p == 0.0 else DRAW_LEVELS / (DRAW_LEVELS - round(dropout_p * DRAW_LEVELS))
+    return ((x2 * keep) @ a_act.T).mul_(keep_scale), keep, keep_scale  # (N, r)
 
 
 def _input_grad(dz, dz_b, weight, a_act, scale, keep, keep_scale):
@@ -292,14 +286,13 @@ class LoraLinearFunction(torch.autograd.Function):
         act_dtype = x.dtype
         weight_act = weight if weight.dtype == act_dtype else weight.to(act_dtype)
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
-        u, keep = _adapter_input_times_a(x2, lora_A.to(act_dtype), dropout_p, dropout_seed)  # (N, r) A x_d
+        u, keep, ctx.keep_scale = _adapter_input_times_a(x2, lora_A.to(act_dtype), dropout_p, dropout_seed)  # A x_d
         y = x2 @ weight_act.T  # (N, out)
         y.addmm_(u, lora_B.to(act_dtype).T, alpha=scale)
         if bias is not None:
             y.add_(bias.to(act_dtype))
         ctx.save_for_backward(x, u, weight, lora_A, lora_B, keep)
         ctx.scale = scale
-        ctx.keep_scale = _keep_scale(dropout_p, dropout_seed, x2)
         ctx.bias_needs_grad = bias is not None and bias.requires_grad
         ctx.bias_dtype = None if bias is None else bias.dtype
         return y.view(*x.shape[:-1], y.shape[-1])
