@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, event, select, text
 
 from store import jobs as job_store
 from store.db import session_scope
@@ -168,17 +168,38 @@ def test_open_streams_per_tenant_are_bounded_and_given_back_on_disconnect(stream
 
 
 def test_streams_hold_no_database_connection_while_waiting(stream_url, stream_app, tenant, worker):
+    """Each poll borrows a pooled connection for one read and gives it back. Timed by the pool's
+    own checkout/checkin events rather than by sampling, so a slow machine only lengthens the
+    reads (milliseconds) while a stream that kept its connection would hold one all window long."""
     job_id = running_job(tenant, worker)
     pool = stream_app.state.engine.pool
+    borrowed: dict[int, float] = {}
+    holds: list[float] = []
+
+    def on_checkout(dbapi_connection, record, proxy):
+        borrowed[id(record)] = time.monotonic()
+
+    def on_checkin(dbapi_connection, record):
+        started = borrowed.pop(id(record), None)
+        if started is not None:
+            holds.append(time.monotonic() - started)
+
+    window = 1.5
     with open_stream(stream_url, tenant.key, events_path(job_id)) as one, \
             open_stream(stream_url, tenant.key, metrics_path(job_id)):
         one.messages(3)
-        samples = []
-        for _ in range(20):
-            samples.append(pool.checkedout())
-            time.sleep(0.05)
-    # a read holds one for a millisecond; a stream that kept one would show in every sample
-    assert samples.count(0) >= 15, samples
+        event.listen(pool, "checkout", on_checkout)
+        event.listen(pool, "checkin", on_checkin)
+        try:
+            time.sleep(window)
+            still_out = [time.monotonic() - started for started in list(borrowed.values())]
+        finally:
+            event.remove(pool, "checkout", on_checkout)
+            event.remove(pool, "checkin", on_checkin)
+    # two streams polling every 0.1 s read many times in the window, each read briefly
+    assert len(holds) >= 4, holds
+    assert max(holds) < window / 3, holds
+    assert all(age < window / 3 for age in still_out), still_out
 
 
 def test_another_tenants_job_is_404_and_a_bad_position_400(stream_url, tenant, other_tenant, worker):
