@@ -12,6 +12,9 @@ from dora_contract.base import ContractModel
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MAX_SEED = 2**31 - 1
+# greedy answers to validation prompts at each evaluation: few enough to read, and to generate in seconds
+MAX_SAMPLE_PROMPTS = 64
+MAX_SAMPLE_NEW_TOKENS = 1024
 
 
 class TrainingSettings(ContractModel):
@@ -42,3 +45,8 @@ class TrainingSettings(ContractModel):
     train_on_inputs: StrictBool = Field(False, description="false: loss on completion/assistant tokens only")
     packing: StrictBool = Field(False, description="pack several examples into one sequence")
     validation_split: StrictFloat = Field(0.0, ge=0, le=0.5, description="held out from train; or a validation file")
+    sample_prompts: StrictInt = Field(
+        8, ge=0, le=MAX_SAMPLE_PROMPTS,
+        description="at each evaluation, greedy answers to the first this many validation prompts; 0: none")
+    sample_max_new_tokens: StrictInt = Field(
+        64, ge=1, le=MAX_SAMPLE_NEW_TOKENS, description="tokens generated at most per sample answer")
