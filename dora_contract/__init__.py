@@ -9,11 +9,20 @@ stays free of torch.
 from dora_contract.adapter import ALL_LINEAR, MAX_RANK, METHODS, AdapterSettings
 from dora_contract.base import ContractModel
 from dora_contract.errors import SettingError
-from dora_contract.run import OUTPUTS, RunContract, RunSettings, check_one_validation_source
+from dora_contract.run import (
+    DEFAULT_OUTPUTS,
+    GGUF_TYPES,
+    OUTPUTS,
+    RunContract,
+    RunSettings,
+    check_one_validation_source,
+)
 from dora_contract.training import PRECISIONS, SCHEDULERS, TrainingSettings
 
 __all__ = [
     "ALL_LINEAR",
+    "DEFAULT_OUTPUTS",
+    "GGUF_TYPES",
     "MAX_RANK",
     "METHODS",
     "OUTPUTS",

@@ -16,8 +16,13 @@ from dora_contract.adapter import AdapterSettings
 from dora_contract.base import ContractModel, distinct
 from dora_contract.training import TrainingSettings
 
-OUTPUTS = ("adapter", "merged")
-Output = Literal["adapter", "merged"]
+# Every output a run can write; each becomes a downloadable artifact of the same name. gguf is the
+# merged model as one GGUF file for llama.cpp and Ollama (dora_contract/architectures.py says for
+# which models), left out of the default because it costs another copy of the model.
+OUTPUTS = ("adapter", "merged", "gguf")
+DEFAULT_OUTPUTS = ("adapter", "merged")
+Output = Literal[OUTPUTS]
+GGUF_TYPES = ("f16", "bf16", "q8_0")
 Outputs = Annotated[tuple[Output, ...], AfterValidator(distinct)]
 
 
@@ -31,13 +36,22 @@ def check_one_validation_source(*, has_validation_file: bool, validation_split: 
 class RunSettings(ContractModel):
     adapter: AdapterSettings = Field(default_factory=AdapterSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
-    outputs: Outputs = Field(OUTPUTS, description="what the run writes: adapter (PEFT format), merged model")
+    outputs: Outputs = Field(DEFAULT_OUTPUTS, description="what the run writes: adapter (PEFT format), merged "
+                             "model, gguf (the merged model as model.gguf with an Ollama Modelfile)")
+    gguf_type: Literal[GGUF_TYPES] = Field(
+        "f16", description="the gguf output's weight type: f16, bf16 or q8_0 (8-bit blocks, about half f16's "
+                           "size); norms and biases stay f32")
 
 
 class RunContract(RunSettings):
     """Everything one training run needs; paths are local (the worker downloads first)."""
 
-    base_model: str = Field(min_length=1, pattern=r"\S", description="local folder or hub id; safetensors only")
+    base_model: str = Field(min_length=1, pattern=r"\S",
+                            description="local folder, hub id (safetensors only), .gguf file or package:<distribution>")
+    base_model_id: str | None = Field(
+        None, min_length=1,
+        description="public id (hub id) an adapter names as its base; null: base_model when it is a hub id, else "
+                    "the folder's or file's name (a local path is never written into adapter_config.json)")
     train_file: str = Field(min_length=1, pattern=r"\S", description="JSONL, CSV or Parquet")
     validation_file: str | None = Field(None, description="held-out data; or training.validation_split")
 

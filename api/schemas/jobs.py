@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, create_model, field_validator, model_vali
 
 from api.schemas.common import StrictModel
 from api.schemas.run_fields import adapter_fields, contract_type, training_fields
-from dora_contract import OUTPUTS, RunSettings, TrainingSettings
+from dora_contract import DEFAULT_OUTPUTS, RunSettings, TrainingSettings
 from store.job_status import JobStatus
 
 Auto = Literal["auto"]
@@ -92,7 +92,7 @@ class JobCreate(StrictModel):
     method: Method | None = None
     hyperparameters: SupervisedHyperparameters | None = None  # OpenAI's deprecated top-level form
     integrations: list[dict[str, Any]] | None = None
-    outputs: Output = OUTPUTS
+    outputs: Output = DEFAULT_OUTPUTS
     max_attempts: int | None = Field(default=None, ge=1, le=10)
 
     @field_validator("metadata")
