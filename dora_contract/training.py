@@ -39,6 +39,9 @@ class TrainingSettings(ContractModel):
         "auto", description="auto: on from 6B parameters, or when bf16 weights fill a third of the GPU")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on a GPU that has it, else fp32")
+    quantization: Literal["none", "nf4"] = Field(
+        "none", description="nf4: the adapted layers' frozen base weights are stored 4-bit (QLoRA's NF4) "
+        "and dequantized one layer at a time (QDoRA/QLoRA); the adapter and the merged model stay full precision")
     early_stopping_patience: StrictInt | None = Field(
         None, ge=1, description="evaluations without eval-loss improvement before stopping")
     max_seq_len: StrictInt = Field(1024, ge=8, description="tokens per example; longer ones are truncated")
