@@ -53,3 +53,6 @@ class TrainingSettings(ContractModel):
         description="at each evaluation, greedy answers to the first this many validation prompts; 0: none")
     sample_max_new_tokens: StrictInt = Field(
         64, ge=1, le=MAX_SAMPLE_NEW_TOKENS, description="tokens generated at most per sample answer")
+    parallelism: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto", description="with several processes (dora train --nproc): ddp replicates the model on each, fsdp "
+        "shards it (FSDP2); auto: ddp when the base weights take at most half a GPU. Same result either way")

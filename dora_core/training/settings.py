@@ -22,9 +22,10 @@ __all__ = ["OUTPUTS", "PRECISIONS", "SCHEDULERS", "RunConfig", "TrainingSettings
 # micro-batch of 4 x 2048 tokens needs tens of GiB of activations without checkpointing.
 CHECKPOINTING_PARAMETER_THRESHOLD = 6_000_000_000
 
-# Bookkeeping settings that do not change what a run computes (samples only read the model): a
-# checkpoint of a run that differs from this one only in these still resumes it.
-BOOKKEEPING = ("checkpoint_interval", "keep_checkpoints", "sample_prompts", "sample_max_new_tokens")
+# Bookkeeping settings that do not change what a run computes (samples only read the model;
+# parallelism only changes how the same update is spread over processes): a checkpoint of a run
+# that differs from this one only in these still resumes it.
+BOOKKEEPING = ("checkpoint_interval", "keep_checkpoints", "sample_prompts", "sample_max_new_tokens", "parallelism")
 
 
 def recommended_gradient_checkpointing(*, parameters: int, device_memory_bytes: int | None) -> bool:
