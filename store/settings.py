@@ -12,6 +12,8 @@ from functools import lru_cache
 from pydantic import Field, IPvAnyNetwork, PositiveFloat, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from store.base_models import Registration
+
 # a guessable operator token would open /metrics: e.g. `openssl rand -hex 32`
 MIN_METRICS_TOKEN_LENGTH = 16
 
@@ -43,7 +45,12 @@ class Settings(BaseSettings):
 
     # what users may ask for. A run's defaults are the run contract's (dora_contract); these are
     # the operator's limits on top of it (api/services/limits.py).
-    base_models: dict[str, str] = Field(default_factory=dict)  # name -> local path or hub id
+    # name -> source (local folder, hub id, .gguf file, package:<distribution>) or
+    # {"source": ..., "public_id": <hub id>}: store/base_models.py
+    base_models: dict[str, Registration] = Field(default_factory=dict)
+    # where GGUF base models are converted to safetensors once (dora_core/gguf_import.py); unset:
+    # dora_core's default, ~/.cache/dora-tuner/models
+    model_cache_dir: str | None = None
     max_upload_bytes: int = 512 * 1024 * 1024
     max_json_body_bytes: int = 1024 * 1024  # every request body but an upload (api/body_limit.py)
     min_rank: int = 1

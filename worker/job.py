@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from store import jobs as job_store
+from store.base_models import BaseModelSource, public_id, registration
 from store.db import session_scope
 from store.jobs import ArtifactSpec, JobError, JobStatus
 from store.models import Job
@@ -117,10 +118,20 @@ class JobAttempt:
         validation = (self.fetch_input(run["validation_file"], "validation.jsonl")
                       if run.get("validation_file") else None)
         self.restore_checkpoint(self.folder / "run" / "checkpoints")
-        base_model = self.settings.base_models.get(self.job.model) or run["base_model"]["path"]
+        base_model, public = self.base_model_source(run["base_model"])
         return RunConfig.from_dict(run["run_config"] | {
-            "base_model": base_model, "train_file": str(train),
+            "base_model": base_model, "base_model_id": public, "train_file": str(train),
             "validation_file": str(validation) if validation else None})
+
+    def base_model_source(self, stored: dict) -> tuple[str, str]:
+        """(local folder or hub id to load, public id for the adapter). The operator's current
+        registration wins over the one stored at job creation; a GGUF source is converted here
+        once per machine (cached by content hash), under the lease's heartbeat."""
+        from dora_core.gguf_import import resolve_model_source
+
+        registered = registration(self.settings, self.job.model) or BaseModelSource(source=stored["path"])
+        local = resolve_model_source(registered.source, cache_dir=self.settings.model_cache_dir)
+        return local, stored.get("public_id") or public_id(self.job.model, registered)
 
     def fetch_input(self, info: dict, name: str) -> Path:
         return download_file(self.storage, info["storage_key"], self.folder / "inputs" / name)

@@ -16,6 +16,7 @@ from api.services import methods
 from api.services.scope import check_limit, get_owned, owned, page
 from dora_contract.training import MAX_SEED
 from store import jobs as job_store
+from store.base_models import public_id, registration
 from store.jobs import JobStatus
 from store.models import Artifact, Checkpoint, File, Job, JobEvent, MetricPoint
 from store.settings import Settings
@@ -58,7 +59,8 @@ def create_job(*, session: Session, settings: Settings, tenant_id: str, request:
     request_hash = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
     if idempotency_key and (existing := _find_by_key(session, tenant_id=tenant_id, key=idempotency_key)):
         return _replay(existing, request_hash), False
-    if request.model not in settings.base_models:
+    registered = registration(settings, request.model)
+    if registered is None:
         raise bad_request(f"The model '{request.model}' does not exist or is not available for fine-tuning here",
                           param="model", code="model_not_found")
     try:
@@ -69,7 +71,8 @@ def create_job(*, session: Session, settings: Settings, tenant_id: str, request:
         raise _as_client_error(error) from None
     seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
     shown, run = methods.resolve(request=request, settings=settings, seed=seed)
-    run |= {"base_model": {"name": request.model, "path": settings.base_models[request.model]},
+    run |= {"base_model": {"name": request.model, "path": registered.source,
+                           "public_id": public_id(request.model, registered)},
             "training_file": training, "validation_file": validation}
     try:
         check_active_jobs(session, settings=settings, tenant_id=tenant_id)  # holds the lock until the commit

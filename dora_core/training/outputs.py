@@ -48,9 +48,14 @@ def write_adapter(out_dir: Path, model, *, base_model: str) -> Path:
                           lambda temp: save_adapter(model, temp, base_model_name_or_path=base_model))
 
 
-def write_merged(out_dir: Path, model, tokenizer) -> Path:
-    """Merges in place: call after the adapter is saved; the model is plain afterwards."""
+def write_merged(out_dir: Path, model, tokenizer, *, dtype=None) -> Path:
+    """Merges in place: call after the adapter is saved; the model is plain afterwards.
+
+    `dtype` is the base checkpoint's (model_loading.saved_dtype): the merge is exact in the
+    training dtype, then cast once, so a bf16 base is not handed back twice its size in fp32."""
     merged = merge_adapter(model)
+    if dtype is not None and dtype != merged.dtype:
+        merged.to(dtype)
     merged.config.use_cache = True
 
     def write(temp: Path) -> None:

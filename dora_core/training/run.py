@@ -26,8 +26,9 @@ from transformers import get_scheduler
 
 from dora_core.atomic_io import write_json_atomically
 from dora_core.data import prepare_datasets
+from dora_core.gguf_import import resolve_model_source
 from dora_core.inject import apply_adapter
-from dora_core.model_loading import load_base_model, load_tokenizer, resolve_device
+from dora_core.model_loading import load_base_model, load_tokenizer, resolve_device, saved_dtype
 from dora_core.training.callbacks import CallbackList, TrainingCallback
 from dora_core.training.checkpoints import (
     RunState,
@@ -106,7 +107,8 @@ class TrainingRun:
 
     def prepare_data(self) -> None:
         self.callbacks.heartbeat()
-        self.tokenizer = load_tokenizer(self.config.base_model)
+        self.base_dir = resolve_model_source(self.config.base_model)  # a GGUF source is converted once
+        self.tokenizer = load_tokenizer(self.base_dir)
         self.data = prepare_datasets(
             self.config.train_file, self.tokenizer, max_seq_len=self.settings.max_seq_len,
             validation_path=self.config.validation_file, validation_split=self.settings.validation_split,
@@ -122,7 +124,8 @@ class TrainingRun:
     def prepare_model(self) -> None:
         self.callbacks.heartbeat()
         torch.manual_seed(self.settings.seed)  # adapter init (A) is seeded: same seed, same run
-        self.model = load_base_model(self.config.base_model, dtype=self.dtype, device=self.device)
+        self.base_dtype = saved_dtype(self.base_dir)  # before loading: the merged model is saved in it
+        self.model = load_base_model(self.base_dir, dtype=self.dtype, device=self.device)
         apply_adapter(self.model, self.config.adapter)
         if self.gradient_checkpointing_wanted():
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -353,7 +356,8 @@ class TrainingRun:
     def save_checkpoint(self, *, rng: dict | None = None) -> None:
         path = save_checkpoint(self.checkpoint_dir, model=self.model, optimizer=self.optimizer,
                                scheduler=self.scheduler, scaler=self.scaler, state=self.state,
-                               base_model_name=self.config.base_model, keep=self.settings.keep_checkpoints, rng=rng)
+                               base_model_name=self.config.public_base_model_id,
+                               keep=self.settings.keep_checkpoints, rng=rng)
         self.callbacks.on_checkpoint(step=self.state.step, path=str(path))
 
     # -- the end -----------------------------------------------------------------------------
@@ -368,10 +372,11 @@ class TrainingRun:
         self.callbacks.heartbeat()
         outputs: dict[str, str] = {}
         if "adapter" in self.config.outputs:
-            outputs["adapter"] = str(write_adapter(self.out_dir, self.model, base_model=self.config.base_model))
+            public_id = self.config.public_base_model_id
+            outputs["adapter"] = str(write_adapter(self.out_dir, self.model, base_model=public_id))
         if "merged" in self.config.outputs:
             self.callbacks.heartbeat()
-            outputs["merged"] = str(write_merged(self.out_dir, self.model, self.tokenizer))
+            outputs["merged"] = str(write_merged(self.out_dir, self.model, self.tokenizer, dtype=self.base_dtype))
         outputs["metrics"] = str(self.metrics.path)
         outputs["manifest"] = str(write_manifest(
             self.out_dir, config=self.config.to_dict(), status=result.status, seed=self.settings.seed,

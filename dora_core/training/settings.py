@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dora_contract import OUTPUTS, PRECISIONS, SCHEDULERS, RunContract, TrainingSettings
+from dora_contract.model_sources import PACKAGE_PREFIX, is_gguf_source
 
 __all__ = ["OUTPUTS", "PRECISIONS", "SCHEDULERS", "RunConfig", "TrainingSettings",
            "recommended_gradient_checkpointing"]
@@ -74,6 +75,18 @@ class RunConfig(RunContract):
             base = str((folder / base).resolve())
         return self.with_changes(base_model=base, train_file=resolve(self.train_file),
                                  validation_file=resolve(self.validation_file))
+
+    @property
+    def public_base_model_id(self) -> str:
+        """What adapter_config.json names as the base (`base_model_name_or_path`): base_model_id,
+        else base_model when it is a hub id, else the local folder's or file's name, so that a path
+        on this machine is never handed out with the adapter."""
+        if self.base_model_id:
+            return self.base_model_id
+        base = self.base_model.removeprefix(PACKAGE_PREFIX)
+        if is_gguf_source(self.base_model) or Path(base).expanduser().exists() or Path(base).is_absolute():
+            return Path(base).name
+        return self.base_model
 
     def fingerprint(self, dataset_hashes: tuple[str | None, ...]) -> str:
         """Identifies what a checkpoint's state depends on: resuming under another config

@@ -1,0 +1,67 @@
+"""The base models an operator registers (DORA_BASE_MODELS), read the same way by the API and the workers.
+
+A registration maps the name clients use (`model` in a job request) to a source: a local folder,
+a hub id, a `.gguf` file, or `package:<distribution>` for a pip package that ships one (the
+worker converts GGUF sources once, dora_core/gguf_import.py). It may be given as the source
+string alone, or as `{"source": ..., "public_id": ...}` when the model has a public id (the hub
+id its weights came from) that the source does not show: the public id is what a downloaded
+adapter's `adapter_config.json` names as `base_model_name_or_path`, so that PEFT users can load
+it elsewhere; a path on the server is never written there.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dora_contract.model_sources import is_gguf_source
+
+
+class BaseModelSource(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str = Field(min_length=1, description="local folder, hub id, .gguf file or package:<distribution>")
+    public_id: str | None = Field(None, min_length=1, description="hub id written into adapter_config.json")
+
+
+Registration = str | BaseModelSource
+
+
+def registration(settings, name: str) -> BaseModelSource | None:
+    """The registered source of `name`, or None when the operator has not registered it."""
+    value = settings.base_models.get(name)
+    if value is None:
+        return None
+    return value if isinstance(value, BaseModelSource) else BaseModelSource(source=value)
+
+
+def public_id(name: str, registered: BaseModelSource) -> str:
+    """What an adapter names as its base: the explicit public id, else a hub id source itself,
+    else the registered name (a folder or file path stays on the server)."""
+    if registered.public_id:
+        return registered.public_id
+    source = registered.source
+    if is_gguf_source(source) or _looks_local(source):
+        return name
+    return source
+
+
+def registered_model_config(settings, name: str) -> dict[str, Any] | None:
+    """The registered model's config.json as a mapping, when the API process can read it: a local
+    folder's. None for a hub id or a GGUF source (the worker converts those; their config is
+    known once converted), and for an unreadable file."""
+    registered = registration(settings, name)
+    if registered is None or is_gguf_source(registered.source):
+        return None
+    config = Path(registered.source).expanduser() / "config.json"
+    try:
+        return json.loads(config.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _looks_local(source: str) -> bool:
+    return source.startswith(("/", ".", "~")) or Path(source).expanduser().exists()
