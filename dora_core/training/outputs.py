@@ -2,6 +2,7 @@
 
   adapter/          PEFT-format adapter (peft.PeftModel.from_pretrained loads it)
   merged/           the merged model via save_pretrained (safetensors) with the tokenizer
+  gguf/             the merged model as model.gguf (llama.cpp) with an Ollama Modelfile
   metrics.jsonl     one JSON object per optimiser step and per evaluation
   dataset_report.json
   manifest.json     config, dataset hashes, library versions, seed, final metrics
@@ -63,6 +64,14 @@ def write_merged(out_dir: Path, model, tokenizer, *, dtype=None) -> Path:
         tokenizer.save_pretrained(temp)
 
     return publish_folder(out_dir, "merged", write)
+
+
+def write_gguf_output(out_dir: Path, model, tokenizer, *, file_type: str) -> Path:
+    """Merges in place too (the gguf output is written from the merged model, asked for or not)."""
+    from dora_core.gguf_export import write_gguf  # gguf-py is only needed when this output is asked for
+
+    merged = merge_adapter(model)
+    return publish_folder(out_dir, "gguf", lambda temp: write_gguf(temp, merged, tokenizer, file_type=file_type))
 
 
 def library_versions() -> dict[str, str]:

@@ -40,7 +40,14 @@ from dora_core.training.checkpoints import (
     save_checkpoint,
 )
 from dora_core.training.loss import count_trained_tokens, summed_loss
-from dora_core.training.outputs import MetricsLog, remove_partial_outputs, write_adapter, write_manifest, write_merged
+from dora_core.training.outputs import (
+    MetricsLog,
+    remove_partial_outputs,
+    write_adapter,
+    write_gguf_output,
+    write_manifest,
+    write_merged,
+)
 from dora_core.training.schedule import BatchSchedule, micro_batches
 from dora_core.training.settings import RunConfig, recommended_gradient_checkpointing
 
@@ -126,6 +133,11 @@ class TrainingRun:
         torch.manual_seed(self.settings.seed)  # adapter init (A) is seeded: same seed, same run
         self.base_dtype = saved_dtype(self.base_dir)  # before loading: the merged model is saved in it
         self.model = load_base_model(self.base_dir, dtype=self.dtype, device=self.device)
+        if "gguf" in self.config.outputs:  # refused now rather than after training, when it would fail
+            from dora_core.gguf_export import gguf_export_problem
+
+            if problem := gguf_export_problem(self.model.config, self.tokenizer):
+                raise TrainingError(f"the gguf output cannot be written for this model: {problem}")
         apply_adapter(self.model, self.config.adapter)
         if self.gradient_checkpointing_wanted():
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -374,6 +386,10 @@ class TrainingRun:
         if "adapter" in self.config.outputs:
             public_id = self.config.public_base_model_id
             outputs["adapter"] = str(write_adapter(self.out_dir, self.model, base_model=public_id))
+        if "gguf" in self.config.outputs:  # before merged/, which casts the merged weights to the base's dtype
+            self.callbacks.heartbeat()
+            outputs["gguf"] = str(write_gguf_output(self.out_dir, self.model, self.tokenizer,
+                                                    file_type=self.config.gguf_type))
         if "merged" in self.config.outputs:
             self.callbacks.heartbeat()
             outputs["merged"] = str(write_merged(self.out_dir, self.model, self.tokenizer, dtype=self.base_dtype))
