@@ -44,6 +44,18 @@ def at_least_fp32(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def dense_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The frozen weight as a plain tensor in `dtype`, for a matmul.
+
+    A quantized weight (a tensor subclass, e.g. torchao's NF4Tensor) is dequantized here, one
+    layer's weight at a time and only for as long as the matmul needs it: the autograd functions
+    save the quantized weight, never this dense copy, and dequantize again in backward.
+    """
+    if type(weight) in (torch.Tensor, torch.nn.Parameter) and weight.dtype == dtype:
+        return weight
+    return weight.to(dtype)
+
+
 def draw_dropout_seed() -> int:
     """A seed for one layer's dropout mask, drawn from torch's default (CPU) generator.
 
@@ -98,8 +110,22 @@ def factored_row_norm(
     so the cost is O(out * in * r) work and O(out * r) memory. Returns fp32 (out,).
     Rounding can push n_j^2 slightly below zero when W_j + s(BA)_j ~ 0: clamped.
     """
-    exact = at_least_fp32(weight.dtype)
-    weight_times_a = (weight @ lora_A.to(weight.dtype).T).to(exact)  # (out, r)
+    weight_times_a = weight @ lora_A.to(weight.dtype).T  # (out, r)
+    return row_norm_from_products(weight_times_a, lora_A, lora_B, scale, weight_sq_norm)
+
+
+@torch.no_grad()
+def row_norm_from_products(
+    weight_times_a: torch.Tensor,
+    lora_A: torch.Tensor,
+    lora_B: torch.Tensor,
+    scale: float,
+    weight_sq_norm: torch.Tensor,
+) -> torch.Tensor:
+    """factored_row_norm given W A^T (out, r) and ||W||^2 (out,): the two terms that touch W, which
+    a quantized weight computes from dequantized row chunks (dora_core.quantization)."""
+    exact = at_least_fp32(weight_sq_norm.dtype)
+    weight_times_a = weight_times_a.to(exact)  # (out, r)
     a32, b32 = lora_A.to(exact), lora_B.to(exact)  # (r, in), (out, r)
     cross = (b32 * weight_times_a).sum(dim=1)  # (out,)
     adapter_sq = ((b32 @ (a32 @ a32.T)) * b32).sum(dim=1)  # (out,)
@@ -170,7 +196,7 @@ class DoraLinearFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, lora_A, lora_B, magnitude, norm, scale, dropout_p=0.0, dropout_seed=0):
         act_dtype = x.dtype
         fused = use_triton(x)
-        weight_act = weight if weight.dtype == act_dtype else weight.to(act_dtype)
+        weight_act = dense_weight(weight, act_dtype)  # (out, in); transient for a quantized weight
         exact = at_least_fp32(magnitude.dtype)
         gain = magnitude.detach().to(exact) / norm.to(exact).clamp_min(NORM_EPS)  # (out,) fp32
         # the gain actually applied: fp32 inside the fused kernel, activation dtype otherwise
@@ -243,7 +269,7 @@ def _adapter_input_times_a(x2, a_act, dropout_p: float, seed: int):
 def _input_grad(dz, dz_b, weight, a_act, scale, keep, keep_scale):
     """dx = dz W + s (dz B) A, the adapter term masked like the forward's x_d: (N, in)."""
     act_dtype = dz.dtype
-    weight_act = weight if weight.dtype == act_dtype else weight.to(act_dtype)
+    weight_act = dense_weight(weight, act_dtype)  # (out, in)
     grad_x = dz @ weight_act  # (N, in)
     if keep is None:
         return grad_x.addmm_(dz_b, a_act, alpha=scale)
@@ -284,7 +310,7 @@ class LoraLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, lora_A, lora_B, scale, dropout_p=0.0, dropout_seed=0):
         act_dtype = x.dtype
-        weight_act = weight if weight.dtype == act_dtype else weight.to(act_dtype)
+        weight_act = dense_weight(weight, act_dtype)  # (out, in)
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
         u, keep, ctx.keep_scale = _adapter_input_times_a(x2, lora_A.to(act_dtype), dropout_p, dropout_seed)  # A x_d
         y = x2 @ weight_act.T  # (N, out)

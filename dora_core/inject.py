@@ -32,22 +32,24 @@ class AdapterSummary:
         return 100.0 * self.trainable_parameters / max(self.total_parameters, 1)
 
 
-def apply_adapter(model: nn.Module, config: AdapterConfig) -> nn.Module:
+def apply_adapter(model: nn.Module, config: AdapterConfig, *, quantization: str = "none") -> nn.Module:
     """Replace the target layers of `model` with adapters, in place; freeze everything else.
 
     "all-linear" means every nn.Linear / Conv1D except the output head (PEFT's meaning).
     A list matches a module whose name equals an entry or ends with "." + entry.
     The summary (including the trainable parameter count) is logged and kept on the model
-    as `model.dora_adapter_summary`.
+    as `model.dora_adapter_summary`. quantization="nf4" stores the adapted layers' base weights
+    4-bit (dora_core.quantization: QDoRA / QLoRA).
     """
     if adapted_module_names(model):
         raise ValueError("model already has adapters; merge or reload the base model first")
+    layer_class = _adapter_layer_class(quantization)
     targets = resolve_target_modules(model, config.target_modules)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     for name in targets:
         parent, child_name = _parent_and_child(model, name)
-        setattr(parent, child_name, AdapterLinear(getattr(parent, child_name), config))
+        setattr(parent, child_name, layer_class(getattr(parent, child_name), config))
     setattr(model, CONFIG_ATTRIBUTE, config)
     summary = summarise(model)
     model.dora_adapter_summary = summary
@@ -57,6 +59,17 @@ def apply_adapter(model: nn.Module, config: AdapterConfig) -> nn.Module:
         summary.trainable_percent,
     )
     return model
+
+
+def _adapter_layer_class(quantization: str) -> type[AdapterLinear]:
+    """AdapterLinear, or its NF4 variant (imported only then: torchao is the `quant` extra)."""
+    if quantization == "none":
+        return AdapterLinear
+    if quantization == "nf4":
+        from dora_core.quantization import NF4AdapterLinear
+
+        return NF4AdapterLinear
+    raise AdapterConfigError("training.quantization", f"must be 'none' or 'nf4', got {quantization!r}")
 
 
 def merge_adapter(model: nn.Module) -> nn.Module:

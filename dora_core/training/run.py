@@ -138,7 +138,12 @@ class TrainingRun:
 
             if problem := gguf_export_problem(self.model.config, self.tokenizer):
                 raise TrainingError(f"the gguf output cannot be written for this model: {problem}")
-        apply_adapter(self.model, self.config.adapter)
+        apply_adapter(self.model, self.config.adapter, quantization=self.settings.quantization)
+        if self.settings.quantization == "nf4":
+            from dora_core.quantization import quantized_weight_bytes
+
+            held, bf16 = quantized_weight_bytes(self.model)
+            self.callbacks.on_event(f"nf4 base: adapted weights hold {held / 2**20:.1f} MiB (bf16: {bf16 / 2**20:.1f})")
         if self.gradient_checkpointing_wanted():
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.callbacks.on_event("gradient checkpointing on")
