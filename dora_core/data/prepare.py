@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -51,6 +51,8 @@ class PreparedData:
     validation: TokenizedDataset | None
     report: dict[str, Any]  # JSON-serialisable; see dora_core.data.report
     collator: DataCollator
+    # the validation rows as read (file order), for the prompts samples are generated from
+    validation_examples: list[Example] = field(default_factory=list)
 
 
 @dataclass
@@ -105,7 +107,8 @@ def prepare_datasets(
     report["warnings"] = [
         warning for name in ("train", "validation") if report[name] for warning in warnings_for(name, report[name])
     ]
-    return PreparedData(TokenizedDataset(train_items), validation_set, report, DataCollator(tokenizer.pad_token_id))
+    return PreparedData(TokenizedDataset(train_items), validation_set, report, DataCollator(tokenizer.pad_token_id),
+                        validation_examples=list(validation.examples) if validation is not None else [])
 
 
 def _read_splits(

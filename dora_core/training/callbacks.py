@@ -21,6 +21,10 @@ class TrainingCallback:
     def on_evaluate(self, metrics: dict) -> None:
         """After an evaluation: step, eval_loss, eval_token_accuracy."""
 
+    def on_samples(self, *, step: int, samples: list[dict]) -> None:
+        """After an evaluation that produced samples (dora_core/training/samples.py): the model's
+        greedy answers to the first validation prompts, each {step, index, line, prompt, expected, answer}."""
+
     def on_checkpoint(self, *, step: int, path: str) -> None:
         """A checkpoint for `step` is complete on disk (atomically renamed into place)."""
 
@@ -61,6 +65,10 @@ class CallbackList(TrainingCallback):
     def on_evaluate(self, metrics: dict) -> None:
         for callback in self.callbacks:
             callback.on_evaluate(metrics)
+
+    def on_samples(self, **kwargs) -> None:
+        for callback in self.callbacks:
+            callback.on_samples(**kwargs)
 
     def on_checkpoint(self, **kwargs) -> None:
         for callback in self.callbacks:

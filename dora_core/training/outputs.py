@@ -4,6 +4,7 @@
   merged/           the merged model via save_pretrained (safetensors) with the tokenizer
   gguf/             the merged model as model.gguf (llama.cpp) with an Ollama Modelfile
   metrics.jsonl     one JSON object per optimiser step and per evaluation
+  samples.jsonl     greedy answers to validation prompts, one object per sample and evaluation
   dataset_report.json
   manifest.json     config, dataset hashes, library versions, seed, final metrics
 Folders are written under a temporary name and renamed, so a half-written output never looks
@@ -16,6 +17,7 @@ import json
 import os
 import platform
 import shutil
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -92,12 +94,15 @@ def write_manifest(out_dir: Path, **fields) -> Path:
 
 class MetricsLog:
     """metrics.jsonl, append-only; on resume, lines past the checkpoint's step are dropped so
-    the series continues at step k + 1 without duplicates."""
+    the series continues at step k + 1 without duplicates. `companions` (samples.jsonl) are the
+    run's other step-keyed logs, truncated with it so that every file agrees."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, *, companions: Sequence = ()) -> None:
+        self.path, self.companions = path, tuple(companions)
 
     def truncate_after(self, step: int) -> None:
+        for companion in self.companions:
+            companion.truncate_after(step)
         if not self.path.exists():
             return
         kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]

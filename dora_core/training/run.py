@@ -14,6 +14,7 @@ loads), then model + adapter, then resume from the newest checkpoint if one exis
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import shutil
@@ -48,6 +49,7 @@ from dora_core.training.outputs import (
     write_manifest,
     write_merged,
 )
+from dora_core.training.samples import SamplesLog, ValidationSamples
 from dora_core.training.schedule import BatchSchedule, micro_batches
 from dora_core.training.settings import RunConfig, recommended_gradient_checkpointing
 
@@ -95,7 +97,8 @@ class TrainingRun:
         self.device = resolve_device(device)
         self.dtype = _precision_dtype(self.settings.precision, self.device)
         self.checkpoint_dir = out_dir / "checkpoints"
-        self.metrics = MetricsLog(out_dir / "metrics.jsonl")
+        self.samples_log = SamplesLog(out_dir / "samples.jsonl")
+        self.metrics = MetricsLog(out_dir / "metrics.jsonl", companions=(self.samples_log,))
         self.state = RunState(micro_batch_size=self.settings.micro_batch_size,
                               gradient_accumulation_steps=self.settings.gradient_accumulation_steps)
 
@@ -350,7 +353,24 @@ class TrainingRun:
         eval_loss = loss_sum / max(tokens, 1)
         self.record({"step": self.state.step, "eval_loss": eval_loss, "eval_token_accuracy": correct / max(tokens, 1)},
                     self.callbacks.on_evaluate)
+        self.write_samples()
         return self.update_early_stopping(eval_loss)
+
+    @functools.cached_property
+    def samples(self) -> ValidationSamples:
+        return ValidationSamples(self.data.validation_examples, self.tokenizer, count=self.settings.sample_prompts,
+                                 max_seq_len=self.settings.max_seq_len,
+                                 max_new_tokens=self.settings.sample_max_new_tokens)
+
+    def write_samples(self) -> None:
+        """Greedy answers to the first `sample_prompts` validation prompts, after each evaluation."""
+        self.callbacks.heartbeat()
+        samples = self.samples.generate(self.model, step=self.state.step, batch_size=self.state.micro_batch_size,
+                                        device=self.device)
+        if samples:
+            self.samples_log.write(self.state.step, samples)
+            self.callbacks.on_samples(step=self.state.step, samples=samples)
+            self.callbacks.heartbeat()
 
     def update_early_stopping(self, eval_loss: float) -> str | None:
         best = self.state.best_eval_loss
