@@ -66,8 +66,11 @@ def _adapter_layer_class(quantization: str) -> type[AdapterLinear]:
     if quantization == "none":
         return AdapterLinear
     if quantization == "nf4":
-        from dora_core.quantization import NF4AdapterLinear
-
+        try:
+            from dora_core.quantization import NF4AdapterLinear
+        except ModuleNotFoundError as missing:
+            raise AdapterConfigError("training.quantization", f"nf4 needs torchao ({missing}): pip install "
+                                     "'dora-tuner[quant]'") from None
         return NF4AdapterLinear
     raise AdapterConfigError("training.quantization", f"must be 'none' or 'nf4', got {quantization!r}")
 
