@@ -10,11 +10,12 @@ from api.schemas.jobs import (
     CheckpointOut,
     FineTuningJob,
     JobEventOut,
+    JobSampleOut,
     MetricPointOut,
     Progress,
 )
 from store.jobs import JobStatus, fine_tuned_model_name
-from store.models import Artifact, Checkpoint, File, Job, JobEvent, MetricPoint
+from store.models import Artifact, Checkpoint, File, Job, JobEvent, JobSample, MetricPoint
 
 
 def ts(value: datetime | None) -> int | None:
@@ -73,6 +74,11 @@ def checkpoint_out(row: Checkpoint, job: Job, *, tenant_name: str) -> Checkpoint
 
 def metric_out(row: MetricPoint) -> MetricPointOut:
     return MetricPointOut(step=row.step, epoch=row.epoch, created_at=ts(row.created_at), values=row.values or {})
+
+
+def sample_out(row: JobSample) -> JobSampleOut:
+    return JobSampleOut(id=row.id, created_at=ts(row.created_at), step=row.step, index=row.index, prompt=row.prompt,
+                        expected=row.expected, answer=row.answer)
 
 
 def artifact_out(row: Artifact) -> ArtifactOut:

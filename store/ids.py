@@ -19,6 +19,7 @@ PREFIXES = {
     "job": "ftjob-",
     "event": "ftevent-",
     "checkpoint": "ftckpt-",
+    "sample": "ftsample-",
     "artifact": "ftart-",
     "tenant": "org-",
     "key": "key-",

@@ -177,6 +177,25 @@ class MetricPoint(Base):
     values: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
+class JobSample(Base):
+    """One of the model's greedy answers to a validation prompt at an evaluation (issue #15).
+
+    (job_id, step, index) is unique: a replayed progress write (store/progress.py) stores nothing
+    twice, and a resumed attempt that evaluates a step again keeps the first answers. `id` is
+    time-ordered; the list is paged by (step, index) with an id as the cursor."""
+
+    __tablename__ = "job_samples"
+    __table_args__ = (UniqueConstraint("job_id", "step", "sample_index"),)
+    id: Mapped[str] = mapped_column(IdString(), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(Integer)
+    index: Mapped[int] = mapped_column("sample_index", Integer)  # 0-based among the evaluation's samples
+    prompt: Mapped[str] = mapped_column(Text)
+    expected: Mapped[str] = mapped_column(Text)
+    answer: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Checkpoint(Base):
     __tablename__ = "checkpoints"
     __table_args__ = (Index("ix_checkpoints_job_id_id", "job_id", "id"),)

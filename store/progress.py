@@ -4,13 +4,15 @@ The worker buffers what a run reports (worker/lease.py) and writes it with its h
 database that was unreachable for a while gets everything once it is back. Writes are
 idempotent, so a batch replayed after a commit whose answer was lost stores nothing twice:
 a metric point replaces the row of its step (the (job_id, step) primary key), and an event
-carries the id the worker gave it when it happened, and is skipped if that id is already there.
+carries the id the worker gave it when it happened, and is skipped if that id is already there,
+and a sample (a greedy answer at an evaluation) is skipped when its (job, step, index) is stored.
 Like every worker write it is fenced by (lease_owner, attempt): an attempt that lost its lease
 writes nothing, however much it buffered.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from store.ids import new_id
 from store.jobs import Heartbeat, _add_events, renew_lease
-from store.models import JobEvent, MetricPoint, utcnow
+from store.models import JobEvent, JobSample, MetricPoint, utcnow
 from store.notify import job_changed
 
 
@@ -44,11 +46,34 @@ class PendingEvent:
     created_at: datetime = field(default_factory=utcnow)
 
 
+@dataclass(frozen=True)
+class PendingSample:
+    """A greedy answer to a validation prompt at an evaluation (dora_core/training/samples.py)."""
+
+    step: int
+    index: int
+    prompt: str
+    expected: str
+    answer: str
+    id: str = field(default_factory=lambda: new_id("sample"))
+    created_at: datetime = field(default_factory=utcnow)
+
+
+# what a text column cannot hold (PostgreSQL: NUL; neither: a lone surrogate), which a model's
+# decoded answer may contain
+_NOT_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+
+def _text(value: str) -> str:
+    return _NOT_TEXT.sub("\ufffd", value)
+
+
 def write_progress(session: Session, *, job_id: str, owner: str, attempt: int, lease_seconds: float,
                    metrics: Sequence[StepMetrics] = (), events: Sequence[PendingEvent] = (),
+                   samples: Sequence[PendingSample] = (),
                    resumed_from_step: int | None = None, step: int | None = None, total_steps: int | None = None,
                    epoch: float | None = None, now: datetime | None = None) -> Heartbeat:
-    """Renew the lease and store `metrics` and `events`, in one transaction, only for the lease's
+    """Renew the lease and store `metrics`, `events` and `samples`, in one transaction, only for the lease's
     holder (Heartbeat.held False: nothing was written). Commits."""
     now = now or utcnow()
     if step is None and metrics:
@@ -70,8 +95,20 @@ def write_progress(session: Session, *, job_id: str, owner: str, attempt: int, l
                         created_at=e.created_at) for e in events if e.id not in stored]
         if new:
             _add_events(session, job_id, *new)
+    if samples:
+        _add_samples(session, job_id, samples)
     session.commit()
     return Heartbeat(held=True, cancel_requested=bool(row[0]))
+
+
+def _add_samples(session: Session, job_id: str, samples: Sequence[PendingSample]) -> None:
+    """The samples whose (step, index) this job has not stored yet."""
+    query = select(JobSample.step, JobSample.index).where(JobSample.job_id == job_id,
+                                                          JobSample.step.in_({s.step for s in samples}))
+    stored = {(step, index) for step, index in session.execute(query)}
+    session.add_all([JobSample(id=s.id, job_id=job_id, step=s.step, index=s.index, prompt=_text(s.prompt),
+                               expected=_text(s.expected), answer=_text(s.answer), created_at=s.created_at)
+                     for s in samples if (s.step, s.index) not in stored])
 
 
 def stored_steps(session: Session, *, job_id: str, up_to: int) -> list[int]:

@@ -4,8 +4,8 @@
 `held` turns False when another attempt took the job (stop at once, write nothing more),
 `cancel_requested` when a user asked to cancel.
 
-Progress is buffered. Metric points, events, the "resumed" marker and checkpoint rows go into
-a buffer that every heartbeat writes in one fenced transaction (store/progress.py), so a
+Progress is buffered. Metric points, events, samples, the "resumed" marker and checkpoint rows
+go into a buffer that every heartbeat writes in one fenced transaction (store/progress.py), so a
 database that is unreachable for a while loses none of them: they are written, each step
 once, when it is back. The buffer holds at most `progress_buffer_steps` metric points and
 `progress_buffer_events` events (DORA_PROGRESS_BUFFER_STEPS / _EVENTS); past that the oldest
@@ -36,7 +36,7 @@ from store import jobs as job_store
 from store.db import session_scope
 from store.jobs import JobStatus
 from store.models import Checkpoint
-from store.progress import PendingEvent, StepMetrics, write_progress
+from store.progress import PendingEvent, PendingSample, StepMetrics, write_progress
 from worker.database import Backoff, first_line, unreachable
 from worker.settings import WorkerSettings
 
@@ -72,6 +72,7 @@ class Lease:
     _metrics: dict[int, StepMetrics] = field(default_factory=dict, init=False, repr=False)  # by step, oldest first
     _events: list[PendingEvent] = field(default_factory=list, init=False, repr=False)
     _checkpoints: list[PendingCheckpoint] = field(default_factory=list, init=False, repr=False)
+    _samples: dict[tuple[int, int], PendingSample] = field(default_factory=dict, init=False, repr=False)
     _resumed_from: int | None = field(default=None, init=False, repr=False)
     _dropped_steps: list[int] = field(default_factory=list, init=False, repr=False)  # [first, last, count]
     _dropped_events: int = field(default=0, init=False, repr=False)
@@ -94,6 +95,22 @@ class Lease:
                 del self._metrics[dropped]
                 first, _, count = self._dropped_steps or [dropped, dropped, 0]
                 self._dropped_steps = [first, dropped, count + 1]
+
+    def record_samples(self, *, step: int, samples: list[dict]) -> None:
+        """Buffer an evaluation's samples (`index`, `prompt`, `expected`, `answer` each) for the
+        next heartbeat. Bounded like events: past `progress_buffer_events` the oldest go (logged)."""
+        if not self.held:
+            return
+        with self._buffer_lock:
+            for sample in samples:
+                self._samples[step, sample["index"]] = PendingSample(
+                    step=step, index=sample["index"], prompt=sample["prompt"], expected=sample["expected"],
+                    answer=sample["answer"])
+            while len(self._samples) > self.settings.progress_buffer_events:
+                dropped = next(iter(self._samples))
+                del self._samples[dropped]
+                log.warning("job %s: sample %s of step %s not kept (the progress buffer is full)", self.job_id,
+                            dropped[1], dropped[0])
 
     def event(self, message: str, *, level: str = "info", data: dict | None = None) -> None:
         """Record a user-visible event now (or once the database is back)."""
@@ -155,11 +172,17 @@ class Lease:
         LeaseGone when the fence refused, or the database error."""
         while True:
             metrics, events, resumed, notice = self._snapshot()
+            with self._buffer_lock:
+                samples = list(self._samples.values())
             beat = self._call(write_progress, lease_seconds=self.settings.lease_seconds, metrics=metrics,
-                              events=events, resumed_from_step=resumed, **progress)
+                              events=events, samples=samples, resumed_from_step=resumed, **progress)
             if not beat.held:
                 self._lost("lease lost (attempt %s); stopping without writing")
             self._written(metrics, events, resumed, notice)
+            with self._buffer_lock:
+                for sample in samples:
+                    if self._samples.get((sample.step, sample.index)) is sample:
+                        del self._samples[sample.step, sample.index]
             self.last_renewed = time.monotonic()
             self.cancel_requested = self.cancel_requested or beat.cancel_requested
             if len(metrics) < WRITE_BATCH:
@@ -247,7 +270,7 @@ class Lease:
             if self._metrics or self._events:
                 log.warning("job %s: %d buffered metric points and %d events not written (the lease is gone)",
                             self.job_id, len(self._metrics), len(self._events))
-            self._metrics, self._events, self._checkpoints = {}, [], []
+            self._metrics, self._events, self._checkpoints, self._samples = {}, [], [], {}
 
     # -- ending the attempt: retried within the lease ----------------------------------------------
     def flush(self) -> bool:

@@ -70,6 +70,10 @@ class JobProgress(TrainingCallback):
         self.step_values = {step: values}
         self.lease.record_metrics(step=step, values=values, epoch=self.step_epoch)
 
+    def on_samples(self, *, step: int, samples: list[dict]) -> None:
+        """Written with the next heartbeat, like metrics (listed at GET .../samples)."""
+        self.lease.record_samples(step=step, samples=samples)
+
     def on_checkpoint(self, *, step: int, path: str) -> None:
         prefix = job_key(self.tenant_id, self.lease.job_id, "checkpoints", f"attempt-{self.lease.attempt}",
                          Path(path).name)

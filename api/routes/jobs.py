@@ -1,4 +1,4 @@
-"""`/v1/fine_tuning/jobs`: create, list, get, cancel, events, checkpoints, metrics."""
+"""`/v1/fine_tuning/jobs`: create, list, get, cancel, events, checkpoints, metrics, samples."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pydantic import WithJsonSchema
 
 from api.deps import JobViewDep, OwnedJobDep, PublisherDep, SessionDep, SettingsDep, TenantDep
 from api.errors import bad_request
-from api.present import checkpoint_out, event_out, job_out, metric_out
+from api.present import checkpoint_out, event_out, job_out, metric_out, sample_out
 from api.schemas.common import ListPage
 from api.schemas.errors import error_responses
-from api.schemas.jobs import CheckpointOut, FineTuningJob, JobCreate, JobEventOut, MetricPage
+from api.schemas.jobs import CheckpointOut, FineTuningJob, JobCreate, JobEventOut, JobSampleOut, MetricPage
 from api.schemas.params import Limit, limit_param
 from api.services import jobs as job_service
 from api.streams import stream_responses
@@ -30,6 +30,7 @@ LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", max_length=64,
                                            description="With stream=true: resume after this id (what EventSource "
                                                        "sends on a reconnect); wins over `after`")]
 MetricsLimit = limit_param(job_service.MAX_METRICS_LIMIT)
+StepFilter = Annotated[int | None, Query(ge=0, le=2**31 - 1, description="Only the samples of this step's evaluation")]
 
 
 def _metadata_filters(query_string: bytes) -> list[tuple[str, str]]:
@@ -129,3 +130,12 @@ def list_metrics(request: Request, job: JobViewDep, caller: TenantDep, session: 
     rows, has_more = job_service.list_metrics(session=session, job=job, after=after, limit=limit)
     return MetricPage(data=[metric_out(r) for r in rows], has_more=has_more,
                       next_after=rows[-1].step if rows and has_more else None)
+
+
+@router.get("/{job_id}/samples", response_model=ListPage[JobSampleOut])
+def list_samples(job: OwnedJobDep, session: SessionDep, after: str | None = None, limit: Limit = 20,
+                 step: StepFilter = None) -> ListPage[JobSampleOut]:
+    """The model's greedy answers to the first validation prompts at each evaluation (run setting
+    `sample_prompts`): the newest evaluation first, each in index order; `after` a sample id."""
+    rows, has_more = job_service.list_samples(session=session, job=job, after=after, limit=limit, step=step)
+    return _page([sample_out(r) for r in rows], rows, has_more)

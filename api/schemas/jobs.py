@@ -186,6 +186,19 @@ class CheckpointOut(BaseModel):
     step_number: int
 
 
+class JobSampleOut(BaseModel):
+    """The model's greedy answer to a validation prompt at an evaluation (run setting `sample_prompts`)."""
+
+    id: str
+    object: Literal["fine_tuning.job.sample"] = "fine_tuning.job.sample"
+    created_at: int
+    step: int
+    index: int  # 0-based among the evaluation's samples: the same prompt at every step
+    prompt: str  # as the model saw it, chat template included (its last characters when long)
+    expected: str  # the validation row's answer
+    answer: str  # what the model generated (greedy)
+
+
 class MetricPointOut(BaseModel):
     object: Literal["fine_tuning.job.metric"] = "fine_tuning.job.metric"
     step: int

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -18,7 +18,7 @@ from dora_contract.training import MAX_SEED
 from store import jobs as job_store
 from store.base_models import public_id, registration
 from store.jobs import JobStatus
-from store.models import Artifact, Checkpoint, File, Job, JobEvent, MetricPoint
+from store.models import Artifact, Checkpoint, File, Job, JobEvent, JobSample, MetricPoint
 from store.settings import Settings
 
 MAX_METRICS_LIMIT = 10_000  # metric points per page
@@ -126,6 +126,25 @@ def list_metrics(*, session: Session, job: Job, after: int | None, limit: int) -
         query = query.where(MetricPoint.step > after)
     rows = list(session.scalars(query.order_by(MetricPoint.step).limit(check_limit(limit, maximum=MAX_METRICS_LIMIT)
                                                                         + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def list_samples(*, session: Session, job: Job, after: str | None, limit: int,
+                 step: int | None) -> tuple[list[JobSample], bool]:
+    """The newest evaluation's samples first, each evaluation's in index order (the same prompts
+    at every step); `after` is the id of the last sample of the previous page."""
+    query = select(JobSample).where(JobSample.job_id == job.id)
+    if step is not None:
+        query = query.where(JobSample.step == step)
+    if after is not None:
+        cursor = session.scalars(select(JobSample).where(JobSample.job_id == job.id, JobSample.id == after)).first()
+        if cursor is None:
+            raise bad_request(f"No sample '{after[:64]}' in this job: pass the id of the last sample of the previous "
+                              "page", param="after")
+        query = query.where(or_(JobSample.step < cursor.step,
+                                and_(JobSample.step == cursor.step, JobSample.index > cursor.index)))
+    query = query.order_by(JobSample.step.desc(), JobSample.index.asc()).limit(check_limit(limit) + 1)
+    rows = list(session.scalars(query))
     return rows[:limit], len(rows) > limit
 
 

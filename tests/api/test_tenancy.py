@@ -7,7 +7,7 @@ import pytest
 
 from tests.support.artifacts import finish_with_artifacts
 
-JOB_PATHS = ["", "/events", "/checkpoints", "/metrics", "/artifacts", "/artifacts/adapter/archive",
+JOB_PATHS = ["", "/events", "/checkpoints", "/metrics", "/samples", "/artifacts", "/artifacts/adapter/archive",
              "/artifacts/adapter/files/adapter_config.json"]
 
 
