@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-DEFAULT_CHUNK_TOKENS = 1024
+# tokens per chunk; written in the torch-free memory planner, which counts the chunk's logits
+from dora_contract.memory_plan import LOSS_CHUNK_TOKENS as DEFAULT_CHUNK_TOKENS
 
 
 class ChunkedLinearCrossEntropy(torch.autograd.Function):

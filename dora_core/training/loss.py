@@ -10,12 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dora_contract.memory_plan import CHUNKED_LOSS_MODEL_TYPES
 from dora_core.chunked_cross_entropy import chunked_linear_cross_entropy
 
 IGNORE_INDEX = -100
-# Architectures whose logits are exactly lm_head(final hidden state): no soft-capping or
-# scaling in between, so the chunked loss may replace the model's own head.
-CHUNKED_LOSS_MODEL_TYPES = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen3", "phi3", "gpt2"})
+# CHUNKED_LOSS_MODEL_TYPES: the architectures whose logits are exactly lm_head(final hidden state)
+# (no soft-capping or scaling in between), so the chunked loss may replace the model's own head;
+# kept in the torch-free memory planner, which counts the loss by it.
 
 
 @dataclass
