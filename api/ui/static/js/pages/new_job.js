@@ -62,8 +62,10 @@ export function render(main, {query}) {
   const methodInputs = ["dora", "lora"].map((kind) =>
     h("label", {class: "radio"}, h("input", {type: "radio", name: "method", value: kind, checked: kind === "dora"}),
       kind === "dora" ? " DoRA" : " LoRA"));
-  const outputs = ["adapter", "merged"].map((name) =>
-    h("label", {class: "radio"}, h("input", {type: "checkbox", name: "outputs", value: name, checked: true}), ` ${name}`));
+  // the run contract's outputs (dora_contract/run.py OUTPUTS); gguf is off by default, as there
+  const outputs = ["adapter", "merged", "gguf"].map((name) =>
+    h("label", {class: "radio"}, h("input", {type: "checkbox", name: "outputs", value: name, checked: name !== "gguf"}),
+      ` ${name}`));
   const suffix = h("input", {type: "text", id: "suffix", name: "suffix", maxlength: 64, pattern: "[A-Za-z0-9_.\\-]*",
                              placeholder: "optional"});
   const createError = h("div", {id: "create-error", role: "alert"});
