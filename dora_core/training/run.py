@@ -40,6 +40,7 @@ from dora_core.training.checkpoints import (
     rng_state,
     save_checkpoint,
 )
+from dora_core.training.distributed import Parallelism
 from dora_core.training.loss import count_trained_tokens, summed_loss
 from dora_core.training.outputs import (
     MetricsLog,
@@ -93,8 +94,10 @@ class TrainingRun:
 
     def __init__(self, config: RunConfig, out_dir: Path, callbacks: CallbackList, device: str | None) -> None:
         self.config, self.settings = config, config.training
-        self.out_dir, self.callbacks = out_dir, callbacks
+        self.out_dir = out_dir
         self.device = resolve_device(device)
+        self.parallel = Parallelism(self.settings.parallelism, self.device)  # one process: every call a no-op
+        self.callbacks = self.parallel.callbacks(callbacks)  # rank 0 reports; every rank follows its stop
         self.dtype = _precision_dtype(self.settings.precision, self.device)
         self.checkpoint_dir = out_dir / "checkpoints"
         self.samples_log = SamplesLog(out_dir / "samples.jsonl")
@@ -112,7 +115,9 @@ class TrainingRun:
         status = self.train_with_oom_retries()
         result = RunResult(status, self.state.step, self.schedule.total_steps, resumed_from, self.final_metrics())
         if status != "stopped":
-            result.outputs = self.write_outputs(result)
+            self.model = self.parallel.model_for_outputs(self.model, load_plain=self.plain_model_on_cpu)
+            if self.parallel.is_main:
+                result.outputs = self.write_outputs(result)
         return result
 
     def prepare_data(self) -> None:
@@ -127,7 +132,8 @@ class TrainingRun:
         self.report = self.data.report
         self.state.fingerprint = self.config.fingerprint(
             (self.report.get("train_sha256"), self.report.get("validation_sha256")))
-        write_json_atomically(self.out_dir / "dataset_report.json", self.report)
+        if self.parallel.is_main:
+            write_json_atomically(self.out_dir / "dataset_report.json", self.report)
         for warning in self.report.get("warnings", []):
             self.callbacks.on_event(warning, level="warning")
 
@@ -151,6 +157,7 @@ class TrainingRun:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.callbacks.on_event("gradient checkpointing on")
         self.model.config.use_cache = False
+        self.parallel.wrap(self.model, self.config.base_model)  # DDP or FSDP2 with several processes
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.initial_adapter = [p.detach().clone() for p in self.trainable]
         self.initial_rng = torch.get_rng_state()
@@ -184,16 +191,21 @@ class TrainingRun:
 
     def start_over(self) -> None:
         """resume=False: earlier checkpoints and metrics in this folder belong to another run."""
-        shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
-        self.metrics.truncate_after(0)
+        if self.parallel.is_main:
+            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+            self.metrics.truncate_after(0)
+        self.parallel.barrier()
         return None
 
     def resume_if_possible(self) -> int | None:
-        remove_partial_checkpoints(self.checkpoint_dir)
-        remove_partial_outputs(self.out_dir)
+        if self.parallel.is_main:
+            remove_partial_checkpoints(self.checkpoint_dir)
+            remove_partial_outputs(self.out_dir)
+        self.parallel.barrier()
         checkpoints = list_checkpoints(self.checkpoint_dir)
         if not checkpoints:
-            self.metrics.truncate_after(0)
+            if self.parallel.is_main:
+                self.metrics.truncate_after(0)
             return None
         step, path = checkpoints[-1]
         self.restore(path)
@@ -206,11 +218,13 @@ class TrainingRun:
         if read_run_state(path).fingerprint != fingerprint:
             raise TrainingError(f"{path} was written by a run with another config or dataset; use another output "
                                 "folder, or start over (resume=False / dora train --no-resume --overwrite)")
-        self.state = load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                                     scaler=self.scaler)
+        with self.parallel.whole_state_for_loading(self.model, self.optimizer):  # FSDP: each rank keeps its shard
+            self.state = load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                                         scaler=self.scaler)
         if self.state.oom_retries < wanted[2]:  # an OOM retry shrank the micro-batch since that checkpoint
             self.state.micro_batch_size, self.state.gradient_accumulation_steps, self.state.oom_retries = wanted
-        self.metrics.truncate_after(self.state.step)
+        if self.parallel.is_main:
+            self.metrics.truncate_after(self.state.step)
 
     # -- the loop ----------------------------------------------------------------------------
     def train_with_oom_retries(self) -> str:
@@ -223,6 +237,10 @@ class TrainingRun:
     def recover_from_oom(self) -> None:
         """Halve the micro-batch, double accumulation (same global batch), go back to the last checkpoint."""
         old = self.state.micro_batch_size
+        if self.parallel.world_size > 1:  # the other ranks are inside collectives this rank left
+            raise TrainingError(f"CUDA out of memory on rank {self.parallel.rank} of {self.parallel.world_size}: "
+                                "use a smaller micro_batch_size or max_seq_len, gradient_checkpointing, or "
+                                "training.parallelism: fsdp (micro-batch halving is for one process)") from None
         if old == 1:
             raise TrainingError("CUDA out of memory at micro-batch size 1: use a smaller max_seq_len, "
                                 "gradient_checkpointing, or a GPU with more memory") from None
@@ -292,18 +310,22 @@ class TrainingRun:
                    micro_batches(self.schedule.indices(self.state.step), self.state.micro_batch_size)]
         total_tokens = max(1, sum(count_trained_tokens(batch["labels"]) for batch in batches))
         loss_sum, correct, seen_tokens = 0.0, 0, 0
-        for batch in batches:
+        share = self.parallel.share(batches)  # this rank's micro-batches, (batch, weight); all of them on one
+        for index, (batch, weight) in enumerate(share):
             self.callbacks.on_micro_batch(step=self.state.step + 1, micro_batch_size=self.state.micro_batch_size)
             if self.callbacks.should_stop():
                 self.optimizer.zero_grad(set_to_none=True)
                 return None
-            sums = summed_loss(self.model, {k: v.to(self.device) for k, v in batch.items()})
-            scaled = sums.loss_sum / total_tokens
-            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            loss_sum += float(sums.loss_sum.detach())
-            correct += sums.correct
-            seen_tokens += int(batch["input_ids"].numel() if "attention_mask" not in batch
-                               else batch["attention_mask"].sum())
+            with self.parallel.gradient_sync(index == len(share) - 1):
+                sums = self.parallel.summed_loss(self.model, {k: v.to(self.device) for k, v in batch.items()})
+                scaled = sums.loss_sum / total_tokens * weight
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            if weight:
+                loss_sum += float(sums.loss_sum.detach())
+                correct += sums.correct
+                seen_tokens += int(batch["input_ids"].numel() if "attention_mask" not in batch
+                                   else batch["attention_mask"].sum())
+        loss_sum, correct, seen_tokens = self.parallel.sum_over_ranks(loss_sum, correct, seen_tokens)
         grad_norm = self.clip_and_step()
         self.state.step += 1
         elapsed = time.perf_counter() - started
@@ -317,7 +339,7 @@ class TrainingRun:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         max_norm = self.settings.max_grad_norm or float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, max_norm))
+        grad_norm = self.parallel.clip_grad_norm(self.trainable, max_norm)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -343,12 +365,15 @@ class TrainingRun:
         self.model.eval()
         loss_sum, tokens, correct = 0.0, 0, 0
         items = self.data.validation
-        for start in range(0, len(items), self.state.micro_batch_size):
+        for start, weight in self.parallel.share(range(0, len(items), self.state.micro_batch_size)):
             self.callbacks.heartbeat()
             stop = min(start + self.state.micro_batch_size, len(items))
             batch = self.data.collator([items[i] for i in range(start, stop)])
             sums = summed_loss(self.model, {k: v.to(self.device) for k, v in batch.items()})
-            loss_sum, tokens, correct = loss_sum + float(sums.loss_sum), tokens + sums.tokens, correct + sums.correct
+            if weight:  # weight 0: a repeat that only keeps the ranks in step
+                loss_sum, tokens, correct = (loss_sum + float(sums.loss_sum), tokens + sums.tokens,
+                                             correct + sums.correct)
+        loss_sum, tokens, correct = self.parallel.sum_over_ranks(loss_sum, tokens, correct)
         self.model.train()
         eval_loss = loss_sum / max(tokens, 1)
         self.record({"step": self.state.step, "eval_loss": eval_loss, "eval_token_accuracy": correct / max(tokens, 1)},
@@ -386,18 +411,27 @@ class TrainingRun:
         return None
 
     def record(self, metrics: dict, notify) -> None:
-        self.metrics.append(metrics)
+        if self.parallel.is_main:
+            self.metrics.append(metrics)
         notify(metrics)
         self.callbacks.heartbeat()
 
     def save_checkpoint(self, *, rng: dict | None = None) -> None:
-        path = save_checkpoint(self.checkpoint_dir, model=self.model, optimizer=self.optimizer,
-                               scheduler=self.scheduler, scaler=self.scaler, state=self.state,
-                               base_model_name=self.config.public_base_model_id,
-                               keep=self.settings.keep_checkpoints, rng=rng)
-        self.callbacks.on_checkpoint(step=self.state.step, path=str(path))
+        with self.parallel.whole_state_for_saving(self.model, self.optimizer) as optimizer:  # every rank gathers
+            if self.parallel.is_main:
+                path = save_checkpoint(self.checkpoint_dir, model=self.model, optimizer=optimizer,
+                                       scheduler=self.scheduler, scaler=self.scaler, state=self.state,
+                                       base_model_name=self.config.public_base_model_id,
+                                       keep=self.settings.keep_checkpoints, rng=rng)
+                self.callbacks.on_checkpoint(step=self.state.step, path=str(path))
 
     # -- the end -----------------------------------------------------------------------------
+    def plain_model_on_cpu(self):
+        """The base model with an untrained adapter, on the CPU: what FSDP's outputs are written from."""
+        model = load_base_model(self.config.base_model, dtype=self.dtype, device="cpu")
+        with torch.random.fork_rng(devices=[]):
+            return apply_adapter(model, self.config.adapter)
+
     def final_metrics(self) -> dict:
         final: dict = {"steps": self.state.step}
         for record in self.metrics.records():
