@@ -392,7 +392,7 @@ class TrainingRun:
         self.callbacks.heartbeat()
         samples = self.samples.generate(self.model, step=self.state.step, batch_size=self.state.micro_batch_size,
                                         device=self.device)
-        if samples:
+        if samples and self.parallel.is_main:  # every rank generates (FSDP's forwards gather shards); rank 0 writes
             self.samples_log.write(self.state.step, samples)
             self.callbacks.on_samples(step=self.state.step, samples=samples)
             self.callbacks.heartbeat()
