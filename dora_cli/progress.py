@@ -1,16 +1,20 @@
 """How `dora train` shows a run: a rich progress bar on a terminal, one short line per N steps in logs.
 
 Both are `TrainingCallback`s; events (resume, OOM retry, early stopping, dataset warnings),
-evaluations and checkpoints are printed as lines in both modes (above the bar on a terminal).
+evaluations, their samples (the model's greedy answers to validation prompts) and checkpoints
+are printed as lines in both modes (above the bar on a terminal).
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from typing import TextIO
 
 from dora_core.training import TrainingCallback
+
+SAMPLE_TEXT_WIDTH = 100  # characters of a sample's prompt (its end), expected and answer (their start) printed
 
 
 def make_progress(stream: TextIO | None = None, *, log_every: int = 10) -> RunProgress:
@@ -45,6 +49,29 @@ def format_evaluation(metrics: dict) -> str:
             f"eval_token_accuracy {metrics['eval_token_accuracy']:.3f}")
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def format_samples(step: int, samples: Sequence[dict], width: int = SAMPLE_TEXT_WIDTH) -> list[str]:
+    """`samples at step 10:` then, per sample, its prompt's end, the expected answer and the model's,
+    each on one line (whitespace collapsed) and cut at `width` characters."""
+    def head(text: str) -> str:
+        text = _one_line(text)
+        return text if len(text) <= width else text[: width - 1] + "\u2026"
+
+    def tail(text: str) -> str:
+        text = _one_line(text)
+        return text if len(text) <= width else "\u2026" + text[-(width - 1):]
+
+    lines = [f"samples at step {step}:"]
+    for sample in samples:
+        lines += [f"  #{sample['index']} prompt   {tail(sample['prompt'])}",
+                  f"     expected {head(sample['expected'])}",
+                  f"     answer   {head(sample['answer'])}"]
+    return lines
+
+
 class RunProgress(TrainingCallback):
     """What both displays share: the step clock for the ETA and the event lines."""
 
@@ -69,6 +96,10 @@ class RunProgress(TrainingCallback):
 
     def on_evaluate(self, metrics: dict) -> None:
         self.message(format_evaluation(metrics))
+
+    def on_samples(self, *, step: int, samples: list[dict]) -> None:
+        for line in format_samples(step, samples):
+            self.message(line)
 
     def on_checkpoint(self, *, step: int, path: str) -> None:
         self.message(f"checkpoint saved at step {step}: {path}")
