@@ -12,6 +12,8 @@ Measured, not asserted. One JSON line per (shape, dtype, configuration) on stdou
   peft-dora       PEFT DoRA, default
   peft-dora-bf16  PEFT DoRA with adapters in the model dtype
   full-ft         every weight trains (opt-in: --configs ...,full-ft)
+  ours-qdora      ours-dora on an NF4 base (training.quantization: nf4; opt-in, needs torchao)
+  ours-qlora      ours-lora on an NF4 base (opt-in)
 
 Per line: median step time (forward + loss + backward + AdamW step), bytes held for backward
 (every tensor handed to autograd's saved-tensor pack hook and alive when backward starts,
@@ -22,6 +24,10 @@ ratios to the floor and to PEFT LoRA from the same run.
     python benchmarks/dora_step.py --device cpu                        # tiny shapes, fp32 and bf16
     python benchmarks/dora_step.py --device cuda --shapes tinyllama-1.1b,llama3-8b
     python benchmarks/dora_step.py --dropout 0.0,0.05 --shapes small --layers 4   # adapter dropout
+    python benchmarks/dora_step.py --configs peft-lora,ours-dora,ours-qdora,ours-qlora --dtypes bfloat16  # NF4
+
+Per line also `weight_bytes`: the model's parameters and buffers (an NF4 weight counted by the
+codes and scales it holds), and `adapted_weight_bytes`: the adapted layers' base weights alone.
 
 With `--dropout`, every adapter configuration (ours and PEFT's) uses that adapter dropout and the
 ratios compare configurations at the same dropout.
@@ -39,6 +45,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from dora_core import AdapterConfig, AdapterLinear, apply_adapter
@@ -68,8 +75,8 @@ SHAPES = {
                        batch=4, seq=1024),
 }
 ALL_CONFIGS = ("floor", "peft-lora", "peft-lora-bf16", "ours-lora", "ours-dora", "ours-dora-run", "peft-dora",
-               "peft-dora-bf16", "full-ft")
-DEFAULT_CONFIGS = ALL_CONFIGS[:-1]
+               "peft-dora-bf16", "full-ft", "ours-qdora", "ours-qlora")
+DEFAULT_CONFIGS = ALL_CONFIGS[:-3]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -104,7 +111,9 @@ def prepare(name: str, base: LlamaForCausalLM, rank: int, dropout: float = 0.0):
     method = "dora" if "dora" in name else "lora"
     if name.startswith("ours-"):
         model.benchmark_uses_run_loss = name.endswith("-run")
-        return apply_adapter(model, AdapterConfig(method=method, rank=rank, alpha=2.0 * rank, dropout=dropout))
+        quantization = "nf4" if name.startswith("ours-q") else "none"
+        return apply_adapter(model, AdapterConfig(method=method, rank=rank, alpha=2.0 * rank, dropout=dropout),
+                             quantization=quantization)
     from peft import LoraConfig, get_peft_model
 
     peft_config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=dropout, use_dora=method == "dora",
@@ -144,12 +153,11 @@ def step_loss(model, batch):
 
 def held_for_backward(model, batch) -> tuple[int, int]:
     """(activation bytes, total bytes incl. parameters) saved for backward, unique storages."""
-    parameter_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    parameter_storages = {ptr for p in model.parameters() for ptr in storage_sizes(p)}
     storages: dict[int, int] = {}
 
     def pack(tensor: torch.Tensor):
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
+        storages.update(storage_sizes(tensor))
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
@@ -184,10 +192,31 @@ def time_steps(model, batch, device: str, *, warmup: int, steps: int) -> tuple[l
     return times, cpu_times
 
 
+def storage_sizes(tensor: torch.Tensor) -> dict[int, int]:
+    """{storage pointer: bytes} of a tensor; a wrapper subclass (NF4Tensor) by its inner tensors."""
+    if is_traceable_wrapper_subclass(tensor):
+        names, _ = tensor.__tensor_flatten__()
+        inner = [getattr(tensor, name) for name in names] + [getattr(tensor, "scaler_mean", None),
+                                                             getattr(tensor, "nf4", None)]
+        return {k: v for t in inner if t is not None for k, v in storage_sizes(t).items()}
+    storage = tensor.untyped_storage()
+    return {storage.data_ptr(): storage.nbytes()}
+
+
 def tensor_bytes(model) -> int:
     """Bytes of a model's parameters and buffers (unique storages)."""
-    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
-                for t in [*model.parameters(), *model.buffers()]}
+    storages: dict[int, int] = {}
+    for tensor in [*model.parameters(), *model.buffers()]:
+        storages.update(storage_sizes(tensor))
+    return sum(storages.values())
+
+
+def adapted_weight_bytes(model) -> int:
+    """Bytes of the adapted layers' frozen base weights (NF4 or dense)."""
+    storages: dict[int, int] = {}
+    for module in model.modules():
+        if isinstance(module, AdapterLinear):
+            storages.update(storage_sizes(module.base_layer.weight))
     return sum(storages.values())
 
 
@@ -217,6 +246,7 @@ def measure(name: str, base, shape: Shape, dtype_name: str, args) -> dict:
         "step_cpu_s": statistics.median(cpu_times) if cpu_times else None, "steps": len(times),
         "held_activation_bytes": held_activations, "held_total_bytes": held_total, "peak_memory_bytes": peak,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "weight_bytes": tensor_bytes(model), "adapted_weight_bytes": adapted_weight_bytes(model) or None,
     }
     del model, batch
     gc.collect()
