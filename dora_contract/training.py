@@ -36,7 +36,8 @@ class TrainingSettings(ContractModel):
     checkpoint_interval: StrictInt = Field(50, ge=1, description="steps between checkpoints")
     keep_checkpoints: StrictInt = Field(2, ge=1, le=100, description="newest checkpoints kept")
     gradient_checkpointing: Literal["auto"] | StrictBool = Field(
-        "auto", description="auto: on from 6B parameters, or when bf16 weights fill a third of the GPU")
+        "auto", description="auto: on when the memory plan of a step without it exceeds the GPU's memory "
+        "(the machine's on a CPU; dora_contract/memory_plan.py)")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on a GPU that has it, else fp32")
     quantization: Literal["none", "nf4"] = Field(

@@ -42,6 +42,7 @@ from dora_core.training.checkpoints import (
 )
 from dora_core.training.distributed import Parallelism
 from dora_core.training.loss import count_trained_tokens, summed_loss
+from dora_core.training.memory import device_memory_bytes, recommended_gradient_checkpointing
 from dora_core.training.outputs import (
     MetricsLog,
     remove_partial_outputs,
@@ -52,7 +53,7 @@ from dora_core.training.outputs import (
 )
 from dora_core.training.samples import SamplesLog, ValidationSamples
 from dora_core.training.schedule import BatchSchedule, micro_batches
-from dora_core.training.settings import RunConfig, recommended_gradient_checkpointing
+from dora_core.training.settings import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -167,9 +168,12 @@ class TrainingRun:
         setting = self.settings.gradient_checkpointing
         if setting != "auto":
             return setting
-        memory = torch.cuda.get_device_properties(self.device).total_memory if self.device.type == "cuda" else None
-        parameters = sum(p.numel() for p in self.model.parameters())
-        return recommended_gradient_checkpointing(parameters=parameters, device_memory_bytes=memory)
+        sharding = "fsdp" if self.parallel.choose_strategy(self.config.base_model) == "fsdp" else "none"
+        on, why = recommended_gradient_checkpointing(
+            self.model.config.to_dict(), self.config, dtype_bytes=self.dtype.itemsize,
+            memory_bytes=device_memory_bytes(self.device), processes=self.parallel.world_size, sharding=sharding)
+        self.callbacks.on_event(why)
+        return on
 
     def build_optimizer(self) -> None:
         self.schedule = BatchSchedule(

@@ -16,30 +16,12 @@ from typing import Any
 from dora_contract import OUTPUTS, PRECISIONS, SCHEDULERS, RunContract, TrainingSettings
 from dora_contract.model_sources import PACKAGE_PREFIX, is_gguf_source
 
-__all__ = ["OUTPUTS", "PRECISIONS", "SCHEDULERS", "RunConfig", "TrainingSettings",
-           "recommended_gradient_checkpointing"]
-
-# Parameters from which activations, not weights, decide whether a step fits: at 7B+ a
-# micro-batch of 4 x 2048 tokens needs tens of GiB of activations without checkpointing.
-CHECKPOINTING_PARAMETER_THRESHOLD = 6_000_000_000
+__all__ = ["OUTPUTS", "PRECISIONS", "SCHEDULERS", "RunConfig", "TrainingSettings"]
 
 # Bookkeeping settings that do not change what a run computes (samples only read the model;
 # parallelism only changes how the same update is spread over processes): a checkpoint of a run
 # that differs from this one only in these still resumes it.
 BOOKKEEPING = ("checkpoint_interval", "keep_checkpoints", "sample_prompts", "sample_max_new_tokens", "parallelism")
-
-
-def recommended_gradient_checkpointing(*, parameters: int, device_memory_bytes: int | None) -> bool:
-    """The default for gradient_checkpointing="auto".
-
-    On for models of 6B parameters and more (Llama-3-8B, Mistral-7B: PEFT and TRL recommend it
-    there), and for any model whose bf16 weights take over a third of the GPU (little room left
-    for activations). Off otherwise, including on the CPU for small models: recomputing the
-    forward costs about a third more time per step.
-    """
-    if parameters >= CHECKPOINTING_PARAMETER_THRESHOLD:
-        return True
-    return device_memory_bytes is not None and 2 * parameters > device_memory_bytes / 3
 
 
 class RunConfig(RunContract):

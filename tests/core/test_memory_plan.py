@@ -22,8 +22,11 @@ from dora_contract.memory_plan import (
     plan_memory,
 )
 from dora_core import apply_adapter
+from dora_core.training import RunConfig, TrainingCallback, run_training
 from dora_core.training.loss import summed_loss
+from dora_core.training.memory import device_memory_bytes, recommended_gradient_checkpointing
 from tests.support.saved_tensors import saved_activation_bytes
+from tests.support.training_helpers import dataset_rows, run_config, write_jsonl
 
 # measured/estimated activation bytes stay within this factor either way (measured: 1.001 for the
 # Llama family, where only cos/sin are left out, and 1.02-1.03 for GPT-2)
@@ -220,3 +223,36 @@ def test_the_config_json_the_api_reads_plans_as_the_loaded_model(tmp_path):
     from_json = json.loads((tmp_path / "config.json").read_text())
     assert plan_memory(from_json, AdapterSettings(), _training(), dtype_bytes=4) == plan_memory(
         model.config.to_dict(), AdapterSettings(), _training(), dtype_bytes=4)
+
+
+def _run_config(**training) -> RunConfig:
+    return RunConfig.from_dict({"base_model": "m", "train_file": "t.jsonl", "training": training})
+
+
+@pytest.mark.parametrize(("memory_gib", "micro_batch", "seq", "expected"), [
+    (80, 4, 2048, True), (141, 1, 512, False), (24, 1, 2048, True), (40, 1, 2048, False)])
+def test_dora_core_turns_checkpointing_on_when_the_plan_without_it_does_not_fit(memory_gib, micro_batch, seq,
+                                                                                expected):
+    on, why = recommended_gradient_checkpointing(LLAMA3_8B, _run_config(micro_batch_size=micro_batch, max_seq_len=seq),
+                                                 dtype_bytes=2, memory_bytes=memory_gib * GIB)
+    assert on is expected
+    assert f"of {memory_gib}.0 GiB" in why and ("checkpointing on" in why) is expected
+
+
+class _Events(TrainingCallback):
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def on_event(self, message, **kwargs) -> None:
+        self.events.append(message)
+
+
+def test_a_tiny_run_on_the_cpu_plans_its_memory_and_trains_without_checkpointing(tmp_path, tiny_model_dir):
+    """auto on the CPU: the plan is set against the machine's memory; a tiny model fits."""
+    data = write_jsonl(tmp_path / "train.jsonl", dataset_rows("chat"))
+    events = _Events()
+    run_training(run_config(tiny_model_dir, data, max_steps=1), tmp_path / "out", callbacks=[events], device="cpu")
+    plans = [e for e in events.events if e.startswith("memory plan without gradient checkpointing")]
+    assert len(plans) == 1 and plans[0].endswith("fits: gradient checkpointing off")
+    assert "gradient checkpointing on" not in events.events
+    assert device_memory_bytes(torch.device("cpu")) > GIB

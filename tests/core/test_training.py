@@ -262,15 +262,6 @@ def test_early_stopping_when_eval_loss_stops_improving(tmp_path, tiny_model_dir)
     assert len(_metrics(tmp_path / "out")) == len(evals) + result.step
 
 
-@pytest.mark.parametrize(("parameters", "memory", "expected"), [
-    (1_100_000_000, 141 * 2**30, False), (8_000_000_000, 141 * 2**30, True), (1_100_000_000, None, False),
-    (3_000_000_000, 16 * 2**30, True), (70_000_000_000, None, True)])
-def test_recommended_gradient_checkpointing_by_model_size(parameters, memory, expected):
-    from dora_core.training.settings import recommended_gradient_checkpointing
-
-    assert recommended_gradient_checkpointing(parameters=parameters, device_memory_bytes=memory) is expected
-
-
 def test_gradient_checkpointing_setting_accepts_auto_only_besides_booleans():
     with pytest.raises(AdapterConfigError) as error:
         RunConfig.from_dict({"base_model": "m", "train_file": "f", "training": {"gradient_checkpointing": "yes"}})
