@@ -233,7 +233,9 @@ def test_a_tiny_qdora_run_learns_and_writes_a_dense_merged_model(tmp_path, tiny_
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     train = write_jsonl(tmp_path / "train.jsonl", dataset_rows("prompt_completion"))
-    config = run_config(tiny_model_dir, train, quantization="nf4", max_steps=16, outputs=["adapter", "merged"])
+    # gradient checkpointing on: its recomputed forwards run through the NF4 layers too
+    config = run_config(tiny_model_dir, train, quantization="nf4", max_steps=16, gradient_checkpointing=True,
+                        outputs=["adapter", "merged"])
     events = []
 
     class Events(TrainingCallback):
@@ -245,6 +247,7 @@ def test_a_tiny_qdora_run_learns_and_writes_a_dense_merged_model(tmp_path, tiny_
     assert result.status == "completed" and len(losses) == 16
     assert sum(losses[-4:]) / 4 < 0.5 * sum(losses[:4]) / 4, losses
     assert any(message.startswith("nf4 base: adapted weights hold") for message in events), events
+    assert "gradient checkpointing on" in events
     adapter = load_file(str(tmp_path / "out" / "adapter" / "adapter_model.safetensors"))
     assert any(key.endswith("lora_magnitude_vector") for key in adapter)
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "merged")
