@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     max_seq_len_limit: int = 32768
     max_batch_size: int = 1024
     default_max_attempts: int = 3
+    # GiB of GPU memory of the workers' GPUs (JSON: '[80, 24]'). A job whose memory plan
+    # (dora_contract/memory_plan.py) exceeds the largest is refused when it is created, with a 400
+    # naming the setting to change (api/services/memory_check.py); empty: no check (CPU workers)
+    worker_gpu_memory_gib: list[PositiveFloat] = Field(default_factory=list)
 
     # per-tenant caps; 0 turns one off. Over a cap the API answers 429 with Retry-After (README,
     # "Limits per tenant"). Active jobs and stored bytes are counted in SQL under a lock on the

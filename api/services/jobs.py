@@ -13,6 +13,7 @@ from api.errors import ApiError, bad_request, not_found
 from api.quotas import check_active_jobs
 from api.schemas.jobs import JobCreate
 from api.services import methods
+from api.services.memory_check import check_fits_a_worker
 from api.services.scope import check_limit, get_owned, owned, page
 from dora_contract.training import MAX_SEED
 from store import jobs as job_store
@@ -71,6 +72,7 @@ def create_job(*, session: Session, settings: Settings, tenant_id: str, request:
         raise _as_client_error(error) from None
     seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
     shown, run = methods.resolve(request=request, settings=settings, seed=seed)
+    check_fits_a_worker(settings=settings, request=request, run_config=run["run_config"])
     run |= {"base_model": {"name": request.model, "path": registered.source,
                            "public_id": public_id(request.model, registered)},
             "training_file": training, "validation_file": validation}

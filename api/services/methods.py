@@ -96,6 +96,14 @@ def _from_adapter_method(request: JobCreate, kind: str) -> _Request:
     return given
 
 
+def param_of(request: JobCreate, section: str, name: str) -> str:
+    """Where the request gives (or would give) a setting, for an error naming it:
+    e.g. "method.dora.hyperparameters.batch_size" for ("training", "micro_batch_size")."""
+    kind = request.method.type if request.method else "supervised"
+    given = _from_supervised(request) if kind == "supervised" else _from_adapter_method(request, kind)
+    return given.param(section, name)
+
+
 def resolve(*, request: JobCreate, settings: Settings, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """(method as shown on the job, what jobs.settings stores: the resolved run and its outputs)."""
     kind = request.method.type if request.method else "supervised"
