@@ -40,7 +40,7 @@ def is_chatml(tokenizer) -> bool:
     except Exception:  # noqa: BLE001 - a template that cannot render this sample is not ChatML
         return False
     expected = f"{IM_START}system\nS{IM_END}\n{IM_START}user\nU{IM_END}\n{IM_START}assistant\n"
-    return rendered.removeprefix(tokenizer.bos_token or "") == expected
+    return rendered in (expected, f"{tokenizer.bos_token or ''}{expected}")  # some templates write bos first
 
 
 def default_system_prompt(tokenizer) -> str | None:
