@@ -31,6 +31,15 @@ codes and scales it holds), and `adapted_weight_bytes`: the adapted layers' base
 
 With `--dropout`, every adapter configuration (ours and PEFT's) uses that adapter dropout and the
 ratios compare configurations at the same dropout.
+
+Our configurations also carry the memory planner's estimate (dora_contract/memory_plan.py, for
+these unpadded batches without gradient checkpointing): `plan_total_bytes` (what a worker checks
+against its GPU), `plan_tensor_bytes` (the same without the margin for the CUDA context and
+fragmentation: what the allocator's peak can be compared with), `plan_activation_bytes`
+(activations and loss kept for backward) and `plan_weight_bytes` (base weights and adapter, to
+compare with `weight_bytes`). The planner counts the run's chunked loss, so on the
+lines that use it (`ours-*-run`) `held_vs_plan` = held_activation_bytes / plan_activation_bytes
+and, on CUDA, `peak_vs_plan` = peak_memory_bytes / plan_tensor_bytes.
 """
 
 from __future__ import annotations
@@ -48,6 +57,8 @@ import torch
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from dora_contract import TrainingSettings
+from dora_contract.memory_plan import plan_memory
 from dora_core import AdapterConfig, AdapterLinear, apply_adapter
 
 
@@ -247,9 +258,28 @@ def measure(name: str, base, shape: Shape, dtype_name: str, args) -> dict:
         "held_activation_bytes": held_activations, "held_total_bytes": held_total, "peak_memory_bytes": peak,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "weight_bytes": tensor_bytes(model), "adapted_weight_bytes": adapted_weight_bytes(model) or None,
-    }
+    } | planned(name, base, shape, DTYPES[dtype_name], args, held=held_activations, peak=peak)
     del model, batch
     gc.collect()
+    return result
+
+
+def planned(name: str, base, shape: Shape, dtype: torch.dtype, args, *, held: int, peak: int | None) -> dict:
+    """The memory planner's estimate for one of our configurations, and measured / estimated."""
+    if not name.startswith("ours-"):
+        return {}
+    method = "dora" if "dora" in name else "lora"
+    adapter = AdapterConfig(method=method, rank=args.rank, alpha=2.0 * args.rank, dropout=args.current_dropout)
+    training = TrainingSettings(micro_batch_size=shape.batch, max_seq_len=shape.seq, gradient_checkpointing=False,
+                                quantization="nf4" if name.startswith("ours-q") else "none")
+    plan = plan_memory(base.config.to_dict(), adapter, training, dtype_bytes=dtype.itemsize, padded_batches=False)
+    tensors, activations = plan.total - plan.margin, plan.activations + plan.loss
+    result = {"plan_total_bytes": plan.total, "plan_tensor_bytes": tensors, "plan_activation_bytes": activations,
+              "plan_weight_bytes": plan.base_weights + plan.adapter_parameters}
+    if name.endswith("-run"):
+        result["held_vs_plan"] = round(held / activations, 3)
+        if peak:
+            result["peak_vs_plan"] = round(peak / tensors, 3)
     return result
 
 

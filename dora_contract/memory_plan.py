@@ -247,12 +247,15 @@ def plan_memory(
     micro_batch_size: int | None = None,
     processes: int = 1,
     sharding: Sharding = "none",
+    padded_batches: bool = True,
 ) -> MemoryPlan:
     """The plan of one process. `gradient_checkpointing` and `micro_batch_size` override the
     settings (needed when the setting is "auto"); `processes` > 1 with `sharding="fsdp"` divides the
     weights, adapter and optimizer states between them (FSDP's full sharding, which all-gathers one
     layer's weights at a time, two with prefetching); without sharding each process holds
-    everything and DDP's gradient buckets add a copy of the gradients."""
+    everything and DDP's gradient buckets add a copy of the gradients. `padded_batches=False`
+    plans batches without padding (attention then needs no mask and takes GQA's k and v as they
+    are), as benchmarks/dora_step.py feeds them."""
     checkpointing = training.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
     if checkpointing == "auto":
         raise ValueError("plan_memory needs gradient_checkpointing as a bool; resolve 'auto' first")
@@ -267,7 +270,8 @@ def plan_memory(
         adapter.rank * (lin.in_features + lin.out_features) + (lin.out_features if adapter.use_dora else 0)
         for name, lin in by_name.items() if name in adapted)
     tokens = batch * training.max_seq_len
-    act = _Activations(config, shape, adapter, adapted, batch=batch, seq=training.max_seq_len, b=dtype_bytes)
+    act = _Activations(config, shape, adapter, adapted, batch=batch, seq=training.max_seq_len, b=dtype_bytes,
+                       padded=padded_batches)
     layer_bytes = [act.layer(i) for i in range(shape.layers)]
     if checkpointing:
         activations = shape.layers * tokens * shape.hidden * dtype_bytes + max(layer_bytes) + act.final_norm()
@@ -310,8 +314,9 @@ class _Activations:
     """Bytes autograd keeps per decoder layer, by architecture (what each op saves is in comments)."""
 
     def __init__(self, config: Mapping[str, Any], shape: ModelShape, adapter: AdapterSettings, adapted: set[str], *,
-                 batch: int, seq: int, b: int) -> None:
+                 batch: int, seq: int, b: int, padded: bool) -> None:
         self.config, self.shape, self.adapter, self.adapted = config, shape, adapter, adapted
+        self.padded = padded
         self.batch, self.seq, self.b = batch, seq, b
         self.tokens = batch * seq
 
@@ -340,8 +345,9 @@ class _Activations:
         """SDPA keeps q, k, v, its output and the log-sum-exp (fp32, per head and token), and with
         a padding mask the mask in the activation dtype (a copy per layer)."""
         s = self.shape
+        mask = self.batch * self.seq * self.seq * self.b if self.padded else 0
         return (self.tokens * (2 * q_dim + 2 * kv_saved_dim) * self.b + self.batch * s.heads * self.seq * FP32_BYTES
-                + self.batch * self.seq * self.seq * self.b)
+                + mask)
 
     def layer(self, index: int) -> int:
         return _gpt2_layer(self, index) if self.shape.model_type in GPT2_TYPES else _llama_layer(self, index)
@@ -380,7 +386,7 @@ def _llama_layer(act: _Activations, index: int) -> int:
     q, kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
     norm = tokens * (s.hidden + 1) * FP32_BYTES
     total = norm * (1 if index == 0 else 2)
-    total += act.attention(q, q)
+    total += act.attention(q, q if act.padded else kv)
     total += 3 * tokens * s.intermediate * b
     if act.is_adapted(index, "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
         total += tokens * s.hidden * b
@@ -390,7 +396,8 @@ def _llama_layer(act: _Activations, index: int) -> int:
         total += tokens * s.intermediate * b
     if s.model_type == "qwen3":
         total += tokens * (q + kv + s.heads + s.kv_heads) * FP32_BYTES
-    shared = {"mlp.gate_proj", "mlp.up_proj"} | ({"self_attn.v_proj"} if s.kv_heads == s.heads else set())
+    v_kept_as_is = s.kv_heads == s.heads or not act.padded  # not repeated to all heads
+    shared = {"mlp.gate_proj", "mlp.up_proj"} | ({"self_attn.v_proj"} if v_kept_as_is else set())
     return total + act.adapters(index, shared_outputs=shared)
 
 

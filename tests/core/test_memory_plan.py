@@ -128,6 +128,20 @@ def test_activation_estimate_is_within_a_factor_of_what_autograd_keeps(kind, met
     assert 1 / ACTIVATION_FACTOR <= measured / estimated <= ACTIVATION_FACTOR, (measured, estimated)
 
 
+@pytest.mark.parametrize("method", ["dora", "lora"])
+@pytest.mark.parametrize("kind", ["llama-gqa", "qwen2-tied"])
+def test_unpadded_batches_plan_attention_without_mask_or_repeated_heads(kind, method):
+    """Without padding SDPA takes no mask and GQA's k and v as they are (what dora_step.py feeds)."""
+    adapter = AdapterSettings(method=method, rank=4)
+    model = apply_adapter(_build(kind, torch.float32), adapter).train()
+    ids = _padded_batch()["input_ids"]
+    measured = saved_activation_bytes(model, lambda: summed_loss(model, {"input_ids": ids, "labels": ids}))
+    unpadded = plan_memory(model.config.to_dict(), adapter, _training(), dtype_bytes=4, padded_batches=False)
+    padded = plan_memory(model.config.to_dict(), adapter, _training(), dtype_bytes=4)
+    assert 1 / ACTIVATION_FACTOR <= measured / (unpadded.activations + unpadded.loss) <= ACTIVATION_FACTOR
+    assert unpadded.activations < padded.activations
+
+
 def test_dora_keeps_more_than_lora_and_a_listed_target_less_than_all_linear():
     config = _build("llama-gqa", torch.float32).config.to_dict()
 
