@@ -15,10 +15,12 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from dora_contract import OUTPUTS
+
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 # What run_training writes into --out; `--no-resume --overwrite` removes exactly these.
-RUN_FILES = ("checkpoints", "metrics.jsonl", "manifest.json", "dataset_report.json", "adapter", "merged")
+RUN_FILES = ("checkpoints", "metrics.jsonl", "manifest.json", "dataset_report.json", *OUTPUTS)
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 
 
