@@ -269,3 +269,26 @@ def test_a_server_without_streams_is_polled_instead(page, stack):
     page.wait_for_selector(".live[data-stream=events][data-state=done]")
     page.wait_for_selector("#events li:has-text('The job has successfully completed')")
     assert page.inner_text("#job-status") == "succeeded"
+
+
+def test_a_job_with_a_validation_set_shows_its_newest_samples(page, stack):
+    api = stack.api
+    validation = api.upload(b"\n".join(DATASET.split(b"\n")[:4]) + b"\n")  # 4 rows: "What is 0 plus 0?" ...
+    job = api.wait(api.create(dora_method(max_steps=6, eval_interval=3, sample_prompts=3),
+                              validation_file=validation)["id"], timeout=300)  # the stack's first job here
+    assert job["status"] == "succeeded"
+    sign_in(page, api.key)
+    page.goto(f"/ui/#/jobs/{job['id']}")
+    page.wait_for_selector("#samples table[data-step='6'] tbody tr[data-index='2']")  # the final evaluation's
+    rows = page.locator("#samples tbody tr")
+    assert rows.count() == 3
+    cells = [rows.nth(0).locator("td").nth(i).inner_text() for i in range(4)]
+    assert cells[0] == "0" and "What is 0 plus 0?" in cells[1] and cells[2] == "0"
+    answer = api.client.get(f"/v1/fine_tuning/jobs/{job['id']}/samples").json()["data"][0]["answer"]
+    assert cells[3].strip() == answer.strip()
+    page.screenshot(path=str(screenshot_path("test_a_job_with_a_validation_set_shows_its_newest_samples-table")),
+                    full_page=True)
+
+    other = api.wait(api.create(dora_method(max_steps=2))["id"], timeout=300)  # no validation set
+    page.goto(f"/ui/#/jobs/{other['id']}")
+    page.wait_for_selector("#samples:has-text('No samples: the job has no validation set.')")

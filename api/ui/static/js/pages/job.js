@@ -1,5 +1,6 @@
-// One job: status and progress, live metric charts (from the metrics stream), the events log (from
-// the events stream), checkpoints, artifacts with downloads, the resolved settings, the error.
+// One job: status and progress, live metric charts (from the metrics stream), the newest evaluation's
+// samples, the events log (from the events stream), checkpoints, artifacts with downloads, the
+// resolved settings, the error.
 
 import {download, getJson} from "../api.js";
 import {LineChart} from "../chart.js";
@@ -11,6 +12,8 @@ import {follow} from "../stream.js";
 import {cancelButton} from "./jobs.js";
 
 const REFRESH_MS = 2000;
+const SAMPLES_PAGE = 64; // the run contract's most sample_prompts (dora_contract MAX_SAMPLE_PROMPTS): one evaluation
+const PROMPT_SHOWN = 400; // characters of a prompt's end shown (the whole one is in the cell's title)
 // dora_core's per-step names (dora_core/training/run.py), charted first and always
 const PRIMARY = [
   ["loss", "Train loss", "#2f5fd0"],
@@ -81,6 +84,7 @@ export function render(main, {id}) {
   const eventsList = h("ol", {class: "events", id: "events"});
   const checkpointsBody = h("tbody");
   const artifactsBody = h("div", {id: "artifacts"});
+  const samplesBox = h("div", {id: "samples"});
   const settingsBox = h("div", {id: "settings"});
   const message = h("p", {class: "error", role: "alert"});
 
@@ -89,6 +93,7 @@ export function render(main, {id}) {
     head, message, errorBox, summary,
     h("section", {class: "card"}, h("div", {class: "section-head"}, h("h2", {}, "Metrics"), liveState.metrics),
       chartsPrimary, moreMetrics),
+    section("Samples", samplesBox),
     h("div", {class: "columns"},
       h("section", {class: "card"}, h("div", {class: "section-head"}, h("h2", {}, "Events"), liveState.events),
         eventsList),
@@ -266,6 +271,29 @@ export function render(main, {id}) {
     }) : h("tr", {}, h("td", {colspan: 4, class: "empty"}, "No checkpoints yet.")));
   }
 
+  // The newest evaluation's samples: the model's greedy answers to the first validation prompts.
+  async function loadSamples() {
+    const page = await getJson(`${jobPath}/samples`, {query: {limit: SAMPLES_PAGE}});
+    if (!page.data.length) {
+      const hp = jobMethod(job).hyperparameters;
+      const why = !job.validation_file && !(hp.validation_split > 0) ? "No samples: the job has no validation set."
+        : hp.sample_prompts === 0 ? "No samples: sample_prompts is 0." : "Samples appear after the first evaluation.";
+      return clear(samplesBox, h("p", {class: "muted"}, why));
+    }
+    const step = page.data[0].step; // newest evaluation first, in index order
+    const shown = (text) => (text.length > PROMPT_SHOWN ? `…${text.slice(-PROMPT_SHOWN)}` : text);
+    clear(samplesBox,
+      h("p", {class: "muted"}, `Greedy answers to the first validation prompts at step ${step}.`),
+      h("table", {class: "table samples", dataset: {step: String(step)}},
+        h("thead", {}, h("tr", {}, ["#", "Prompt", "Expected", "Answer"].map((t) => h("th", {}, t)))),
+        h("tbody", {}, page.data.filter((sample) => sample.step === step).map((sample) =>
+          h("tr", {dataset: {index: String(sample.index)}},
+            h("td", {}, String(sample.index)),
+            h("td", {class: "sample-text mono small", title: sample.prompt}, shown(sample.prompt)),
+            h("td", {class: "sample-text"}, sample.expected),
+            h("td", {class: "sample-text sample-answer"}, sample.answer))))));
+  }
+
   async function loadArtifacts() {
     const page = await getJson(`${jobPath}/artifacts`);
     if (!page.data.length) {
@@ -295,6 +323,7 @@ export function render(main, {id}) {
       drawJob();
       const changed = job.status !== lastDrawnStatus;
       if (job.status === "running" || changed) await loadCheckpoints();
+      if (job.status === "running" || changed) await loadSamples();
       if (changed) await loadArtifacts();
       await reconcileMetrics(TERMINAL.has(job.status));
       lastDrawnStatus = job.status;
