@@ -186,6 +186,7 @@ def test_peft_loads_the_adapter_on_the_unquantized_base(tmp_path):
     ids = input_ids()
     with torch.no_grad():
         ours = quantized(ids).logits
+        base_gap = relative_error(base(ids).logits, dequantized_base(ids).logits)  # before PEFT wraps either
         on_dequantized = PeftModel.from_pretrained(dequantized_base, tmp_path / "adapter").eval()(ids).logits
         on_original = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "adapter").eval()
         original_logits = on_original(ids).logits
@@ -196,11 +197,10 @@ def test_peft_loads_the_adapter_on_the_unquantized_base(tmp_path):
     assert torch.equal(state[f"{prefix}.lora_A.default.weight"], layer.lora_A.detach())
     assert torch.equal(state[f"{prefix}.lora_magnitude_vector.default.weight"], layer.lora_magnitude_vector.detach())
     assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["use_dora"] is True
-    # on the unquantized base: the quantization error, as large as it is between the two bases
-    with torch.no_grad():
-        base_gap = relative_error(base(ids).logits, dequantized_base(ids).logits)
+    # on the unquantized base: the quantization error, beyond rounding and no larger than between
+    # the two bases themselves (measured 0.014 against 0.070: m carries the unquantized row norms)
     gap = relative_error(original_logits, ours)
-    assert model_budget(base, torch.float32).value < gap < 3 * base_gap, (gap, base_gap)
+    assert model_budget(base, torch.float32).value < gap < base_gap, (gap, base_gap)
 
 
 def test_quantized_weights_hold_about_a_quarter_of_bf16():
