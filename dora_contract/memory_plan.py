@@ -262,7 +262,7 @@ def plan_memory(
     batch = micro_batch_size or training.micro_batch_size
     shape = ModelShape.from_config(config)
     adapted = set(adapted_names(shape, adapter.target_modules))
-    nf4 = getattr(training, "quantization", "none") == "nf4"
+    nf4 = training.quantization == "nf4"
     by_name = {f"{shape.layer_prefix}.{i}.{lin.name}": lin for i in range(shape.layers) for lin in shape.linears}
 
     weights = _base_weight_bytes(shape, by_name, adapted, dtype_bytes, nf4=nf4)
