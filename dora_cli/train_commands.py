@@ -3,14 +3,18 @@
 Heavy imports (torch, transformers) happen inside the run functions, so `dora --help` and
 the service commands stay fast. Mistakes a user can make (a bad config value, a malformed
 dataset, a missing model) end with a message on stderr and exit code 2, never a traceback;
-Ctrl-C exits 130 and keeps the checkpoints, so the same command resumes.
+Ctrl-C exits 130 and keeps the checkpoints, so the same command resumes. `--nproc N` runs the
+same training in N processes of this host (dora_core/training/distributed.py), started by torch's
+elastic launcher as children of this command.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +23,7 @@ from dora_contract import OUTPUTS
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 # What run_training writes into --out; `--no-resume --overwrite` removes exactly these.
 RUN_FILES = ("checkpoints", "metrics.jsonl", "manifest.json", "dataset_report.json", *OUTPUTS)
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
@@ -81,6 +86,11 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
                         help="with --no-resume: delete the earlier run's checkpoints, metrics and outputs in DIR first")
     parser.add_argument("--log-every", type=_positive_int, default=10, metavar="N",
                         help="off a terminal, print one line every N steps (and the first and last); default 10")
+    parser.add_argument("--nproc", type=_positive_int, default=1, metavar="N",
+                        help="train in N processes of this host (one per GPU, or gloo on the CPU) with the same "
+                        "global batch and result; training.parallelism picks DDP or FSDP; default 1")
+    parser.add_argument("--nnodes", type=_positive_int, default=1, metavar="N",
+                        help="hosts taking part; only 1 is supported for now")
     parser.set_defaults(run=_run_train)
 
 
@@ -96,10 +106,8 @@ class UsageError(Exception):
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from dora_core.config import AdapterConfigError
-    from dora_core.model_loading import ModelLoadError
-    from dora_core.training import TrainingError
-    from dora_formats import DatasetFormatError
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     out_dir = Path(args.out)
     try:
@@ -107,16 +115,38 @@ def _run_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         _print_interrupted(out_dir)
         return EXIT_INTERRUPTED
-    except AdapterConfigError as error:
-        return _fail(f"invalid config {args.config}: setting '{error.field}': {error.message}")
-    except DatasetFormatError as error:
-        return _fail(_dataset_error_text(error))
-    except ModelLoadError as error:
-        return _fail(str(error))
-    except TrainingError as error:
-        return _fail(f"training failed: {error}")
-    except UsageError as error:
-        return _fail(str(error))
+    except SignalException as error:  # --nproc: the launcher was signalled and has stopped every rank
+        _print_interrupted(out_dir)
+        return EXIT_INTERRUPTED if error.sigval == signal.SIGINT else EXIT_TERMINATED
+    except ChildFailedError as error:  # --nproc: the failing rank printed why; the launcher stopped the others
+        rank, failure = error.get_first_failure()
+        if failure.exitcode != EXIT_USAGE:
+            print(f"error: training failed in rank {rank} (exit code {failure.exitcode}); see its output above",
+                  file=sys.stderr, flush=True)
+        return EXIT_USAGE if failure.exitcode == EXIT_USAGE else 1
+    except Exception as error:
+        text = _user_error_text(error, args.config)
+        if text is None:
+            raise
+        return _fail(text)
+
+
+def _user_error_text(error: Exception, config_path: str) -> str | None:
+    """The message for a mistake the user can fix (exit 2), None for anything else."""
+    from dora_core.config import AdapterConfigError
+    from dora_core.model_loading import ModelLoadError
+    from dora_core.training import TrainingError
+    from dora_formats import DatasetFormatError
+
+    if isinstance(error, AdapterConfigError):
+        return f"invalid config {config_path}: setting '{error.field}': {error.message}"
+    if isinstance(error, DatasetFormatError):
+        return _dataset_error_text(error)
+    if isinstance(error, TrainingError):
+        return f"training failed: {error}"
+    if isinstance(error, ModelLoadError | UsageError):
+        return str(error)
+    return None
 
 
 def _train(args: argparse.Namespace, out_dir: Path) -> int:
@@ -125,6 +155,7 @@ def _train(args: argparse.Namespace, out_dir: Path) -> int:
 
     config = _load_config(Path(args.config))
     device = _device(args.device)
+    _check_processes(args, device)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir} is a file, not a folder")
     if args.overwrite and not args.no_resume:
@@ -134,6 +165,12 @@ def _train(args: argparse.Namespace, out_dir: Path) -> int:
     elif (out_dir / "manifest.json").exists():
         print(f"note: {out_dir} already holds a finished run; continuing from its newest checkpoint, if any, "
               "and rewriting its outputs (use --no-resume --overwrite to start over)", flush=True)
+    if args.nproc > 1:
+        from dora_core.training.distributed import launch
+
+        result = launch(args.nproc, _train_rank, config, str(out_dir), device, not args.no_resume, args.log_every,
+                        args.config, nnodes=args.nnodes)[0]
+        return _print_result(result)
     progress = make_progress(log_every=args.log_every)
     with _quiet_library_progress_bars():
         try:
@@ -141,6 +178,38 @@ def _train(args: argparse.Namespace, out_dir: Path) -> int:
         finally:
             progress.close()
     return _print_result(result)
+
+
+def _train_rank(config, out_dir: str, device: str | None, resume: bool, log_every: int, config_path: str):
+    """One rank of `dora train --nproc N` (a child process): rank 0 shows the progress; a user
+    mistake is printed as one process prints it and ends the rank with exit code 2."""
+    import torch.distributed as dist
+
+    from dora_cli.progress import make_progress
+    from dora_core.training import run_training
+    from dora_core.training.distributed import die_with_parent, process_group, rank_device
+
+    die_with_parent()
+    rank_dev = rank_device(device)
+    try:
+        with process_group(rank_dev), _quiet_library_progress_bars():
+            progress = make_progress(log_every=log_every) if dist.get_rank() == 0 else None
+            try:
+                return run_training(config, out_dir, callbacks=[progress] if progress else [], device=str(rank_dev),
+                                    resume=resume)
+            finally:
+                if progress is not None:
+                    progress.close()
+    except KeyboardInterrupt:  # Ctrl-C reaches every rank; the launcher reports it once
+        sys.stdout.flush()
+        os._exit(EXIT_INTERRUPTED)  # at once: checkpoints are atomic, and tearing down the interpreter takes seconds
+    except Exception as error:
+        text = _user_error_text(error, config_path)
+        if text is None:
+            raise
+        rank = os.environ.get("RANK", "0")
+        _fail(text if rank == "0" else f"rank {rank}: {text}")
+        raise SystemExit(EXIT_USAGE) from None
 
 
 def _load_config(path: Path):
@@ -172,6 +241,22 @@ def _device(name: str) -> str | None:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
     return name
+
+
+def _check_processes(args: argparse.Namespace, device: str | None) -> None:
+    if args.nnodes > 1:
+        raise UsageError(f"--nnodes {args.nnodes}: multi-host runs are not supported yet (the output folder and "
+                         "checkpoints are local to rank 0's host); use --nproc on one host")
+    if args.nproc == 1:
+        return
+    if device is not None and device.startswith("cuda:"):
+        raise UsageError(f"--device {device} with --nproc {args.nproc}: rank r uses cuda:r; give --device cuda or auto "
+                         "(CUDA_VISIBLE_DEVICES picks the GPUs)")
+    import torch
+
+    on_cuda = device == "cuda" or (device is None and torch.cuda.is_available())
+    if on_cuda and args.nproc > torch.cuda.device_count():
+        raise UsageError(f"--nproc {args.nproc}: this machine has {torch.cuda.device_count()} GPU(s)")
 
 
 def _clear_earlier_run(out_dir: Path, *, overwrite: bool) -> None:

@@ -1,0 +1,186 @@
+"""Training over several processes (gloo, 2 CPU processes) is the single-process run, spread.
+
+Same global batch, same result: DDP and FSDP2 runs give the single-process run's losses, gradient
+norms and adapter; a run stopped or SIGKILLed with one process count resumes with another; a
+stop asked on rank 0 (a cancel) and a SIGINT to `dora train --nproc 2` end every rank.
+
+Tolerance. Each rank runs exactly the single-process micro-batches (same kernels on the same
+inputs); what changes is the order of the fp32 gradient sums (rank 0's micro-batches, rank 1's,
+then the all-reduce or reduce-scatter, instead of one running sum) and the loss metric's sum
+over ranks. That is a replay that sums in another order: tests/support/numerics.replay_budget,
+the fp32 backward budget of this model (each step's gradient moves within it, and AdamW's update
+does not depend on the gradient's scale, so the adapter stays within it). Losses and gradient
+norms are compared with the same budget. A dropped or doubled micro-batch, a gradient averaged
+instead of summed (the grad_norm metric halves) or a wrong resume step differ by 1e-3 and more.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from dora_core.training import run_training
+from dora_core.training.checkpoints import list_checkpoints
+from dora_core.training.distributed import train_in_processes
+from tests.support.distributed_runs import (
+    StopAfterStep,
+    callbacks_factory,
+    descendant_pids,
+    wait_until_gone,
+)
+from tests.support.numerics import assert_close_to_reference, assert_states_close, replay_budget
+from tests.support.training_helpers import dataset_rows, run_config, write_jsonl
+
+REPO = Path(__file__).resolve().parents[2]
+# 3 micro-batches per step over 2 ranks: rank 1 pads each step with a weight-0 micro-batch.
+SETTINGS = {"max_steps": 8, "micro_batch_size": 2, "gradient_accumulation_steps": 3, "checkpoint_interval": 2,
+            "validation_split": 0.25, "eval_interval": 4, "sample_prompts": 0}
+
+
+@pytest.fixture(autouse=True)
+def offline_hub(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("data") / "train.jsonl", dataset_rows("chat"))
+
+
+def _config(model_dir: Path, data: Path, **changes):
+    return run_config(model_dir, data, **{**SETTINGS, "outputs": ["adapter", "merged"], **changes})
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, tiny_model_dir, data_file) -> Path:
+    """The single-process run every test compares with."""
+    out = tmp_path_factory.mktemp("straight")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    assert run_training(_config(tiny_model_dir, data_file), out, device="cpu").status == "completed"
+    return out
+
+
+def _budget(model_dir: Path):
+    from transformers import AutoConfig
+
+    return replay_budget(AutoConfig.from_pretrained(model_dir))
+
+
+def _series(out: Path, name: str) -> torch.Tensor:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return torch.tensor([record[name] for record in records if name in record], dtype=torch.float64)
+
+
+def _steps(out: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
+            if "loss" in json.loads(line)]
+
+
+def _assert_same_run(out: Path, straight: Path, model_dir: Path, *, what: str) -> None:
+    limit = _budget(model_dir)
+    assert _steps(out) == list(range(1, SETTINGS["max_steps"] + 1)), f"{what}: each step once"
+    for name in ("loss", "grad_norm", "eval_loss"):
+        assert_close_to_reference(_series(out, name), _series(straight, name), limit, what=f"{what} {name}")
+    adapter = "adapter/adapter_model.safetensors"
+    assert_states_close(load_file(str(out / adapter)), load_file(str(straight / adapter)), limit,
+                        what=f"{what} adapter")
+
+
+@pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
+def test_two_processes_give_the_single_process_run(tmp_path, tiny_model_dir, data_file, straight, parallelism):
+    out = tmp_path / "out"
+    result = train_in_processes(2, _config(tiny_model_dir, data_file, parallelism=parallelism), out, device="cpu")
+    assert result.status == "completed" and result.step == SETTINGS["max_steps"]
+    _assert_same_run(out, straight, tiny_model_dir, what=parallelism)
+    # the merged model: from rank 0's whole model (DDP) or rebuilt on the CPU from the gathered adapter (FSDP)
+    merged = "merged/model.safetensors"
+    assert_states_close(load_file(str(out / merged)), load_file(str(straight / merged)), _budget(tiny_model_dir),
+                        what=f"{parallelism} merged")
+    assert [step for step, _ in list_checkpoints(out / "checkpoints")] == [6, 8]  # rank 0 alone wrote them
+
+
+def test_a_stop_on_rank_0_ends_every_rank_and_runs_resume_across_process_counts(tmp_path, tiny_model_dir,
+                                                                                  data_file, straight):
+    config, out = _config(tiny_model_dir, data_file), tmp_path / "out"
+    first = run_training(config, out, device="cpu", callbacks=[StopAfterStep(step=3)])
+    assert (first.status, first.step) == ("stopped", 3)
+    # 1 -> 2 processes; rank 0's callback stops after step 6: had rank 1 not stopped with it, it
+    # would wait in its next collective for ever and this call would not return
+    started = time.monotonic()
+    second = train_in_processes(2, config, out, device="cpu", callbacks=callbacks_factory(StopAfterStep, step=6))
+    assert (second.status, second.step, second.resumed_from_step) == ("stopped", 6, 3)
+    assert list_checkpoints(out / "checkpoints")[-1][0] == 6
+    print(f"2-process resume 3 -> 6 took {time.monotonic() - started:.1f} s")
+    # 2 -> 1 process
+    third = run_training(config, out, device="cpu")
+    assert (third.status, third.resumed_from_step) == ("completed", 6)
+    _assert_same_run(out, straight, tiny_model_dir, what="1 -> 2 -> 1 processes")
+
+
+def test_a_sigkilled_two_process_run_resumes_in_one_process(tmp_path, tiny_model_dir, data_file, straight):
+    config, out = _config(tiny_model_dir, data_file), tmp_path / "out"
+    config_file = tmp_path / "run.json"
+    config_file.write_text(json.dumps(config.to_dict()))
+    launcher = subprocess.Popen([sys.executable, "-m", "tests.support.distributed_runs", str(config_file), str(out),
+                                 "2", "0.5"], cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        deadline = time.monotonic() + 300
+        while not list_checkpoints(out / "checkpoints") and launcher.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ranks = descendant_pids(launcher.pid)
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait(timeout=30)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == -signal.SIGKILL, "the run ended before it was killed"
+    assert ranks and not wait_until_gone(ranks, timeout=30), "a rank outlived its SIGKILLed launcher"
+    killed_at = list_checkpoints(out / "checkpoints")[-1][0]
+    assert 2 <= killed_at < SETTINGS["max_steps"] and not (out / "manifest.json").exists()
+    resumed = run_training(config, out, device="cpu")
+    assert (resumed.status, resumed.resumed_from_step) == ("completed", killed_at)
+    _assert_same_run(out, straight, tiny_model_dir, what=f"killed at step {killed_at}, resumed in one process")
+
+
+def test_sigint_to_dora_train_nproc_2_ends_every_rank(tmp_path, tiny_model_dir, data_file):
+    settings = {"base_model": str(tiny_model_dir), "train_file": str(data_file),
+                "adapter": {"method": "dora", "rank": 4, "alpha": 8},
+                "training": {**SETTINGS, "max_steps": 500, "learning_rate": 1e-2, "max_seq_len": 64}}
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    dora = Path(sys.executable).with_name("dora")
+    command = subprocess.Popen([str(dora), "train", str(config), "--out", str(tmp_path / "out"), "--device", "cpu",
+                                "--nproc", "2", "--log-every", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        assert _wait_for_line(command, "checkpoint saved at step 2", timeout=300), "no checkpoint line"
+        ranks = descendant_pids(command.pid)
+        command.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        _, stderr = command.communicate(timeout=60)
+        stopped_in = time.monotonic() - started
+    finally:
+        command.kill()
+    assert command.returncode == 130, stderr
+    assert "interrupted: checkpoints are kept" in stderr and "Traceback" not in stderr, stderr[-3000:]
+    assert ranks and not wait_until_gone(ranks, timeout=10), "a rank outlived the interrupted command"
+    print(f"SIGINT to exit: {stopped_in:.1f} s")
+
+
+def _wait_for_line(process: subprocess.Popen, text: str, *, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        ready, _, _ = select.select([process.stdout], [], [], 1.0)
+        if ready and text in process.stdout.readline():
+            return True
+    return False
