@@ -148,7 +148,8 @@ def _convert(gguf_path: Path, out: Path, digest: str) -> None:
     if tied:
         plain.tie_weights()
     del loaded
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
+    tokenizer = _without_invented_tokens(AutoTokenizer.from_pretrained(folder, gguf_file=name,
+                                                                       trust_remote_code=False), gguf_path)
     plain.generation_config.eos_token_id = tokenizer.eos_token_id
     plain.generation_config.pad_token_id = tokenizer.pad_token_id
     out.mkdir(parents=True)
@@ -157,6 +158,27 @@ def _convert(gguf_path: Path, out: Path, digest: str) -> None:
     source = {"gguf_file": gguf_path.name, "sha256": digest, "bytes": gguf_path.stat().st_size, "dtype": dtype,
               "metadata": _general_metadata(gguf_path)}
     (out / CONVERTED_MARKER).write_text(json.dumps(source, indent=2) + "\n")
+
+
+def _without_invented_tokens(tokenizer, gguf_path: Path):
+    """The tokenizer with only the GGUF's own tokens.
+
+    transformers' GGUF reader gives a byte-level BPE vocabulary without an unknown token GPT-2's
+    default `<|endoftext|>` as a new special token, one id past the embeddings (our own exports of
+    the tiny model have no unknown token: byte-level BPE needs none). An id the model has no row
+    for would break training on a text containing it and every later GGUF export, so any added
+    token at or past the GGUF's vocabulary size is dropped from the tokenizer's definition."""
+    import gguf
+    from tokenizers import Tokenizer
+
+    tokens = gguf.GGUFReader(gguf_path).get_field("tokenizer.ggml.tokens")
+    size = len(tokens.data) if tokens is not None else None
+    if size is None or len(tokenizer) <= size:
+        return tokenizer
+    definition = json.loads(tokenizer.backend_tokenizer.to_str())
+    definition["added_tokens"] = [token for token in definition["added_tokens"] if token["id"] < size]
+    tokenizer._tokenizer = Tokenizer.from_str(json.dumps(definition))
+    return tokenizer
 
 
 def _general_metadata(gguf_path: Path) -> dict[str, str]:

@@ -278,6 +278,8 @@ class TrainingRun:
     def train_steps(self) -> str:
         if self.state.early_stopped:
             return "early_stopped"
+        if self.state.step == 0:
+            self.write_samples()  # the base model's answers, which each evaluation's are compared with
         self.model.train()
         while self.state.step < self.schedule.total_steps:
             if self.callbacks.should_stop():
