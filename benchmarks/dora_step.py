@@ -29,6 +29,12 @@ ratios to the floor and to PEFT LoRA from the same run.
 Per line also `weight_bytes`: the model's parameters and buffers (an NF4 weight counted by the
 codes and scales it holds), and `adapted_weight_bytes`: the adapted layers' base weights alone.
 
+With `--nproc N` (N > 1), each (shape, dtype) also gets one line per `--parallelisms` entry (ddp,
+fsdp) measuring ours-dora-run over N processes with the same global batch: see
+benchmarks/dora_step_processes.py.
+
+    python benchmarks/dora_step.py --device cpu --shapes tiny --dtypes float32 --configs ours-dora-run --nproc 2
+
 With `--dropout`, every adapter configuration (ours and PEFT's) uses that adapter dropout and the
 ratios compare configurations at the same dropout.
 
@@ -320,7 +326,10 @@ def parse_args(argv=None):
     parser.add_argument("--dropout", default="0.0", help="comma list of adapter dropout probabilities")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5, help="timed steps; 0 measures bytes held only")
+    parser.add_argument("--nproc", type=int, default=1, help="also measure ours-dora-run over N processes")
+    parser.add_argument("--parallelisms", default="ddp,fsdp", help="with --nproc: comma list of ddp,fsdp")
     args = parser.parse_args(argv)
+    args.parallelisms = args.parallelisms.split(",")
     on_gpu = args.device.startswith("cuda")
     args.shapes = (args.shapes or ("tinyllama-1.1b,llama3-8b" if on_gpu else "tiny,tiny-32k")).split(",")
     args.dtypes = (args.dtypes or ("bfloat16" if on_gpu else "float32,bfloat16")).split(",")
@@ -348,6 +357,10 @@ def main(argv=None) -> int:
                     results.append(measure(name, base, shape, dtype_name, args))
                     print(f"# measured {shape_name} {dtype_name} p={dropout} {name}", file=sys.stderr, flush=True)
                 add_ratios(results)
+                if args.nproc > 1:
+                    from dora_step_processes import measure_processes  # this script's folder is on sys.path
+
+                    results += measure_processes(shape, dtype_name, args)
                 for result in results:
                     print(json.dumps(result), flush=True)
             del base
