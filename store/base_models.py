@@ -12,12 +12,13 @@ it elsewhere; a path on the server is never written there.
 from __future__ import annotations
 
 import json
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dora_contract.model_sources import is_gguf_source
+from dora_contract.model_sources import GGUF_SUFFIX, PACKAGE_PREFIX, is_gguf_source
 
 
 class BaseModelSource(BaseModel):
@@ -61,6 +62,44 @@ def registered_model_config(settings, name: str) -> dict[str, Any] | None:
         return json.loads(config.read_text())
     except (OSError, ValueError):
         return None
+
+
+def registered_architecture(settings, name: str) -> str | None:
+    """The registered model's architecture (a config's `model_type`; a GGUF's
+    `general.architecture`, which llama.cpp spells the same for the architectures we export), when
+    this process can read it without loading the model; None for a hub id or an unreadable file."""
+    registered = registration(settings, name)
+    if registered is None:
+        return None
+    if not is_gguf_source(registered.source):
+        config = registered_model_config(settings, name)
+        return config.get("model_type") if config else None
+    return _gguf_architecture(registered.source)
+
+
+def _gguf_architecture(source: str) -> str | None:
+    try:
+        import gguf  # numpy only, no torch: in the API's dependencies
+    except ImportError:
+        return None
+    path = _gguf_path(source)
+    try:
+        field = gguf.GGUFReader(path).get_field("general.architecture") if path else None
+    except (OSError, ValueError):
+        return None
+    return str(field.contents()) if field is not None else None
+
+
+def _gguf_path(source: str) -> Path | None:
+    if not source.startswith(PACKAGE_PREFIX):
+        path = Path(source).expanduser()
+        return path if path.is_file() else None
+    try:
+        files = metadata.distribution(source.removeprefix(PACKAGE_PREFIX)).files or []
+    except metadata.PackageNotFoundError:
+        return None
+    found = [file for file in files if file.name.lower().endswith(GGUF_SUFFIX)]
+    return Path(found[0].locate()) if len(found) == 1 else None
 
 
 def _looks_local(source: str) -> bool:

@@ -61,6 +61,8 @@ AdapterMethod = create_model(
     hyperparameters=(TrainingHyperparameters | None, None),
 )
 Output = contract_type(RunSettings, "outputs")
+GgufType = contract_type(RunSettings, "gguf_type")
+GGUF_TYPE_FIELD = RunSettings.model_fields["gguf_type"]
 
 
 class Method(StrictModel):
@@ -93,6 +95,8 @@ class JobCreate(StrictModel):
     hyperparameters: SupervisedHyperparameters | None = None  # OpenAI's deprecated top-level form
     integrations: list[dict[str, Any]] | None = None
     outputs: Output = DEFAULT_OUTPUTS
+    gguf_type: GgufType | None = Field(None, description=f"{GGUF_TYPE_FIELD.description}. Default: "
+                                                         f"{GGUF_TYPE_FIELD.default!r}")
     max_attempts: int | None = Field(default=None, ge=1, le=10)
 
     @field_validator("metadata")

@@ -15,9 +15,10 @@ from api.schemas.jobs import JobCreate
 from api.services import methods
 from api.services.memory_check import check_fits_a_worker
 from api.services.scope import check_limit, get_owned, owned, page
+from dora_contract.architectures import gguf_unsupported_reason
 from dora_contract.training import MAX_SEED
 from store import jobs as job_store
-from store.base_models import public_id, registration
+from store.base_models import public_id, registered_architecture, registration
 from store.jobs import JobStatus
 from store.models import Artifact, Checkpoint, File, Job, JobEvent, JobSample, MetricPoint
 from store.settings import Settings
@@ -73,6 +74,7 @@ def create_job(*, session: Session, settings: Settings, tenant_id: str, request:
     seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
     shown, run = methods.resolve(request=request, settings=settings, seed=seed)
     check_fits_a_worker(settings=settings, request=request, run_config=run["run_config"])
+    _check_gguf_output(settings, request.model, run["outputs"])
     run |= {"base_model": {"name": request.model, "path": registered.source,
                            "public_id": public_id(request.model, registered)},
             "training_file": training, "validation_file": validation}
@@ -90,6 +92,18 @@ def create_job(*, session: Session, settings: Settings, tenant_id: str, request:
             raise
         return _replay(existing, request_hash), False
     return job, True
+
+
+def _check_gguf_output(settings: Settings, model: str, outputs: list[str]) -> None:
+    """A gguf output on an architecture the export does not support is refused now, not after
+    training. An architecture this process cannot read (a hub id) is left to the worker, which
+    refuses it before training starts."""
+    if "gguf" not in outputs:
+        return
+    architecture = registered_architecture(settings, model)
+    if architecture is not None and (problem := gguf_unsupported_reason(architecture)):
+        raise bad_request(f"outputs: {problem}; ask for adapter and merged instead", param="outputs",
+                          code="unsupported_output")
 
 
 def list_jobs(*, session: Session, tenant_id: str, after: str | None, limit: int, status: str | None,

@@ -116,7 +116,7 @@ def resolve(*, request: JobCreate, settings: Settings, seed: int) -> tuple[dict[
             "adapter": {"method": "dora" if kind == "supervised" else kind} | given.adapter,
             "training": given.training | {"seed": seed},
             "outputs": request.outputs,
-        })
+        } | ({"gguf_type": request.gguf_type} if request.gguf_type is not None else {}))
     except SettingError as error:
         section, _, name = error.field.partition(".")
         raise bad_request(error.message, param=given.param(section, name) if name else error.field) from None
