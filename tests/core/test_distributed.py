@@ -184,3 +184,25 @@ def _wait_for_line(process: subprocess.Popen, text: str, *, timeout: float) -> b
         if ready and text in process.stdout.readline():
             return True
     return False
+
+
+def test_dora_train_refuses_several_hosts(tmp_path, tiny_model_dir, data_file, capsys):
+    from dora_cli.main import main
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"base_model": str(tiny_model_dir), "train_file": str(data_file)}))
+    assert main(["train", str(config), "--out", str(tmp_path / "out"), "--nproc", "2", "--nnodes", "2"]) == 2
+    assert "--nnodes 2: multi-host runs are not supported yet" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_dataset_mistake_in_the_ranks_exits_2_with_its_message(tmp_path, tiny_model_dir, capfd):
+    from dora_cli.main import main
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\nnot json\n')
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"base_model": str(tiny_model_dir), "train_file": str(bad)}))
+    assert main(["train", str(config), "--out", str(tmp_path / "out"), "--device", "cpu", "--nproc", "2"]) == 2
+    err = capfd.readouterr().err
+    assert "error: invalid dataset" in err and "line 2" in err and "Traceback" not in err, err[-2000:]
