@@ -1,4 +1,5 @@
-"""Samples (issue #15): greedy answers to the first validation prompts at each evaluation.
+"""Samples (issue #15): greedy answers to the first validation prompts at each evaluation (and at
+step 0, before training: the base model's).
 
 They must come at every evaluation and at the end, K of them, in every chat-shaped format, the
 same on every run, and change nothing about the training (same losses, same adapter, same
@@ -63,10 +64,10 @@ def test_samples_at_each_evaluation_and_at_the_end(tmp_path, tiny_model_dir):
     train, validation = _train_and_validation(tmp_path)
     recorder = SampleRecorder()
     run_training(_config(tiny_model_dir, train, validation, sample_prompts=3), tmp_path / "out", callbacks=[recorder])
-    assert [step for step, _ in recorder.calls] == [4, 8, 10]  # every 4 steps, and the final evaluation
+    assert [step for step, _ in recorder.calls] == [0, 4, 8, 10]  # the base model, every 4 steps, the end
     stored = _lines(tmp_path / "out" / "samples.jsonl")
     assert stored == [sample for _, samples in recorder.calls for sample in samples]
-    assert [(s["step"], s["index"]) for s in stored] == [(step, i) for step in (4, 8, 10) for i in range(3)]
+    assert [(s["step"], s["index"]) for s in stored] == [(step, i) for step in (0, 4, 8, 10) for i in range(3)]
     first = stored[0]
     assert first["line"] == 1 and first["expected"] == QUESTIONS[12][1]
     assert first["prompt"] == (f"<s><|system|>\nAnswer with a number.<|end|>\n<|user|>\n{QUESTIONS[12][0]}<|end|>\n"
@@ -79,7 +80,7 @@ def test_sample_prompts_is_the_most_taken_and_zero_turns_samples_off(tmp_path, t
     recorder = SampleRecorder()
     run_training(_config(tiny_model_dir, train, validation, max_steps=4, sample_prompts=8), tmp_path / "all",
                  callbacks=[recorder])
-    assert [len(samples) for _, samples in recorder.calls] == [4]  # K = 8 > 4 rows: every row once
+    assert [len(samples) for _, samples in recorder.calls] == [4, 4]  # K = 8 > 4 rows: every row once, at 0 and 4
     recorder = SampleRecorder()
     run_training(_config(tiny_model_dir, train, validation, max_steps=4, sample_prompts=0), tmp_path / "off",
                  callbacks=[recorder])
@@ -112,7 +113,7 @@ def test_samples_change_nothing_about_training_and_are_deterministic(tmp_path, t
     assert without.keys() == with_samples.keys()
     assert all(torch.equal(without[k], with_samples[k]) for k in without)
     samples = _lines(tmp_path / "with" / "samples.jsonl")
-    assert len(samples) == 5 * 4 and samples == _lines(tmp_path / "again" / "samples.jsonl")  # 5 evaluations
+    assert len(samples) == 6 * 4 and samples == _lines(tmp_path / "again" / "samples.jsonl")  # step 0, 5 evaluations
 
 
 @pytest.mark.parametrize("kind", ["chat", "prompt_completion", "alpaca"])
@@ -196,3 +197,26 @@ def test_samples_log_replaces_a_step_and_truncates_with_the_metrics(tmp_path):
     assert [(r["step"], r["answer"]) for r in samples.records()] == [(2, "old"), (4, "old"), (6, "new")]
     metrics.truncate_after(4)  # a resume from the checkpoint at step 4
     assert [r["step"] for r in samples.records()] == [2, 4] and [r["step"] for r in metrics.records()] == [2, 4]
+
+
+class CrashAt(TrainingCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step(self, metrics):
+        if metrics["step"] == self.step:
+            raise KeyboardInterrupt("simulated crash")
+
+
+def test_a_resumed_run_keeps_each_evaluations_samples_once(tmp_path, tiny_model_dir):
+    train, validation = _train_and_validation(tmp_path)
+    config = _config(tiny_model_dir, train, validation, max_steps=8, eval_interval=2, checkpoint_interval=4,
+                     sample_prompts=2)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(config, tmp_path / "out", callbacks=[CrashAt(step=7)])  # evaluated at 2, 4, 6; checkpoint 4
+    assert [s["step"] for s in _lines(tmp_path / "out" / "samples.jsonl")] == [0, 0, 2, 2, 4, 4, 6, 6]
+    recorder = SampleRecorder()
+    run_training(config, tmp_path / "out", callbacks=[recorder])
+    assert [step for step, _ in recorder.calls] == [6, 8]  # after the checkpoint at step 4
+    stored = _lines(tmp_path / "out" / "samples.jsonl")
+    assert [(s["step"], s["index"]) for s in stored] == [(step, i) for step in (0, 2, 4, 6, 8) for i in range(2)]

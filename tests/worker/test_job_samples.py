@@ -1,5 +1,6 @@
 """Samples through the worker (issue #15): a job with a validation file stores the model's greedy
-answers at each evaluation, listed at GET .../samples; `sample_prompts: 0` stores none."""
+answers at each evaluation (and the base model's at step 0), listed at GET .../samples;
+`sample_prompts: 0` stores none."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def test_a_job_with_a_validation_file_stores_samples_at_each_evaluation(service)
     assert job["method"]["dora"]["hyperparameters"]["sample_prompts"] == 2
     assert _run(service, job_id) == "succeeded"
     samples = _samples(service, job_id)
-    assert [(s["step"], s["index"]) for s in samples] == [(6, 0), (6, 1), (3, 0), (3, 1)]
+    assert [(s["step"], s["index"]) for s in samples] == [(6, 0), (6, 1), (3, 0), (3, 1), (0, 0), (0, 1)]
     assert [s["expected"] for s in samples[:2]] == [ROWS[0]["messages"][1]["content"],
                                                     ROWS[1]["messages"][1]["content"]]
     assert all(ROWS[s["index"]]["messages"][0]["content"] in s["prompt"] for s in samples)
