@@ -30,9 +30,11 @@ from tests.support.model_factories import input_ids, perturb_adapters, tiny_gpt2
 from tests.support.numerics import (
     assert_close_to_reference,
     assert_distinguishable,
+    assert_states_close,
     budget,
     model_budget,
     relative_error,
+    replay_budget,
 )
 from tests.support.training_helpers import dataset_rows, run_config, write_jsonl
 
@@ -253,3 +255,33 @@ def test_a_tiny_qdora_run_learns_and_writes_a_dense_merged_model(tmp_path, tiny_
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "merged")
     weights = [m.weight for m in merged.modules() if isinstance(m, nn.Linear)]
     assert weights and all(type(w) is nn.Parameter and w.is_floating_point() for w in weights)
+
+
+class StopAfter(TrainingCallback):
+    """should_stop once `step` steps are done (no checkpoint on stop: the run resumes from the last one)."""
+
+    def __init__(self, step: int) -> None:
+        self.step, self.done = step, 0
+
+    def on_step(self, metrics):
+        self.done = metrics["step"]
+
+    def should_stop(self):
+        return self.done >= self.step
+
+
+def test_a_stopped_qdora_run_resumes_to_the_uninterrupted_adapter(tmp_path, tiny_model_dir, monkeypatch):
+    """Resume quantizes the base again (deterministic) and loads the checkpoint's adapter into it."""
+    from transformers import AutoConfig
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    train = write_jsonl(tmp_path / "train.jsonl", dataset_rows("chat"))
+    config = run_config(tiny_model_dir, train, quantization="nf4", max_steps=8, checkpoint_interval=4)
+    run_training(config, tmp_path / "straight", device="cpu")
+    assert run_training(config, tmp_path / "resumed", callbacks=[StopAfter(6)], device="cpu").status == "stopped"
+    resumed = run_training(config, tmp_path / "resumed", device="cpu")
+    assert resumed.status == "completed" and resumed.resumed_from_step == 4
+    expected = load_file(str(tmp_path / "straight" / "adapter" / "adapter_model.safetensors"))
+    actual = load_file(str(tmp_path / "resumed" / "adapter" / "adapter_model.safetensors"))
+    assert_states_close(actual, expected, replay_budget(AutoConfig.from_pretrained(tiny_model_dir)),
+                        what="resumed QDoRA adapter")
