@@ -111,6 +111,12 @@ def _add_samples(session: Session, job_id: str, samples: Sequence[PendingSample]
                      for s in samples if (s.step, s.index) not in stored])
 
 
+def stored_samples(session: Session, *, job_id: str, up_to: int) -> list[tuple[int, int]]:
+    """The (step, index) of this job's samples up to step `up_to`."""
+    query = select(JobSample.step, JobSample.index).where(JobSample.job_id == job_id, JobSample.step <= up_to)
+    return [(step, index) for step, index in session.execute(query)]
+
+
 def stored_steps(session: Session, *, job_id: str, up_to: int) -> list[int]:
     """The steps up to `up_to` that have a metric point."""
     query = select(MetricPoint.step).where(MetricPoint.job_id == job_id, MetricPoint.step <= up_to)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from dora_core.training import TrainingCallback
-from store.progress import stored_steps
+from store.progress import stored_samples, stored_steps
 from store.storage import Storage, job_key
 from worker.lease import Lease, LeaseGone
 from worker.transfer import upload_folder
@@ -136,6 +136,26 @@ class JobProgress(TrainingCallback):
         if missing:
             log.info("job %s: %d steps' metrics missing in the database were restored from this host's run",
                      self.lease.job_id, len(missing))
+        self._backfill_samples(up_to)
+
+    def _backfill_samples(self, up_to: int) -> None:
+        """The same for samples: those of evaluations up to the checkpoint that SQL lacks, from the
+        run's samples.jsonl beside metrics.jsonl (a resumed run does not evaluate those steps again)."""
+        path = self.metrics_file.with_name("samples.jsonl")
+        if not path.is_file():
+            return
+        try:
+            stored = set(self.lease.read(stored_samples, up_to=up_to))
+        except LeaseGone:
+            return
+        missing: dict[int, list[dict]] = {}
+        for line in path.read_text().splitlines():
+            record = json.loads(line) if line.strip() else {}
+            key = (record.get("step"), record.get("index"))
+            if key[0] is not None and key[0] <= up_to and key not in stored:
+                missing.setdefault(key[0], []).append(record)
+        for step in sorted(missing):
+            self.lease.record_samples(step=step, samples=missing[step])
 
     def _beat(self, **progress) -> None:
         self._last_beat = time.monotonic()

@@ -3,6 +3,8 @@ written once it is back, each (step, index) once, the oldest dropped past the bu
 
 from __future__ import annotations
 
+import json
+
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 
@@ -63,3 +65,23 @@ def test_samples_wait_out_an_outage_and_are_written_once(service, monkeypatch):
     assert _stored(service, lease.job_id) == expected
     lease.record_samples(step=6, samples=_samples(6, 3))  # a resumed attempt's evaluation of step 6 again
     assert lease.renew() and _stored(service, lease.job_id) == expected
+
+
+def test_a_resumed_attempt_restores_the_samples_sql_lacks_from_this_hosts_run(service, tmp_path):
+    """An earlier attempt here buffered samples through an outage and lost its lease: the next one,
+    resuming from the checkpoint at step 4, stores those up to step 4 that SQL lacks, once."""
+    from store.progress import PendingSample, write_progress
+    from store.storage import open_storage
+    from worker.progress import JobProgress
+
+    lease = _lease(service)
+    with session_scope(service.settings) as session:
+        write_progress(session, job_id=lease.job_id, owner=lease.owner, attempt=lease.attempt, lease_seconds=120,
+                       samples=[PendingSample(step=2, index=0, prompt="p0", expected="e0", answer="stored")])
+    (tmp_path / "metrics.jsonl").write_text("")
+    (tmp_path / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for step in (2, 4, 6)
+                                                    for s in _samples(step, 2)))
+    progress = JobProgress(lease=lease, storage=open_storage(service.settings.storage_url), tenant_id="t",
+                           heartbeat_seconds=1, keep_checkpoints=2, metrics_file=tmp_path / "metrics.jsonl")
+    progress.on_start(total_steps=8, start_step=4, report={})
+    assert _stored(service, lease.job_id) == [(2, 0, "stored"), (2, 1, "a1@2"), (4, 0, "a0@4"), (4, 1, "a1@4")]
