@@ -168,6 +168,7 @@ def _train(args: argparse.Namespace, out_dir: Path) -> int:
     if args.nproc > 1:
         from dora_core.training.distributed import launch
 
+        _quiet_launcher_logs()
         result = launch(args.nproc, _train_rank, config, str(out_dir), device, not args.no_resume, args.log_every,
                         args.config, nnodes=args.nnodes)[0]
         return _print_result(result)
@@ -178,6 +179,20 @@ def _train(args: argparse.Namespace, out_dir: Path) -> int:
         finally:
             progress.close()
     return _print_result(result)
+
+
+def _quiet_launcher_logs() -> None:
+    """The elastic launcher logs every rank's exit, with its own traceback, and its shutdown steps;
+    a rank that fails prints why itself (a user mistake as one process prints it), so those logs only
+    repeat it. Its loggers each hold their own level, so each is set."""
+    import logging
+
+    import torch.distributed.elastic.agent.server.api  # noqa: F401 (creates the launcher's loggers)
+    import torch.distributed.launcher.api  # noqa: F401
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(("torch.distributed.elastic", "torch.distributed.launcher")):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _train_rank(config, out_dir: str, device: str | None, resume: bool, log_every: int, config_path: str):

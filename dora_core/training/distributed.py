@@ -108,7 +108,7 @@ def die_with_parent() -> None:
 def rank_device(requested: str | None) -> torch.device:
     """This rank's device: cuda:LOCAL_RANK when CUDA is asked for (or auto and available), else the CPU."""
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if requested in (None, "cuda") and torch.cuda.is_available() or requested == "cuda":
+    if requested == "cuda" or (requested is None and torch.cuda.is_available()):
         return torch.device("cuda", local_rank)
     return torch.device(requested or "cpu")
 
@@ -354,10 +354,12 @@ class _SavedOptimizerState:
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     """The repeated blocks FSDP shards one by one: transformers names their class in _no_split_modules."""
+    from dora_core.training.run import TrainingError  # run.py imports this module
+
     names = set(getattr(model, "_no_split_modules", None) or ())
     blocks = [module for module in model.modules() if type(module).__name__ in names]
     if not blocks:
-        raise ValueError(f"{type(model).__name__} names no transformer block class (_no_split_modules); "
+        raise TrainingError(f"{type(model).__name__} names no transformer block class (_no_split_modules); "
                          "use training.parallelism: ddp")
     return blocks
 
