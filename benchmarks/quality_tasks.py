@@ -55,7 +55,7 @@ def date_example(rng: random.Random) -> tuple[str, str]:
 
 TASKS: dict[str, Task] = {
     "addition": Task("addition", "Answer with the number only.", addition_example, max_new_tokens=8),
-    "sort": Task("sort", "Sort the numbers, ascending.", sort_example, max_new_tokens=20),
+    "sort": Task("sort", "Sort the numbers, ascending.", sort_example, max_new_tokens=16),
     "date": Task("date", "Write the date in words.", date_example, max_new_tokens=10),
 }
 

@@ -68,7 +68,7 @@ def test_answers_are_right() -> None:
     assert answer == f"{tasks.MONTHS[month - 1]} {day}, {year}"
 
 
-def test_quick_run_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
+def test_quick_run_end_to_end_on_the_tiny_model_and_resumed(tmp_path: Path) -> None:
     from dora_core.tiny_model import make_tiny_model
 
     quality = load_benchmark_module("quality")
@@ -86,3 +86,10 @@ def test_quick_run_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
     summaries = [line for line in lines if line["kind"] == "summary"]
     assert len(summaries) == 6 and all(0.0 <= s["exact_match_mean"] <= 1.0 for s in summaries)
     assert (out / "quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # --resume with the same settings measures nothing again: every run line comes back unchanged
+    assert quality.main(["--quick", "--model", str(model), "--out", str(out), "--tasks", "addition,date",
+                         "--resume"]) == 0
+    again = [json.loads(line) for line in (out / "quality.jsonl").read_text().splitlines()]
+    measured = [line for line in lines if line["kind"] != "summary"]
+    assert [line for line in again if line["kind"] != "summary"] == measured
