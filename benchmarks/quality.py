@@ -308,8 +308,8 @@ def markdown_table(summary: list[dict]) -> str:
             scores = []
             for method in METHODS:
                 line = cell.get((task, method, rank))
-                scores.append(f"{100 * line['exact_match_mean']:.1f} ± {100 * line['exact_match_std']:.1f} "
-                              f"(n={line['runs']})" if line else "-")
+                spread = f" ± {100 * line['exact_match_std']:.1f}" if line and line["runs"] > 1 else ""
+                scores.append(f"{100 * line['exact_match_mean']:.1f}{spread} (n={line['runs']})" if line else "-")
             rows.append(f"| {task} | {base_text} | {rank} | {' | '.join(scores)} |")
     return "\n".join(rows)
 
