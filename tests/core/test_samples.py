@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from dora_contract import TrainingSettings
 from dora_core.data import read_examples
 from dora_core.inject import apply_adapter
 from dora_core.model_loading import load_base_model
@@ -55,8 +56,13 @@ def _train_and_validation(tmp_path, kind="chat"):
     return (write_jsonl(tmp_path / "train.jsonl", rows[:12]), write_jsonl(tmp_path / "valid.jsonl", rows[12:]))
 
 
+DEFAULT_SAMPLE_PROMPTS = TrainingSettings.model_fields["sample_prompts"].default
+
+
 def _config(model_dir, train, validation, **training) -> RunConfig:
-    config = run_config(model_dir, train, **{"max_steps": 10, "eval_interval": 4, **training})
+    # the contract's sample count, short answers: the tiny model rambles until the token limit
+    config = run_config(model_dir, train, **{"max_steps": 10, "eval_interval": 4, "sample_max_new_tokens": 6,
+                                             "sample_prompts": DEFAULT_SAMPLE_PROMPTS, **training})
     return config.with_changes(validation_file=str(validation))
 
 
@@ -91,8 +97,8 @@ def test_sample_prompts_is_the_most_taken_and_zero_turns_samples_off(tmp_path, t
 def test_no_validation_set_no_samples(tmp_path, tiny_model_dir):
     train, _ = _train_and_validation(tmp_path)
     recorder = SampleRecorder()
-    run_training(run_config(tiny_model_dir, train, max_steps=4, eval_interval=2), tmp_path / "out",
-                 callbacks=[recorder])
+    run_training(run_config(tiny_model_dir, train, max_steps=4, eval_interval=2,
+                            sample_prompts=DEFAULT_SAMPLE_PROMPTS), tmp_path / "out", callbacks=[recorder])
     assert recorder.calls == [] and not (tmp_path / "out" / "samples.jsonl").exists()
 
 

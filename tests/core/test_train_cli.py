@@ -125,7 +125,7 @@ def test_json_config_trains_in_a_real_dora_process(project, tiny_model_dir):
     ({"training": {"learnig_rate": 1e-3}}, "training.learnig_rate"),
     ({"training": {"micro_batch_size": 0}}, "training.micro_batch_size"),
     ({"adapter": {"rank": "four"}}, "adapter.rank"),
-    ({"outputs": ["adapter", "gguf"]}, "outputs.1"),
+    ({"outputs": ["adapter", "onnx"]}, "outputs.1"),
 ])
 def test_a_bad_setting_exits_2_naming_the_field(project, tiny_model_dir, capsys, change, field):
     config = _write_yaml(project, {**_settings(tiny_model_dir), **change})

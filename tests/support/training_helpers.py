@@ -30,8 +30,11 @@ def dataset_rows(kind: str) -> list[dict]:
 
 
 def run_config(model_dir: Path, train_file: Path, **training) -> RunConfig:
+    # no samples unless a test asks: the tiny random model never says its end-of-turn token, so each
+    # evaluation would generate sample_max_new_tokens for every prompt (tests/core/test_samples.py
+    # covers them)
     defaults = {"max_steps": 12, "micro_batch_size": 4, "learning_rate": 1e-2, "checkpoint_interval": 4,
-                "warmup_ratio": 0.0, "lr_scheduler": "constant", "max_seq_len": 64}
+                "warmup_ratio": 0.0, "lr_scheduler": "constant", "max_seq_len": 64, "sample_prompts": 0}
     adapter = training.pop("adapter", {"method": "dora", "rank": 4, "alpha": 8})
     outputs = training.pop("outputs", ["adapter"])
     return RunConfig.from_dict({"base_model": str(model_dir), "train_file": str(train_file), "adapter": adapter,
