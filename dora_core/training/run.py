@@ -171,7 +171,8 @@ class TrainingRun:
         sharding = "fsdp" if self.parallel.choose_strategy(self.config.base_model) == "fsdp" else "none"
         on, why = recommended_gradient_checkpointing(
             self.model.config.to_dict(), self.config, dtype_bytes=self.dtype.itemsize,
-            memory_bytes=device_memory_bytes(self.device), processes=self.parallel.world_size, sharding=sharding)
+            memory_bytes=device_memory_bytes(self.device), processes=self.parallel.world_size, sharding=sharding,
+            longest_sequence=max(len(example["input_ids"]) for example in self.data.train))
         self.callbacks.on_event(why)
         return on
 

@@ -253,6 +253,19 @@ def test_dora_core_turns_checkpointing_on_when_the_plan_without_it_does_not_fit(
     assert f"of {memory_gib}.0 GiB" in why and ("checkpointing on" in why) is expected
 
 
+def test_auto_checkpointing_plans_for_the_longest_example_not_max_seq_len():
+    """Batches pad to their longest example: 4 x 2048 needs checkpointing on 80 GiB (above), but
+    short rows under the same max_seq_len do not; packed rows do fill max_seq_len."""
+    config = _run_config(micro_batch_size=4, max_seq_len=2048)
+    assert recommended_gradient_checkpointing(LLAMA3_8B, config, dtype_bytes=2, memory_bytes=80 * GIB,
+                                              longest_sequence=2048)[0] is True
+    assert recommended_gradient_checkpointing(LLAMA3_8B, config, dtype_bytes=2, memory_bytes=80 * GIB,
+                                              longest_sequence=60)[0] is False
+    packed = _run_config(micro_batch_size=4, max_seq_len=2048, packing=True)
+    assert recommended_gradient_checkpointing(LLAMA3_8B, packed, dtype_bytes=2, memory_bytes=80 * GIB,
+                                              longest_sequence=60)[0] is True
+
+
 class _Events(TrainingCallback):
     def __init__(self) -> None:
         self.events: list[str] = []
