@@ -20,7 +20,7 @@ import pytest
 
 from tests.support import e2e_scenarios as scenarios
 from tests.support.real_model import REAL_MODEL_PUBLIC_ID, REAL_MODEL_SOURCE, TEST_MODEL_CACHE, real_model_dir
-from tests.support.stack import TIMINGS, make_stack
+from tests.support.stack import TIMINGS, running_stack
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 HEADING = "### A real model"
@@ -41,17 +41,11 @@ def walkthrough_block() -> str:
 def stack(tmp_path_factory, tiny_model_dir):
     real_model_dir()  # convert once into the test cache before the worker looks there
     root = tmp_path_factory.mktemp("real-model")
-    stack = make_stack(root, database_url=f"sqlite:///{root / 'dora.db'}",
-                       broker_url=f"sqla+sqlite:///{root / 'broker.db'}", tiny_model_dir=tiny_model_dir)
-    models = json.loads(stack.env["DORA_BASE_MODELS"]) | {
-        MODEL: {"source": REAL_MODEL_SOURCE, "public_id": REAL_MODEL_PUBLIC_ID}}
-    stack.env |= {"DORA_BASE_MODELS": json.dumps(models), "DORA_MODEL_CACHE_DIR": str(TEST_MODEL_CACHE)}
-    try:
-        stack.start_api()
-        stack.start_worker()
+    with running_stack(root, database_url=f"sqlite:///{root / 'dora.db'}",
+                       broker_url=f"sqla+sqlite:///{root / 'broker.db'}", tiny_model_dir=tiny_model_dir,
+                       base_models={MODEL: {"source": REAL_MODEL_SOURCE, "public_id": REAL_MODEL_PUBLIC_ID}},
+                       extra_env={"DORA_MODEL_CACHE_DIR": str(TEST_MODEL_CACHE)}) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.mark.timeout(WALKTHROUGH_SECONDS + 300)

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -202,23 +203,33 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def make_stack(root: Path, *, database_url: str, broker_url: str, tiny_model_dir: Path) -> Stack:
+def make_stack(root: Path, *, database_url: str, broker_url: str, tiny_model_dir: Path,
+               base_models: dict[str, Any] | None = None, extra_env: dict[str, str] | None = None) -> Stack:
+    """A stack's environment on these backends (its processes not started yet).
+
+    `base_models`: registrations beside tiny-llama (a real model's, say), merged into
+    DORA_BASE_MODELS; `extra_env`: more variables for every process (DORA_MODEL_CACHE_DIR, ...)."""
     from store.migrate import upgrade
     from store.settings import Settings
 
     upgrade(Settings(database_url=database_url))
+    models = {"tiny-llama": str(tiny_model_dir)} | (base_models or {})
     env = dict(os.environ) | FAST | {
         "DORA_DATABASE_URL": database_url, "DORA_BROKER_URL": broker_url,
         "DORA_STORAGE_URL": str(root / "artifacts"),
-        "DORA_BASE_MODELS": json.dumps({"tiny-llama": str(tiny_model_dir)}),
-    }
+        "DORA_BASE_MODELS": json.dumps(models),
+    } | (extra_env or {})
     return Stack(root=root, env=env)
 
 
 @contextmanager
-def running_stack(root: Path, *, database_url: str, broker_url: str, tiny_model_dir: Path) -> Iterator[Stack]:
-    """An API and a worker on these backends, stopped (with their children) on exit."""
-    stack = make_stack(root, database_url=database_url, broker_url=broker_url, tiny_model_dir=tiny_model_dir)
+def running_stack(root: Path, *, database_url: str, broker_url: str, tiny_model_dir: Path,
+                  base_models: dict[str, Any] | None = None,
+                  extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """An API and a worker on these backends, stopped (with their children) on exit; `base_models`
+    and `extra_env` as in make_stack."""
+    stack = make_stack(root, database_url=database_url, broker_url=broker_url, tiny_model_dir=tiny_model_dir,
+                       base_models=base_models, extra_env=extra_env)
     try:
         stack.start_api()
         stack.start_worker()
