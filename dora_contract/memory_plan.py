@@ -68,6 +68,17 @@ NF4_TABLE_ENTRIES = 16
 CHUNKED_LOSS_MODEL_TYPES = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen3", "phi3", "gpt2"})
 GPT2_TYPES = frozenset({"gpt2"})
 Sharding = Literal["none", "fsdp"]
+# `parallelism: auto` shards (FSDP) when the base weights would take more than this share of one
+# GPU: the rest is for activations, the adapter, its gradients and AdamW's two moments.
+DDP_MAX_WEIGHT_SHARE = 0.5
+
+
+def auto_sharding(*, processes: int, weight_bytes: int | None, memory_bytes: int) -> Sharding:
+    """What `parallelism: auto` picks for a run of `processes` on GPUs of `memory_bytes` each:
+    FSDP when the weights alone would crowd one GPU, else DDP (every rank holds the whole model)."""
+    if processes > 1 and weight_bytes is not None and weight_bytes > DDP_MAX_WEIGHT_SHARE * memory_bytes:
+        return "fsdp"
+    return "none"
 
 
 class UnsupportedConfigError(ValueError):

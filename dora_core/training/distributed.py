@@ -38,25 +38,27 @@ only rank 0's host would have.
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
+from dora_contract.memory_plan import auto_sharding
 from dora_core.layers import AdapterLinear
 from dora_core.training.callbacks import CallbackList
 from dora_core.training.loss import LossSums, summed_loss
 
 ADAPTER_PARAMETERS = ("lora_A", "lora_B", "lora_magnitude_vector")
-# auto picks FSDP when the base weights would take more than this share of one GPU: the rest is
-# for activations, the adapter, its gradients and AdamW's two moments.
-DDP_MAX_WEIGHT_SHARE = 0.5
 
 
 class MultiHostError(ValueError):
@@ -82,19 +84,58 @@ def train_in_processes(nproc: int, config, out_dir: str | os.PathLike, *, device
                        resume: bool = True, callbacks: Callable[[], list] | None = None):
     """run_training over `nproc` processes of this host; returns rank 0's RunResult. `callbacks`
     makes the callbacks in each rank (they cross into the ranks as a picklable factory); only
-    rank 0's report, all ranks follow rank 0's should_stop."""
-    results = launch(nproc, _train_rank, config, os.fspath(out_dir), device, resume, callbacks)
+    rank 0's report, all ranks follow rank 0's should_stop. A callback with a `close()` method has
+    it called when its rank's run ends, by an error too (to write what it buffered).
+
+    When a rank fails, the exception it raised is raised here (the launcher only says that a child
+    failed), so a caller can tell a bad dataset from a crash as it does for one process."""
+    with tempfile.TemporaryDirectory(prefix="dora-rank-errors-") as errors:
+        try:
+            results = launch(nproc, _train_rank, config, os.fspath(out_dir), device, resume, callbacks, errors)
+        except ChildFailedError as failed:
+            raise _first_rank_error(failed, Path(errors)) from failed
     return results[0]
 
 
-def _train_rank(config, out_dir: str, device: str | None, resume: bool, callbacks):
+def _train_rank(config, out_dir: str, device: str | None, resume: bool, callbacks, errors: str):
     from dora_core.training.run import run_training  # run.py imports this module
 
     die_with_parent()
-    device = rank_device(device)
-    with process_group(device):
-        return run_training(config, out_dir, callbacks=callbacks() if callbacks else (), device=str(device),
-                            resume=resume)
+    made = callbacks() if callbacks else []
+    try:
+        device = rank_device(device)
+        with process_group(device):
+            return run_training(config, out_dir, callbacks=made, device=str(device), resume=resume)
+    except BaseException as error:
+        _save_rank_error(Path(errors), error)
+        raise
+    finally:
+        for callback in made:
+            if callable(close := getattr(callback, "close", None)):
+                close()
+
+
+def _save_rank_error(folder: Path, error: BaseException) -> None:
+    """This rank's exception, pickled for the launching process (skipped if it cannot be)."""
+    try:
+        data = pickle.dumps(error)
+    except Exception:  # noqa: BLE001 - the launcher's own report still says what failed
+        return
+    (folder / f"rank-{os.environ.get('RANK', '0')}.pickle").write_bytes(data)
+
+
+def _first_rank_error(failed: ChildFailedError, folder: Path) -> BaseException:
+    """The exception of the rank that failed first (the others were stopped because of it), or
+    the launcher's error when that rank left none (it was killed, or its error did not pickle).
+    The files are this run's own ranks' writing, in a private temporary folder."""
+    rank, _ = failed.get_first_failure()
+    path = folder / f"rank-{rank}.pickle"
+    if path.is_file():
+        try:
+            return pickle.loads(path.read_bytes())  # noqa: S301 - written by our own child process just now
+        except Exception:  # noqa: BLE001
+            pass
+    return failed
 
 
 def die_with_parent() -> None:
@@ -168,9 +209,10 @@ class Parallelism:
             return self.setting
         if self.device.type != "cuda":
             return "ddp"
-        weights = estimated_weight_bytes(base_model)
         memory = torch.cuda.get_device_properties(self.device).total_memory
-        return "fsdp" if weights is not None and weights > DDP_MAX_WEIGHT_SHARE * memory else "ddp"
+        sharding = auto_sharding(processes=self.world_size, weight_bytes=estimated_weight_bytes(base_model),
+                                 memory_bytes=memory)
+        return "fsdp" if sharding == "fsdp" else "ddp"
 
     def wrap(self, model: nn.Module, base_model: str) -> None:
         """DDP around the loss, or FSDP2 on the blocks, after the adapter and gradient checkpointing are in."""
