@@ -36,9 +36,9 @@ log = logging.getLogger("api")
 
 
 def _publisher(settings: Settings, observability: Observability):
-    def publish(job_id: str) -> bool:
+    def publish(job_id: str, gpus: int = 1) -> bool:
         observability.jobs_created.inc()
-        published = publish_job(job_id, broker_url=settings.broker_url)
+        published = publish_job(job_id, broker_url=settings.broker_url, gpus=gpus)
         if not published:
             observability.publish_failures.inc()
         return published

@@ -53,7 +53,7 @@ async def get_publisher(request: Request) -> Callable[[str], bool]:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
-PublisherDep = Annotated[Callable[[str], bool], Depends(get_publisher)]
+PublisherDep = Annotated[Callable[[str, int], bool], Depends(get_publisher)]
 
 
 async def get_caller(request: Request) -> Caller:

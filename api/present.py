@@ -54,7 +54,7 @@ def job_out(job: Job) -> FineTuningJob:
         status=job.status, trained_tokens=job.trained_tokens, training_file=job.training_file,
         validation_file=job.validation_file, estimated_finish=estimated, metadata=job.meta, method=job.method,
         suffix=job.suffix, outputs=settings.get("outputs", []), progress=prog, attempt=job.attempt,
-        max_attempts=job.max_attempts, resumed_from_step=job.resumed_from_step,
+        max_attempts=job.max_attempts, gpus=job.gpus, resumed_from_step=job.resumed_from_step,
         cancel_requested=job.cancel_requested,
     )
 

@@ -19,6 +19,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from dora_cli.arguments import positive_int
 from dora_contract import OUTPUTS
 
 EXIT_USAGE = 2
@@ -84,21 +85,14 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
                         help="start over instead of resuming; refuses if DIR already holds a run (see --overwrite)")
     parser.add_argument("--overwrite", action="store_true",
                         help="with --no-resume: delete the earlier run's checkpoints, metrics and outputs in DIR first")
-    parser.add_argument("--log-every", type=_positive_int, default=10, metavar="N",
+    parser.add_argument("--log-every", type=positive_int, default=10, metavar="N",
                         help="off a terminal, print one line every N steps (and the first and last); default 10")
-    parser.add_argument("--nproc", type=_positive_int, default=1, metavar="N",
+    parser.add_argument("--nproc", type=positive_int, default=1, metavar="N",
                         help="train in N processes of this host (one per GPU, or gloo on the CPU) with the same "
                         "global batch and result; training.parallelism picks DDP or FSDP; default 1")
-    parser.add_argument("--nnodes", type=_positive_int, default=1, metavar="N",
+    parser.add_argument("--nnodes", type=positive_int, default=1, metavar="N",
                         help="hosts taking part; only 1 is supported for now")
     parser.set_defaults(run=_run_train)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 class UsageError(Exception):

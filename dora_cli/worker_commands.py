@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from dora_cli.arguments import positive_int
 from dora_contract.model_sources import PACKAGE_PREFIX
 
 DEMO_MODEL_DIR = Path("var/models/tiny-llama")
@@ -42,9 +43,14 @@ DEMO_TENANT = "demo"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    worker = subparsers.add_parser("worker", help="run a GPU worker (Celery, queue 'gpu') and its reconciler")
-    worker.add_argument("--gpu", default=None, metavar="N",
-                        help="use only this GPU (sets CUDA_VISIBLE_DEVICES; run one worker per GPU)")
+    worker = subparsers.add_parser("worker", help="run a GPU worker (Celery, queues 'gpu', 'gpu-x2', ..) and its "
+                                                  "reconciler")
+    worker.add_argument("--gpu", default=None, metavar="N[,M..]",
+                        help="use only these GPUs (sets CUDA_VISIBLE_DEVICES): the worker takes jobs needing up to "
+                             "that many, one job at a time")
+    worker.add_argument("--gpus", type=positive_int, default=None, metavar="N",
+                        help="how many GPUs the worker has (DORA_GPUS; default: the visible CUDA devices, 1 without "
+                             "any; on a CPU host, N processes)")
     worker.add_argument("--hostname", default=None, help="Celery node name (default: gpuN@host with --gpu)")
     worker.add_argument("--no-reconciler", action="store_true",
                         help="do not start the reconciler next to this worker (run `dora reconcile` elsewhere)")
@@ -71,9 +77,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_worker(args: argparse.Namespace) -> int:
     if args.gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
-    from store.queue import QUEUE
-    from worker.settings import get_worker_settings
+    if args.gpus is not None:
+        os.environ["DORA_GPUS"] = str(args.gpus)
+    from store.queue import queues_up_to
+    from worker.gpus import worker_gpus
+    from worker.settings import WorkerSettings, get_worker_settings
 
+    # counted once here, for the queues and for every job process (which inherit DORA_GPUS)
+    os.environ["DORA_GPUS"] = str(worker_gpus(WorkerSettings().gpus))
     settings = get_worker_settings()
     reconciler = None
     if settings.reconcile_interval_seconds > 0 and not args.no_reconciler:
@@ -82,8 +93,8 @@ def run_worker(args: argparse.Namespace) -> int:
         # started first: it waits for an unreachable database by itself (worker/reconciler.py)
         reconciler = subprocess.Popen([sys.executable, "-m", "worker.reconciler", "--parent", str(os.getpid())])
         worker_shutting_down.connect(lambda **_: reconciler.terminate(), weak=False)  # stop it with the worker
-    hostname = args.hostname or (f"gpu{args.gpu}@%h" if args.gpu is not None else None)
-    argv = ["worker", "--queues", QUEUE, "--concurrency", str(settings.concurrency),
+    hostname = args.hostname or (f"gpu{args.gpu.replace(',', '-')}@%h" if args.gpu is not None else None)
+    argv = ["worker", "--queues", ",".join(queues_up_to(settings.gpus)), "--concurrency", str(settings.concurrency),
             "--loglevel", settings.log_level.upper(), "--without-gossip", "--without-mingle", "--without-heartbeat"]
     try:
         if (error := _schema_problem(settings)) is not None:
@@ -184,6 +195,10 @@ def run_up(args: argparse.Namespace) -> int:
     if args.demo:
         env["DORA_BASE_MODELS"] = json.dumps(_demo_models(settings.base_models))
         env.setdefault("DORA_WEBHOOK_ALLOWED_CIDRS", DEMO_WEBHOOK_CIDRS)
+    if "DORA_MAX_JOB_GPUS" not in env:  # the API accepts the jobs its one worker can take
+        from worker.gpus import worker_gpus
+
+        env["DORA_MAX_JOB_GPUS"] = str(worker_gpus(settings.gpus))
         key = _demo_key(settings)
     host, port = args.host or settings.host, args.port or settings.port
     children = {

@@ -138,13 +138,14 @@ def _fenced_update(session: Session, *, job_id: str, owner: str, attempt: int, *
 
 def create_job(session: Session, *, tenant_id: str, model: str, training_file: str, validation_file: str | None,
                method: dict, settings: dict, seed: int, suffix: str | None, metadata: dict | None,
-               max_attempts: int, idempotency_key: str | None = None, request_hash: str | None = None) -> Job:
+               max_attempts: int, idempotency_key: str | None = None, request_hash: str | None = None,
+               gpus: int = 1) -> Job:
     """Insert a queued job and its first events; commits (IntegrityError on a reused idempotency key)."""
     now = utcnow()
     job = Job(id=new_id("job"), tenant_id=tenant_id, model=model, training_file=training_file,
               validation_file=validation_file, status=JobStatus.QUEUED, method=method, settings=settings, seed=seed,
               suffix=suffix, meta=metadata, max_attempts=max_attempts, idempotency_key=idempotency_key,
-              request_hash=request_hash, created_at=now, updated_at=now, event_seq=2)
+              request_hash=request_hash, gpus=gpus, created_at=now, updated_at=now, event_seq=2)
     session.add(job)
     session.flush()  # the job row first: events reference it
     # numbered here (no stream can watch a job before this commit, so no NOTIFY either)
@@ -154,13 +155,15 @@ def create_job(session: Session, *, tenant_id: str, model: str, training_file: s
     return job
 
 
-def claim_job(session: Session, *, job_id: str, owner: str, lease_seconds: float,
+def claim_job(session: Session, *, job_id: str, owner: str, lease_seconds: float, max_gpus: int | None = None,
               now: datetime | None = None) -> Job | None:
-    """Take the job for `owner` (queued, or running with an expired lease); None if no row changed."""
+    """Take the job for `owner` (queued, or running with an expired lease); None if no row changed.
+    With `max_gpus`, a job needing more GPUs than that is not taken (a message in the wrong queue)."""
     now = now or utcnow()
+    fits = [Job.gpus <= max_gpus] if max_gpus is not None else []
     statement = (
         update(Job)
-        .where(Job.id == job_id, claimable(now))
+        .where(Job.id == job_id, claimable(now), *fits)
         .values(status=JobStatus.RUNNING, lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds),
                 attempt=Job.attempt + 1, started_at=func.coalesce(Job.started_at, now), attempt_started_at=now,
                 updated_at=now)

@@ -123,6 +123,8 @@ class Job(Base):
     meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, default=None)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
     request_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    # GPUs (processes of one torch.distributed run) the job needs on one worker: its queue (store/queue.py)
+    gpus: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     # execution: lease + fencing
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)

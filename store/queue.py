@@ -1,6 +1,10 @@
 """The one way a job reaches the workers: a Celery message holding only the job id (and the
 one way a webhook delivery reaches its sender: `publish_delivery`, queue `webhooks`).
 
+A job needing one GPU goes to the queue `gpu`, one needing N > 1 to `gpu-xN` (`queue_for`): a
+worker with G GPUs consumes `gpu`, `gpu-x2` .. `gpu-xG` (`queues_up_to`) and runs one job at a
+time, so it only ever receives a job it has the GPUs for, all of them free.
+
 The API and the reconciler call `publish_job` after the job row is committed. The message is
 only a wake-up call: SQL holds the truth and the worker's claim makes duplicates harmless.
 A broker failure is reported (False), never raised, so a request that created a job does not
@@ -14,7 +18,7 @@ import logging
 import threading
 
 TASK_NAME = "worker.run_job"
-QUEUE = "gpu"
+QUEUE = "gpu"  # one-GPU jobs; N GPUs: QUEUE-xN
 # webhook deliveries go to a queue of their own, consumed by `dora webhooks` (worker/webhooks.py),
 # never by a GPU worker: a busy GPU never delays a delivery
 WEBHOOK_TASK_NAME = "webhooks.deliver"
@@ -41,10 +45,33 @@ def _celery_app(broker_url: str):
         return app
 
 
-def publish_job(job_id: str, *, broker_url: str) -> bool:
-    """Send `worker.run_job(job_id)` to the `gpu` queue; False (and a log line) if the broker failed."""
+def queue_for(gpus: int) -> str:
+    """The queue of jobs that need `gpus` GPUs on one worker."""
+    if gpus < 1:
+        raise ValueError(f"a job needs at least one GPU, not {gpus}")
+    return QUEUE if gpus == 1 else f"{QUEUE}-x{gpus}"
+
+
+def queues_up_to(gpus: int) -> list[str]:
+    """The queues a worker with `gpus` GPUs consumes: every job it has the GPUs for."""
+    return [queue_for(n) for n in range(1, gpus + 1)]
+
+
+def gpus_of_queue(queue: str | None) -> int | None:
+    """The GPU count a queue name stands for (None for a name that is not a job queue)."""
+    if queue == QUEUE:
+        return 1
+    prefix = f"{QUEUE}-x"
+    if queue and queue.startswith(prefix) and queue[len(prefix):].isdigit() and int(queue[len(prefix):]) > 1:
+        return int(queue[len(prefix):])
+    return None
+
+
+def publish_job(job_id: str, *, broker_url: str, gpus: int = 1) -> bool:
+    """Send `worker.run_job(job_id)` to the queue of jobs needing `gpus` GPUs; False (and a log
+    line) if the broker failed."""
     try:
-        _celery_app(broker_url).send_task(TASK_NAME, args=[job_id], queue=QUEUE, retry=False)
+        _celery_app(broker_url).send_task(TASK_NAME, args=[job_id], queue=queue_for(gpus), retry=False)
     except Exception as error:  # noqa: BLE001 - any broker problem leaves the job queued in SQL
         log.warning("could not publish job %s (the reconciler will retry): %s", job_id, error)
         return False

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, IPvAnyNetwork, PositiveFloat, SecretStr, model_validator
+from pydantic import Field, IPvAnyNetwork, PositiveFloat, PositiveInt, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from store.base_models import Registration
@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     # (dora_contract/memory_plan.py) exceeds the largest is refused when it is created, with a 400
     # naming the setting to change (api/services/memory_check.py); empty: no check (CPU workers)
     worker_gpu_memory_gib: list[PositiveFloat] = Field(default_factory=list)
+    # the most GPUs any worker has (its DORA_GPUS): a job asking for more is refused when it is
+    # created (400 naming `gpus`), since no worker would ever take it from its queue
+    max_job_gpus: PositiveInt = 1
 
     # per-tenant caps; 0 turns one off. Over a cap the API answers 429 with Retry-After (README,
     # "Limits per tenant"). Active jobs and stored bytes are counted in SQL under a lock on the

@@ -6,7 +6,8 @@ Settings that follow from "SQL is the truth, the broker only wakes workers" (doc
   if the process running it dies, the message goes back to the queue. A redelivered message
   whose job is still leased (or finished) is dropped by the claim, so at-least-once delivery
   is harmless.
-- prefetch multiplier 1, concurrency 1: a worker holds one job at a time (run one worker per GPU).
+- prefetch multiplier 1, concurrency 1: a worker holds one job at a time, on up to all of its GPUs
+  (worker/gpus.py): it consumes the queues of jobs needing 1..G GPUs (store/queue.py).
 - a fresh child process per job (prefork, max_tasks_per_child=1): whatever a job did to CUDA,
   memory included, ends with its process; the parent imports torch (faster starts) but never
   touches CUDA.
@@ -33,7 +34,7 @@ from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_shutdown, worker_shutting_down
 from kombu import Queue
 
-from store.queue import QUEUE, TASK_NAME
+from store.queue import QUEUE, TASK_NAME, gpus_of_queue, queues_up_to
 from worker.settings import WorkerSettings, get_worker_settings
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def make_celery(settings: WorkerSettings) -> Celery:
     embedded = settings.broker_url.startswith(("sqla+", "sqlalchemy+"))
     app.conf.update(
         task_default_queue=QUEUE,
-        task_queues=(Queue(QUEUE, routing_key=QUEUE),),
+        task_queues=tuple(Queue(name, routing_key=name) for name in queues_up_to(settings.gpus or 1)),
         task_routes={TASK_NAME: {"queue": QUEUE}},
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -88,14 +89,21 @@ def _publish_at_exit_file() -> Path:
     return Path(app.settings.work_dir) / f".publish-at-exit-{os.getppid()}"
 
 
-def _publish_at_exit(job_id: str) -> bool:
-    """While the worker shuts down, its parent publishes job ids after it stopped consuming
-    (publishing now would hand the job straight back to this departing worker)."""
+def _publish_at_exit(job_id: str, gpus: int = 1) -> bool:
+    """While the worker shuts down, its parent publishes job ids (with the GPU count that names
+    their queue) after it stopped consuming (publishing now would hand the job straight back to
+    this departing worker)."""
     path = _publish_at_exit_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
-        handle.write(job_id + "\n")
+        handle.write(f"{job_id} {gpus}\n")
     return True
+
+
+def _received_for_gpus() -> int:
+    """The GPU count of the queue this task's message came from (1 when the broker does not say)."""
+    delivery = getattr(run_job_task.request, "delivery_info", None) or {}
+    return gpus_of_queue(delivery.get("routing_key")) or 1
 
 
 @contextmanager
@@ -120,17 +128,24 @@ def run_job_task(job_id: str) -> str:
     from worker.job import run_job
 
     if _shutting_down.value:  # received during the shutdown: leave it to another worker
-        _publish_at_exit(job_id)
+        _publish_at_exit(job_id, _received_for_gpus())
         return "deferred"
     hf_logging.disable_progress_bar()  # loading/saving bars would land in the worker log as warnings
     with stop_on_sigterm() as signalled:
         def stopping() -> bool:
             return signalled.is_set() or bool(_shutting_down.value)
 
-        def publish(jid: str) -> bool:
-            return _publish_at_exit(jid) if stopping() else publish_job(jid, broker_url=app.settings.broker_url)
+        def publish(jid: str, gpus: int) -> bool:
+            return (_publish_at_exit(jid, gpus) if stopping()
+                    else publish_job(jid, broker_url=app.settings.broker_url, gpus=gpus))
 
-        return run_job(job_id, settings=app.settings, stop_requested=stopping, publish=publish)
+        return run_job(job_id, settings=app.settings, stop_requested=stopping, publish=publish,
+                       received_for_gpus=_received_for_gpus())
+
+
+def _parse_given_back(line: str) -> tuple[str, int]:
+    job_id, _, gpus = line.partition(" ")
+    return job_id, int(gpus or 1)
 
 
 # -- process life cycle ----------------------------------------------------------------------
@@ -176,17 +191,18 @@ def _publish_released_jobs(**_) -> None:
     path = Path(app.settings.work_dir) / f".publish-at-exit-{os.getpid()}"
     if not path.exists():
         return
-    job_ids = list(dict.fromkeys(path.read_text().split()))
+    given_back = dict(_parse_given_back(line) for line in path.read_text().splitlines() if line.strip())
     try:
         with session_scope(app.settings) as session:  # only what still waits (not a stale duplicate)
-            queued = set(session.scalars(select(Job.id).where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED)))
+            queued = set(session.scalars(select(Job.id).where(Job.id.in_(list(given_back)),
+                                                              Job.status == JobStatus.QUEUED)))
     except Exception as error:
         if not unreachable(error):
             raise
         log.warning("database unreachable at shutdown (%s); publishing every job given back (a duplicate is "
                     "dropped by the claim)", first_line(error))
-        queued = set(job_ids)
-    for job_id in (job_id for job_id in job_ids if job_id in queued):
-        if publish_job(job_id, broker_url=app.settings.broker_url):
+        queued = set(given_back)
+    for job_id, gpus in given_back.items():
+        if job_id in queued and publish_job(job_id, broker_url=app.settings.broker_url, gpus=gpus):
             log.info("job %s given back to the queue", job_id)
     path.unlink(missing_ok=True)

@@ -14,6 +14,9 @@ The local work folder (`DORA_WORK_DIR/<job id>`) survives a crash, so an attempt
 the same host resumes from the checkpoints left there; checkpoints are also uploaded, so an
 attempt on another host downloads the newest one. Either way the job's events say where it
 resumed from.
+
+A job needing N > 1 GPUs trains as N ranks of one torch.distributed run, child processes of this
+one (worker/ranks.py); everything else here (claim, lease, outputs, final status) is the same.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from store.queue import publish_job
 from store.storage import Storage, job_key, open_storage
 from worker.database import call_when_reachable, unreachable
 from worker.failures import Failure, describe, exhausted
+from worker.gpus import worker_gpus
 from worker.lease import Lease, LeaseGone, LeaseKeeper
 from worker.settings import WorkerSettings
 from worker.transfer import download_file, download_folder, upload_folder
@@ -48,12 +52,17 @@ def worker_identity() -> str:
 
 
 def run_job(job_id: str, *, settings: WorkerSettings, storage: Storage | None = None,
-            publish: Callable[[str], bool] | None = None, stop_requested: Callable[[], bool] = lambda: False) -> str:
+            publish: Callable[[str, int], bool] | None = None, stop_requested: Callable[[], bool] = lambda: False,
+            received_for_gpus: int = 1) -> str:
+    """`publish(job_id, gpus)` hands a job back to its queue; `received_for_gpus` is the GPU count
+    of the queue this message came from (where a message handed back unclaimed goes)."""
     owner = worker_identity()
+    gpus = worker_gpus(settings.gpus)
 
     def claim():
         with session_scope(settings) as session:
-            return job_store.claim_job(session, job_id=job_id, owner=owner, lease_seconds=settings.lease_seconds)
+            return job_store.claim_job(session, job_id=job_id, owner=owner, lease_seconds=settings.lease_seconds,
+                                       max_gpus=gpus)
 
     try:  # a database that is down is waited for: this message is the job's only wake-up call
         job = call_when_reachable(claim, what=f"job {job_id}: claim", stopped=stop_requested, first=0.5, most=5.0)
@@ -62,28 +71,33 @@ def run_job(job_id: str, *, settings: WorkerSettings, storage: Storage | None = 
             raise
         log.warning("job %s: not claimed (the database is unreachable and the worker is stopping); "
                     "handing the message back", job_id)
-        publish = publish or (lambda jid: publish_job(jid, broker_url=settings.broker_url))
-        publish(job_id)
+        publish = publish or _publisher(settings)
+        publish(job_id, received_for_gpus)
         return "deferred"
     if job is None:
-        log.info("job %s: not claimed (finished, cancelled, held by a live attempt or at its attempt cap); "
-                 "message dropped", job_id)
+        log.info("job %s: not claimed (finished, cancelled, held by a live attempt, at its attempt cap, or needing "
+                 "more than this worker's %d GPUs); message dropped", job_id, gpus)
         return "skipped"
     log.info("job %s: attempt %s of %s claimed by %s", job_id, job.attempt, job.max_attempts, owner)
     storage = storage or open_storage(settings.storage_url, endpoint_url=settings.s3_endpoint_url)
-    publish = publish or (lambda jid: publish_job(jid, broker_url=settings.broker_url))
+    publish = publish or _publisher(settings)
     started = time.monotonic()
     outcome = JobAttempt(settings, job, owner, storage, publish, stop_requested).run()
     log.info("job %s: attempt %s %s after %.1fs", job_id, job.attempt, outcome, time.monotonic() - started)
     return outcome
 
 
+def _publisher(settings: WorkerSettings) -> Callable[[str, int], bool]:
+    return lambda job_id, gpus: publish_job(job_id, broker_url=settings.broker_url, gpus=gpus)
+
+
 class JobAttempt:
     def __init__(self, settings: WorkerSettings, job: Job, owner: str, storage: Storage,
-                 publish: Callable[[str], bool], stop_requested: Callable[[], bool]) -> None:
+                 publish: Callable[[str, int], bool], stop_requested: Callable[[], bool]) -> None:
         self.settings, self.job, self.storage = settings, job, storage
         self.publish, self.stop_requested = publish, stop_requested
         self.lease = Lease(settings, job.id, owner, job.attempt)
+        self.owner = owner
         self.folder = Path(settings.work_dir) / job.id
 
     def run(self) -> str:
@@ -103,12 +117,37 @@ class JobAttempt:
         from worker.progress import JobProgress
 
         config = self.build_config()
+        if self.job.gpus > 1:
+            return self.train_in_ranks(config)
         self.progress = JobProgress(lease=self.lease, storage=self.storage, tenant_id=self.job.tenant_id,
                                     heartbeat_seconds=self.settings.heartbeat_seconds,
                                     keep_checkpoints=config.training.keep_checkpoints,
                                     stop_requested=self.stop_requested,
                                     metrics_file=self.folder / "run" / "metrics.jsonl")
         return run_training(config, self.folder / "run", callbacks=[self.progress], device=self.settings.device)
+
+    def train_in_ranks(self, config):
+        """The run as `job.gpus` ranks (worker/ranks.py): rank 0 reports on its own lease object,
+        so this process's lease learns what rank 0 wrote (a cancel) by writing once more after."""
+        from torch.distributed.elastic.multiprocessing.api import SignalException
+
+        from dora_core.training.distributed import train_in_processes
+        from dora_core.training.run import RunResult
+        from worker.ranks import RankProgress, stop_relay
+
+        with stop_relay(self.stop_requested, self.folder) as stop_file:
+            factory = RankProgress(settings=self.settings, job_id=self.job.id, owner=self.owner,
+                                   attempt=self.job.attempt, tenant_id=self.job.tenant_id,
+                                   keep_checkpoints=config.training.keep_checkpoints,
+                                   metrics_file=self.folder / "run" / "metrics.jsonl", stop_file=stop_file)
+            try:
+                result = train_in_processes(self.job.gpus, config, self.folder / "run", device=self.settings.device,
+                                            callbacks=factory)
+            except SignalException as signalled:  # SIGTERM to this process: the launcher stopped every rank
+                log.warning("job %s: %s; giving the job back", self.job.id, signalled)
+                result = RunResult(status="stopped", step=0, total_steps=0, resumed_from_step=None)
+        self.lease.flush()
+        return result
 
     def build_config(self):
         from dora_core.training import RunConfig
@@ -211,7 +250,7 @@ class JobAttempt:
     def release(self, reason: str) -> str:
         if not self.lease.release(reason):
             return "lost"
-        if not self.publish(self.job.id):
+        if not self.publish(self.job.id, self.job.gpus):
             log.warning("job %s: released but not published; the reconciler will publish it", self.job.id)
         return "released"
 

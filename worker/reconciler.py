@@ -68,9 +68,10 @@ class Pass:
 
 
 class Reconciler:
-    def __init__(self, settings: WorkerSettings, publish: Callable[[str], bool] | None = None) -> None:
-        self.settings = settings
-        self.publish = publish or (lambda job_id: publish_job(job_id, broker_url=settings.broker_url))
+    def __init__(self, settings: WorkerSettings, publish: Callable[[str, int], bool] | None = None) -> None:
+        self.settings = settings  # publish(job_id, gpus): to the queue of jobs needing that many GPUs
+        self.publish = publish or (lambda job_id, gpus: publish_job(job_id, broker_url=settings.broker_url,
+                                                                    gpus=gpus))
 
     def run_once(self) -> Pass:
         result = Pass()
@@ -106,7 +107,8 @@ class Reconciler:
             not_since = utcnow() - timedelta(seconds=requeue_after)
             if not job_store.mark_republished(session, job_id=job_id, not_since=not_since):
                 return False  # another reconciler took it this round (or it was claimed meanwhile)
-        published = self.publish(job_id)
+            gpus = session.scalar(select(Job.gpus).where(Job.id == job_id)) or 1
+        published = self.publish(job_id, gpus)
         (result.published if published else result.unpublished).append(job_id)
         return True
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import model_validator
+from pydantic import PositiveInt, model_validator
 
 from store.settings import Settings
 
@@ -19,6 +19,9 @@ class WorkerSettings(Settings):
     # host resumes from the checkpoints left here, another host downloads the newest from storage
     work_dir: str = "./var/work"
     device: str | None = None  # None: the first CUDA GPU when there is one, else the CPU
+    # GPUs of this worker (worker/gpus.py): it takes jobs needing up to this many; None: every
+    # visible CUDA device (one on a CPU host). `dora worker` resolves it once, for its job processes.
+    gpus: PositiveInt | None = None
 
     # liveness (lease_seconds is in Settings): a side thread renews the lease this often, and every
     # optimiser step renews it too (that is also when cancellation is read: within one step)

@@ -67,7 +67,7 @@ def create_job(body: JobCreate, caller: TenantDep, session: SessionDep, settings
     job, created = job_service.create_job(session=session, settings=settings, tenant_id=caller.tenant_id,
                                           request=body, idempotency_key=idempotency_key)
     if created:
-        publish(job.id)  # after the commit; a broker failure leaves the job queued for the reconciler
+        publish(job.id, job.gpus)  # after the commit; a broker failure leaves the job queued for the reconciler
     return job_out(job)
 
 

@@ -98,6 +98,8 @@ class JobCreate(StrictModel):
     gguf_type: GgufType | None = Field(None, description=f"{GGUF_TYPE_FIELD.description}. Default: "
                                                          f"{GGUF_TYPE_FIELD.default!r}")
     max_attempts: int | None = Field(default=None, ge=1, le=10)
+    gpus: int = Field(1, ge=1, description="GPUs of one worker the job runs on, as one torch.distributed run "
+                                           "(training.parallelism: DDP or FSDP2); at most DORA_MAX_JOB_GPUS")
 
     @field_validator("metadata")
     @classmethod
@@ -166,6 +168,7 @@ class FineTuningJob(BaseModel):
     progress: Progress
     attempt: int
     max_attempts: int
+    gpus: int = 1
     resumed_from_step: int | None = None
     cancel_requested: bool = False
 

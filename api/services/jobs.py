@@ -13,6 +13,7 @@ from api.errors import ApiError, bad_request, not_found
 from api.quotas import check_active_jobs
 from api.schemas.jobs import JobCreate
 from api.services import methods
+from api.services.limits import check_gpus
 from api.services.memory_check import check_fits_a_worker
 from api.services.scope import check_limit, get_owned, owned, page
 from dora_contract.architectures import gguf_unsupported_reason
@@ -71,6 +72,7 @@ def create_job(*, session: Session, settings: Settings, tenant_id: str, request:
                                      param="validation_file")
     except ApiError as error:
         raise _as_client_error(error) from None
+    check_gpus(settings, request.gpus)
     seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
     shown, run = methods.resolve(request=request, settings=settings, seed=seed)
     check_fits_a_worker(settings=settings, request=request, run_config=run["run_config"])
@@ -84,7 +86,7 @@ def create_job(*, session: Session, settings: Settings, tenant_id: str, request:
             session, tenant_id=tenant_id, model=request.model, training_file=request.training_file,
             validation_file=request.validation_file, method=shown, settings=run, seed=seed, suffix=request.suffix,
             metadata=request.metadata, max_attempts=request.max_attempts or settings.default_max_attempts,
-            idempotency_key=idempotency_key, request_hash=request_hash)
+            idempotency_key=idempotency_key, request_hash=request_hash, gpus=request.gpus)
     except IntegrityError:  # a concurrent request with the same Idempotency-Key won the insert
         session.rollback()
         existing = _find_by_key(session, tenant_id=tenant_id, key=idempotency_key or "")

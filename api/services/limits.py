@@ -45,3 +45,13 @@ def apply_operator_limits(given: dict[str, dict[str, Any]], settings: Settings,
             clamped = min(max(default, low), high) if low is not None else min(default, high)
             if clamped != default:
                 values[name] = type(default)(clamped)
+
+
+def check_gpus(settings: Settings, gpus: int) -> None:
+    """A job asking for more GPUs than any worker has would wait in its queue forever: a 400 now.
+    One host only: torch.distributed's rendezvous could span hosts, but a run's outputs and
+    checkpoints are files of rank 0's host (dora_core/training/distributed.py)."""
+    if gpus > settings.max_job_gpus:
+        raise bad_request(f"gpus must be at most {settings.max_job_gpus} on this server (got {gpus}): no worker has "
+                          f"more GPUs (DORA_MAX_JOB_GPUS), and a job runs on one host", param="gpus",
+                          code="out_of_range")

@@ -4,11 +4,14 @@ The operator lists the workers' GPU memory (`DORA_WORKER_GPU_MEMORY_GIB`, e.g. `
 job's run is planned with the torch-free memory planner (dora_contract/memory_plan.py) from the
 registered model's config.json, the way the worker will run it: bf16 for `precision: auto`, and
 `gradient_checkpointing: auto` counted as on, since the worker turns it on when the plan needs it.
-A job whose plan exceeds the largest GPU could only end in CUDA out of memory at micro-batch 1,
-so it is a 400 at once, naming the one setting whose change would make it fit, with the estimate
-and the limit in the message. Nothing is checked without configured workers (the default: CPU
-workers) or when the API cannot read the model's config (a hub id, a GGUF source before the
-worker has converted it): the run's own OOM handling is then the only guard.
+A job whose plan exceeds the largest GPU could only end in CUDA out of memory at micro-batch 1, so
+it is a 400 at once, naming the one setting whose change would make it fit, with the estimate and
+the limit in the message. A job on `gpus` N > 1 is planned per process, sharded (FSDP) when its
+parallelism is fsdp, or auto and the weights would crowd one GPU, as the worker will choose; more
+GPUs (up to DORA_MAX_JOB_GPUS) is one of the changes the message may advise. Nothing is checked
+without configured workers (the default: CPU workers) or when the API cannot read the model's
+config (a hub id, a GGUF source before the worker has converted it): the run's own OOM handling is
+then the only guard.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dora_contract import RunSettings
 from dora_contract.memory_plan import (
     GIB,
     UnsupportedConfigError,
+    auto_sharding,
     largest_fitting_micro_batch,
     plan_memory,
     precision_bytes,
@@ -46,10 +50,11 @@ def check_fits_a_worker(*, settings: Settings, request: JobCreate, run_config: d
     dtype_bytes = precision_bytes(training.precision, on_gpu=True)
     checkpointing = training.gradient_checkpointing is not False  # auto: the worker turns it on if needed
 
-    def plan(**changes):
+    def plan(gpus: int = request.gpus, **changes):
         changed = training.model_copy(update={k: v for k, v in changes.items() if k != "gradient_checkpointing"})
         return plan_memory(config, adapter, changed, dtype_bytes=dtype_bytes,
-                           gradient_checkpointing=changes.get("gradient_checkpointing", checkpointing))
+                           gradient_checkpointing=changes.get("gradient_checkpointing", checkpointing),
+                           **_spread(changed, gpus, config, adapter, dtype_bytes, limit))
 
     try:
         estimate = plan()
@@ -57,25 +62,42 @@ def check_fits_a_worker(*, settings: Settings, request: JobCreate, run_config: d
         return
     if estimate.total <= limit:
         return
-    field, advice = _what_to_change(plan, training, checkpointing, limit, config, adapter, dtype_bytes)
+    field, advice = _what_to_change(plan, training, checkpointing, limit, config, adapter, dtype_bytes,
+                                    gpus=request.gpus, max_gpus=settings.max_job_gpus)
     raise bad_request(
-        f"This job needs an estimated {estimate.describe()} of GPU memory, more than the largest worker's "
+        f"This job needs an estimated {estimate.describe()} of GPU memory"
+        f"{f' per GPU (gpus: {request.gpus})' if request.gpus > 1 else ''}, more than the largest worker's "
         f"{limit / GIB:.1f} GiB (DORA_WORKER_GPU_MEMORY_GIB): {advice}",
-        param="model" if field == "model" else param_of(request, "training", field), code=CODE)
+        param=field if field in ("model", "gpus") else param_of(request, "training", field), code=CODE)
 
 
-def _what_to_change(plan, training, checkpointing: bool, limit: int, config, adapter,
-                    dtype_bytes: int) -> tuple[str, str]:
+def _spread(training, gpus: int, config, adapter, dtype_bytes: int, limit: int) -> dict[str, Any]:
+    """plan_memory's processes and sharding for a run on `gpus` GPUs, chosen as the worker does."""
+    if gpus == 1 or training.parallelism == "ddp":
+        return {"processes": gpus, "sharding": "none"}
+    if training.parallelism == "fsdp":
+        return {"processes": gpus, "sharding": "fsdp"}
+    whole = plan_memory(config, adapter, training, dtype_bytes=dtype_bytes, gradient_checkpointing=True)
+    return {"processes": gpus, "sharding": auto_sharding(processes=gpus, weight_bytes=whole.base_weights,
+                                                         memory_bytes=limit)}
+
+
+def _what_to_change(plan, training, checkpointing: bool, limit: int, config, adapter, dtype_bytes: int, *,
+                    gpus: int, max_gpus: int) -> tuple[str, str]:
     """(the contract field to name, advice): the cheapest change that fits, in this order."""
     if not checkpointing and plan(gradient_checkpointing=True).total <= limit:
         return "gradient_checkpointing", "turn gradient_checkpointing on (true or auto)"
     batch = largest_fitting_micro_batch(config, adapter, training, dtype_bytes=dtype_bytes, memory_bytes=limit,
-                                        gradient_checkpointing=True)
+                                        gradient_checkpointing=True,
+                                        **_spread(training, gpus, config, adapter, dtype_bytes, limit))
     if batch >= 1:
         return "micro_batch_size", f"a batch_size of at most {batch} fits (gradient accumulation keeps the update)"
     if training.max_seq_len > SMALLEST_SEQ_LEN and plan(micro_batch_size=1, max_seq_len=SMALLEST_SEQ_LEN,
                                                         gradient_checkpointing=True).total <= limit:
         return "max_seq_len", "with batch_size 1 it fits only with a shorter max_seq_len"
+    for more in range(gpus + 1, max_gpus + 1):
+        if plan(more, micro_batch_size=1, parallelism="fsdp", gradient_checkpointing=True).total <= limit:
+            return "gpus", f"it fits sharded over {more} GPUs (gpus: {more}, parallelism fsdp or auto)"
     if training.quantization == "none" and plan(micro_batch_size=1, quantization="nf4",
                                                 gradient_checkpointing=True).total <= limit:
         return "quantization", "its weights fit only quantized: quantization nf4"

@@ -27,18 +27,27 @@ LLAMA2_13B = LLAMA3_8B | {"hidden_size": 5120, "intermediate_size": 13824, "num_
                           "num_attention_heads": 40, "num_key_value_heads": 40, "vocab_size": 32000}
 
 
-@pytest.fixture
-def one_24_gib_worker(settings, tmp_path):
+def _workers_with_24_gib_gpus(settings, folder, *, max_job_gpus: int = 1):
     models = {}
     for name, config in {"llama-3-8b": LLAMA3_8B, "tiny": TINY, "llama-3-70b": LLAMA3_70B,
                          "llama-2-13b": LLAMA2_13B}.items():
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "config.json").write_text(json.dumps(config))
-        models[name] = str(tmp_path / name)
+        (folder / name).mkdir()
+        (folder / name / "config.json").write_text(json.dumps(config))
+        models[name] = str(folder / name)
     configured = settings.model_copy(update={"worker_gpu_memory_gib": [24.0], "base_models": models,
-                                             "rate_limit_per_minute": 0})
+                                             "rate_limit_per_minute": 0, "max_job_gpus": max_job_gpus})
     with TestClient(recording_app(configured)) as client:
         yield make_tenant(client, configured)
+
+
+@pytest.fixture
+def one_24_gib_worker(settings, tmp_path):
+    yield from _workers_with_24_gib_gpus(settings, tmp_path)
+
+
+@pytest.fixture
+def a_worker_with_four_24_gib_gpus(settings, tmp_path):
+    yield from _workers_with_24_gib_gpus(settings, tmp_path, max_job_gpus=4)
 
 
 def _error(response, status=400):
@@ -74,6 +83,18 @@ def test_the_field_follows_the_request_shape_and_the_setting_that_helps(one_24_g
     refused = _error(tenant.create_job({"model": "llama-3-70b"} | _dora(batch_size=1, max_seq_len=512)))
     assert refused["param"] == "model" and "does not fit" in refused["message"]
     assert tenant.counts()[1] == 0
+
+
+def test_a_model_too_big_for_one_gpu_is_advised_and_fits_sharded_over_several(a_worker_with_four_24_gib_gpus):
+    tenant = a_worker_with_four_24_gib_gpus
+    llama_13b = {"model": "llama-2-13b"}  # 26 GB of bf16 weights: no 24 GiB GPU holds them
+    error = _error(tenant.create_job(llama_13b | _dora(rank=8)))
+    assert error["param"] == "gpus" and "sharded over 2 GPUs" in error["message"], error
+    assert tenant.create_job(llama_13b | _dora(rank=8) | {"gpus": 2}).status_code == 200  # auto: FSDP
+    replicated = _error(tenant.create_job(llama_13b | _dora(rank=8, parallelism="ddp") | {"gpus": 2}))
+    assert "per GPU (gpus: 2)" in replicated["message"]  # DDP: every rank holds the whole model
+    assert _error(tenant.create_job(llama_13b | {"gpus": 5}))["param"] == "gpus"  # more than any worker has
+    assert tenant.counts()[1] == 1
 
 
 def test_jobs_that_fit_are_created(one_24_gib_worker):

@@ -35,7 +35,7 @@ def s3_settings(settings, s3_bucket, s3_endpoint):
 @pytest.fixture(scope="module")
 def s3_app(s3_settings):
     app = create_app(s3_settings)
-    app.state.publish = lambda job_id: True
+    app.state.publish = lambda job_id, gpus=1: True
     assert isinstance(app.state.storage, S3Storage)
     return app
 

@@ -28,7 +28,14 @@ def recording_app(settings):
     """The real app whose queue hand-off records job ids instead of reaching a broker."""
     app = create_app(settings)
     app.state.published = []
-    app.state.publish = lambda job_id: app.state.published.append(job_id) or True
+    app.state.published_gpus = {}  # job id -> the GPU count its message was published for
+
+    def publish(job_id: str, gpus: int = 1) -> bool:
+        app.state.published.append(job_id)
+        app.state.published_gpus[job_id] = gpus
+        return True
+
+    app.state.publish = publish
     return app
 
 

@@ -27,6 +27,12 @@ def test_the_worker_acks_late_takes_one_job_and_forks_a_fresh_process_per_job():
     assert conf.broker_connection_max_retries is None
 
 
+def test_a_worker_with_three_gpus_consumes_the_queues_of_one_to_three_gpu_jobs():
+    conf = make_celery(WorkerSettings(gpus=3)).conf
+    assert [queue.name for queue in conf.task_queues] == ["gpu", "gpu-x2", "gpu-x3"]
+    assert [queue.name for queue in make_celery(WorkerSettings()).conf.task_queues] == ["gpu"]
+
+
 def test_the_embedded_broker_gets_no_redis_options_and_no_remote_control():
     conf = make_celery(WorkerSettings(broker_url="sqla+sqlite:///var/broker.db")).conf
     assert conf.broker_transport_options == {} and conf.worker_enable_remote_control is False

@@ -102,7 +102,7 @@ class Outage:
 
 
 def _run(job_id: str, settings: WorkerSettings) -> str:
-    return run_job(job_id, settings=settings, publish=lambda _: True)
+    return run_job(job_id, settings=settings, publish=lambda *_: True)
 
 
 def _trained_tokens(service, job_id) -> int:

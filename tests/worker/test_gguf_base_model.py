@@ -56,7 +56,7 @@ def _extract(service: Service, job_id: str, name: str, into):
 def test_a_registered_gguf_trains_and_merges_back(gguf_service, tmp_path):
     service, exported, cache = gguf_service
     job_id = service.create(method=dora_method(max_steps=4), model=MODEL, outputs=["adapter", "merged", "gguf"])
-    assert run_job(job_id, settings=service.settings, publish=lambda _: True) == "succeeded", service.get(job_id)
+    assert run_job(job_id, settings=service.settings, publish=lambda *_: True) == "succeeded", service.get(job_id)
     (converted,) = cache.glob("gguf-*")  # converted once, by content hash
     assert json.loads((converted / "source.json").read_text())["dtype"] == "float16"
 
@@ -71,5 +71,5 @@ def test_a_registered_gguf_trains_and_merges_back(gguf_service, tmp_path):
     # a second job on the same registration finds the converted folder: nothing converted again
     written = (converted / "source.json").stat().st_mtime_ns
     second = service.create(method=dora_method(max_steps=2), model=MODEL, outputs=["adapter"])
-    assert run_job(second, settings=service.settings, publish=lambda _: True) == "succeeded"
+    assert run_job(second, settings=service.settings, publish=lambda *_: True) == "succeeded"
     assert (converted / "source.json").stat().st_mtime_ns == written and len(list(cache.glob("gguf-*"))) == 1

@@ -13,7 +13,7 @@ from worker.job import run_job
 
 def test_a_job_asking_for_gguf_stores_a_downloadable_gguf_artifact(service, tmp_path):
     job_id = service.create(outputs=["adapter", "gguf"])
-    assert run_job(job_id, settings=service.settings, publish=lambda _: True) == "succeeded"
+    assert run_job(job_id, settings=service.settings, publish=lambda *_: True) == "succeeded"
     artifacts = {artifact["name"]: artifact for artifact in service.artifacts(job_id)}
     assert set(artifacts) == {"adapter", "gguf"} and len(service.get(job_id)["result_files"]) == 2
     assert {entry["path"] for entry in artifacts["gguf"]["files"]} == {"model.gguf", "Modelfile"}

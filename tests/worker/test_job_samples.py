@@ -18,7 +18,7 @@ def _samples(service, job_id, **params) -> list[dict]:
 
 
 def _run(service, job_id) -> str:
-    return run_job(job_id, settings=service.settings, publish=lambda jid: True)
+    return run_job(job_id, settings=service.settings, publish=lambda jid, gpus: True)
 
 
 def test_a_job_with_a_validation_file_stores_samples_at_each_evaluation(service):

@@ -27,7 +27,7 @@ def _claim(settings, job_id, *, lease_seconds: float, owner: str = "dead-host:1"
 
 
 def _reconciler(settings, published: list, ok: bool = True) -> Reconciler:
-    return Reconciler(settings, publish=lambda job_id: published.append(job_id) or ok)
+    return Reconciler(settings, publish=lambda job_id, gpus: published.append(job_id) or ok)
 
 
 def test_a_queued_job_nobody_claimed_is_republished_once_per_interval_across_reconcilers(service):

@@ -18,7 +18,7 @@ from worker.job import run_job
 def _run(service, job_id, **kwargs) -> str:
     published = kwargs.pop("published", [])
     return run_job(job_id, settings=kwargs.pop("settings", service.settings),
-                   publish=lambda jid: published.append(jid) or True, **kwargs)
+                   publish=lambda jid, gpus: published.append(jid) or True, **kwargs)
 
 
 def _in_thread(service, job_id, **kwargs):

@@ -1,0 +1,180 @@
+"""Jobs with `gpus: N`: the API's bound, the queue per GPU count, and a 2-GPU job through `run_job`.
+
+On this CPU-only host a worker told it has 2 GPUs (`gpus=2`, DORA_GPUS) runs a 2-GPU job as two
+gloo processes of one torch.distributed run, children of the job's process (worker/ranks.py).
+What a job owes its user is the same as on one GPU: the 2-GPU job's losses and adapter are the
+1-GPU job's (same seed, data and global batch; tolerance: the fp32 replay budget of
+tests/core/test_distributed.py, since only the order of the gradient sums changes), its metrics,
+events and checkpoints reach SQL and storage from rank 0, a cancel ends every rank within a step,
+a failing rank's error is classified as in one process (a bad dataset fails at once, no retry),
+and a shutdown checkpoints and gives the job back to its own queue.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from safetensors.torch import load_file
+from sqlalchemy import select
+
+from store.db import session_scope
+from store.models import Artifact, MetricPoint
+from store.tenants import create_api_key
+from tests.support.api_client import recording_app
+from tests.support.distributed_runs import descendant_pids, wait_until_gone
+from tests.support.jobs import dora_method, wait_for
+from tests.support.numerics import assert_close_to_reference, assert_states_close, replay_budget
+from tests.support.worker_service import Service
+from worker.job import run_job
+
+# 2 micro-batches of 2 per step: one per rank on two GPUs, both in one process on one
+TWO_RANKS = {"batch_size": 2, "gradient_accumulation_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def two_gpu_settings(settings):
+    """A worker with two "GPUs" (gloo processes here) behind an API that accepts 2-GPU jobs."""
+    return settings.model_copy(update={"gpus": 2, "max_job_gpus": 2})
+
+
+@pytest.fixture(scope="module")
+def two_gpu_app(two_gpu_settings):
+    return recording_app(two_gpu_settings)
+
+
+@pytest.fixture
+def service2(two_gpu_app, two_gpu_settings) -> Service:
+    with session_scope(two_gpu_settings) as session:
+        key = create_api_key(session, tenant_name=f"t-{uuid.uuid4().hex[:10]}").key
+    two_gpu_app.state.published.clear()
+    with TestClient(two_gpu_app) as client:
+        yield Service(client=client, settings=two_gpu_settings, headers={"Authorization": f"Bearer {key}"},
+                      published=two_gpu_app.state.published)
+
+
+def _run(service: Service, job_id: str, published: list | None = None, **kwargs) -> str:
+    published = [] if published is None else published
+    return run_job(job_id, settings=kwargs.pop("settings", service.settings),
+                   publish=lambda jid, gpus: published.append((jid, gpus)) or True, **kwargs)
+
+
+def _metrics(service: Service, job_id: str, name: str) -> torch.Tensor:
+    with session_scope(service.settings) as session:
+        rows = session.scalars(select(MetricPoint).where(MetricPoint.job_id == job_id).order_by(MetricPoint.step))
+        return torch.tensor([row.values[name] for row in rows if name in row.values], dtype=torch.float64)
+
+
+def _adapter(service: Service, job_id: str) -> dict[str, torch.Tensor]:
+    with session_scope(service.settings) as session:
+        prefix = session.scalars(select(Artifact.storage_prefix).where(Artifact.job_id == job_id,
+                                                                       Artifact.name == "adapter")).one()
+    return load_file(str(Path(service.settings.storage_url) / prefix / "adapter_model.safetensors"))
+
+
+def test_more_gpus_than_any_worker_has_is_a_400_naming_gpus(service):
+    response = service.client.post("/v1/fine_tuning/jobs", headers=service.headers,
+                                   json={"model": "tiny-llama", "training_file": service.upload(), "gpus": 2})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "gpus" and "at most 1" in error["message"] and "DORA_MAX_JOB_GPUS" in error["message"]
+    for bad in (0, -1, "two"):
+        response = service.client.post("/v1/fine_tuning/jobs", headers=service.headers,
+                                       json={"model": "tiny-llama", "training_file": service.upload(), "gpus": bad})
+        assert response.status_code == 400 and response.json()["error"]["param"] == "gpus", response.text
+
+
+def test_a_two_gpu_job_is_published_for_two_gpus_and_a_one_gpu_worker_does_not_take_it(service2, settings):
+    job_id = service2.create(dora_method(**TWO_RANKS), gpus=2)
+    assert service2.get(job_id)["gpus"] == 2 and service2.row(job_id).gpus == 2
+    assert service2.client.app.state.published_gpus[job_id] == 2  # its queue: gpu-x2
+    one_gpu = settings.model_copy(update={"gpus": 1})
+    assert _run(service2, job_id, settings=one_gpu) == "skipped"  # a message in the wrong queue
+    assert service2.row(job_id).status == "queued" and service2.row(job_id).attempt == 0
+
+
+def test_a_two_gpu_job_trains_as_two_ranks_and_gives_the_one_gpu_jobs_result(service2, tiny_model_dir):
+    method = dora_method(**TWO_RANKS)
+    one = service2.create(method, seed=7, outputs=["adapter"])
+    two = service2.create(method, seed=7, outputs=["adapter"], gpus=2)
+    assert _run(service2, one) == "succeeded"
+    started = time.monotonic()
+    assert _run(service2, two) == "succeeded", service2.get(two)
+    print(f"2-rank job: {time.monotonic() - started:.1f} s")
+    job = service2.get(two)
+    assert job["attempt"] == 1 and job["trained_tokens"] == service2.get(one)["trained_tokens"]
+    assert service2.steps(two) == [1, 2, 3, 4, 5, 6]  # rank 0 wrote each step once
+    assert [c.step for c in service2.checkpoints(two)] == [3, 6]
+    assert any(m.startswith("Training on 25 examples for 6 steps") for m in service2.events(two))
+    from transformers import AutoConfig
+
+    limit = replay_budget(AutoConfig.from_pretrained(tiny_model_dir))
+    for name in ("loss", "grad_norm"):
+        assert_close_to_reference(_metrics(service2, two, name), _metrics(service2, one, name), limit, what=name)
+    assert_states_close(_adapter(service2, two), _adapter(service2, one), limit, what="adapter")
+    assert not (Path(service2.settings.work_dir) / two).exists()
+
+
+def test_a_failing_rank_fails_the_job_with_its_own_readable_error_and_no_retry(service2):
+    # every row fits the upload rules, but none keeps an answer token within max_seq_len
+    job_id = service2.create(dora_method(max_seq_len=8, **TWO_RANKS), gpus=2)
+    published = []
+    assert _run(service2, job_id, published=published) == "failed"
+    job = service2.get(job_id)
+    assert job["attempt"] == 1 and not published, job  # classified in the ranks' parent: no retry
+    assert job["error"]["code"] == "invalid_training_file" and "line 1" in job["error"]["message"]
+    assert "Traceback" not in job["error"]["message"] and "ChildFailedError" not in job["error"]["message"]
+
+
+def _in_thread(service: Service, job_id: str, **kwargs):
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.setdefault("value", _run(service, job_id, **kwargs)))
+    thread.start()
+    return thread, outcome
+
+
+def _ranks() -> set[int]:
+    """This test process's descendants that train: not multiprocessing's resource tracker, which
+    the first spawned process starts and which lives as long as the test process."""
+    def trains(pid: int) -> bool:
+        try:
+            return b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+
+    return {pid for pid in descendant_pids(os.getpid()) if trains(pid)}
+
+
+def test_cancel_ends_every_rank_within_a_step(service2):
+    job_id = service2.create(dora_method(max_steps=400, checkpoint_interval=50, **TWO_RANKS), gpus=2)
+    thread, outcome = _in_thread(service2, job_id)
+    wait_for(lambda: service2.steps(job_id) and service2.steps(job_id)[-1] >= 2, timeout=120, what="step 2")
+    ranks = _ranks()
+    assert len(ranks) == 2, ranks  # the two ranks
+    at_request = service2.cancel(job_id)["progress"]["step"]
+    thread.join(timeout=120)
+    assert outcome.get("value") == "cancelled"
+    assert not wait_until_gone(ranks, timeout=30), "a rank outlived the cancelled job"
+    job = service2.get(job_id)
+    assert job["status"] == "cancelled" and job["result_files"] == [] and service2.artifacts(job_id) == []
+    assert service2.steps(job_id)[-1] <= at_request + 2
+
+
+def test_a_shutdown_checkpoints_every_rank_and_gives_the_job_back_to_its_queue(service2):
+    job_id = service2.create(dora_method(max_steps=60, checkpoint_interval=50, **TWO_RANKS), gpus=2)
+    stop, published = threading.Event(), []
+    thread, outcome = _in_thread(service2, job_id, stop_requested=stop.is_set, published=published)
+    wait_for(lambda: service2.steps(job_id) and service2.steps(job_id)[-1] >= 3, timeout=120, what="step 3")
+    stop.set()
+    thread.join(timeout=120)
+    assert outcome.get("value") == "released" and published == [(job_id, 2)]
+    row = service2.row(job_id)
+    assert row.status == "queued" and 3 <= row.step < 50
+    assert [c.step for c in service2.checkpoints(job_id)] == [row.step]  # written by rank 0 at the stop
+    assert not (Path(service2.settings.work_dir) / job_id / "stop-requested").exists()
