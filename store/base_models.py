@@ -12,6 +12,7 @@ it elsewhere; a path on the server is never written there.
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -77,13 +78,29 @@ def registered_architecture(settings, name: str) -> str | None:
 
 
 def _gguf_architecture(source: str) -> str | None:
+    """The architecture a GGUF source's header names, read once per version of its file: every job
+    asking for a gguf output checks it when it is created (api/services/jobs.py), and a header
+    parse is not free."""
+    path = _gguf_path(source)
+    if path is None:
+        return None
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return _gguf_file_architecture(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=32)
+def _gguf_file_architecture(path: str, mtime_ns: int, size: int) -> str | None:
+    """`general.architecture` of the file at `path` (resolved); its mtime and size are part of the
+    cache key so that a file replaced in place is read again. The few registered models fit."""
     try:
         import gguf  # numpy only, no torch: in the API's dependencies
     except ImportError:
         return None
-    path = _gguf_path(source)
     try:
-        field = gguf.GGUFReader(path).get_field("general.architecture") if path else None
+        field = gguf.GGUFReader(path).get_field("general.architecture")
     except (OSError, ValueError):
         return None
     return str(field.contents()) if field is not None else None

@@ -5,13 +5,17 @@ whose architecture the export does not support refused when the job is created (
 from __future__ import annotations
 
 import json
+import os
 
+import gguf
 import pytest
 from fastapi.testclient import TestClient
 
 from dora_contract import RunSettings
+from store.base_models import registered_architecture
 from store.db import session_scope
 from store.models import Job
+from store.settings import Settings
 from tests.support.api_client import Tenant, recording_app
 
 
@@ -58,3 +62,38 @@ def test_an_architecture_the_export_cannot_write_is_refused_at_creation(register
     assert registered.create_job({"model": "tiny-qwen2", "outputs": ["gguf"]}).status_code == 200
     # a hub id cannot be read here: accepted, and the worker refuses it before training if need be
     assert registered.create_job({"model": "llama-3.2-1b", "outputs": ["gguf"]}).status_code == 200
+
+
+def _write_gguf(path, architecture: str, name: str | None = None) -> None:
+    """A header-only GGUF: `general.architecture`, and `general.name` when given (which changes its size)."""
+    writer = gguf.GGUFWriter(path, architecture)
+    if name:
+        writer.add_name(name)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_a_gguf_architecture_is_read_again_once_its_file_changes(tmp_path):
+    path = tmp_path / "model.gguf"
+    settings = Settings(base_models={"local-gguf": str(path)})
+    _write_gguf(path, "llama")
+    assert registered_architecture(settings, "local-gguf") == "llama"
+    first = path.stat()
+
+    # the same size and mtime: the header is not parsed again, so the cached answer stands
+    _write_gguf(path, "qwen2")
+    os.utime(path, ns=(first.st_atime_ns, first.st_mtime_ns))
+    assert path.stat().st_size == first.st_size
+    assert registered_architecture(settings, "local-gguf") == "llama"
+    # a newer mtime alone is a new version of the file
+    os.utime(path, ns=(first.st_atime_ns, first.st_mtime_ns + 1_000_000_000))
+    assert registered_architecture(settings, "local-gguf") == "qwen2"
+
+    # a new size alone is one too (mtime put back to the one just read)
+    second = path.stat()
+    _write_gguf(path, "mistral", name="a name long enough to grow the header past its alignment" * 2)
+    os.utime(path, ns=(second.st_atime_ns, second.st_mtime_ns))
+    assert path.stat().st_size != second.st_size
+    assert registered_architecture(settings, "local-gguf") == "mistral"
