@@ -15,6 +15,8 @@ MAX_SEED = 2**31 - 1
 # greedy answers to validation prompts at each evaluation: few enough to read, and to generate in seconds
 MAX_SAMPLE_PROMPTS = 64
 MAX_SAMPLE_NEW_TOKENS = 1024
+# the shortest max_seq_len a run may ask for; the memory planner plans no shorter sequence either
+MIN_SEQ_LEN = 8
 
 
 class TrainingSettings(ContractModel):
@@ -45,7 +47,7 @@ class TrainingSettings(ContractModel):
         "and dequantized one layer at a time (QDoRA/QLoRA); the adapter and the merged model stay full precision")
     early_stopping_patience: StrictInt | None = Field(
         None, ge=1, description="evaluations without eval-loss improvement before stopping")
-    max_seq_len: StrictInt = Field(1024, ge=8, description="tokens per example; longer ones are truncated")
+    max_seq_len: StrictInt = Field(1024, ge=MIN_SEQ_LEN, description="tokens per example; longer ones are truncated")
     train_on_inputs: StrictBool = Field(False, description="false: loss on completion/assistant tokens only")
     packing: StrictBool = Field(False, description="pack several examples into one sequence")
     validation_split: StrictFloat = Field(0.0, ge=0, le=0.5, description="held out from train; or a validation file")

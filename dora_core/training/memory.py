@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from dora_contract import TrainingSettings
 from dora_contract.memory_plan import GIB, Sharding, plan_memory
+from dora_contract.training import MIN_SEQ_LEN
 from dora_core.training.settings import RunConfig
 
 
@@ -31,10 +31,6 @@ def device_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-# the contract's lower bound on max_seq_len, which a planned sequence length must respect too
-MIN_PLANNED_SEQUENCE = next(m.ge for m in TrainingSettings.model_fields["max_seq_len"].metadata if hasattr(m, "ge"))
 
 
 def recommended_gradient_checkpointing(model_config: Mapping[str, Any], config: RunConfig, *, dtype_bytes: int,
@@ -48,8 +44,7 @@ def recommended_gradient_checkpointing(model_config: Mapping[str, Any], config: 
     checkpointing on (a third more time per step) for short chat rows that fit many times over."""
     training = config.training
     if longest_sequence is not None and not training.packing:
-        training = training.with_changes(max_seq_len=max(MIN_PLANNED_SEQUENCE, min(longest_sequence,
-                                                                                   training.max_seq_len)))
+        training = training.with_changes(max_seq_len=max(MIN_SEQ_LEN, min(longest_sequence, training.max_seq_len)))
     plan = plan_memory(model_config, config.adapter, training, dtype_bytes=dtype_bytes,
                        gradient_checkpointing=False, processes=processes, sharding=sharding)
     on = plan.total > memory_bytes
