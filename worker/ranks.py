@@ -36,6 +36,27 @@ STOP_POLL_SECONDS = 0.2
 
 
 @contextmanager
+def children_allowed() -> Iterator[None]:
+    """Let this process spawn the ranks. Celery's prefork pool (billiard) marks its job processes
+    daemonic, and multiprocessing refuses children to a daemonic process (so that none is orphaned
+    when the pool terminates it); and it leaves billiard's authentication key in place, which
+    multiprocessing's spawn must pickle and billiard's type refuses. Inside, the process is not
+    daemonic and its key is plain bytes, restored on exit. The ranks cannot be orphaned: the
+    launcher joins them, and each dies with its parent (PR_SET_PDEATHSIG) if this one is killed."""
+    import multiprocessing.process
+
+    config = multiprocessing.current_process()._config  # noqa: SLF001 - what start() and spawn read
+    saved = {name: config[name] for name in ("daemon", "authkey") if name in config}
+    config["daemon"] = False
+    if "authkey" in saved:  # billiard's own process object may stand here: set the stdlib's type
+        config["authkey"] = multiprocessing.process.AuthenticationString(bytes(saved["authkey"]))
+    try:
+        yield
+    finally:
+        config.update(saved)
+
+
+@contextmanager
 def stop_relay(stop_requested: Callable[[], bool], folder: Path) -> Iterator[Path]:
     """While inside, a thread of the job's process writes `folder/STOP_FILE` once stop_requested()
     says so; rank 0 reads the file. A file left by an earlier attempt is removed first."""
