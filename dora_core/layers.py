@@ -38,6 +38,8 @@ class AdapterLinear(nn.Module):
     dora_math; dropout drops the adapter branch's input only (see DoraLinearFunction).
     """
 
+    quantized = False  # the base weight is NF4 (dora_core/quantization.NF4AdapterLinear)
+
     def __init__(self, base_layer: nn.Module, config: AdapterConfig) -> None:
         super().__init__()
         self.base_layer = base_layer

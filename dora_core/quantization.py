@@ -65,6 +65,27 @@ def quantize_nf4(weight: torch.Tensor) -> NF4Tensor:
     return to_nf4(weight.detach().contiguous(), NF4_BLOCK_SIZE, math.gcd(blocks, MAX_SCALER_BLOCK_SIZE))
 
 
+# What torchao splits when FSDP2 shards an NF4 weight along its rows (each must divide evenly).
+NF4_SHARDED_PARTS = ("quantized_scalers", "quantization_factor", "quantized_data")
+
+
+def nf4_sharding_problem(model: nn.Module, shards: int) -> str | None:
+    """Why FSDP cannot shard this model's NF4 weights over `shards` processes, or None. torchao
+    splits each NF4 weight's rows and its packed values, block scales and scales of scales into
+    equal parts; a weight whose parts do not divide (a tiny model's, or an odd process count)
+    would fail inside FSDP with an assertion a user cannot act on."""
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, NF4Tensor):
+            continue
+        uneven = [part for part in NF4_SHARDED_PARTS if getattr(weight, part).numel() % shards]
+        if weight.shape[0] % shards or uneven:
+            return (f"the nf4 weight of {name} {tuple(weight.shape)} does not split into {shards} equal shards "
+                    f"({', '.join(uneven) or 'rows'}); use training.parallelism: ddp, or a process count that "
+                    "divides it")
+    return None
+
+
 def row_chunks(weight: NF4Tensor, max_elements: int = NORM_CHUNK_ELEMENTS) -> Iterator[tuple[int, int]]:
     """(start, stop) row ranges covering the weight, each starting on a quantization block."""
     rows, columns = weight.shape
@@ -109,6 +130,8 @@ class NF4AdapterLinear(AdapterLinear):
 
     Only nn.Linear bases: GPT-2's Conv1D stores W transposed, which NF4's row chunks do not follow.
     """
+
+    quantized = True
 
     def __init__(self, base_layer: nn.Module, config: AdapterConfig) -> None:
         if is_conv1d(base_layer):

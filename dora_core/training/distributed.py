@@ -239,6 +239,7 @@ class Parallelism:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
+        _check_nf4_shards(model, self.world_size)
         mesh = init_device_mesh(self.device.type, (self.world_size,))
         blocks = transformer_blocks(model)
         in_blocks = {id(p) for block in blocks for p in block.parameters()}
@@ -409,6 +410,16 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
         raise TrainingError(f"{type(model).__name__} names no transformer block class (_no_split_modules); "
                          "use training.parallelism: ddp")
     return blocks
+
+
+def _check_nf4_shards(model: nn.Module, shards: int) -> None:
+    from dora_core.training.run import TrainingError  # run.py imports this module
+
+    if any(getattr(layer, "quantized", False) for _, layer in adapter_layers(model)):
+        from dora_core.quantization import nf4_sharding_problem
+
+        if problem := nf4_sharding_problem(model, shards):
+            raise TrainingError(f"training.parallelism fsdp over {shards} processes: {problem}")
 
 
 def adapter_layers(model: nn.Module) -> list[tuple[str, AdapterLinear]]:

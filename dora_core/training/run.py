@@ -142,7 +142,12 @@ class TrainingRun:
         self.callbacks.heartbeat()
         torch.manual_seed(self.settings.seed)  # adapter init (A) is seeded: same seed, same run
         self.base_dtype = saved_dtype(self.base_dir)  # before loading: the merged model is saved in it
-        self.model = load_base_model(self.base_dir, dtype=self.dtype, device=self.device)
+        # FSDP: each rank loads the model into host memory and fully_shard moves only its shard of
+        # each block to its GPU, so a model larger than one GPU loads (host memory then holds one
+        # copy per rank while loading). Otherwise it loads straight onto the device.
+        sharded = self.parallel.choose_strategy(self.config.base_model) == "fsdp"
+        self.model = load_base_model(self.base_dir, dtype=self.dtype, device=torch.device("cpu") if sharded
+                                     else self.device)
         if "gguf" in self.config.outputs:  # refused now rather than after training, when it would fail
             from dora_core.gguf_export import gguf_export_problem
 
