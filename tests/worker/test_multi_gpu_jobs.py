@@ -6,8 +6,8 @@ What a job owes its user is the same as on one GPU: the 2-GPU job's losses and a
 1-GPU job's (same seed, data and global batch; tolerance: the fp32 replay budget of
 tests/core/test_distributed.py, since only the order of the gradient sums changes), its metrics,
 events and checkpoints reach SQL and storage from rank 0, a cancel ends every rank within a step,
-a failing rank's error is classified as in one process (a bad dataset fails at once, no retry),
-and a shutdown checkpoints and gives the job back to its own queue.
+and a failing rank's error is classified as in one process (a bad dataset fails at once, no
+retry). A shutdown and a SIGKILL through the real worker are in tests/e2e/test_multi_gpu_job.py.
 """
 
 from __future__ import annotations
@@ -164,17 +164,3 @@ def test_cancel_ends_every_rank_within_a_step(service2):
     job = service2.get(job_id)
     assert job["status"] == "cancelled" and job["result_files"] == [] and service2.artifacts(job_id) == []
     assert service2.steps(job_id)[-1] <= at_request + 2
-
-
-def test_a_shutdown_checkpoints_every_rank_and_gives_the_job_back_to_its_queue(service2):
-    job_id = service2.create(dora_method(max_steps=60, checkpoint_interval=50, **TWO_RANKS), gpus=2)
-    stop, published = threading.Event(), []
-    thread, outcome = _in_thread(service2, job_id, stop_requested=stop.is_set, published=published)
-    wait_for(lambda: service2.steps(job_id) and service2.steps(job_id)[-1] >= 3, timeout=120, what="step 3")
-    stop.set()
-    thread.join(timeout=120)
-    assert outcome.get("value") == "released" and published == [(job_id, 2)]
-    row = service2.row(job_id)
-    assert row.status == "queued" and 3 <= row.step < 50
-    assert [c.step for c in service2.checkpoints(job_id)] == [row.step]  # written by rank 0 at the stop
-    assert not (Path(service2.settings.work_dir) / job_id / "stop-requested").exists()
