@@ -68,4 +68,8 @@ else
   echo '{"skipped": "ours-qdora: torchao is not installed on this machine"}' >> "$OUT/dora_step.jsonl"
 fi
 cat "$OUT/dora_step.jsonl"
+
+echo "== run_training on CUDA: bf16 base, and an NF4 base quantized layer by layer onto the GPU"
+timeout 120 $PY benchmarks/gpu_run_check.py > "$OUT/gpu_run_check.jsonl" || status=1
+cat "$OUT/gpu_run_check.jsonl"
 exit $status

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from dora_core.config import ALL_LINEAR, AdapterConfig, AdapterConfigError
@@ -32,14 +33,17 @@ class AdapterSummary:
         return 100.0 * self.trainable_parameters / max(self.total_parameters, 1)
 
 
-def apply_adapter(model: nn.Module, config: AdapterConfig, *, quantization: str = "none") -> nn.Module:
+def apply_adapter(model: nn.Module, config: AdapterConfig, *, quantization: str = "none",
+                  layer_device: torch.device | None = None) -> nn.Module:
     """Replace the target layers of `model` with adapters, in place; freeze everything else.
 
     "all-linear" means every nn.Linear / Conv1D except the output head (PEFT's meaning).
     A list matches a module whose name equals an entry or ends with "." + entry.
     The summary (including the trainable parameter count) is logged and kept on the model
     as `model.dora_adapter_summary`. quantization="nf4" stores the adapted layers' base weights
-    4-bit (dora_core.quantization: QDoRA / QLoRA).
+    4-bit (dora_core.quantization: QDoRA / QLoRA). `layer_device`: move each target layer there
+    just before its adapter is made, so a base held in host memory is quantized onto the GPU one
+    layer at a time and the GPU never holds the unquantized weights (the caller moves the rest).
     """
     if adapted_module_names(model):
         raise ValueError("model already has adapters; merge or reload the base model first")
@@ -49,7 +53,10 @@ def apply_adapter(model: nn.Module, config: AdapterConfig, *, quantization: str 
         parameter.requires_grad_(False)
     for name in targets:
         parent, child_name = _parent_and_child(model, name)
-        setattr(parent, child_name, layer_class(getattr(parent, child_name), config))
+        layer = getattr(parent, child_name)
+        if layer_device is not None:
+            layer.to(layer_device)
+        setattr(parent, child_name, layer_class(layer, config))
     setattr(model, CONFIG_ATTRIBUTE, config)
     summary = summarise(model)
     model.dora_adapter_summary = summary

@@ -142,18 +142,25 @@ class TrainingRun:
         self.callbacks.heartbeat()
         torch.manual_seed(self.settings.seed)  # adapter init (A) is seeded: same seed, same run
         self.base_dtype = saved_dtype(self.base_dir)  # before loading: the merged model is saved in it
-        # FSDP: each rank loads the model into host memory and fully_shard moves only its shard of
-        # each block to its GPU, so a model larger than one GPU loads (host memory then holds one
-        # copy per rank while loading). Otherwise it loads straight onto the device.
+        # Where the base is loaded. FSDP: into host memory, and fully_shard moves only this rank's
+        # shard of each block to its GPU, so a model larger than one GPU loads (host memory holds
+        # one copy per rank while loading). An NF4 base on one GPU: into host memory too, each
+        # adapted layer quantized on the GPU (apply_adapter's layer_device) and the rest moved
+        # after, so the GPU never holds the unquantized weights. Otherwise: onto the device.
         sharded = self.parallel.choose_strategy(self.config.base_model) == "fsdp"
-        self.model = load_base_model(self.base_dir, dtype=self.dtype, device=torch.device("cpu") if sharded
+        staged = not sharded and self.settings.quantization == "nf4" and self.device.type == "cuda"
+        host = torch.device("cpu")
+        self.model = load_base_model(self.base_dir, dtype=self.dtype, device=host if sharded or staged
                                      else self.device)
         if "gguf" in self.config.outputs:  # refused now rather than after training, when it would fail
             from dora_core.gguf_export import gguf_export_problem
 
             if problem := gguf_export_problem(self.model.config, self.tokenizer):
                 raise TrainingError(f"the gguf output cannot be written for this model: {problem}")
-        apply_adapter(self.model, self.config.adapter, quantization=self.settings.quantization)
+        apply_adapter(self.model, self.config.adapter, quantization=self.settings.quantization,
+                      layer_device=self.device if staged else None)
+        if staged:
+            self.model.to(self.device)  # embeddings, norms, head; the NF4 layers are there already
         if self.settings.quantization == "nf4":
             from dora_core.quantization import quantized_weight_bytes
 
