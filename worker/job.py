@@ -133,9 +133,9 @@ class JobAttempt:
 
         from dora_core.training.distributed import train_in_processes
         from dora_core.training.run import RunResult
-        from worker.ranks import RankProgress, stop_relay
+        from worker.ranks import RankProgress, children_allowed, stop_relay
 
-        with stop_relay(self.stop_requested, self.folder) as stop_file:
+        with children_allowed(), stop_relay(self.stop_requested, self.folder) as stop_file:
             factory = RankProgress(settings=self.settings, job_id=self.job.id, owner=self.owner,
                                    attempt=self.job.attempt, tenant_id=self.job.tenant_id,
                                    keep_checkpoints=config.training.keep_checkpoints,
