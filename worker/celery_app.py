@@ -27,6 +27,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from store.queue import QUEUE, TASK_NAME, gpus_of_queue, queues_up_to
 from worker.settings import WorkerSettings, get_worker_settings
 
 log = logging.getLogger(__name__)
+PARENT_WATCH_SECONDS = 1.0  # how soon a job process notices that the worker's parent died
 
 
 def transport_options(settings: WorkerSettings) -> dict:
@@ -168,6 +170,30 @@ def _forget_parent_connections(**_) -> None:
     from store.db import forget_inherited_connections
 
     forget_inherited_connections()
+
+
+@worker_process_init.connect
+def _die_with_the_worker_process_not_a_thread(**_) -> None:
+    """Celery's pool sets PR_SET_PDEATHSIG(SIGKILL) in each job process, and Linux sends it when
+    the *thread* that forked the process exits. A job process forked by one of the pool's threads
+    (the refill after a job process died, say one killed for memory) was therefore SIGKILLed by a
+    warm shutdown, when that thread stopped, instead of checkpointing and giving its job back. The
+    signal is cleared here, and a thread watches the parent process instead: when the worker's
+    parent is gone, this process SIGKILLs itself (a multi-GPU job's ranks die with it)."""
+    from billiard.util import set_pdeathsig
+
+    try:
+        set_pdeathsig(0)
+    except OSError:  # not Linux: there was none to clear
+        return
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_WATCH_SECONDS)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 @worker_shutting_down.connect
