@@ -139,23 +139,24 @@ def _in_thread(service: Service, job_id: str, **kwargs):
     return thread, outcome
 
 
-def _ranks() -> set[int]:
-    """This test process's descendants that train: not multiprocessing's resource tracker, which
-    the first spawned process starts and which lives as long as the test process."""
-    def trains(pid: int) -> bool:
+def _descendants() -> set[int]:
+    """This test process's descendants but multiprocessing's resource tracker (the first spawned
+    process starts it, and it lives as long as the test process)."""
+    def tracker(pid: int) -> bool:
         try:
-            return b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+            return b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
-            return False
+            return True
 
-    return {pid for pid in descendant_pids(os.getpid()) if trains(pid)}
+    return {pid for pid in descendant_pids(os.getpid()) if not tracker(pid)}
 
 
 def test_cancel_ends_every_rank_within_a_step(service2):
     job_id = service2.create(dora_method(max_steps=400, checkpoint_interval=50, **TWO_RANKS), gpus=2)
+    before = _descendants()  # other fixtures' servers (moto's S3, say) are children of this process too
     thread, outcome = _in_thread(service2, job_id)
     wait_for(lambda: service2.steps(job_id) and service2.steps(job_id)[-1] >= 2, timeout=120, what="step 2")
-    ranks = _ranks()
+    ranks = _descendants() - before
     assert len(ranks) == 2, ranks  # the two ranks
     at_request = service2.cancel(job_id)["progress"]["step"]
     thread.join(timeout=120)
