@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from fastapi.testclient import TestClient
@@ -60,3 +62,15 @@ class Service:
         with session_scope(self.settings) as session:
             query = select(JobEvent.message).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
             return list(session.scalars(query))
+
+
+def tenant_service(app, settings: WorkerSettings) -> Iterator[Service]:
+    """A fresh tenant's Service on `app` (its recorded publishes cleared), for a fixture to yield from."""
+    from store.tenants import create_api_key
+
+    with session_scope(settings) as session:
+        key = create_api_key(session, tenant_name=f"t-{uuid.uuid4().hex[:10]}").key
+    app.state.published.clear()
+    with TestClient(app) as client:
+        yield Service(client=client, settings=settings, headers={"Authorization": f"Bearer {key}"},
+                      published=app.state.published)

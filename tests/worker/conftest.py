@@ -6,17 +6,13 @@ Jobs are created through the API, so the worker reads exactly the rows productio
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
-from store.db import session_scope
 from store.migrate import upgrade
-from store.tenants import create_api_key
 from tests.support.api_client import recording_app
-from tests.support.worker_service import Service
+from tests.support.worker_service import Service, tenant_service
 from worker.settings import WorkerSettings
 
 
@@ -45,9 +41,4 @@ def app(settings):
 
 @pytest.fixture
 def service(app, settings) -> Service:
-    with session_scope(settings) as session:
-        key = create_api_key(session, tenant_name=f"t-{uuid.uuid4().hex[:10]}").key
-    app.state.published.clear()
-    with TestClient(app) as client:
-        yield Service(client=client, settings=settings, headers={"Authorization": f"Bearer {key}"},
-                      published=app.state.published)
+    yield from tenant_service(app, settings)

@@ -15,23 +15,20 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 import torch
-from fastapi.testclient import TestClient
 from safetensors.torch import load_file
 from sqlalchemy import select
 
 from store.db import session_scope
 from store.models import Artifact, MetricPoint
-from store.tenants import create_api_key
 from tests.support.api_client import recording_app
 from tests.support.distributed_runs import descendant_pids, wait_until_gone
 from tests.support.jobs import dora_method, wait_for
 from tests.support.numerics import assert_close_to_reference, assert_states_close, replay_budget
-from tests.support.worker_service import Service
+from tests.support.worker_service import Service, tenant_service
 from worker.job import run_job
 
 # 2 micro-batches of 2 per step: one per rank on two GPUs, both in one process on one
@@ -51,12 +48,7 @@ def two_gpu_app(two_gpu_settings):
 
 @pytest.fixture
 def service2(two_gpu_app, two_gpu_settings) -> Service:
-    with session_scope(two_gpu_settings) as session:
-        key = create_api_key(session, tenant_name=f"t-{uuid.uuid4().hex[:10]}").key
-    two_gpu_app.state.published.clear()
-    with TestClient(two_gpu_app) as client:
-        yield Service(client=client, settings=two_gpu_settings, headers={"Authorization": f"Bearer {key}"},
-                      published=two_gpu_app.state.published)
+    yield from tenant_service(two_gpu_app, two_gpu_settings)
 
 
 def _run(service: Service, job_id: str, published: list | None = None, **kwargs) -> str:
