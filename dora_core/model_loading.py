@@ -78,6 +78,27 @@ def load_base_model(
     return model
 
 
+def base_model_skeleton(
+    name_or_path: str | os.PathLike[str],
+    *,
+    dtype: str | torch.dtype = "auto",
+    revision: str | None = None,
+    local_files_only: bool | None = None,
+) -> Any:
+    """The base model's modules built from its config on the meta device: shapes, no storage, no
+    file read but config.json. What the ranks of a sharded run build while rank 0 alone loads the
+    weights (dora_core.training.distributed fills them in after sharding), so host memory holds
+    one copy of the model, not one per rank. Same classes and options as load_base_model."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = _load("config", AutoConfig.from_pretrained, name_or_path, _hub_options(revision, local_files_only))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    model.to(resolve_dtype(dtype, torch.device("cpu")))  # meta: no memory moves
+    model.eval()
+    return model
+
+
 def saved_dtype(name_or_path: str | os.PathLike[str], *, revision: str | None = None,
                 local_files_only: bool | None = None) -> torch.dtype | None:
     """The dtype the checkpoint's config says its weights are stored in (None when it says none).

@@ -22,6 +22,15 @@ Two ways to spread the model (`training.parallelism`):
         frozen and stay whole on every rank. The block's forward is where AdapterLinear reads
         its parameters, so they are always whole there.
 
+Loading the base without one host copy per rank. With fsdp and an unquantized base, rank 0 alone
+reads the weights into host memory; the other ranks build the model on the meta device (shapes,
+no storage), shard it the same way, materialise only their shards and receive them from rank 0
+one tensor at a time (torchtune and Answer.AI's FSDP+QDoRA do the same), so host memory holds one
+copy of the model whatever the number of ranks. An NF4 base is quantized as it loads, and a
+quantized weight's FSDP shard is not a plain slice of anything rank 0 could send, so with several
+ranks each loads and quantizes its own copy, one rank at a time: host memory holds one
+unquantized copy plus the quantized ones (about a quarter each).
+
 Rank 0 alone writes (metrics, checkpoints, outputs, dataset report) and reports through the
 callbacks; the other ranks get no callbacks but follow rank 0's should_stop and
 checkpoint_on_stop answers, broadcast at the same points of the loop, so a cancel ends every
@@ -214,13 +223,34 @@ class Parallelism:
                                  memory_bytes=memory)
         return "fsdp" if sharding == "fsdp" else "ddp"
 
-    def wrap(self, model: nn.Module, base_model: str) -> None:
-        """DDP around the loss, or FSDP2 on the blocks, after the adapter and gradient checkpointing are in."""
+    def loads_from_rank0(self, base_model: str, quantization: str) -> bool:
+        """Whether rank 0 alone reads the base weights and the other ranks build the model on the
+        meta device (fsdp with an unquantized base, several processes); see the module docstring."""
+        return self.world_size > 1 and quantization == "none" and self.choose_strategy(base_model) == "fsdp"
+
+    @contextmanager
+    def one_rank_at_a_time(self, enabled: bool) -> Iterator[None]:
+        """Inside, ranks take turns (rank 0 first): what one rank holds in host memory while
+        inside is freed or shrunk before the next rank starts. Every rank must enter. A rank that
+        raises inside skips the remaining turns; the launcher then ends the waiting ones."""
+        if not enabled or self.world_size == 1:
+            yield
+            return
+        for _ in range(self.rank):
+            self.barrier()
+        yield
+        for _ in range(self.rank, self.world_size):
+            self.barrier()
+
+    def wrap(self, model: nn.Module, base_model: str, *, from_rank0: bool = False) -> None:
+        """DDP around the loss, or FSDP2 on the blocks, after the adapter and gradient checkpointing
+        are in. `from_rank0` (see loads_from_rank0): every rank but 0 holds a meta-device model,
+        whose shards are materialised here and filled from rank 0's weights."""
         self.strategy = self.choose_strategy(base_model)
         if self.strategy == "ddp":
             self._wrap_ddp(model)
         elif self.strategy == "fsdp":
-            self._shard(model)
+            self._shard(model, from_rank0=from_rank0)
 
     def _wrap_ddp(self, model: nn.Module) -> None:
         from torch.nn.parallel import DistributedDataParallel
@@ -235,11 +265,14 @@ class Parallelism:
                                            self.device.type == "cuda" else None, forward_sync_buffers=False,
                                            init_sync=False, gradient_as_bucket_view=True)
 
-    def _shard(self, model: nn.Module) -> None:
+    def _shard(self, model: nn.Module, *, from_rank0: bool) -> None:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
         _check_nf4_shards(model, self.world_size)
+        on_meta = from_rank0 and not self.is_main
+        # rank 0's whole tensors, kept referenced through sharding: what it sends the others
+        whole = dict(_named_tensors(model)) if from_rank0 and self.is_main else None
         mesh = init_device_mesh(self.device.type, (self.world_size,))
         blocks = transformer_blocks(model)
         in_blocks = {id(p) for block in blocks for p in block.parameters()}
@@ -249,12 +282,49 @@ class Parallelism:
         # The decoder is FSDP's root (both loss paths call its forward), holding no shards itself:
         # what lies outside the blocks is frozen and stays whole on every rank.
         outside = {p for p in model.parameters() if id(p) not in in_blocks}
-        for parameter in outside:
-            parameter.data = parameter.data.to(self.device)
-        for buffer_owner in model.modules():
-            for name, buffer in list(buffer_owner.named_buffers(recurse=False)):
-                setattr(buffer_owner, name, buffer.to(self.device))
+        if not on_meta:
+            for parameter in outside:
+                parameter.data = parameter.data.to(self.device)
+            for buffer_owner in model.modules():
+                for name, buffer in list(buffer_owner.named_buffers(recurse=False)):
+                    setattr(buffer_owner, name, buffer.to(self.device))
         self.fsdp_root = fully_shard(decoder, mesh=mesh, ignored_params=outside)
+        if from_rank0:
+            if on_meta:
+                model.to_empty(device=self.device)  # this rank's shards and the whole outside tensors, unset
+            self._fill_from_rank0(model, whole)
+
+    def _fill_from_rank0(self, model: nn.Module, whole: dict[str, torch.Tensor] | None) -> None:
+        """Rank 0 sends each of its whole tensors (parameters and buffers, in module order); every
+        other rank keeps its shard of it (or all of it, outside the blocks). One tensor crosses at
+        a time, so no rank holds more than its shards plus one whole tensor. The CPU RNG state
+        follows too: adapter init drew from rank 0's generator only (meta tensors draw nothing)."""
+        named = list(_named_tensors(model))
+        layout = [(name, tuple(tensor.shape), str(tensor.dtype)) for name, tensor in named]
+        theirs = [layout if self.is_main else None]
+        dist.broadcast_object_list(theirs, src=0, group=self.control)
+        if theirs[0] != layout:
+            from dora_core.training.run import TrainingError  # run.py imports this module
+
+            difference = next((f"{mine} vs rank 0's {rank0}" for mine, rank0 in zip(layout, theirs[0], strict=False)
+                               if mine != rank0), f"{len(layout)} tensors vs rank 0's {len(theirs[0])}")
+            raise TrainingError(f"rank {self.rank} built the model from its config unlike rank 0 loaded it "
+                                f"({difference}); use training.parallelism: ddp")
+        # the tensors travel on the default group: nccl on CUDA (device tensors), gloo on the CPU
+        with torch.no_grad():
+            for name, tensor in named:
+                if self.is_main:
+                    sent = whole.pop(name).to(self.device)
+                else:
+                    sent = torch.empty(tensor.shape, dtype=tensor.dtype, device=self.device)
+                dist.broadcast(sent, src=0)
+                if not self.is_main:
+                    mine = _shard_like(sent, tensor).to_local() if _is_dtensor(tensor) else sent
+                    (tensor.to_local() if _is_dtensor(tensor) else tensor).copy_(mine)
+                del sent
+        rng = torch.get_rng_state()
+        dist.broadcast(rng, src=0, group=self.control)
+        torch.set_rng_state(rng)
 
     # -- one step --------------------------------------------------------------------------------
     def share(self, items: Sequence[Any]) -> list[tuple[Any, int]]:
@@ -420,6 +490,12 @@ def _check_nf4_shards(model: nn.Module, shards: int) -> None:
 
         if problem := nf4_sharding_problem(model, shards):
             raise TrainingError(f"training.parallelism fsdp over {shards} processes: {problem}")
+
+
+def _named_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every parameter and buffer (non-persistent ones too: rotary tables), each once, in module order."""
+    yield from ((f"parameter {name}", p) for name, p in model.named_parameters())
+    yield from ((f"buffer {name}", b) for name, b in model.named_buffers())
 
 
 def adapter_layers(model: nn.Module) -> list[tuple[str, AdapterLinear]]:

@@ -29,7 +29,13 @@ from dora_core.atomic_io import write_json_atomically
 from dora_core.data import prepare_datasets
 from dora_core.gguf_import import resolve_model_source
 from dora_core.inject import apply_adapter
-from dora_core.model_loading import load_base_model, load_tokenizer, resolve_device, saved_dtype
+from dora_core.model_loading import (
+    base_model_skeleton,
+    load_base_model,
+    load_tokenizer,
+    resolve_device,
+    saved_dtype,
+)
 from dora_core.training.callbacks import CallbackList, TrainingCallback
 from dora_core.training.checkpoints import (
     RunState,
@@ -143,22 +149,31 @@ class TrainingRun:
         torch.manual_seed(self.settings.seed)  # adapter init (A) is seeded: same seed, same run
         self.base_dtype = saved_dtype(self.base_dir)  # before loading: the merged model is saved in it
         # Where the base is loaded. FSDP: into host memory, and fully_shard moves only this rank's
-        # shard of each block to its GPU, so a model larger than one GPU loads (host memory holds
-        # one copy per rank while loading). An NF4 base on one GPU: into host memory too, each
-        # adapted layer quantized on the GPU (apply_adapter's layer_device) and the rest moved
-        # after, so the GPU never holds the unquantized weights. Otherwise: onto the device.
+        # shard of each block to its GPU, so a model larger than one GPU loads; rank 0 alone reads
+        # an unquantized base and the other ranks build it on the meta device and receive their
+        # shards (wrap), an NF4 base is loaded by one rank after another (distributed.py's
+        # docstring says why), so host memory holds one unquantized copy, not one per rank. An
+        # NF4 base on a GPU: into host memory too, each adapted layer quantized on the GPU
+        # (apply_adapter's layer_device) and the rest moved after, so the GPU never holds the
+        # unquantized weights. Otherwise: onto the device.
+        quantization = self.settings.quantization
         sharded = self.parallel.choose_strategy(self.config.base_model) == "fsdp"
-        staged = not sharded and self.settings.quantization == "nf4" and self.device.type == "cuda"
+        from_rank0 = self.parallel.loads_from_rank0(self.config.base_model, quantization)
+        staged = not sharded and quantization == "nf4" and self.device.type == "cuda"
         host = torch.device("cpu")
-        self.model = load_base_model(self.base_dir, dtype=self.dtype, device=host if sharded or staged
-                                     else self.device)
+        with self.parallel.one_rank_at_a_time(quantization == "nf4"):  # an NF4 load passes through host memory
+            if from_rank0 and not self.parallel.is_main:
+                self.model = base_model_skeleton(self.base_dir, dtype=self.dtype)
+            else:
+                self.model = load_base_model(self.base_dir, dtype=self.dtype,
+                                             device=host if sharded or staged else self.device)
+            apply_adapter(self.model, self.config.adapter, quantization=quantization,
+                          layer_device=self.device if staged else None)
         if "gguf" in self.config.outputs:  # refused now rather than after training, when it would fail
             from dora_core.gguf_export import gguf_export_problem
 
             if problem := gguf_export_problem(self.model.config, self.tokenizer):
                 raise TrainingError(f"the gguf output cannot be written for this model: {problem}")
-        apply_adapter(self.model, self.config.adapter, quantization=self.settings.quantization,
-                      layer_device=self.device if staged else None)
         if staged:
             self.model.to(self.device)  # embeddings, norms, head; the NF4 layers are there already
         if self.settings.quantization == "nf4":
@@ -170,7 +185,10 @@ class TrainingRun:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.callbacks.on_event("gradient checkpointing on")
         self.model.config.use_cache = False
-        self.parallel.wrap(self.model, self.config.base_model)  # DDP or FSDP2 with several processes
+        self.parallel.wrap(self.model, self.config.base_model, from_rank0=from_rank0)  # DDP or FSDP2
+        if from_rank0:
+            self.callbacks.on_event(f"fsdp: rank 0 loaded the base and sent {self.parallel.world_size - 1} other "
+                                    "rank(s) their shards (host memory holds one copy)")
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.initial_adapter = [p.detach().clone() for p in self.trainable]
         self.initial_rng = torch.get_rng_state()

@@ -1,6 +1,7 @@
 """Training over several processes (gloo, 2 CPU processes) is the single-process run, spread.
 
-Same global batch, same result: DDP and FSDP2 runs give the single-process run's losses, gradient
+Same global batch, same result: DDP and FSDP2 runs (FSDP: rank 1 built on the meta device and filled
+from rank 0's weights) give the single-process run's losses, gradient
 norms and adapter; a run stopped or SIGKILLed with one process count resumes with another; a
 stop asked on rank 0 (a cancel) and a SIGINT to `dora train --nproc 2` end every rank.
 
@@ -34,6 +35,7 @@ from dora_core.training import run_training
 from dora_core.training.checkpoints import list_checkpoints
 from dora_core.training.distributed import train_in_processes
 from tests.support.distributed_runs import (
+    EventsToFile,
     StopAfterStep,
     callbacks_factory,
     descendant_pids,
@@ -99,9 +101,14 @@ def _assert_same_run(out: Path, straight: Path, model_dir: Path, *, what: str) -
 
 @pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
 def test_two_processes_give_the_single_process_run(tmp_path, tiny_model_dir, data_file, straight, parallelism):
-    out = tmp_path / "out"
-    result = train_in_processes(2, _config(tiny_model_dir, data_file, parallelism=parallelism), out, device="cpu")
+    out, events = tmp_path / "out", tmp_path / "events.txt"
+    result = train_in_processes(2, _config(tiny_model_dir, data_file, parallelism=parallelism), out, device="cpu",
+                                callbacks=callbacks_factory(EventsToFile, path=str(events)))
     assert result.status == "completed" and result.step == SETTINGS["max_steps"]
+    # FSDP: rank 1 built the model on the meta device and got its shards from rank 0 (so the
+    # equality below also checks what was sent); DDP: every rank loads the whole model
+    sent = "rank 0 loaded the base and sent 1 other rank(s) their shards"
+    assert (sent in events.read_text()) == (parallelism == "fsdp")
     _assert_same_run(out, straight, tiny_model_dir, what=parallelism)
     # the merged model: from rank 0's whole model (DDP) or rebuilt on the CPU from the gathered adapter (FSDP)
     merged = "merged/model.safetensors"

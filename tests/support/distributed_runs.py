@@ -43,6 +43,17 @@ class SlowSteps(TrainingCallback):
         time.sleep(self.delay)
 
 
+class EventsToFile(TrainingCallback):
+    """Appends each event message the rank reports to `path` (only rank 0 reports)."""
+
+    def __init__(self, *, path: str) -> None:
+        self.path = Path(path)
+
+    def on_event(self, message: str, **kwargs) -> None:
+        with self.path.open("a") as log:
+            log.write(message + "\n")
+
+
 def callbacks_factory(callback_class, **kwargs):
     """A picklable zero-argument factory of [callback_class(**kwargs)], for train_in_processes."""
     return functools.partial(_one, callback_class, kwargs)
