@@ -88,13 +88,21 @@ def base_model_skeleton(
     """The base model's modules built from its config on the meta device: shapes, no storage, no
     file read but config.json. What the ranks of a sharded run build while rank 0 alone loads the
     weights (dora_core.training.distributed fills them in after sharding), so host memory holds
-    one copy of the model, not one per rank. Same classes and options as load_base_model."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    one copy of the model, not one per rank. Same classes and options as load_base_model, and
+    the same generation config: validation samples stop at its eos ids, and under FSDP every
+    rank must run as many forwards as rank 0."""
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
-    config = _load("config", AutoConfig.from_pretrained, name_or_path, _hub_options(revision, local_files_only))
+    options = _hub_options(revision, local_files_only)
+    config = _load("config", AutoConfig.from_pretrained, name_or_path, options)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
     model.to(resolve_dtype(dtype, torch.device("cpu")))  # meta: no memory moves
+    try:
+        files = {key: value for key, value in options.items() if key in ("revision", "local_files_only")}
+        model.generation_config = GenerationConfig.from_pretrained(os.fspath(name_or_path), **files)
+    except OSError:  # no generation_config.json: from_pretrained keeps the one made from the config too
+        pass
     model.eval()
     return model
 

@@ -13,6 +13,7 @@ import torch
 from dora_core.model_loading import (
     ModelLoadError,
     ModelNotFoundError,
+    base_model_skeleton,
     load_base_model,
     load_tokenizer,
     resolve_dtype,
@@ -70,6 +71,19 @@ def test_reloaded_model_gives_the_same_logits_as_the_one_built(tiny_model_dir: P
     with torch.no_grad():
         assert_close_to_reference(model(ids).logits, built(ids).logits, model_budget(model, torch.float32),
                                   what="logits")
+
+
+def test_the_skeleton_has_the_loaded_models_layout_and_generation_config_and_no_storage(tiny_model_dir: Path):
+    # what the ranks of a sharded run build while rank 0 loads (dora_core/training/distributed.py)
+    loaded = load_base_model(tiny_model_dir, dtype=torch.float32, local_files_only=True)
+    skeleton = base_model_skeleton(tiny_model_dir, dtype=torch.float32, local_files_only=True)
+    layout = [(name, tuple(t.shape), t.dtype) for name, t in [*loaded.named_parameters(), *loaded.named_buffers()]]
+    assert layout == [(name, tuple(t.shape), t.dtype)
+                      for name, t in [*skeleton.named_parameters(), *skeleton.named_buffers()]]
+    assert {t.device.type for t in [*skeleton.parameters(), *skeleton.buffers()]} == {"meta"}
+    # the tiny model's eos ids are a list that config.json does not have: the samples' stop ids
+    assert skeleton.generation_config.eos_token_id == loaded.generation_config.eos_token_id
+    assert isinstance(skeleton.generation_config.eos_token_id, list) and not skeleton.training
 
 
 def test_dtype_auto_is_fp32_on_cpu_and_bf16_on_a_capable_gpu(monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path):
