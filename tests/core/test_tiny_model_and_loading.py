@@ -84,6 +84,7 @@ def test_the_skeleton_has_the_loaded_models_layout_and_generation_config_and_no_
     # the tiny model's eos ids are a list that config.json does not have: the samples' stop ids
     assert skeleton.generation_config.eos_token_id == loaded.generation_config.eos_token_id
     assert isinstance(skeleton.generation_config.eos_token_id, list) and not skeleton.training
+    assert skeleton.config._attn_implementation == loaded.config._attn_implementation  # same kernels
 
 
 def test_dtype_auto_is_fp32_on_cpu_and_bf16_on_a_capable_gpu(monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path):
