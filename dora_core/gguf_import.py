@@ -98,25 +98,29 @@ def _exclusive(lock_path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def converted_dtype(gguf_path: Path) -> str:
-    """The dtype the converted folder is saved in (module docstring)."""
-    import gguf
-
-    field = gguf.GGUFReader(gguf_path).get_field("general.file_type")
+def converted_dtype(metadata) -> str:
+    """The dtype the converted folder is saved in (module docstring); `metadata`: the file's GGUFReader."""
+    field = metadata.get_field("general.file_type")
     file_type = int(field.contents()) if field is not None else None
     return _FLOAT_FILE_TYPES.get(file_type, _QUANTIZED_DTYPE)
 
 
 def _convert(gguf_path: Path, out: Path, digest: str) -> None:
+    import copy
+
+    import gguf
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(gguf_path.parent), gguf_path.name
-    dtype = converted_dtype(gguf_path)
-    config = AutoConfig.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
+    # gguf-py parses every metadata array in Python (a 49k-token vocabulary: seconds per read), and
+    # transformers reads the file again for the model and the tokenizer: ours is read once
+    metadata = gguf.GGUFReader(gguf_path)
+    dtype = converted_dtype(metadata)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
+    config = copy.deepcopy(loaded.config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the folder holds plain weights
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
     plain = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
     missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
@@ -127,18 +131,18 @@ def _convert(gguf_path: Path, out: Path, digest: str) -> None:
         plain.tie_weights()
     del loaded
     tokenizer = _without_invented_tokens(AutoTokenizer.from_pretrained(folder, gguf_file=name,
-                                                                       trust_remote_code=False), gguf_path)
+                                                                       trust_remote_code=False), metadata)
     plain.generation_config.eos_token_id = tokenizer.eos_token_id
     plain.generation_config.pad_token_id = tokenizer.pad_token_id
     out.mkdir(parents=True)
     plain.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     source = {"gguf_file": gguf_path.name, "sha256": digest, "bytes": gguf_path.stat().st_size, "dtype": dtype,
-              "metadata": _general_metadata(gguf_path)}
+              "metadata": _general_metadata(metadata)}
     (out / CONVERTED_MARKER).write_text(json.dumps(source, indent=2) + "\n")
 
 
-def _without_invented_tokens(tokenizer, gguf_path: Path):
+def _without_invented_tokens(tokenizer, metadata):
     """The tokenizer with only the GGUF's own tokens.
 
     transformers' GGUF reader gives a byte-level BPE vocabulary without an unknown token GPT-2's
@@ -146,10 +150,9 @@ def _without_invented_tokens(tokenizer, gguf_path: Path):
     the tiny model have no unknown token: byte-level BPE needs none). An id the model has no row
     for would break training on a text containing it and every later GGUF export, so any added
     token at or past the GGUF's vocabulary size is dropped from the tokenizer's definition."""
-    import gguf
     from tokenizers import Tokenizer
 
-    tokens = gguf.GGUFReader(gguf_path).get_field("tokenizer.ggml.tokens")
+    tokens = metadata.get_field("tokenizer.ggml.tokens")
     size = len(tokens.data) if tokens is not None else None
     if size is None or len(tokenizer) <= size:
         return tokenizer
@@ -159,12 +162,12 @@ def _without_invented_tokens(tokenizer, gguf_path: Path):
     return tokenizer
 
 
-def _general_metadata(gguf_path: Path) -> dict[str, str]:
+def _general_metadata(metadata) -> dict[str, str]:
     """The GGUF's `general.*` strings (name, organization, license, ...): where the weights came from."""
     import gguf
 
     found = {}
-    for key, field in gguf.GGUFReader(gguf_path).fields.items():
+    for key, field in metadata.fields.items():
         if key.startswith("general.") and field.types and field.types[0] == gguf.GGUFValueType.STRING:
             found[key.removeprefix("general.")] = str(field.contents())
     return found
