@@ -271,8 +271,11 @@ class Parallelism:
 
         _check_nf4_shards(model, self.world_size)
         on_meta = from_rank0 and not self.is_main
-        # rank 0's whole tensors, kept referenced through sharding: what it sends the others
-        whole = dict(_named_tensors(model)) if from_rank0 and self.is_main else None
+        # rank 0's whole tensors, kept through sharding: what it sends the others. Detached: new
+        # tensor objects on the same host storage, since fully_shard moves a parameter to the GPU
+        # in place (`param.data = param.to(device)`), which would leave the whole model there
+        whole = {name: tensor.detach() for name, tensor in _named_tensors(model)} if from_rank0 and self.is_main \
+            else None
         mesh = init_device_mesh(self.device.type, (self.world_size,))
         blocks = transformer_blocks(model)
         in_blocks = {id(p) for block in blocks for p in block.parameters()}

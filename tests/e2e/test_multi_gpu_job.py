@@ -38,7 +38,7 @@ def test_a_two_gpu_job_survives_a_sigkill_and_a_worker_shutdown_resuming_on_two_
     SIGKILLed, attempt 2 resumes from the last checkpoint and is stopped by a warm shutdown,
     attempt 3, on a new worker, resumes from the stop's checkpoint; steps continuous throughout."""
     api = stack.api
-    job = api.create(dora_method(max_steps=40, checkpoint_interval=4, batch_size=2, gradient_accumulation_steps=2),
+    job = api.create(dora_method(max_steps=24, checkpoint_interval=4, batch_size=2, gradient_accumulation_steps=2),
                      outputs=["adapter"], gpus=2)
     assert job["gpus"] == 2
     worker = stack.workers[-1]
@@ -61,11 +61,11 @@ def test_a_two_gpu_job_survives_a_sigkill_and_a_worker_shutdown_resuming_on_two_
     worker.stop(timeout=120)  # SIGTERM: a warm shutdown; rank 0 learns it from the stop file
     stopped = api.job(job["id"])
     assert stopped["status"] == "queued", stopped  # given back, to the gpu-x2 queue
-    assert api.checkpoints(job["id"])[-1] == stopped["progress"]["step"] < 40  # the stop's checkpoint
+    assert api.checkpoints(job["id"])[-1] == stopped["progress"]["step"] < 24  # the stop's checkpoint
 
     stack.start_worker()
     job = api.wait(job["id"], timeout=300)
     assert job["status"] == "succeeded" and job["attempt"] == 3, job
     assert job["resumed_from_step"] == stopped["progress"]["step"]
-    assert api.steps(job["id"]) == list(range(1, 41))  # continuous in step: none missing, none twice
+    assert api.steps(job["id"]) == list(range(1, 25))  # continuous in step: none missing, none twice
     assert [a["name"] for a in api.artifacts(job["id"])] == ["adapter"]
