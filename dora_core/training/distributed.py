@@ -223,11 +223,6 @@ class Parallelism:
                                  memory_bytes=memory)
         return "fsdp" if sharding == "fsdp" else "ddp"
 
-    def loads_from_rank0(self, base_model: str, quantization: str) -> bool:
-        """Whether rank 0 alone reads the base weights and the other ranks build the model on the
-        meta device (fsdp with an unquantized base, several processes); see the module docstring."""
-        return self.world_size > 1 and quantization == "none" and self.choose_strategy(base_model) == "fsdp"
-
     @contextmanager
     def one_rank_at_a_time(self, enabled: bool) -> Iterator[None]:
         """Inside, ranks take turns (rank 0 first): what one rank holds in host memory while
@@ -244,8 +239,8 @@ class Parallelism:
 
     def wrap(self, model: nn.Module, base_model: str, *, from_rank0: bool = False) -> None:
         """DDP around the loss, or FSDP2 on the blocks, after the adapter and gradient checkpointing
-        are in. `from_rank0` (see loads_from_rank0): every rank but 0 holds a meta-device model,
-        whose shards are materialised here and filled from rank 0's weights."""
+        are in. `from_rank0` (fsdp with an unquantized base; see the module docstring): every rank
+        but 0 holds a meta-device model, whose shards are materialised here and filled from rank 0's."""
         self.strategy = self.choose_strategy(base_model)
         if self.strategy == "ddp":
             self._wrap_ddp(model)

@@ -158,7 +158,7 @@ class TrainingRun:
         # unquantized weights. Otherwise: onto the device.
         quantization = self.settings.quantization
         sharded = self.parallel.choose_strategy(self.config.base_model) == "fsdp"
-        from_rank0 = self.parallel.loads_from_rank0(self.config.base_model, quantization)
+        from_rank0 = sharded and quantization == "none"  # fsdp implies several processes
         staged = not sharded and quantization == "nf4" and self.device.type == "cuda"
         host = torch.device("cpu")
         with self.parallel.one_rank_at_a_time(quantization == "nf4"):  # an NF4 load passes through host memory
