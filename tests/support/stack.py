@@ -64,11 +64,8 @@ class Process:
         try:
             self.popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.kill()
-        try:  # whatever the group left behind (a reconciler between two passes)
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
             pass
+        self.kill()  # a parent past its timeout, and whatever the group left behind (a reconciler between two passes)
 
 
 @dataclass
