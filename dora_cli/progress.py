@@ -104,6 +104,9 @@ class RunProgress(TrainingCallback):
     def on_checkpoint(self, *, step: int, path: str) -> None:
         self.message(f"checkpoint saved at step {step}: {path}")
 
+    def on_resume(self, *, step: int) -> None:
+        self.message(f"resumed from checkpoint at step {step}")
+
     def on_event(self, message: str, *, level: str = "info", data: dict | None = None) -> None:
         self.message(f"warning: {message}" if level == "warning" else message)
 

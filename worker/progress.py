@@ -44,12 +44,13 @@ class JobProgress(TrainingCallback):
         self._last_beat = 0.0
 
     # -- dora_core hooks -------------------------------------------------------------------
+    def on_resume(self, *, step: int) -> None:
+        self.lease.mark_resumed(step)  # event: "Attempt n resumed from the checkpoint at step k"
+        self._backfill(step)
+
     def on_start(self, *, total_steps: int, start_step: int, report: dict) -> None:
         self.total_steps = total_steps
-        if start_step > 0:
-            self.lease.mark_resumed(start_step)  # event: "Attempt n resumed from the checkpoint at step k"
-            self._backfill(start_step)
-        self.lease.renew(step=start_step, total_steps=total_steps)
+        self.lease.renew(step=start_step, total_steps=total_steps)  # with what on_resume buffered
         rows = (report.get("train") or {}).get("rows")
         self.lease.event(f"Training on {rows} examples for {total_steps} steps" if rows else
                          f"Training for {total_steps} steps",
@@ -95,8 +96,6 @@ class JobProgress(TrainingCallback):
             self._quietly(self.storage.delete_prefix, prefix)
 
     def on_event(self, message: str, *, level: str = "info", data: dict | None = None) -> None:
-        if message.startswith("resumed from checkpoint"):
-            return  # on_start's mark_resumed records it, with the attempt number
         self.lease.event(message[:1000], level=level, data=data)
 
     def heartbeat(self) -> None:

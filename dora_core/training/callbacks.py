@@ -28,8 +28,13 @@ class TrainingCallback:
     def on_checkpoint(self, *, step: int, path: str) -> None:
         """A checkpoint for `step` is complete on disk (atomically renamed into place)."""
 
+    def on_resume(self, *, step: int) -> None:
+        """The run continues from its newest checkpoint, at `step`; called before on_start. A hook
+        of its own (not an event's text) so a callback can act on it: the worker records which
+        attempt resumed and restores what SQL lacks up to `step`."""
+
     def on_event(self, message: str, *, level: str = "info", data: dict | None = None) -> None:
-        """Something a user should read in the job's events (resume, OOM retry, early stop)."""
+        """Something a user should read in the job's events (OOM retry, early stop, warnings)."""
 
     def on_micro_batch(self, *, step: int, micro_batch_size: int) -> None:
         """Before each micro-batch's forward; the cheapest place to be interrupted."""
@@ -73,6 +78,10 @@ class CallbackList(TrainingCallback):
     def on_checkpoint(self, **kwargs) -> None:
         for callback in self.callbacks:
             callback.on_checkpoint(**kwargs)
+
+    def on_resume(self, **kwargs) -> None:
+        for callback in self.callbacks:
+            callback.on_resume(**kwargs)
 
     def on_event(self, message: str, **kwargs) -> None:
         for callback in self.callbacks:

@@ -244,7 +244,7 @@ class TrainingRun:
             return None
         step, path = checkpoints[-1]
         self.restore(path)
-        self.callbacks.on_event(f"resumed from checkpoint at step {step}", data={"step": step})
+        self.callbacks.on_resume(step=step)
         return step
 
     def restore(self, path: Path) -> None:

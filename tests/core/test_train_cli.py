@@ -243,7 +243,7 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere():
     assert isinstance(make_progress(io.StringIO()), LineProgress)
     screen = io.StringIO()
     bar = BarProgress(screen, console=Console(file=screen, force_terminal=True, width=140))
-    bar.on_event("resumed from checkpoint at step 2")
+    bar.on_resume(step=2)
     bar.on_start(total_steps=6, start_step=2, report={"train": {"rows": 16}})
     bar.on_step({"step": 3, "loss": 1.23456, "lr": 1e-4})
     bar.on_event("out of memory: micro-batch 4 -> 2", level="warning")

@@ -83,5 +83,6 @@ def test_a_resumed_attempt_restores_the_samples_sql_lacks_from_this_hosts_run(se
                                                     for s in _samples(step, 2)))
     progress = JobProgress(lease=lease, storage=open_storage(service.settings.storage_url), tenant_id="t",
                            heartbeat_seconds=1, keep_checkpoints=2, metrics_file=tmp_path / "metrics.jsonl")
+    progress.on_resume(step=4)
     progress.on_start(total_steps=8, start_step=4, report={})
     assert _stored(service, lease.job_id) == [(2, 0, "stored"), (2, 1, "a1@2"), (4, 0, "a0@4"), (4, 1, "a1@4")]
