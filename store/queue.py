@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 import threading
 
+from store.broker import BrokerKind, broker_kind
+
 TASK_NAME = "worker.run_job"
 QUEUE = "gpu"  # one-GPU jobs; N GPUs: QUEUE-xN
 # webhook deliveries go to a queue of their own, consumed by `dora webhooks` (worker/webhooks.py),
@@ -38,7 +40,7 @@ def _celery_app(broker_url: str):
 
             app = Celery("dora-producer", broker=broker_url, set_as_current=False)
             app.conf.broker_connection_timeout = 2
-            if broker_url.startswith(("redis://", "rediss://")):  # other transports reject these options
+            if broker_kind(broker_url) is BrokerKind.REDIS:  # the SQL transport rejects these options
                 app.conf.broker_transport_options = {"socket_connect_timeout": 1, "socket_timeout": 5,
                                                      "max_retries": 0}
             _apps[broker_url] = app

@@ -35,6 +35,7 @@ from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_shutdown, worker_shutting_down
 from kombu import Queue
 
+from store.broker import BrokerKind, broker_kind
 from store.queue import QUEUE, TASK_NAME, gpus_of_queue, queues_up_to
 from worker.settings import WorkerSettings, get_worker_settings
 
@@ -43,14 +44,14 @@ PARENT_WATCH_SECONDS = 1.0  # how soon a job process notices that the worker's p
 
 
 def transport_options(settings: WorkerSettings) -> dict:
-    if settings.broker_url.startswith(("redis://", "rediss://")):
+    if broker_kind(settings.broker_url) is BrokerKind.REDIS:
         return {"visibility_timeout": settings.visibility_timeout}
     return {}  # the SQLAlchemy transport passes its options to create_engine: none needed
 
 
 def make_celery(settings: WorkerSettings) -> Celery:
     app = Celery("dora-worker", broker=settings.broker_url, set_as_current=False)
-    embedded = settings.broker_url.startswith(("sqla+", "sqlalchemy+"))
+    embedded = broker_kind(settings.broker_url) is BrokerKind.SQLALCHEMY
     app.conf.update(
         task_default_queue=QUEUE,
         task_queues=tuple(Queue(name, routing_key=name) for name in queues_up_to(settings.gpus or 1)),

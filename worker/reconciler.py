@@ -44,6 +44,7 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from store import jobs as job_store
+from store.broker import BrokerKind, broker_kind
 from store.db import session_scope
 from store.jobs import JobStatus
 from store.models import Job, utcnow
@@ -143,7 +144,7 @@ def broker_lost_its_queue(broker_url: str) -> bool:
     """Redis only: True when the marker key was gone (and is now back, put there by this call:
     SET NX, so one reconciler of many sees True); False when it is there, when Redis cannot be
     reached (the next pass tries again) and for other brokers."""
-    if not broker_url.startswith(("redis://", "rediss://")):
+    if broker_kind(broker_url) is not BrokerKind.REDIS:
         return False
     import redis
 
@@ -167,7 +168,7 @@ def compact_sql_broker(broker_url: str) -> int:
 
     Safe while a worker holds one: the payload is in that worker's memory, and a graceful
     shutdown puts it back as a new row."""
-    if not broker_url.startswith(("sqla+", "sqlalchemy+")):
+    if broker_kind(broker_url) is not BrokerKind.SQLALCHEMY:
         return 0
     from sqlalchemy import create_engine, text
     from sqlalchemy.exc import SQLAlchemyError

@@ -35,6 +35,7 @@ from celery import Celery
 from kombu import Queue
 
 from store import webhooks as webhook_store
+from store.broker import BrokerKind, broker_kind
 from store.db import session_scope
 from store.models import utcnow
 from store.queue import WEBHOOK_QUEUE, WEBHOOK_TASK_NAME, publish_delivery
@@ -182,7 +183,7 @@ class Sweeper:
         with session_scope(self.settings) as session:
             due = webhook_store.take_due(session, republish_after=self.settings.webhook_republish_after_seconds)
         published = [delivery_id for delivery_id in due if self.publish(delivery_id)]
-        if self.settings.broker_url.startswith(("sqla+", "sqlalchemy+")):
+        if broker_kind(self.settings.broker_url) is BrokerKind.SQLALCHEMY:
             from worker.reconciler import compact_sql_broker
 
             compact_sql_broker(self.settings.broker_url)  # also when no GPU worker (and its reconciler) runs
@@ -200,7 +201,7 @@ class Sweeper:
 # -- the Celery app -------------------------------------------------------------------------------
 def make_celery(settings: Settings) -> Celery:
     app = Celery("dora-webhooks", broker=settings.broker_url, set_as_current=False)
-    embedded = settings.broker_url.startswith(("sqla+", "sqlalchemy+"))
+    embedded = broker_kind(settings.broker_url) is BrokerKind.SQLALCHEMY
     app.conf.update(
         task_default_queue=WEBHOOK_QUEUE,
         task_queues=(Queue(WEBHOOK_QUEUE, routing_key=WEBHOOK_QUEUE),),
