@@ -131,8 +131,8 @@ class JobAttempt:
         so this process's lease learns what rank 0 wrote (a cancel) by writing once more after."""
         from torch.distributed.elastic.multiprocessing.api import SignalException
 
-        from dora_core.training.distributed import train_in_processes
-        from dora_core.training.run import RunResult
+        from dora_core.training import RunResult
+        from dora_core.training.processes import train_in_processes
         from worker.ranks import RankProgress, children_allowed, stop_relay
 
         with children_allowed(), stop_relay(self.stop_requested, self.folder) as stop_file:

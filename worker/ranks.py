@@ -3,7 +3,7 @@
 The job's process (a fresh Celery child, worker/job.py) claims the job and holds its lease as for
 one GPU: its heartbeat thread keeps renewing it while the ranks train, and it uploads the outputs
 and writes the final status afterwards. The ranks are started by torch's elastic launcher
-(dora_core/training/distributed.py) and die with it (PR_SET_PDEATHSIG), so a SIGKILLed job
+(dora_core/training/processes.py) and die with it (PR_SET_PDEATHSIG), so a SIGKILLed job
 process leaves no rank training on: its lease expires, the reconciler republishes the job, and
 the next attempt resumes from the newest checkpoint, with any number of processes.
 

@@ -41,30 +41,28 @@ Launching: `launch` starts the ranks as child processes of the caller with torch
 launcher (what `torchrun --standalone` runs), one host only. A multi-host run would give every
 host the same rendezvous (`rdzv_backend="c10d"`, `rdzv_endpoint=<host0>:29400`, one run id,
 nnodes=N); it is refused for now because the output folder and checkpoints are local files that
-only rank 0's host would have.
+only rank 0's host would have. run_training in each rank is processes.py's `train_in_processes`:
+run.py imports this module, so this one never imports run.py.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import sys
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 from dora_contract.memory_plan import auto_sharding
 from dora_core.layers import AdapterLinear
 from dora_core.training.callbacks import CallbackList
+from dora_core.training.errors import TrainingError
 from dora_core.training.loss import LossSums, summed_loss
 
 ADAPTER_PARAMETERS = ("lora_A", "lora_B", "lora_magnitude_vector")
@@ -87,64 +85,6 @@ def launch(nproc: int, entrypoint: Callable[..., Any], *args: Any, nnodes: int =
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1,
                           start_method="spawn")
     return elastic_launch(config, entrypoint)(*args)
-
-
-def train_in_processes(nproc: int, config, out_dir: str | os.PathLike, *, device: str | None = None,
-                       resume: bool = True, callbacks: Callable[[], list] | None = None):
-    """run_training over `nproc` processes of this host; returns rank 0's RunResult. `callbacks`
-    makes the callbacks in each rank (they cross into the ranks as a picklable factory); only
-    rank 0's report, all ranks follow rank 0's should_stop. A callback with a `close()` method has
-    it called when its rank's run ends, by an error too (to write what it buffered).
-
-    When a rank fails, the exception it raised is raised here (the launcher only says that a child
-    failed), so a caller can tell a bad dataset from a crash as it does for one process."""
-    with tempfile.TemporaryDirectory(prefix="dora-rank-errors-") as errors:
-        try:
-            results = launch(nproc, _train_rank, config, os.fspath(out_dir), device, resume, callbacks, errors)
-        except ChildFailedError as failed:
-            raise _first_rank_error(failed, Path(errors)) from failed
-    return results[0]
-
-
-def _train_rank(config, out_dir: str, device: str | None, resume: bool, callbacks, errors: str):
-    from dora_core.training.run import run_training  # run.py imports this module
-
-    die_with_parent()
-    made = callbacks() if callbacks else []
-    try:
-        device = rank_device(device)
-        with process_group(device):
-            return run_training(config, out_dir, callbacks=made, device=str(device), resume=resume)
-    except BaseException as error:
-        _save_rank_error(Path(errors), error)
-        raise
-    finally:
-        for callback in made:
-            if callable(close := getattr(callback, "close", None)):
-                close()
-
-
-def _save_rank_error(folder: Path, error: BaseException) -> None:
-    """This rank's exception, pickled for the launching process (skipped if it cannot be)."""
-    try:
-        data = pickle.dumps(error)
-    except Exception:  # noqa: BLE001 - the launcher's own report still says what failed
-        return
-    (folder / f"rank-{os.environ.get('RANK', '0')}.pickle").write_bytes(data)
-
-
-def _first_rank_error(failed: ChildFailedError, folder: Path) -> BaseException:
-    """The exception of the rank that failed first (the others were stopped because of it), or
-    the launcher's error when that rank left none (it was killed, or its error did not pickle).
-    The files are this run's own ranks' writing, in a private temporary folder."""
-    rank, _ = failed.get_first_failure()
-    path = folder / f"rank-{rank}.pickle"
-    if path.is_file():
-        try:
-            return pickle.loads(path.read_bytes())  # noqa: S301 - written by our own child process just now
-        except Exception:  # noqa: BLE001
-            pass
-    return failed
 
 
 def die_with_parent() -> None:
@@ -302,8 +242,6 @@ class Parallelism:
         theirs = [layout if self.is_main else None]
         dist.broadcast_object_list(theirs, src=0, group=self.control)
         if theirs[0] != layout:
-            from dora_core.training.run import TrainingError  # run.py imports this module
-
             difference = next((f"{mine} vs rank 0's {rank0}" for mine, rank0 in zip(layout, theirs[0], strict=False)
                                if mine != rank0), f"{len(layout)} tensors vs rank 0's {len(theirs[0])}")
             raise TrainingError(f"rank {self.rank} built the model from its config unlike rank 0 loaded it "
@@ -470,8 +408,6 @@ class _SavedOptimizerState:
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     """The repeated blocks FSDP shards one by one: transformers names their class in _no_split_modules."""
-    from dora_core.training.run import TrainingError  # run.py imports this module
-
     names = set(getattr(model, "_no_split_modules", None) or ())
     blocks = [module for module in model.modules() if type(module).__name__ in names]
     if not blocks:
@@ -481,8 +417,6 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def _check_nf4_shards(model: nn.Module, shards: int) -> None:
-    from dora_core.training.run import TrainingError  # run.py imports this module
-
     if any(getattr(layer, "quantized", False) for _, layer in adapter_layers(model)):
         from dora_core.quantization import nf4_sharding_problem
 

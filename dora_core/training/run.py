@@ -47,6 +47,7 @@ from dora_core.training.checkpoints import (
     save_checkpoint,
 )
 from dora_core.training.distributed import Parallelism
+from dora_core.training.errors import TrainingError
 from dora_core.training.loss import count_trained_tokens, summed_loss
 from dora_core.training.memory import device_memory_bytes, recommended_gradient_checkpointing
 from dora_core.training.outputs import (
@@ -62,10 +63,6 @@ from dora_core.training.schedule import BatchSchedule, micro_batches
 from dora_core.training.settings import RunConfig
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on; the message is meant for the user (it becomes the job's error)."""
 
 
 @dataclass

@@ -33,7 +33,7 @@ from safetensors.torch import load_file
 
 from dora_core.training import run_training
 from dora_core.training.checkpoints import list_checkpoints
-from dora_core.training.distributed import train_in_processes
+from dora_core.training.processes import train_in_processes
 from tests.support.distributed_runs import (
     EventsToFile,
     StopAfterStep,

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from dora_core.training import RunConfig, TrainingCallback, run_training
-from dora_core.training.distributed import train_in_processes
+from dora_core.training.processes import train_in_processes
 
 
 class StopAfterStep(TrainingCallback):
