@@ -37,8 +37,8 @@ def _rank(shape, dtype_name: str, parallelism: str, options: dict) -> dict | Non
         world, rank = dist.get_world_size(), dist.get_rank()
         model = prepare("ours-dora-run", build_base(shape, DTYPES[dtype_name], str(device)), options["rank"],
                         options["dropout"])
-        parallel = Parallelism(parallelism, device)
-        parallel.wrap(model, base_model="")
+        parallel = Parallelism(parallelism, device, base_model="")
+        parallel.wrap(model)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=1e-4)
         generator = torch.Generator(device="cpu").manual_seed(1)

@@ -130,16 +130,34 @@ def estimated_weight_bytes(base_model: str) -> int | None:
     return sum(entry.stat().st_size for entry in os.scandir(folder) if entry.name.endswith(".safetensors"))
 
 
+def choose_strategy(setting: str, device: torch.device, *, processes: int, base_model: str) -> str | None:
+    """"ddp" or "fsdp" for a run over `processes` > 1, None for one process: the setting, or for
+    "auto" fsdp only when a CUDA device could not hold the base weights beside training
+    (dora_contract's auto_sharding). It reads the GPU's memory and the model folder, so a run
+    asks once (Parallelism's constructor) and every later decision reads `Parallelism.strategy`."""
+    if processes == 1:
+        return None
+    if setting != "auto":
+        return setting
+    if device.type != "cuda":
+        return "ddp"
+    memory = torch.cuda.get_device_properties(device).total_memory
+    sharding = auto_sharding(processes=processes, weight_bytes=estimated_weight_bytes(base_model), memory_bytes=memory)
+    return "fsdp" if sharding == "fsdp" else "ddp"
+
+
 class Parallelism:
     """How this run is spread over the processes of the default process group; with none (or
     one process) every method is the single-process behaviour and costs nothing."""
 
-    def __init__(self, setting: str, device: torch.device) -> None:
+    def __init__(self, setting: str, device: torch.device, base_model: str) -> None:
         self.world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         self.rank = dist.get_rank() if self.world_size > 1 else 0
         self.is_main = self.rank == 0
-        self.setting, self.device = setting, device
-        self.strategy: str | None = None  # "ddp" | "fsdp" once wrap() ran with several processes
+        self.device = device
+        # "ddp" | "fsdp" with several processes, None with one: decided here, once per run, and
+        # read by everything that depends on it (how the base loads, gradient checkpointing, wrap)
+        self.strategy = choose_strategy(setting, device, processes=self.world_size, base_model=base_model)
         self.ddp: nn.Module | None = None
         self.fsdp_root = None
         # Flags and metric sums travel on a CPU (gloo) group, so they never wait on CUDA streams.
@@ -150,18 +168,6 @@ class Parallelism:
     # -- set-up ----------------------------------------------------------------------------------
     def callbacks(self, callbacks: CallbackList) -> CallbackList:
         return callbacks if self.world_size == 1 else RankCallbacks(callbacks, self)
-
-    def choose_strategy(self, base_model: str) -> str | None:
-        if self.world_size == 1:
-            return None
-        if self.setting != "auto":
-            return self.setting
-        if self.device.type != "cuda":
-            return "ddp"
-        memory = torch.cuda.get_device_properties(self.device).total_memory
-        sharding = auto_sharding(processes=self.world_size, weight_bytes=estimated_weight_bytes(base_model),
-                                 memory_bytes=memory)
-        return "fsdp" if sharding == "fsdp" else "ddp"
 
     @contextmanager
     def one_rank_at_a_time(self, enabled: bool) -> Iterator[None]:
@@ -177,11 +183,11 @@ class Parallelism:
         for _ in range(self.rank, self.world_size):
             self.barrier()
 
-    def wrap(self, model: nn.Module, base_model: str, *, from_rank0: bool = False) -> None:
-        """DDP around the loss, or FSDP2 on the blocks, after the adapter and gradient checkpointing
-        are in. `from_rank0` (fsdp with an unquantized base; see the module docstring): every rank
-        but 0 holds a meta-device model, whose shards are materialised here and filled from rank 0's."""
-        self.strategy = self.choose_strategy(base_model)
+    def wrap(self, model: nn.Module, *, from_rank0: bool = False) -> None:
+        """DDP around the loss, or FSDP2 on the blocks (as `strategy` says), after the adapter and
+        gradient checkpointing are in. `from_rank0` (fsdp with an unquantized base; see the module
+        docstring): every rank but 0 holds a meta-device model, whose shards are materialised here
+        and filled from rank 0's."""
         if self.strategy == "ddp":
             self._wrap_ddp(model)
         elif self.strategy == "fsdp":

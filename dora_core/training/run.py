@@ -100,7 +100,8 @@ class TrainingRun:
         self.config, self.settings = config, config.training
         self.out_dir = out_dir
         self.device = resolve_device(device)
-        self.parallel = Parallelism(self.settings.parallelism, self.device)  # one process: every call a no-op
+        # one process: every call a no-op; the strategy (ddp, fsdp) is decided here, once
+        self.parallel = Parallelism(self.settings.parallelism, self.device, config.base_model)
         self.callbacks = self.parallel.callbacks(callbacks)  # rank 0 reports; every rank follows its stop
         self.dtype = _precision_dtype(self.settings.precision, self.device)
         self.checkpoint_dir = out_dir / "checkpoints"
@@ -154,7 +155,7 @@ class TrainingRun:
         # (apply_adapter's layer_device) and the rest moved after, so the GPU never holds the
         # unquantized weights. Otherwise: onto the device.
         quantization = self.settings.quantization
-        sharded = self.parallel.choose_strategy(self.config.base_model) == "fsdp"
+        sharded = self.parallel.strategy == "fsdp"
         from_rank0 = sharded and quantization == "none"  # fsdp implies several processes
         staged = not sharded and quantization == "nf4" and self.device.type == "cuda"
         host = torch.device("cpu")
@@ -182,7 +183,7 @@ class TrainingRun:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.callbacks.on_event("gradient checkpointing on")
         self.model.config.use_cache = False
-        self.parallel.wrap(self.model, self.config.base_model, from_rank0=from_rank0)  # DDP or FSDP2
+        self.parallel.wrap(self.model, from_rank0=from_rank0)  # DDP or FSDP2
         if from_rank0:
             self.callbacks.on_event(f"fsdp: rank 0 loaded the base and sent {self.parallel.world_size - 1} other "
                                     "rank(s) their shards (host memory holds one copy)")
@@ -195,7 +196,7 @@ class TrainingRun:
         setting = self.settings.gradient_checkpointing
         if setting != "auto":
             return setting
-        sharding = "fsdp" if self.parallel.choose_strategy(self.config.base_model) == "fsdp" else "none"
+        sharding = "fsdp" if self.parallel.strategy == "fsdp" else "none"
         on, why = recommended_gradient_checkpointing(
             self.model.config.to_dict(), self.config, dtype_bytes=self.dtype.itemsize,
             memory_bytes=device_memory_bytes(self.device), processes=self.parallel.world_size, sharding=sharding,

@@ -228,6 +228,24 @@ def test_precision_bf16_needs_a_gpu(tmp_path, tiny_model_dir):
         run_training(run_config(tiny_model_dir, data, precision="bf16"), tmp_path / "out", device="cpu")
 
 
+def test_the_parallelism_strategy_is_decided_once_per_run(tmp_path, tiny_model_dir, monkeypatch):
+    """It reads the GPU's memory and the model folder: loading, gradient checkpointing and wrap
+    read the one decision (Parallelism.strategy) instead of each asking again."""
+    from dora_core.training import distributed
+
+    calls = []
+    decide = distributed.choose_strategy
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return decide(*args, **kwargs)
+
+    monkeypatch.setattr(distributed, "choose_strategy", counted)
+    data = write_jsonl(tmp_path / "data.jsonl", dataset_rows("chat"))
+    run_training(run_config(tiny_model_dir, data, max_steps=1, gradient_checkpointing="auto"), tmp_path / "out")
+    assert calls == [1]
+
+
 @pytest.mark.parametrize("missing", ["base_model", "train_file"])
 def test_missing_required_setting_names_it(missing):
     data = {"base_model": "m", "train_file": "f.jsonl"}
