@@ -6,7 +6,9 @@ from typing import Annotated, Any
 
 from fastapi import Query
 
-from api.services.scope import MAX_LIMIT
+# a page of jobs, events or checkpoints (OpenAI's bound). Here, with the parameter it bounds, so
+# the services (api/services/scope.py) import it from the schemas and never the other way round
+MAX_LIMIT = 100
 
 
 def limit_param(maximum: int = MAX_LIMIT) -> Any:

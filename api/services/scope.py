@@ -8,9 +8,9 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from api.errors import bad_request, not_found
+from api.schemas.params import MAX_LIMIT
 
 Row = TypeVar("Row")
-MAX_LIMIT = 100  # a page of jobs, events or checkpoints (OpenAI's bound)
 
 
 def owned(model: type[Row], *, tenant_id: str) -> Select:
