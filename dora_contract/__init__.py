@@ -2,13 +2,14 @@
 
 Every default, bound and description of an adapter or a training setting is written here once
 (pydantic models). dora_core runs it, the CLI reads it from YAML/JSON, the API builds its job
-request from it and stores its dump on the job. Only pydantic is imported, so the API image
-stays free of torch.
+request from it and stores a `JobSpec` (job_spec.py) on the job, which the worker reads back.
+Only pydantic is imported, so the API image stays free of torch.
 """
 
 from dora_contract.adapter import ALL_LINEAR, MAX_RANK, METHODS, AdapterSettings
 from dora_contract.base import ContractModel
 from dora_contract.errors import SettingError
+from dora_contract.job_spec import JOB_SPEC_VERSION, BaseModelRef, FileRef, JobSpec
 from dora_contract.run import (
     DEFAULT_OUTPUTS,
     GGUF_TYPES,
@@ -23,13 +24,17 @@ __all__ = [
     "ALL_LINEAR",
     "DEFAULT_OUTPUTS",
     "GGUF_TYPES",
+    "JOB_SPEC_VERSION",
     "MAX_RANK",
     "METHODS",
     "OUTPUTS",
     "PRECISIONS",
     "SCHEDULERS",
     "AdapterSettings",
+    "BaseModelRef",
     "ContractModel",
+    "FileRef",
+    "JobSpec",
     "RunContract",
     "RunSettings",
     "SettingError",
