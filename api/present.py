@@ -1,4 +1,8 @@
-"""How stored rows are shown: ORM rows -> OpenAI-shaped response models (plus our additions)."""
+"""How stored rows are shown: ORM rows -> OpenAI-shaped response models (plus our additions).
+
+A job's outputs and OpenAI hyperparameters come from its stored `JobSpec` (dora_contract), read
+through the model like the worker reads it: the hyperparameters are derived from the run, not stored.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from api.schemas.jobs import (
     MetricPointOut,
     Progress,
 )
+from api.services.methods import openai_hyperparameters
+from dora_contract import JobSpec
 from store.jobs import JobStatus, fine_tuned_model_name
 from store.models import Artifact, Checkpoint, File, Job, JobEvent, JobSample, MetricPoint
 
@@ -41,7 +47,7 @@ def progress(job: Job, *, now: datetime | None = None) -> Progress:
 
 def job_out(job: Job) -> FineTuningJob:
     prog = progress(job)
-    settings = job.settings or {}
+    spec = JobSpec.from_data(job.settings)
     estimated = int(datetime.now(UTC).timestamp() + prog.eta_seconds) if prog.eta_seconds is not None else None
     error = None
     if job.error:
@@ -49,11 +55,11 @@ def job_out(job: Job) -> FineTuningJob:
                  "param": job.error.get("param")}
     return FineTuningJob(
         id=job.id, created_at=ts(job.created_at), error=error, fine_tuned_model=job.fine_tuned_model,
-        finished_at=ts(job.finished_at), hyperparameters=settings.get("openai_hyperparameters", {}),
+        finished_at=ts(job.finished_at), hyperparameters=openai_hyperparameters(spec.run),
         model=job.model, organization_id=job.tenant_id, result_files=list(job.result_files or []), seed=job.seed,
         status=job.status, trained_tokens=job.trained_tokens, training_file=job.training_file,
         validation_file=job.validation_file, estimated_finish=estimated, metadata=job.meta, method=job.method,
-        suffix=job.suffix, outputs=settings.get("outputs", []), progress=prog, attempt=job.attempt,
+        suffix=job.suffix, outputs=list(spec.run.outputs), progress=prog, attempt=job.attempt,
         max_attempts=job.max_attempts, gpus=job.gpus, resumed_from_step=job.resumed_from_step,
         cancel_requested=job.cancel_requested,
     )

@@ -27,8 +27,10 @@ import shutil
 import socket
 import time
 from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
 
+from dora_contract import BaseModelRef, FileRef, JobSpec
 from store import jobs as job_store
 from store.base_models import BaseModelSource, public_id, registration
 from store.db import session_scope
@@ -149,31 +151,36 @@ class JobAttempt:
         self.lease.flush()
         return result
 
+    @cached_property
+    def spec(self) -> JobSpec:
+        """The job's stored settings, read through the model only: an invalid or incomplete spec
+        is a SettingError naming the field (the job fails at once), read in the attempt's try."""
+        return JobSpec.from_data(self.job.settings)
+
     def build_config(self):
         from dora_core.training import RunConfig
 
-        run = self.job.settings
-        train = self.fetch_input(run["training_file"], "train.jsonl")  # the API accepts JSONL only
-        validation = (self.fetch_input(run["validation_file"], "validation.jsonl")
-                      if run.get("validation_file") else None)
+        spec = self.spec
+        train = self.fetch_input(spec.training_file, "train.jsonl")  # the API accepts JSONL only
+        validation = self.fetch_input(spec.validation_file, "validation.jsonl") if spec.validation_file else None
         self.restore_checkpoint(self.folder / "run" / "checkpoints")
-        base_model, public = self.base_model_source(run["base_model"])
-        return RunConfig.from_dict(run["run_config"] | {
+        base_model, public = self.base_model_source(spec.base_model)
+        return RunConfig.from_dict(spec.run.model_dump() | {
             "base_model": base_model, "base_model_id": public, "train_file": str(train),
             "validation_file": str(validation) if validation else None})
 
-    def base_model_source(self, stored: dict) -> tuple[str, str]:
+    def base_model_source(self, stored: BaseModelRef) -> tuple[str, str]:
         """(local folder or hub id to load, public id for the adapter). The operator's current
         registration wins over the one stored at job creation; a GGUF source is converted here
         once per machine (cached by content hash), under the lease's heartbeat."""
         from dora_core.gguf_import import resolve_model_source
 
-        registered = registration(self.settings, self.job.model) or BaseModelSource(source=stored["path"])
+        registered = registration(self.settings, self.job.model) or BaseModelSource(source=stored.source)
         local = resolve_model_source(registered.source, cache_dir=self.settings.model_cache_dir)
-        return local, stored.get("public_id") or public_id(self.job.model, registered)
+        return local, stored.public_id or public_id(self.job.model, registered)
 
-    def fetch_input(self, info: dict, name: str) -> Path:
-        return download_file(self.storage, info["storage_key"], self.folder / "inputs" / name)
+    def fetch_input(self, file: FileRef, name: str) -> Path:
+        return download_file(self.storage, file.storage_key, self.folder / "inputs" / name)
 
     def restore_checkpoint(self, checkpoints: Path) -> None:
         """Download the newest registered checkpoint when this host has none as new (another host wrote it)."""
@@ -198,7 +205,7 @@ class JobAttempt:
         """Upload each requested output folder under this attempt's own prefix (a stale attempt
         can never mix its files into them); only the attempt that finishes registers its set."""
         specs = []
-        for name in self.job.settings.get("outputs") or ["adapter"]:
+        for name in self.spec.run.outputs:
             prefix = job_key(self.job.tenant_id, self.job.id, "outputs", f"attempt-{self.job.attempt}", name)
             files = upload_folder(self.storage, Path(outputs[name]), prefix)
             specs.append(ArtifactSpec(name=name, storage_prefix=prefix, files=files))

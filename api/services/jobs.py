@@ -1,4 +1,8 @@
-"""Fine-tuning jobs: create (idempotent), list, cancel, and what a job has produced."""
+"""Fine-tuning jobs: create (idempotent), list, cancel, and what a job has produced.
+
+A created job stores its `JobSpec` (dora_contract/job_spec.py) in jobs.settings: the resolved
+run, the base model's source and public id, and the files' storage keys; the worker reads it.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from api.services import methods
 from api.services.limits import check_gpus
 from api.services.memory_check import check_fits_a_worker
 from api.services.scope import check_limit, get_owned, owned, page
+from dora_contract import BaseModelRef, FileRef, JobSpec
 from dora_contract.architectures import gguf_unsupported_reason
 from dora_contract.training import MAX_SEED
 from store import jobs as job_store
@@ -38,13 +43,13 @@ def _replay(job: Job, request_hash: str) -> Job:
     return job
 
 
-def _training_input(session: Session, *, tenant_id: str, file_id: str | None, param: str) -> dict | None:
+def _training_input(session: Session, *, tenant_id: str, file_id: str | None, param: str) -> FileRef | None:
     if file_id is None:
         return None
     row: File = get_owned(session, File, tenant_id=tenant_id, object_id=file_id, what="file", param=param)
     if row.purpose != "fine-tune" or row.storage_key is None:
         raise bad_request(f"File {file_id} has purpose '{row.purpose}', not 'fine-tune'", param=param)
-    return {"id": row.id, "storage_key": row.storage_key, "format": row.format, "rows": row.rows}
+    return FileRef(id=row.id, storage_key=row.storage_key, format=row.format, rows=row.rows)
 
 
 def _as_client_error(error: ApiError) -> ApiError:
@@ -75,17 +80,18 @@ def create_job(*, session: Session, settings: Settings, tenant_id: str, request:
     check_gpus(settings, request.gpus)
     seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
     shown, run = methods.resolve(request=request, settings=settings, seed=seed)
-    check_fits_a_worker(settings=settings, request=request, run_config=run["run_config"])
-    _check_gguf_output(settings, request.model, run["outputs"])
-    run |= {"base_model": {"name": request.model, "path": registered.source,
-                           "public_id": public_id(request.model, registered)},
-            "training_file": training, "validation_file": validation}
+    check_fits_a_worker(settings=settings, request=request, run_config=run.model_dump(mode="json"))
+    _check_gguf_output(settings, request.model, run.outputs)
+    spec = JobSpec(run=run, base_model=BaseModelRef(source=registered.source,
+                                                    public_id=public_id(request.model, registered)),
+                   training_file=training, validation_file=validation)
     try:
         check_active_jobs(session, settings=settings, tenant_id=tenant_id)  # holds the lock until the commit
         job = job_store.create_job(
             session, tenant_id=tenant_id, model=request.model, training_file=request.training_file,
-            validation_file=request.validation_file, method=shown, settings=run, seed=seed, suffix=request.suffix,
-            metadata=request.metadata, max_attempts=request.max_attempts or settings.default_max_attempts,
+            validation_file=request.validation_file, method=shown, settings=spec.model_dump(mode="json"), seed=seed,
+            suffix=request.suffix, metadata=request.metadata,
+            max_attempts=request.max_attempts or settings.default_max_attempts,
             idempotency_key=idempotency_key, request_hash=request_hash, gpus=request.gpus)
     except IntegrityError:  # a concurrent request with the same Idempotency-Key won the insert
         session.rollback()
@@ -96,7 +102,7 @@ def create_job(*, session: Session, settings: Settings, tenant_id: str, request:
     return job, True
 
 
-def _check_gguf_output(settings: Settings, model: str, outputs: list[str]) -> None:
+def _check_gguf_output(settings: Settings, model: str, outputs: tuple[str, ...]) -> None:
     """A gguf output on an architecture the export does not support is refused now, not after
     training. An architecture this process cannot read (a hub id) is left to the worker, which
     refuses it before training starts."""

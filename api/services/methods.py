@@ -1,4 +1,4 @@
-"""From the request's `method` to the run contract a worker executes (stored in jobs.settings).
+"""From the request's `method` to the run contract a worker executes (`JobSpec.run` in jobs.settings).
 
 Every value a request leaves out takes the run contract's default (dora_contract), the same one
 `dora train` uses; operator limits are applied on top (services/limits.py). OpenAI's `supervised`
@@ -6,9 +6,10 @@ method is a DoRA run: n_epochs and batch_size carry over, learning_rate = multip
 contract's default learning rate. A `dora` or `lora` method takes every setting, the adapter's
 either beside `hyperparameters` or (OpenAI's convention for a method's own knobs) inside it.
 
-What is stored, `settings["run_config"]`, is `RunSettings.model_dump()`: the worker adds the
-local paths and hands it to dora_core unchanged. The job shows the same values under the API's
-names (`method.<kind>.hyperparameters`), so a client sees exactly what will run.
+The resolved `RunSettings` is stored as the job spec's `run` (dora_contract/job_spec.py): the
+worker adds the local paths and hands it to dora_core unchanged. The job shows the same values
+under the API's names (`method.<kind>.hyperparameters`), so a client sees exactly what will run;
+OpenAI's top-level `hyperparameters` are derived from it when shown, never stored.
 """
 
 from __future__ import annotations
@@ -104,8 +105,8 @@ def param_of(request: JobCreate, section: str, name: str) -> str:
     return given.param(section, name)
 
 
-def resolve(*, request: JobCreate, settings: Settings, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(method as shown on the job, what jobs.settings stores: the resolved run and its outputs)."""
+def resolve(*, request: JobCreate, settings: Settings, seed: int) -> tuple[dict[str, Any], RunSettings]:
+    """(method as shown on the job, the resolved run its spec stores)."""
     kind = request.method.type if request.method else "supervised"
     given = _from_supervised(request) if kind == "supervised" else _from_adapter_method(request, kind)
     apply_operator_limits({"adapter": given.adapter, "training": given.training}, settings, given.param)
@@ -122,12 +123,12 @@ def resolve(*, request: JobCreate, settings: Settings, seed: int) -> tuple[dict[
         raise bad_request(error.message, param=given.param(section, name) if name else error.field) from None
     except PydanticCustomError as error:  # check_one_validation_source
         raise bad_request(str(error), param=given.param("training", "validation_split")) from None
-    return shown_method(kind, run), {"run_config": run.model_dump(mode="json"), "outputs": list(run.outputs),
-                                     "openai_hyperparameters": openai_hyperparameters(run)}
+    return shown_method(kind, run), run
 
 
 def openai_hyperparameters(run: RunSettings) -> dict[str, Any]:
-    """OpenAI's top-level `hyperparameters` of a job: its three knobs, resolved."""
+    """OpenAI's top-level `hyperparameters` of a job: its three knobs, resolved (the multiplier is
+    relative to the contract's default learning rate)."""
     return {"n_epochs": run.training.epochs, "batch_size": run.training.micro_batch_size,
             "learning_rate_multiplier": run.training.learning_rate / DEFAULT_LEARNING_RATE}
 

@@ -11,7 +11,7 @@ import gguf
 import pytest
 from fastapi.testclient import TestClient
 
-from dora_contract import RunSettings
+from dora_contract import JobSpec, RunSettings
 from store.base_models import registered_architecture
 from store.db import session_scope
 from store.models import Job
@@ -35,17 +35,17 @@ def registered(settings, tenant, tmp_path):
                      headers=tenant.headers)
 
 
-def _stored_run(tenant: Tenant, job: dict) -> dict:
+def _stored_run(tenant: Tenant, job: dict) -> RunSettings:
     """What the worker will hand to dora_core."""
     with session_scope(tenant.settings) as session:
-        return session.get(Job, job["id"]).settings["run_config"]
+        return JobSpec.from_data(session.get(Job, job["id"]).settings).run
 
 
 def test_gguf_type_comes_from_the_contract(registered):
     job = registered.job({"outputs": ["adapter", "gguf"], "gguf_type": "q8_0"})
-    assert job["outputs"] == ["adapter", "gguf"] and _stored_run(registered, job)["gguf_type"] == "q8_0"
+    assert job["outputs"] == ["adapter", "gguf"] and _stored_run(registered, job).gguf_type == "q8_0"
     default = registered.job({"outputs": ["gguf"]})
-    assert _stored_run(registered, default)["gguf_type"] == RunSettings.model_fields["gguf_type"].default
+    assert _stored_run(registered, default).gguf_type == RunSettings.model_fields["gguf_type"].default
     response = registered.create_job({"outputs": ["gguf"], "gguf_type": "q4_0"})
     assert response.status_code == 400 and response.json()["error"]["param"] == "gguf_type", response.text
 

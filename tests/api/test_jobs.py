@@ -6,9 +6,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from dora_contract import AdapterSettings, TrainingSettings
+from dora_contract import AdapterSettings, JobSpec, TrainingSettings
 from store import jobs as job_store
 from store.jobs import ACTIVE, TERMINAL, JobStatus
+from store.progress import StepMetrics
 from store.queue import publish_job
 from tests.support.api_client import OPERATOR
 
@@ -130,8 +131,7 @@ def test_the_status_filter_accepts_exactly_the_job_status_names(tenant, client):
 def test_progress_percent_eta_attempt_and_resume(tenant, worker):
     job_id = tenant.job()["id"]
     worker.claim(job_id)
-    worker.call(job_store.mark_resumed, job_id=job_id, step=10)
-    worker.call(job_store.heartbeat, job_id=job_id, lease_seconds=60, step=25, total_steps=100, epoch=0.75)
+    assert worker.progress(job_id, resumed_from_step=10, step=25, total_steps=100, epoch=0.75).held
     job = tenant.get(f"/v1/fine_tuning/jobs/{job_id}").json()
     progress = job["progress"]
     assert job["status"] == "running" and job["attempt"] == 1 and job["resumed_from_step"] == 10
@@ -164,8 +164,9 @@ def test_events_checkpoints_and_metrics(tenant, worker):
     job_id = tenant.job()["id"]
     worker.claim(job_id)
     for step in range(1, 31):
-        worker.call(job_store.record_metrics, job_id=job_id, step=step, epoch=step / 30,
-                    values={"train_loss": 3.0 - step / 30, "learning_rate": 1e-4})
+        assert worker.progress(job_id, metrics=[StepMetrics(step=step, epoch=step / 30,
+                                                            values={"train_loss": 3.0 - step / 30,
+                                                                    "learning_rate": 1e-4})]).held
         if step % 10 == 0:
             worker.call(job_store.add_checkpoint, job_id=job_id, step=step, storage_key=f"ckpt/{step}",
                         metrics={"train_loss": 3.0 - step / 30})
@@ -205,7 +206,7 @@ def test_broker_failure_leaves_the_job_created_and_queued(tenant, settings):
 
 
 def test_stored_run_config_is_accepted_by_dora_core(tenant, settings):
-    """The worker hands jobs.settings["run_config"] to dora_core unchanged: the names must agree."""
+    """The worker hands the stored spec's run to dora_core unchanged: the names must agree."""
     settings_module = pytest.importorskip("dora_core.training.settings")
     from store.db import session_scope
     from store.models import Job
@@ -215,9 +216,9 @@ def test_stored_run_config_is_accepted_by_dora_core(tenant, settings):
     for body in ({"method": method, "seed": 5}, {}):
         job_id = tenant.job(body)["id"]
         with session_scope(settings) as session:
-            stored = session.get(Job, job_id).settings
+            stored = JobSpec.from_data(session.get(Job, job_id).settings)
         config = settings_module.RunConfig.from_dict(
-            stored["run_config"] | {"base_model": stored["base_model"]["path"], "train_file": "/data/train.jsonl"})
+            stored.run.model_dump() | {"base_model": stored.base_model.source, "train_file": "/data/train.jsonl"})
         assert config.adapter.method == ("lora" if body else "dora")
         if body:
             assert config.adapter.rank == 4 and config.training.epochs == 2 and config.training.micro_batch_size == 2

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dora_contract import TrainingSettings
+from dora_contract import JobSpec, TrainingSettings
 from store.db import session_scope
 from store.models import Job
 
@@ -11,8 +11,8 @@ def test_a_job_asks_for_an_nf4_base_and_the_worker_gets_it(tenant, settings):
     job = tenant.job({"method": {"type": "dora", "dora": {"hyperparameters": {"quantization": "nf4"}}}})
     assert job["method"]["dora"]["hyperparameters"]["quantization"] == "nf4"
     with session_scope(settings) as session:
-        stored = session.get(Job, job["id"]).settings
-    assert stored["run_config"]["training"]["quantization"] == "nf4"  # what worker/job.py hands dora_core
+        stored = JobSpec.from_data(session.get(Job, job["id"]).settings)
+    assert stored.run.training.quantization == "nf4"  # what worker/job.py hands dora_core
     default = tenant.job()
     assert default["method"]["dora"]["hyperparameters"]["quantization"] == TrainingSettings().quantization == "none"
 

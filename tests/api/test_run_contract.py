@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from dora_contract import JobSpec
 from dora_core import AdapterLinear, apply_adapter
 from dora_core.training import RunConfig
 from store.db import session_scope
@@ -18,22 +19,22 @@ from tests.support.model_factories import input_ids, perturb_adapters, tiny_llam
 PATHS = {"base_model", "train_file", "validation_file"}
 
 
-def _stored_settings(settings, job_id: str) -> dict:
+def _stored_spec(settings, job_id: str) -> JobSpec:
     with session_scope(settings) as session:
-        return session.get(Job, job_id).settings
+        return JobSpec.from_data(session.get(Job, job_id).settings)
 
 
-def _worker_config(stored: dict, train_file: str) -> RunConfig:
+def _worker_config(stored: JobSpec, train_file: str) -> RunConfig:
     """What worker/job.py builds: the stored run plus the local paths it downloaded."""
-    return RunConfig.from_dict(stored["run_config"] | {"base_model": stored["base_model"]["path"],
-                                                       "train_file": train_file})
+    return RunConfig.from_dict(stored.run.model_dump() | {"base_model": stored.base_model.source,
+                                                          "train_file": train_file})
 
 
 def test_a_default_job_resolves_to_the_default_dora_train_run(tenant, settings, tmp_path):
     job = tenant.job()  # nothing but model and training_file
     (tmp_path / "run.yaml").write_text("base_model: model\ntrain_file: train.jsonl\n")
     cli = RunConfig.from_file(tmp_path / "run.yaml")  # what `dora train run.yaml` runs
-    worker = _worker_config(_stored_settings(settings, job["id"]), train_file=cli.train_file)
+    worker = _worker_config(_stored_spec(settings, job["id"]), train_file=cli.train_file)
 
     # The seed is the one value that differs, on purpose: like OpenAI, a job without a seed
     # gets a random one (shown on the job); `dora train` defaults to 0 so a rerun resumes.
@@ -52,7 +53,7 @@ def test_a_default_job_resolves_to_the_default_dora_train_run(tenant, settings, 
 @pytest.mark.parametrize("body", [{}, {"method": {"type": "dora", "dora": {"hyperparameters": {"rank": 4}}}}])
 def test_a_default_job_trains_every_layer_through_the_lean_autograd_function(tenant, settings, body):
     """The stored run, applied as the worker applies it, runs DoraLinearFunction in every adapted layer."""
-    config = _worker_config(_stored_settings(settings, tenant.job(body)["id"]), train_file="/data/train.jsonl")
+    config = _worker_config(_stored_spec(settings, tenant.job(body)["id"]), train_file="/data/train.jsonl")
     model = apply_adapter(tiny_llama(), config.adapter).train()
     perturb_adapters(model)
     nodes = []

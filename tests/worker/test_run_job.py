@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sqlalchemy import update
 
+from dora_contract import JobSpec
 from store.db import session_scope
 from store.models import Job
 from store.storage import open_storage
@@ -159,7 +160,7 @@ def test_an_attempt_that_lost_its_lease_stops_and_writes_nothing(service):
 def test_a_retryable_failure_is_retried_then_stops_at_the_attempt_cap(service):
     job_id = service.create(max_attempts=2)
     storage = open_storage(service.settings.storage_url)
-    storage.delete(service.row(job_id).settings["training_file"]["storage_key"])  # a poison job
+    storage.delete(JobSpec.from_data(service.row(job_id).settings).training_file.storage_key)  # a poison job
     published = []
     assert _run(service, job_id, published=published) == "released"
     assert published == [job_id] and service.row(job_id).status == "queued"
