@@ -1,18 +1,23 @@
-"""A fine-tuning job's status names: the one place they are spelled (store/jobs.py re-exports them).
+"""A fine-tuning job's statuses and the state machine between them, as data: the one place both are written.
 
-Kept apart from store/jobs.py so store/models.py can use them without importing the state
-machine (which imports the models). The values are what the database stores and the API
-shows (OpenAI's names), so changing one needs a data migration.
+`TRANSITIONS` is the state machine: one row per (from, event, to, by). Everything else is
+derived from it: the `WHERE status IN (...)` of each transition function in store/jobs.py
+(`sources`), what finish and settle may write (`targets`), `TERMINAL`/`ACTIVE`, and the diagram
+in docs/architecture.md (`diagram`, checked by tests/api/test_job_transitions.py). A new status
+is one `JobStatus` member plus its rows; tests/api/test_job_transitions.py then checks every
+transition function against them on SQLite and PostgreSQL.
+
+Kept free of SQL and of the models so store/models.py can import it. The values are what the
+database stores and the API shows (OpenAI's names), so changing one needs a data migration.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 
 class JobStatus(StrEnum):
-    """queued -> running -> succeeded | failed | cancelled; queued -> cancelled; running -> queued (released)."""
-
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -20,5 +25,90 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
-TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+INITIAL = JobStatus.QUEUED  # what create_job inserts (files are validated at upload)
+
+
+class Event(StrEnum):
+    """What moves a job; each is made by one function (named after it)."""
+
+    CLAIM = "claim"  # store/jobs.py claim_job
+    PROGRESS = "progress"  # store/progress.py write_progress, store/jobs.py add_checkpoint: keep the status
+    FINISH = "finish"  # finish_job
+    RELEASE = "release"  # release_job: give the job back for another attempt
+    CANCEL = "cancel"  # cancel_job, before any worker took the job
+    REQUEST_CANCEL = "request cancel"  # cancel_job on a running job: its worker stops and finishes it
+    REPUBLISH = "republish"  # mark_republished: only updated_at changes, so one reconciler publishes it
+    SETTLE = "settle"  # settle_abandoned: a job no attempt works on and none may take
+
+
+class Actor(StrEnum):
+    """Who makes a transition, which also says what the lease must be (store/job_predicates.py)."""
+
+    API = "api"  # a user's request: whatever the lease
+    WORKER = "worker"  # any worker, on a job no live lease holds
+    LEASE_HOLDER = "lease holder"  # the worker whose (owner, attempt) holds the lease: the fence
+    RECONCILER = "reconciler"  # on a job no live lease holds
+
+
+@dataclass(frozen=True)
+class Transition:
+    """`event`, made by `by`, takes a job in any of `sources` to one of `targets` when `when` holds
+    ("may run again": attempts left and no cancel asked)."""
+
+    sources: tuple[JobStatus, ...]
+    event: Event
+    targets: tuple[JobStatus, ...]
+    by: Actor
+    when: str = ""  # the condition besides status and lease, in words (its SQL: store/job_predicates.py)
+
+
+_Q, _R = JobStatus.QUEUED, JobStatus.RUNNING  # the table's shorthand
+_OK, _FAILED, _CANCELLED = JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED
+TRANSITIONS: tuple[Transition, ...] = (
+    #          sources   event                 targets                    by                  when
+    Transition((_Q, _R), Event.CLAIM,          (_R,),                     Actor.WORKER,       "may run again"),
+    Transition((_R,),    Event.PROGRESS,       (_R,),                     Actor.LEASE_HOLDER),
+    Transition((_R,),    Event.FINISH,         (_OK, _FAILED, _CANCELLED), Actor.LEASE_HOLDER),
+    Transition((_R,),    Event.RELEASE,        (_Q,),                     Actor.LEASE_HOLDER),
+    Transition((_Q,),    Event.CANCEL,         (_CANCELLED,),             Actor.API),
+    Transition((_R,),    Event.REQUEST_CANCEL, (_R,),                     Actor.API,          "not asked yet"),
+    Transition((_Q,),    Event.REPUBLISH,      (_Q,),                     Actor.RECONCILER,   "may run again"),
+    Transition((_R,),    Event.REPUBLISH,      (_R,),                     Actor.RECONCILER,   "may run again"),
+    Transition((_Q, _R), Event.SETTLE,         (_FAILED,),                Actor.RECONCILER,   "at the attempt cap"),
+    Transition((_Q, _R), Event.SETTLE,         (_CANCELLED,),             Actor.RECONCILER,   "cancel asked"),
+)  # fmt: skip
+
+
+def sources(event: Event) -> frozenset[JobStatus]:
+    """The statuses `event` may leave: the `WHERE status IN (...)` of its function."""
+    return frozenset(source for row in TRANSITIONS if row.event == event for source in row.sources)
+
+
+def targets(event: Event, source: JobStatus | None = None) -> frozenset[JobStatus]:
+    """The statuses `event` may lead to (from `source`; from any source when None)."""
+    return frozenset(target for row in TRANSITIONS if row.event == event and (source is None or source in row.sources)
+                     for target in row.targets)
+
+
+def actor(event: Event) -> Actor:
+    """Who makes `event`: one actor per event, since the actor says which lease fence its SQL has."""
+    (by,) = {row.by for row in TRANSITIONS if row.event == event}
+    return by
+
+
+TERMINAL = frozenset(JobStatus) - {source for row in TRANSITIONS for source in row.sources}  # no event leaves them
 ACTIVE = frozenset(JobStatus) - TERMINAL
+
+
+def diagram() -> str:
+    """The table as a Mermaid state diagram (docs/architecture.md holds this text)."""
+    lines = ["stateDiagram-v2", f"    [*] --> {INITIAL}: create by api"]
+    for row in TRANSITIONS:
+        label = f"{row.event} by {row.by}" + (f", {row.when}" if row.when else "")
+        lines += [f"    {source} --> {target}: {label}" for source in row.sources for target in row.targets]
+    lines += [f"    {status} --> [*]" for status in JobStatus if status in TERMINAL]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m store.job_status > the diagram to paste into docs/architecture.md
+    print(diagram(), end="")

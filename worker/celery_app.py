@@ -207,11 +207,8 @@ def _ask_running_jobs_to_stop(**_) -> None:
 @worker_shutdown.connect
 def _publish_released_jobs(**_) -> None:
     """Consumption has stopped: now publish what this worker's jobs gave back."""
-    from sqlalchemy import select
-
     from store.db import session_scope
-    from store.jobs import JobStatus
-    from store.models import Job
+    from store.job_queries import still_queued
     from store.queue import publish_job
     from worker.database import first_line, unreachable
 
@@ -221,8 +218,7 @@ def _publish_released_jobs(**_) -> None:
     given_back = dict(_parse_given_back(line) for line in path.read_text().splitlines() if line.strip())
     try:
         with session_scope(app.settings) as session:  # only what still waits (not a stale duplicate)
-            queued = set(session.scalars(select(Job.id).where(Job.id.in_(list(given_back)),
-                                                              Job.status == JobStatus.QUEUED)))
+            queued = still_queued(session, given_back)
     except Exception as error:
         if not unreachable(error):
             raise

@@ -46,7 +46,7 @@ from sqlalchemy import select
 from store import jobs as job_store
 from store.broker import BrokerKind, broker_kind
 from store.db import session_scope
-from store.jobs import JobStatus
+from store.job_queries import list_reclaimable, waiting_for_a_worker
 from store.models import Job, utcnow
 from store.queue import publish_job
 from worker.database import Backoff, first_line, unreachable
@@ -78,7 +78,7 @@ class Reconciler:
         result = Pass()
         with session_scope(self.settings) as session:
             result.settled = job_store.settle_abandoned(session)
-            candidates = job_store.list_reclaimable(session, queued_for_seconds=self.settings.requeue_after_seconds)
+            candidates = list_reclaimable(session, queued_for_seconds=self.settings.requeue_after_seconds)
         if broker_lost_its_queue(self.settings.broker_url):
             result.broker_lost_queue = True
             lost = self.republish_queued(result)
@@ -99,8 +99,7 @@ class Reconciler:
     def republish_queued(self, result: Pass) -> list[str]:
         """Re-publish every queued job that may run, now (the broker lost their messages)."""
         with session_scope(self.settings) as session:
-            queued = list(session.scalars(select(Job.id).where(job_store.claimable(utcnow()),
-                                                               Job.status == JobStatus.QUEUED).order_by(Job.id)))
+            queued = waiting_for_a_worker(session)
         return [job_id for job_id in queued if self._republish(job_id, result, requeue_after=0.0)]
 
     def _republish(self, job_id: str, result: Pass, *, requeue_after: float) -> bool:

@@ -8,7 +8,6 @@ row, and a refused file's object is deleted, so a rejected file leaves nothing.
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.datasets import validate_dataset
@@ -17,8 +16,8 @@ from api.quotas import check_storage
 from api.services.scope import owned, page
 from api.uploads import Upload
 from store.ids import new_id
-from store.jobs import ACTIVE
-from store.models import File, Job
+from store.job_queries import active_job_using_file
+from store.models import File
 from store.settings import Settings
 from store.storage import Storage, file_key
 
@@ -86,9 +85,7 @@ def delete_file(*, session: Session, storage: Storage, file: File) -> None:
     if file.artifact_id is not None:
         raise ApiError(409, f"File {file.id} is a job result and is kept with its job", param="file_id",
                        code="file_in_use")
-    in_use = select(Job.id).where(Job.tenant_id == file.tenant_id, Job.status.in_(ACTIVE),
-                                  (Job.training_file == file.id) | (Job.validation_file == file.id))
-    job_id = session.scalars(in_use.limit(1)).first()
+    job_id = active_job_using_file(session, tenant_id=file.tenant_id, file_id=file.id)
     if job_id is not None:
         raise ApiError(409, f"File {file.id} is used by active job {job_id}; cancel it first", param="file_id",
                        code="file_in_use")

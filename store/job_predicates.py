@@ -1,0 +1,75 @@
+"""The state machine's conditions in SQL: which job rows an event may change.
+
+store/job_status.py says which statuses an event leaves (`sources`); these expressions add what
+its actor needs of the lease and the event's own condition (the table's `when`), each written
+once. Every transition function in store/jobs.py and store/progress.py puts one of them in the
+WHERE of its conditional UPDATE, so a row the table does not allow is simply not changed.
+
+The lease, by actor: the lease holder's writes are fenced by (lease_owner, attempt) (`holds_lease`);
+a worker's claim and the reconciler act only on a job no live lease holds (`no_live_lease`); the
+API's cancel ignores the lease. Times come from the callers' clocks (hosts need NTP); leases
+are minutes, skew is seconds.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, and_, or_
+
+from store.job_status import Event, sources
+from store.models import Job
+
+
+def leaves(event: Event) -> ColumnElement[bool]:
+    """`status IN (...)`: the statuses the table lets `event` leave."""
+    return Job.status.in_(sorted(sources(event)))
+
+
+def holds_lease(job_id: str, owner: str, attempt: int, event: Event) -> ColumnElement[bool]:
+    """This (owner, attempt) holds the job's lease and `event` may leave its status: the fence
+    on every write by a worker (a worker that lost its lease changes no row)."""
+    return and_(Job.id == job_id, leaves(event), Job.lease_owner == owner, Job.attempt == attempt)
+
+
+def lease_lapsed(now: datetime) -> ColumnElement[bool]:
+    """A lease ran out: its worker died, hung or lost the database (NULL, no lease, is not lapsed)."""
+    return Job.lease_expires_at < now
+
+
+def no_live_lease(now: datetime) -> ColumnElement[bool]:
+    """No attempt works on the job: never leased, given back or ended (no lease), or its lease lapsed."""
+    return or_(Job.lease_expires_at.is_(None), lease_lapsed(now))
+
+
+def may_run_again() -> ColumnElement[bool]:
+    """Another attempt is allowed: attempts left and no cancel requested."""
+    return and_(Job.attempt < Job.max_attempts, Job.cancel_requested.is_(False))
+
+
+def claimable(now: datetime) -> ColumnElement[bool]:
+    """What a claim takes: unleased, and allowed to run again."""
+    return and_(leaves(Event.CLAIM), no_live_lease(now), may_run_again())
+
+
+def republishable(now: datetime) -> ColumnElement[bool]:
+    """What the reconciler may publish again: what a claim would take."""
+    return and_(leaves(Event.REPUBLISH), no_live_lease(now), may_run_again())
+
+
+def abandoned(now: datetime) -> ColumnElement[bool]:
+    """Unleased but never to run again (at the attempt cap, or cancel asked): to be settled.
+
+    Besides lapsed leases, this is a job its last attempt gave back (a worker shut down during
+    attempt N of N) or one given back after a cancel request: no claim would ever take it."""
+    return and_(leaves(Event.SETTLE), no_live_lease(now), ~may_run_again())
+
+
+def cancellable() -> ColumnElement[bool]:
+    """Cancelled at once: no worker has it."""
+    return leaves(Event.CANCEL)
+
+
+def cancel_requestable() -> ColumnElement[bool]:
+    """A worker has it: the cancel is asked of it (once)."""
+    return and_(leaves(Event.REQUEST_CANCEL), Job.cancel_requested.is_(False))
