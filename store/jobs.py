@@ -1,21 +1,15 @@
-"""The job state machine. SQL is the truth; each function is one short transaction.
+"""The job state machine's transitions: each function is one short transaction, SQL is the truth.
 
-    queued -> running -> succeeded | failed | cancelled        (queued -> cancelled directly;
-                 running -> queued when an attempt gives the job back: release_job)
-
-Statuses are `JobStatus` members (store/job_status.py, re-exported here), never string
-literals. Which rows may change is said by a few SQL predicates, each written once:
-`holds_lease` (the fence every worker write goes through, via `_fenced_update`),
-`lease_expired` (running, but its worker stopped renewing), `unattended` (queued, or an expired
-lease: no attempt works on it), `may_run_again` (attempts left, no cancel asked), and from
-those `claimable` (what a claim or a re-publish may take) and `abandoned` (what the reconciler
-settles: unattended and not allowed to run again, e.g. given back by the last attempt).
+Which status an event may leave and reach, and who makes it, is the table in store/job_status.py
+(drawn in docs/architecture.md); which rows it may change is said in SQL once, in
+store/job_predicates.py, and each function here puts that predicate in the WHERE of one
+conditional UPDATE: no row changed, nothing happened (someone else has the job, or it ended).
+Statuses are `JobStatus` members (re-exported here), never string literals.
 
 Execution is at-least-once delivery made effectively-once by a lease: `claim_job` is ONE
-conditional UPDATE (no row changed: someone else has it, or it is finished), and every
-later write by a worker is fenced by (lease_owner, attempt), so a worker that lost its lease
-(paused, partitioned, presumed dead and replaced) cannot overwrite the new attempt's work.
-Times come from the callers' clocks (hosts need NTP); leases are minutes, skew is seconds.
+conditional UPDATE, and every later write by a worker is fenced by (lease_owner, attempt), so a
+worker that lost its lease (paused, partitioned, presumed dead and replaced) cannot overwrite
+the new attempt's work. A worker's progress (heartbeat, metrics, events) is store/progress.py.
 """
 
 from __future__ import annotations
@@ -26,12 +20,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from store.archive import tar_size
 from store.ids import new_id
-from store.job_status import ACTIVE, TERMINAL, JobStatus  # noqa: F401 - re-exported: import them from here
+from store.job_predicates import abandoned, cancel_requestable, cancellable, claimable, holds_lease, republishable
+from store.job_status import ACTIVE, INITIAL, TERMINAL, Event, JobStatus, targets  # noqa: F401 - re-exported
 from store.models import Artifact, Checkpoint, File, Job, JobEvent, MetricPoint, Tenant, utcnow
 from store.notify import job_changed
 from store.webhooks import checkpoint_event, job_event  # the webhook outbox, written in each transition
@@ -39,12 +34,6 @@ from store.webhooks import checkpoint_event, job_event  # the webhook outbox, wr
 
 class InvalidTransition(Exception):  # noqa: N818 - named for the refused state change, like SQLAlchemy's NoResultFound
     """The job is not in a state that allows this (e.g. cancelling a finished job)."""
-
-
-@dataclass(frozen=True)
-class Heartbeat:
-    held: bool  # False: the lease is gone (another attempt owns the job): stop at once
-    cancel_requested: bool
 
 
 @dataclass(frozen=True)
@@ -63,40 +52,6 @@ class JobError:
     message: str
     param: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-# -- the predicates (SQL expressions), each condition written once ----------------------------
-def holds_lease(job_id: str, owner: str, attempt: int) -> ColumnElement[bool]:
-    """The job is running under this (owner, attempt): the fence on every write by a worker."""
-    return and_(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.lease_owner == owner, Job.attempt == attempt)
-
-
-def lease_expired(now: datetime) -> ColumnElement[bool]:
-    """Running, but its lease ran out: the worker died, hung or lost the database."""
-    return and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
-
-
-def unattended(now: datetime) -> ColumnElement[bool]:
-    """No attempt is working on the job: queued, or running with an expired lease."""
-    return or_(Job.status == JobStatus.QUEUED, lease_expired(now))
-
-
-def may_run_again() -> ColumnElement[bool]:
-    """Another attempt is allowed: attempts left and no cancel requested."""
-    return and_(Job.attempt < Job.max_attempts, Job.cancel_requested.is_(False))
-
-
-def claimable(now: datetime) -> ColumnElement[bool]:
-    """What a claim takes and the reconciler re-publishes: unattended, and allowed to run again."""
-    return and_(unattended(now), may_run_again())
-
-
-def abandoned(now: datetime) -> ColumnElement[bool]:
-    """Unattended but never to run again (at the attempt cap, or cancel asked): to be settled.
-
-    Besides expired leases, this is a job its last attempt gave back (a worker shut down during
-    attempt N of N) or one given back after a cancel request: no claim would ever take it."""
-    return and_(unattended(now), ~may_run_again())
 
 
 def _event(job_id: str, message: str, *, level: str = "info", type: str = "message", data: dict | None = None,
@@ -127,10 +82,10 @@ def _changed(session: Session, statement) -> int:
     return session.execute(statement, execution_options={"synchronize_session": False}).rowcount
 
 
-def _fenced_update(session: Session, *, job_id: str, owner: str, attempt: int, **values: Any) -> bool:
-    """UPDATE the job only while (owner, attempt) holds its lease; when no row changed (the lease
-    is gone), roll back and return False, so the caller adds nothing more."""
-    if _changed(session, update(Job).where(holds_lease(job_id, owner, attempt)).values(**values)) == 1:
+def _fenced_update(session: Session, event: Event, *, job_id: str, owner: str, attempt: int, **values: Any) -> bool:
+    """UPDATE the job for `event` only while (owner, attempt) holds its lease; when no row changed
+    (the lease is gone), roll back and return False, so the caller adds nothing more."""
+    if _changed(session, update(Job).where(holds_lease(job_id, owner, attempt, event)).values(**values)) == 1:
         return True
     session.rollback()
     return False
@@ -143,7 +98,7 @@ def create_job(session: Session, *, tenant_id: str, model: str, training_file: s
     """Insert a queued job and its first events; commits (IntegrityError on a reused idempotency key)."""
     now = utcnow()
     job = Job(id=new_id("job"), tenant_id=tenant_id, model=model, training_file=training_file,
-              validation_file=validation_file, status=JobStatus.QUEUED, method=method, settings=settings, seed=seed,
+              validation_file=validation_file, status=INITIAL, method=method, settings=settings, seed=seed,
               suffix=suffix, meta=metadata, max_attempts=max_attempts, idempotency_key=idempotency_key,
               request_hash=request_hash, gpus=gpus, created_at=now, updated_at=now, event_seq=2)
     session.add(job)
@@ -179,59 +134,11 @@ def claim_job(session: Session, *, job_id: str, owner: str, lease_seconds: float
     return job
 
 
-def heartbeat(session: Session, *, job_id: str, owner: str, attempt: int, lease_seconds: float,
-              step: int | None = None, total_steps: int | None = None, epoch: float | None = None,
-              trained_tokens: int | None = None, now: datetime | None = None) -> Heartbeat:
-    """Extend the lease (only for its holder), store progress, report whether cancel was asked."""
-    now = now or utcnow()
-    row = renew_lease(session, job_id=job_id, owner=owner, attempt=attempt, lease_seconds=lease_seconds, now=now,
-                      step=step, total_steps=total_steps, epoch=epoch, trained_tokens=trained_tokens)
-    session.commit()
-    return Heartbeat(held=row is not None, cancel_requested=bool(row and row[0]))
-
-
-def renew_lease(session: Session, *, job_id: str, owner: str, attempt: int, lease_seconds: float, now: datetime,
-                **progress: Any):
-    """The fenced UPDATE every heartbeat makes: extend the lease and store the progress values
-    given (None ones are left as they are), only for the lease's holder. The row (cancel_requested,)
-    or None when the lease is gone; the caller commits."""
-    values = {name: value for name, value in progress.items() if value is not None}
-    statement = (
-        update(Job).where(holds_lease(job_id, owner, attempt))
-        .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now, **values)
-        .returning(Job.cancel_requested)
-    )
-    return session.execute(statement, execution_options={"synchronize_session": False}).first()
-
-
-def record_metrics(session: Session, *, job_id: str, owner: str, attempt: int, step: int, values: dict[str, float],
-                   epoch: float | None = None, now: datetime | None = None) -> bool:
-    """Store one step's metrics (replacing a step a resumed attempt re-ran); False without the lease."""
-    now = now or utcnow()
-    progress = {"step": step, "updated_at": now} | ({"epoch": epoch} if epoch is not None else {})
-    if not _fenced_update(session, job_id=job_id, owner=owner, attempt=attempt, **progress):
-        return False
-    session.execute(delete(MetricPoint).where(MetricPoint.job_id == job_id, MetricPoint.step == step))
-    session.add(MetricPoint(job_id=job_id, step=step, epoch=epoch, values=values, created_at=now))
-    job_changed(session, job_id)
-    session.commit()
-    return True
-
-
-def add_event(session: Session, *, job_id: str, message: str, level: str = "info", type: str = "message",
-              data: dict | None = None) -> JobEvent:
-    """Append a user-visible event (commits). Not fenced: events only inform."""
-    event = _event(job_id, message, level=level, type=type, data=data)
-    _add_events(session, job_id, event)
-    session.commit()
-    return event
-
-
 def add_checkpoint(session: Session, *, job_id: str, owner: str, attempt: int, step: int, storage_key: str,
                    metrics: dict | None = None) -> Checkpoint | None:
     """Register a checkpoint already written to storage; None without the lease."""
     now = utcnow()
-    if not _fenced_update(session, job_id=job_id, owner=owner, attempt=attempt, updated_at=now):
+    if not _fenced_update(session, Event.PROGRESS, job_id=job_id, owner=owner, attempt=attempt, updated_at=now):
         return None
     checkpoint = Checkpoint(id=new_id("checkpoint"), job_id=job_id, step=step, attempt=attempt,
                             storage_key=storage_key, metrics=metrics or {}, created_at=now)
@@ -247,16 +154,6 @@ def latest_checkpoint(session: Session, *, job_id: str) -> Checkpoint | None:
     return session.scalars(query.limit(1)).first()
 
 
-def mark_resumed(session: Session, *, job_id: str, owner: str, attempt: int, step: int) -> bool:
-    """Record that this attempt continues from the checkpoint at `step`."""
-    values = {"resumed_from_step": step, "step": step, "updated_at": utcnow()}
-    if not _fenced_update(session, job_id=job_id, owner=owner, attempt=attempt, **values):
-        return False
-    _add_events(session, job_id, _event(job_id, f"Attempt {attempt} resumed from the checkpoint at step {step}"))
-    session.commit()
-    return True
-
-
 def fine_tuned_model_name(*, model: str, tenant_name: str, suffix: str | None, job_id: str,
                           step: int | None = None) -> str:
     """OpenAI's shape: `ft:<base>:<org>:<suffix>:<short id>` (`:ckpt-step-<n>` for a checkpoint)."""
@@ -268,13 +165,13 @@ def finish_job(session: Session, *, job_id: str, owner: str, attempt: int, statu
                error: JobError | None = None, trained_tokens: int | None = None,
                artifacts: list[ArtifactSpec] = ()) -> bool:
     """Write the final status and outputs, only while holding the lease; False when fenced off."""
-    if status not in TERMINAL:
-        raise ValueError(f"not a final status: {status}")
+    if status not in targets(Event.FINISH):
+        raise ValueError(f"not a status a job finishes with: {status}")
     status = JobStatus(status)
     now = utcnow()
     values = dict(status=status, finished_at=now, updated_at=now, lease_owner=None, lease_expires_at=None,
                   error=_error_dict(error), trained_tokens=trained_tokens)
-    if not _fenced_update(session, job_id=job_id, owner=owner, attempt=attempt, **values):
+    if not _fenced_update(session, Event.FINISH, job_id=job_id, owner=owner, attempt=attempt, **values):
         return False
     job = session.get(Job, job_id, populate_existing=True)
     if status == JobStatus.SUCCEEDED:
@@ -321,30 +218,20 @@ def _add_artifact(session: Session, *, job: Job, spec: ArtifactSpec, now: dateti
 def cancel_job(session: Session, *, job_id: str) -> Job:
     """queued -> cancelled now; running -> cancel requested (the worker stops and finishes it)."""
     now = utcnow()
-    cancel = update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+    cancel = update(Job).where(Job.id == job_id, cancellable())
     if _changed(session, cancel.values(status=JobStatus.CANCELLED, finished_at=now, updated_at=now)) == 1:
         _add_events(session, job_id, _event(job_id, "The job was cancelled", now=now))
         job_event(session, session.get(Job, job_id, populate_existing=True), now=now)
-    elif _changed(session, update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING,
-                                             Job.cancel_requested.is_(False))
+    elif _changed(session, update(Job).where(Job.id == job_id, cancel_requestable())
                   .values(cancel_requested=True, updated_at=now)) == 1:
         _add_events(session, job_id, _event(job_id, "Cancellation requested; the job stops after its current step",
                                             now=now))
     job = session.get(Job, job_id, populate_existing=True)
-    if job.status in TERMINAL and job.status != JobStatus.CANCELLED:
+    if job.status in TERMINAL - targets(Event.CANCEL):  # cancelling a cancelled job again is no error
         session.rollback()
         raise InvalidTransition(f"job {job_id} has already {job.status} and cannot be cancelled")
     session.commit()
     return job
-
-
-def list_reclaimable(session: Session, *, queued_for_seconds: float, now: datetime | None = None,
-                     limit: int = 100) -> list[str]:
-    """Jobs to re-publish (claimable ones): queued and unclaimed for a while, or with an expired lease."""
-    now = now or utcnow()
-    stale = or_(Job.status == JobStatus.RUNNING, Job.updated_at < now - timedelta(seconds=queued_for_seconds))
-    query = select(Job.id).where(claimable(now), stale).order_by(Job.id).limit(limit)
-    return list(session.scalars(query))
 
 
 def settle_abandoned(session: Session, *, now: datetime | None = None) -> list[str]:
@@ -378,7 +265,7 @@ def release_job(session: Session, *, job_id: str, owner: str, attempt: int, reas
     """
     now = utcnow()
     values = dict(status=JobStatus.QUEUED, lease_owner=None, lease_expires_at=None, updated_at=now)
-    if not _fenced_update(session, job_id=job_id, owner=owner, attempt=attempt, **values):
+    if not _fenced_update(session, Event.RELEASE, job_id=job_id, owner=owner, attempt=attempt, **values):
         return False
     _add_events(session, job_id, _event(job_id, reason, level="warning", now=now))
     session.commit()
@@ -393,7 +280,8 @@ def mark_republished(session: Session, *, job_id: str, not_since: datetime, now:
     has moved past the new updated_at.
     """
     now = now or utcnow()
-    statement = update(Job).where(Job.id == job_id, claimable(now), Job.updated_at < not_since).values(updated_at=now)
+    statement = (update(Job).where(Job.id == job_id, republishable(now), Job.updated_at < not_since)
+                 .values(updated_at=now))
     changed = _changed(session, statement) == 1
     session.commit()
     return changed

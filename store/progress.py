@@ -15,16 +15,24 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from store.ids import new_id
-from store.jobs import Heartbeat, _add_events, renew_lease
-from store.models import JobEvent, JobSample, MetricPoint, utcnow
+from store.job_predicates import holds_lease
+from store.job_status import Event
+from store.jobs import _add_events
+from store.models import Job, JobEvent, JobSample, MetricPoint, utcnow
 from store.notify import job_changed
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    held: bool  # False: the lease is gone (another attempt owns the job): stop at once
+    cancel_requested: bool
 
 
 @dataclass(frozen=True)
@@ -73,13 +81,18 @@ def write_progress(session: Session, *, job_id: str, owner: str, attempt: int, l
                    samples: Sequence[PendingSample] = (),
                    resumed_from_step: int | None = None, step: int | None = None, total_steps: int | None = None,
                    epoch: float | None = None, now: datetime | None = None) -> Heartbeat:
-    """Renew the lease and store `metrics`, `events` and `samples`, in one transaction, only for the lease's
-    holder (Heartbeat.held False: nothing was written). Commits."""
+    """Renew the lease, store the progress values given (None ones are left as they are) and `metrics`,
+    `events` and `samples`, in one transaction, only for the lease's holder (Heartbeat.held False:
+    nothing was written); report whether a cancel was asked. Commits."""
     now = now or utcnow()
     if step is None and metrics:
         step = max(point.step for point in metrics)
-    row = renew_lease(session, job_id=job_id, owner=owner, attempt=attempt, lease_seconds=lease_seconds, now=now,
-                      step=step, total_steps=total_steps, epoch=epoch, resumed_from_step=resumed_from_step)
+    progress = {"step": step, "total_steps": total_steps, "epoch": epoch, "resumed_from_step": resumed_from_step}
+    renew = (update(Job).where(holds_lease(job_id, owner, attempt, Event.PROGRESS))
+             .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now,
+                     **{name: value for name, value in progress.items() if value is not None})
+             .returning(Job.cancel_requested))
+    row = session.execute(renew, execution_options={"synchronize_session": False}).first()
     if row is None:
         session.rollback()
         return Heartbeat(held=False, cancel_requested=False)

@@ -1,4 +1,5 @@
-"""The job state machine in store/jobs.py: claims, leases, fencing, cancellation, reclaiming."""
+"""The job state machine in store/jobs.py: claims, leases, fencing, cancellation, reclaiming (each
+function against the table: tests/api/test_job_transitions.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from sqlalchemy import select
 
 from store import jobs as job_store
 from store.db import session_scope
+from store.job_queries import list_reclaimable
 from store.models import Job, MetricPoint, utcnow
+from store.progress import StepMetrics
 from tests.support.api_client import FakeWorker
 
 
@@ -31,10 +34,9 @@ def test_expired_lease_is_reclaimed_and_the_old_holder_is_fenced_off(tenant, set
     old, new = FakeWorker(settings), FakeWorker(settings)
     old.claim(job_id, lease_seconds=-1)  # already expired: the worker "died"
     with session_scope(settings) as session:
-        assert job_id in job_store.list_reclaimable(session, queued_for_seconds=3600)
+        assert job_id in list_reclaimable(session, queued_for_seconds=3600)
     assert new.claim(job_id).attempt == 2
-    assert not old.call(job_store.heartbeat, job_id=job_id, lease_seconds=60).held
-    assert not old.call(job_store.record_metrics, job_id=job_id, step=5, values={"train_loss": 1.0})
+    assert not old.progress(job_id, step=5, metrics=[StepMetrics(step=5, values={"train_loss": 1.0})]).held
     assert old.call(job_store.add_checkpoint, job_id=job_id, step=5, storage_key="x") is None
     assert not old.call(job_store.finish_job, job_id=job_id, status="succeeded")
     assert new.call(job_store.finish_job, job_id=job_id, status="succeeded")
@@ -48,7 +50,7 @@ def test_attempt_cap_stops_claims_and_settles_the_job_as_failed(tenant, settings
         assert FakeWorker(settings).claim(job_id, lease_seconds=-1) is not None
     assert FakeWorker(settings).claim(job_id) is None
     with session_scope(settings) as session:
-        assert job_id not in job_store.list_reclaimable(session, queued_for_seconds=0)
+        assert job_id not in list_reclaimable(session, queued_for_seconds=0)
         assert job_id in job_store.settle_abandoned(session)
     job = _status(settings, job_id)
     assert job.status == "failed" and job.error["code"] == "attempts_exhausted"
@@ -57,12 +59,14 @@ def test_attempt_cap_stops_claims_and_settles_the_job_as_failed(tenant, settings
 def test_heartbeat_extends_the_lease_stores_progress_and_reports_cancel(tenant, settings, worker):
     job_id = tenant.job()["id"]
     worker.claim(job_id, lease_seconds=5)
-    beat = worker.call(job_store.heartbeat, job_id=job_id, lease_seconds=600, step=3, total_steps=30, epoch=0.1)
+    beat = worker.progress(job_id, lease_seconds=600, step=3, total_steps=30, epoch=0.1)
     assert beat.held and not beat.cancel_requested
     job = _status(settings, job_id)
     assert job.step == 3 and job.total_steps == 30 and job.lease_expires_at > utcnow() + timedelta(seconds=500)
     assert tenant.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").json()["status"] == "running"
-    assert worker.call(job_store.heartbeat, job_id=job_id, lease_seconds=600).cancel_requested
+    beat = worker.progress(job_id, lease_seconds=600)
+    assert beat.held and beat.cancel_requested
+    assert _status(settings, job_id).step == 3  # progress values not given are left as they are
     assert worker.call(job_store.finish_job, job_id=job_id, status="cancelled")
     assert _status(settings, job_id).status == "cancelled"
 
@@ -71,13 +75,14 @@ def test_resumed_attempt_overwrites_rerun_steps_so_metrics_stay_continuous(tenan
     job_id = tenant.job()["id"]
     first = FakeWorker(settings)
     first.claim(job_id, lease_seconds=-1)
-    for step in range(1, 6):
-        first.call(job_store.record_metrics, job_id=job_id, step=step, values={"train_loss": 10.0 - step})
+    metrics = [StepMetrics(step=step, values={"train_loss": 10.0 - step}) for step in range(1, 6)]
+    assert first.progress(job_id, lease_seconds=-1, metrics=metrics).held  # the lease stays expired
     second = FakeWorker(settings)
     second.claim(job_id)
-    assert second.call(job_store.mark_resumed, job_id=job_id, step=3)
+    assert second.progress(job_id, resumed_from_step=3, step=3).held
+    assert not first.progress(job_id, metrics=[StepMetrics(step=4, values={"train_loss": 99.0})]).held  # fenced off
     for step in range(4, 8):
-        assert second.call(job_store.record_metrics, job_id=job_id, step=step, values={"train_loss": 1.0})
+        assert second.progress(job_id, metrics=[StepMetrics(step=step, values={"train_loss": 1.0})]).held
     with session_scope(settings) as session:
         points = session.scalars(select(MetricPoint).where(MetricPoint.job_id == job_id).order_by(MetricPoint.step))
         steps = [(p.step, p.values["train_loss"]) for p in points]
@@ -105,9 +110,9 @@ def test_abandoned_job_with_cancel_requested_ends_cancelled(tenant, settings, wo
 def test_stale_queued_jobs_are_listed_for_republishing(tenant, settings):
     job_id = tenant.job()["id"]
     with session_scope(settings) as session:
-        assert job_id not in job_store.list_reclaimable(session, queued_for_seconds=3600)
+        assert job_id not in list_reclaimable(session, queued_for_seconds=3600)
         later = utcnow() + timedelta(hours=2)
-        assert job_id in job_store.list_reclaimable(session, queued_for_seconds=3600, now=later, limit=10_000)
+        assert job_id in list_reclaimable(session, queued_for_seconds=3600, now=later, limit=10_000)
 
 
 def test_a_job_its_last_attempt_gave_back_is_settled_not_left_queued(tenant, settings, worker):
@@ -119,7 +124,7 @@ def test_a_job_its_last_attempt_gave_back_is_settled_not_left_queued(tenant, set
     assert FakeWorker(settings).claim(job_id) is None
     later = utcnow() + timedelta(hours=2)
     with session_scope(settings) as session:
-        assert job_id not in job_store.list_reclaimable(session, queued_for_seconds=0, now=later, limit=10_000)
+        assert job_id not in list_reclaimable(session, queued_for_seconds=0, now=later, limit=10_000)
         assert not job_store.mark_republished(session, job_id=job_id, not_since=later, now=later)
         assert job_id in job_store.settle_abandoned(session)
     job = _status(settings, job_id)
@@ -134,7 +139,7 @@ def test_a_job_given_back_after_a_cancel_request_is_settled_cancelled(tenant, se
     assert FakeWorker(settings).claim(job_id) is None
     later = utcnow() + timedelta(hours=2)
     with session_scope(settings) as session:
-        assert job_id not in job_store.list_reclaimable(session, queued_for_seconds=0, now=later, limit=10_000)
+        assert job_id not in list_reclaimable(session, queued_for_seconds=0, now=later, limit=10_000)
         assert job_id in job_store.settle_abandoned(session)
     assert _status(settings, job_id).status == "cancelled"
 

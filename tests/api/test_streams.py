@@ -18,6 +18,7 @@ from store.db import session_scope
 from store.jobs import JobStatus
 from store.migrate import upgrade
 from store.models import Job, JobEvent
+from store.progress import PendingEvent, StepMetrics
 from store.settings import Settings
 from tests.support.api_client import BASE_MODELS, recording_app
 from tests.support.jobs import wait_for
@@ -53,11 +54,14 @@ def stored_events(settings, job_id: str) -> list[JobEvent]:
         return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)))
 
 
-def add_events(settings, job_id: str, count: int, prefix: str = "note") -> None:
-    """As a worker's progress callback writes them (store/jobs.py add_event)."""
+def add_events(worker, job_id: str, count: int, prefix: str = "note") -> None:
+    """As a worker writes them: one heartbeat each (store/progress.py)."""
     for index in range(count):
-        with session_scope(settings) as session:
-            job_store.add_event(session, job_id=job_id, message=f"{prefix} {index}")
+        assert worker.progress(job_id, events=[PendingEvent(message=f"{prefix} {index}")]).held
+
+
+def add_metrics(worker, job_id: str, step: int, values: dict) -> None:
+    assert worker.progress(job_id, metrics=[StepMetrics(step=step, values=values)]).held
 
 
 def running_job(tenant, worker) -> str:
@@ -72,7 +76,7 @@ def finish(worker, job_id: str, status: JobStatus = JobStatus.SUCCEEDED) -> None
 
 def test_events_arrive_oldest_first_with_the_stored_ids_then_done(stream_url, tenant, worker, settings):
     job_id = running_job(tenant, worker)
-    add_events(settings, job_id, 3)
+    add_events(worker, job_id, 3)
     finish(worker, job_id)
     with open_stream(stream_url, tenant.key, events_path(job_id)) as stream:
         messages = stream.until_done()
@@ -87,10 +91,10 @@ def test_events_arrive_oldest_first_with_the_stored_ids_then_done(stream_url, te
 
 def test_resume_after_last_event_id_or_after_gives_exactly_the_rest(stream_url, tenant, worker, settings):
     job_id = running_job(tenant, worker)  # 3 events: created, validated, attempt started
-    add_events(settings, job_id, 3)
+    add_events(worker, job_id, 3)
     with open_stream(stream_url, tenant.key, events_path(job_id)) as stream:
         first = stream.messages(4)
-    add_events(settings, job_id, 2, prefix="while away")
+    add_events(worker, job_id, 2, prefix="while away")
     finish(worker, job_id)
     rows = stored_events(settings, job_id)
     with open_stream(stream_url, tenant.key, events_path(job_id), headers={"Last-Event-ID": first[-1].id}) as stream:
@@ -126,15 +130,15 @@ def test_heartbeats_while_idle_and_done_when_the_job_ends(stream_url, tenant, wo
 def test_metric_points_by_step_resume_and_done(stream_url, tenant, worker):
     job_id = running_job(tenant, worker)
     for step in (1, 2, 3):
-        assert worker.call(job_store.record_metrics, job_id=job_id, step=step, values={"loss": 3.0 - step / 2})
+        add_metrics(worker, job_id, step, {"loss": 3.0 - step / 2})
     with open_stream(stream_url, tenant.key, metrics_path(job_id)) as stream:
         first = stream.messages(3)
         assert [m.id for m in first] == ["1", "2", "3"]
         listed = tenant.get(metrics_path(job_id)).json()["data"]
         assert [json.loads(m.data) for m in first] == listed
-        assert worker.call(job_store.record_metrics, job_id=job_id, step=4, values={"loss": 0.9})
+        add_metrics(worker, job_id, 4, {"loss": 0.9})
         assert stream.messages(1)[0].id == "4"
-    assert worker.call(job_store.record_metrics, job_id=job_id, step=5, values={"loss": 0.8})
+    add_metrics(worker, job_id, 5, {"loss": 0.8})
     finish(worker, job_id)
     with open_stream(stream_url, tenant.key, metrics_path(job_id), headers={"Last-Event-ID": "2"}) as stream:
         assert [m.id for m in stream.until_done()] == ["3", "4", "5"]
@@ -231,7 +235,7 @@ def test_the_openapi_document_says_text_event_stream(stream_url):
 def test_concurrent_writers_number_events_without_gaps_or_repeats(tenant, worker, settings):
     job_id = running_job(tenant, worker)
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda i: add_events(settings, job_id, 5, prefix=f"writer {i}"), range(8)))
+        list(pool.map(lambda i: add_events(worker, job_id, 5, prefix=f"writer {i}"), range(8)))
     rows = stored_events(settings, job_id)
     assert [r.seq for r in rows] == list(range(1, 3 + 40 + 1))
     with session_scope(settings) as session:
@@ -300,8 +304,7 @@ def _arrives_within(stream, write, seconds: float = 1.0):
     return result["message"], took
 
 
-def test_a_write_elsewhere_wakes_a_stream_served_by_another_process_within_a_second(two_apis, tenant, worker,
-                                                                                  settings):
+def test_a_write_elsewhere_wakes_a_stream_served_by_another_process_within_a_second(two_apis, tenant, worker):
     api_a, api_b = two_apis
     job_id = running_job(tenant, worker)
     with open_stream(api_b, tenant.key, events_path(job_id), read_timeout=10) as events:
@@ -311,12 +314,11 @@ def test_a_write_elsewhere_wakes_a_stream_served_by_another_process_within_a_sec
                                     headers={"Authorization": f"Bearer {tenant.key}"}, timeout=5).raise_for_status()
         message, _ = _arrives_within(events, cancel)
         assert json.loads(message.data)["message"].startswith("Cancellation requested")
-        # directly by the store, as a worker writes
-        message, _ = _arrives_within(events, lambda: add_events(settings, job_id, 1, prefix="from the worker"))
+        # by a worker's heartbeat (store/progress.py)
+        message, _ = _arrives_within(events, lambda: add_events(worker, job_id, 1, prefix="from the worker"))
         assert json.loads(message.data)["message"] == "from the worker 0"
         with open_stream(api_b, tenant.key, metrics_path(job_id), read_timeout=10) as metrics:
-            message, _ = _arrives_within(metrics, lambda: worker.call(job_store.record_metrics, job_id=job_id,
-                                                                      step=1, values={"loss": 1.0}))
+            message, _ = _arrives_within(metrics, lambda: add_metrics(worker, job_id, 1, {"loss": 1.0}))
             assert message.id == "1"
         finish(worker, job_id, JobStatus.CANCELLED)
         started = time.monotonic()
@@ -338,5 +340,5 @@ def test_a_cut_listen_connection_is_replaced(two_apis, tenant, worker, settings)
         engine.dispose()
         assert cut, "no LISTEN connection to cut"
         time.sleep(1.0)  # the listener reconnects (backoff from 0.1 s)
-        message, _ = _arrives_within(events, lambda: add_events(settings, job_id, 1, prefix="after the cut"))
+        message, _ = _arrives_within(events, lambda: add_events(worker, job_id, 1, prefix="after the cut"))
         assert json.loads(message.data)["message"] == "after the cut 0"

@@ -13,6 +13,7 @@ from api.app import create_app
 from store import jobs as job_store
 from store.db import session_scope
 from store.models import File, Job
+from store.progress import Heartbeat, write_progress
 from store.settings import Settings
 from store.tenants import create_api_key
 
@@ -110,3 +111,7 @@ class FakeWorker:
     def call(self, function, **kw):
         with session_scope(self.settings) as session:
             return function(session, owner=self.owner, attempt=self.attempt, **kw)
+
+    def progress(self, job_id: str, *, lease_seconds: float = 60, **progress) -> Heartbeat:
+        """A heartbeat and what it carries (metrics, events, step...), written as worker/lease.py writes it."""
+        return self.call(write_progress, job_id=job_id, lease_seconds=lease_seconds, **progress)
