@@ -9,6 +9,7 @@ import pytest
 from dora_contract import AdapterSettings, JobSpec, TrainingSettings
 from store import jobs as job_store
 from store.jobs import ACTIVE, TERMINAL, JobStatus
+from store.progress import StepMetrics
 from store.queue import publish_job
 from tests.support.api_client import OPERATOR
 
@@ -130,8 +131,7 @@ def test_the_status_filter_accepts_exactly_the_job_status_names(tenant, client):
 def test_progress_percent_eta_attempt_and_resume(tenant, worker):
     job_id = tenant.job()["id"]
     worker.claim(job_id)
-    worker.call(job_store.mark_resumed, job_id=job_id, step=10)
-    worker.call(job_store.heartbeat, job_id=job_id, lease_seconds=60, step=25, total_steps=100, epoch=0.75)
+    assert worker.progress(job_id, resumed_from_step=10, step=25, total_steps=100, epoch=0.75).held
     job = tenant.get(f"/v1/fine_tuning/jobs/{job_id}").json()
     progress = job["progress"]
     assert job["status"] == "running" and job["attempt"] == 1 and job["resumed_from_step"] == 10
@@ -164,8 +164,9 @@ def test_events_checkpoints_and_metrics(tenant, worker):
     job_id = tenant.job()["id"]
     worker.claim(job_id)
     for step in range(1, 31):
-        worker.call(job_store.record_metrics, job_id=job_id, step=step, epoch=step / 30,
-                    values={"train_loss": 3.0 - step / 30, "learning_rate": 1e-4})
+        assert worker.progress(job_id, metrics=[StepMetrics(step=step, epoch=step / 30,
+                                                            values={"train_loss": 3.0 - step / 30,
+                                                                    "learning_rate": 1e-4})]).held
         if step % 10 == 0:
             worker.call(job_store.add_checkpoint, job_id=job_id, step=step, storage_key=f"ckpt/{step}",
                         metrics={"train_loss": 3.0 - step / 30})
