@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import update
@@ -27,6 +28,7 @@ from store.job_status import (
     Event,
     JobStatus,
     actor,
+    diagram,
     sources,
     targets,
 )
@@ -34,6 +36,7 @@ from store.models import Job, utcnow
 from store.progress import write_progress
 
 OWNER, ATTEMPT, MAX_ATTEMPTS = "holder:1", 1, 3
+ARCHITECTURE = Path(__file__).resolve().parents[2] / "docs" / "architecture.md"
 
 
 @dataclass(frozen=True)
@@ -169,3 +172,8 @@ def test_the_table_is_one_machine():
     assert TERMINAL == {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
     assert ACTIVE | TERMINAL == set(JobStatus) and not ACTIVE & TERMINAL
 
+
+def test_the_architecture_doc_draws_the_table():
+    """docs/architecture.md holds the one drawing of the state machine, generated from the table
+    (`python -m store.job_status` prints it)."""
+    assert f"```mermaid\n{diagram()}```" in ARCHITECTURE.read_text()
