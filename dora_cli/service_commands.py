@@ -69,21 +69,19 @@ GRACEFUL_SHUTDOWN_SECONDS = 10
 
 def run_migrate(args: argparse.Namespace) -> int:
     from store.migrate import upgrade
-    from store.settings import get_settings
+    from store.settings import DatabaseSettings
 
-    settings = get_settings()
-    upgrade(settings, revision=args.revision)
+    upgrade(DatabaseSettings(), revision=args.revision)
     print(f"database migrated to {args.revision}")
     return 0
 
 
 def run_keys_create(args: argparse.Namespace) -> int:
+    from dora_cli.process_settings import KeysSettings
     from store.db import session_scope
-    from store.settings import get_settings
     from store.tenants import create_api_key
 
-    settings = get_settings()
-    with session_scope(settings) as session:
+    with session_scope(KeysSettings()) as session:
         new = create_api_key(session, tenant_name=args.tenant)
     print(f"created API key {new.key_id} for tenant '{args.tenant}' ({new.tenant_id}); it is shown only once:")
     print(new.key)
@@ -97,11 +95,11 @@ def _when(value) -> str | None:
 def run_keys_list(args: argparse.Namespace) -> int:
     import json
 
+    from dora_cli.process_settings import KeysSettings
     from store.db import session_scope
-    from store.settings import get_settings
     from store.tenants import find_tenant, list_api_keys
 
-    with session_scope(get_settings()) as session:
+    with session_scope(KeysSettings()) as session:
         if args.tenant is not None and find_tenant(session, name=args.tenant) is None:
             print(f"error: no tenant named '{args.tenant}'", file=sys.stderr)
             return 1
@@ -121,11 +119,11 @@ def run_keys_list(args: argparse.Namespace) -> int:
 
 
 def run_keys_revoke(args: argparse.Namespace) -> int:
+    from dora_cli.process_settings import KeysSettings
     from store.db import session_scope
-    from store.settings import get_settings
     from store.tenants import revoke_api_key
 
-    settings = get_settings()
+    settings = KeysSettings()
     with session_scope(settings) as session:
         revoked = revoke_api_key(session, key_id=args.key_id)
     if revoked is None:

@@ -167,9 +167,9 @@ def run_reconcile(args: argparse.Namespace) -> int:
 
 # -- dora webhooks -------------------------------------------------------------------------------
 def run_webhooks(args: argparse.Namespace) -> int:
-    from store.settings import get_settings
+    from worker.settings import WebhookSenderSettings
 
-    settings = get_settings()
+    settings = WebhookSenderSettings()
     if (error := _schema_problem(settings)) is not None:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -184,9 +184,9 @@ DEMO_WEBHOOK_CIDRS = '["127.0.0.0/8", "::1/128"]'
 
 
 def run_up(args: argparse.Namespace) -> int:
-    from worker.settings import get_worker_settings
+    from dora_cli.process_settings import AllSettings
 
-    settings = get_worker_settings()
+    settings = AllSettings()  # every group checked here, before any of the three starts
     env = dict(os.environ)
     if not args.no_migrate:
         from store.migrate import upgrade

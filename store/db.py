@@ -1,4 +1,4 @@
-"""Engines and sessions, built from Settings; one engine per database URL per process.
+"""Engines and sessions, built from the database settings; one engine per database URL per process.
 
 SQLite gets WAL and a busy timeout so the API and a worker can share the file; PostgreSQL
 gets a pool sized for the API's thread pool, with pre-ping on by default: a connection that a
@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from store import db_deadline
-from store.settings import Settings
+from store.settings import DatabaseSettings, SessionSettings
 
 # the server's statement_timeout normally ends a slow statement; the client deadline is for a
 # server that cannot even be told (a partition)
@@ -69,7 +69,7 @@ def build_engine(database_url: str, *, pool_size: int = 20, max_overflow: int = 
     return engine
 
 
-def get_engine(settings: Settings) -> Engine:
+def get_engine(settings: DatabaseSettings) -> Engine:
     """The process-wide engine for the settings' database URL."""
     with _lock:
         engine = _engines.get(settings.database_url)
@@ -91,13 +91,13 @@ def forget_inherited_connections() -> None:
             engine.dispose(close=False)
 
 
-def session_factory(settings: Settings) -> sessionmaker[Session]:
+def session_factory(settings: SessionSettings) -> sessionmaker[Session]:
     # the broker: webhook deliveries a transaction wrote are published right after its commit (store/webhooks.py)
     return sessionmaker(bind=get_engine(settings), expire_on_commit=False, info={"broker_url": settings.broker_url})
 
 
 @contextmanager
-def session_scope(settings: Settings) -> Iterator[Session]:
+def session_scope(settings: SessionSettings) -> Iterator[Session]:
     """A session for one unit of work outside a request (CLI, worker); rolled back on error."""
     with session_factory(settings)() as session:
         try:

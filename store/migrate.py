@@ -4,7 +4,7 @@ The Alembic scripts are the top-level `migrations` package, which the wheel inst
 `store` (site-packages/migrations/), as it sits next to store/ in a checkout. They are found
 beside the `store` package in use, never from the working directory (where some other project's
 `migrations/` may be): `dora migrate` works wherever it runs. The Alembic config is built in
-code from Settings, so `dora migrate`, the tests and `alembic -c alembic.ini upgrade head` (repo
+code from DORA_DATABASE_URL, so `dora migrate`, the tests and `alembic -c alembic.ini upgrade head` (repo
 root) all migrate the database the service will use.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 import store
-from store.settings import Settings
+from store.settings import DatabaseSettings
 
 
 def migrations_dir() -> Path:
@@ -40,7 +40,7 @@ def alembic_config(database_url: str):
     return config
 
 
-def upgrade(settings: Settings, *, revision: str = "head") -> None:
+def upgrade(settings: DatabaseSettings, *, revision: str = "head") -> None:
     """Apply migrations up to `revision` on the settings' database."""
     from alembic import command
 

@@ -1,13 +1,19 @@
-"""The one settings object of the service, read from `DORA_*` environment variables.
+"""The service's settings, one class per concern, read from `DORA_*` environment variables.
 
-Every process (API, worker, CLI) builds the same `Settings`, so a deployment is configured in
-one place. Complex values (the base-model mapping) are JSON in the environment, e.g.
+A group is a small `BaseSettings` (`DatabaseSettings`, `StorageSettings`, ...) that checks its own
+values; a process loads the composite of the groups it reads (`ApiSettings` here, `WorkerSettings`
+and `WebhookSenderSettings` in worker/settings.py), so a bad value for one concern stops only the
+processes that use it. Field names are flat: `settings.database_url` reads `DORA_DATABASE_URL`
+whichever composite holds it. Lists and mappings are JSON in the environment, e.g.
 `DORA_BASE_MODELS='{"tiny-llama": "./var/models/tiny-llama"}'`.
+
+The descriptions below are the reference: docs/settings.md is rendered from them (`dora settings`).
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 from pydantic import Field, IPvAnyNetwork, PositiveFloat, PositiveInt, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,122 +24,199 @@ from store.base_models import Registration
 MIN_METRICS_TOKEN_LENGTH = 16
 
 
-class Settings(BaseSettings):
+class DoraSettings(BaseSettings):
+    """The base of every group: `DORA_<FIELD>` from the environment or `.env`.
+
+    `.env` may hold variables of other groups (one file serves every process), so unknown ones
+    there are ignored; an unknown keyword argument is refused instead, so code or a test that
+    hands a composite a setting of a group it lacks fails at once rather than being ignored.
+    Validators of groups need names of their own: a composite inherits them all by name.
+    """
+
     model_config = SettingsConfigDict(env_prefix="DORA_", env_file=".env", extra="ignore")
 
-    # where things live
-    database_url: str = "sqlite:///./var/dora.db"
-    broker_url: str = "sqla+sqlite:///./var/broker.db"
-    storage_url: str = "./var/artifacts"  # a folder, file:///abs/path or s3://bucket/prefix
-    s3_endpoint_url: str | None = None  # MinIO / other S3-compatible endpoints
-    s3_region: str | None = None  # else boto3's default (AWS_DEFAULT_REGION); credentials: boto3's chain
+    def __init__(self, **values: Any) -> None:
+        unknown = sorted(name for name in values if not name.startswith("_") and name not in type(self).model_fields)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no setting {', '.join(unknown)} "
+                            "(docs/settings.md says which settings class holds each)")
+        super().__init__(**values)
 
-    # database pool (PostgreSQL); sized for the API's thread pool
-    db_pool_size: int = 20
-    db_max_overflow: int = 20
-    # ping each pooled connection as it is checked out, so one broken by a PostgreSQL restart or
-    # failover is replaced before a request uses it (no 500). Costs one round trip per checkout:
-    # under 0.1 ms of server CPU per GET measured in-process, below the run-to-run noise of
-    # benchmarks/api_load.py; turn it off only for a database that never restarts under the API.
-    db_pool_pre_ping: bool = True
-    # Give up on the database in seconds, not minutes: a request then answers 503 (Retry-After)
-    # instead of hanging. connect: TCP + authentication of a new connection; statement: the
-    # server cancels a statement running longer; pool: waiting for a free pooled connection.
-    db_connect_timeout_seconds: int = 5
-    db_statement_timeout_seconds: float = 30.0
-    db_pool_timeout_seconds: float = 5.0
 
-    # what users may ask for. A run's defaults are the run contract's (dora_contract); these are
-    # the operator's limits on top of it (api/services/limits.py).
-    # name -> source (local folder, hub id, .gguf file, package:<distribution>) or
-    # {"source": ..., "public_id": <hub id>}: store/base_models.py
-    base_models: dict[str, Registration] = Field(default_factory=dict)
-    # where GGUF base models are converted to safetensors once (dora_core/gguf_import.py); unset:
-    # dora_core's default, ~/.cache/dora-tuner/models
-    model_cache_dir: str | None = None
-    max_upload_bytes: int = 512 * 1024 * 1024
-    max_json_body_bytes: int = 1024 * 1024  # every request body but an upload (api/body_limit.py)
-    min_rank: int = 1
-    max_rank: int = 256
-    max_epochs: int = 100
-    max_steps_limit: int = 1_000_000
-    max_seq_len_limit: int = 32768
-    max_batch_size: int = 1024
-    default_max_attempts: int = 3
-    # GiB of GPU memory of the workers' GPUs (JSON: '[80, 24]'). A job whose memory plan
-    # (dora_contract/memory_plan.py) exceeds the largest is refused when it is created, with a 400
-    # naming the setting to change (api/services/memory_check.py); empty: no check (CPU workers)
-    worker_gpu_memory_gib: list[PositiveFloat] = Field(default_factory=list)
-    # the most GPUs any worker has (its DORA_GPUS): a job asking for more is refused when it is
-    # created (400 naming `gpus`), since no worker would ever take it from its queue
-    max_job_gpus: PositiveInt = 1
+# -- where things live ------------------------------------------------------------------------------
+class DatabaseSettings(DoraSettings):
+    """The SQL database (the truth of every job) and its connection pool.
 
-    # per-tenant caps; 0 turns one off. Over a cap the API answers 429 with Retry-After (README,
-    # "Limits per tenant"). Active jobs and stored bytes are counted in SQL under a lock on the
-    # tenant's row, so they hold across every API process (api/quotas.py); the request rate is a
-    # token bucket in each API process (api/rate_limit.py): with P processes a tenant gets up to
-    # P times this rate in all.
-    max_active_jobs_per_tenant: int = 20  # queued + running
-    max_stored_bytes_per_tenant: int = 10 * 1024**3  # uploaded files (job outputs are not counted)
-    rate_limit_per_minute: int = 600  # the bucket's refill rate: requests per minute, per tenant
-    rate_limit_burst: int = 100  # the bucket's size: requests a tenant may send at once
+    The timeouts give up on the database in seconds, not minutes: a request then answers 503
+    (Retry-After) instead of hanging.
+    """
 
-    # job leases (the worker heartbeats well inside this)
-    lease_seconds: int = 120
+    database_url: str = Field("sqlite:///./var/dora.db", description=(
+        "SQLAlchemy URL of the database: SQLite for one machine, `postgresql+psycopg://...` otherwise"))
+    db_pool_size: int = Field(20, description="pooled connections per process (PostgreSQL); sized for the "
+                                              "API's thread pool")
+    db_max_overflow: int = Field(20, description="connections opened beyond the pool when it is busy")
+    db_pool_pre_ping: bool = Field(True, description=(
+        "ping each pooled connection as it is checked out, so one broken by a PostgreSQL restart or failover "
+        "is replaced before a request uses it (no 500); costs one round trip per checkout, below the noise of "
+        "benchmarks/api_load.py: turn it off only for a database that never restarts under the API"))
+    db_connect_timeout_seconds: int = Field(5, description="TCP connection and authentication of a new connection")
+    db_statement_timeout_seconds: float = Field(30.0, description="the server cancels a statement running longer")
+    db_pool_timeout_seconds: float = Field(5.0, description="waiting for a free pooled connection")
 
-    # webhooks (store/webhooks.py; `dora webhooks` sends them): a failed delivery is tried again
-    # after each of these delays in turn (about 22 h in all), then marked failed. Targets must
-    # resolve to public addresses, unless the operator allows more: webhook_allow_private (any
-    # address), or the networks in webhook_allowed_cidrs (JSON: '["127.0.0.0/8", "::1/128"]',
-    # which `dora up --demo` sets). 0 webhooks per tenant turns the cap off.
-    webhook_max_per_tenant: int = Field(default=20, ge=0)
-    webhook_retry_schedule_seconds: list[PositiveFloat] = Field(
-        default_factory=lambda: [5, 30, 120, 600, 3600, 3 * 3600, 6 * 3600, 12 * 3600], min_length=1)
-    webhook_timeout_seconds: PositiveFloat = 10.0  # one attempt, from connecting to the response
-    webhook_allow_private: bool = False
-    webhook_allowed_cidrs: list[IPvAnyNetwork] = Field(default_factory=list)
-    webhook_sweep_interval_seconds: PositiveFloat = 5.0  # publish due deliveries (retries, lost messages)
-    webhook_republish_after_seconds: PositiveFloat = 60.0  # published, not attempted by then: again
-    webhook_concurrency: int = Field(default=8, ge=1)  # attempts at once in one `dora webhooks`
 
-    # API server
-    host: str = "127.0.0.1"
-    port: int = 8000
-    check_schema_on_startup: bool = True
-    # a valid key's lookup is reused this long, per API process, keyed by the key's sha256: a
-    # revoked key keeps working for at most this many seconds (0 = look up every request)
-    auth_cache_seconds: float = 10.0
-    # /metrics (counts over every tenant) is for the operator: it needs `Authorization: Bearer
-    # <this token>`; unset, /metrics is refused on every address (api/routes/health.py)
-    metrics_token: SecretStr | None = None
-    upload_tmp_dir: str | None = None  # where uploads are staged while validated (system temp)
-    # event streams (`?stream=true`, api/streams.py): a `: ping` after this many quiet seconds; how
-    # often a stream re-reads SQL where nothing wakes it (SQLite); open streams per tenant in each
-    # API process (0: no bound)
-    stream_heartbeat_seconds: float = Field(15.0, gt=0)
-    stream_poll_seconds: float = Field(0.5, gt=0)
-    max_streams_per_tenant: int = Field(10, ge=0)
-    log_level: str = "info"
+class BrokerSettings(DoraSettings):
+    """The message broker: it only wakes workers and the webhook sender; SQL holds the truth."""
+
+    broker_url: str = Field("sqla+sqlite:///./var/broker.db", description=(
+        "Celery broker URL: `redis://host:6379/0`, or kombu's SQLAlchemy transport on SQLite for one machine"))
+
+
+class SessionSettings(DatabaseSettings, BrokerSettings):
+    """What a session of store/db.py needs: the database, and the broker that the webhook
+    deliveries a transaction wrote are published to after its commit."""
+
+
+class StorageSettings(DoraSettings):
+    """Artifact storage: uploaded files and job outputs (store/storage.py)."""
+
+    storage_url: str = Field("./var/artifacts", description="a folder, `file:///abs/path` or `s3://bucket/prefix`")
+    s3_endpoint_url: str | None = Field(None, description="MinIO or another S3-compatible endpoint; unset: AWS")
+    s3_region: str | None = Field(None, description=(
+        "S3 region; unset: boto3's default (AWS_DEFAULT_REGION). Credentials: boto3's own chain"))
+
+
+class LogSettings(DoraSettings):
+    """Logging of the long-running processes (uvicorn's and Celery's log level)."""
+
+    log_level: str = Field("info", description="debug, info, warning or error")
+
+
+class BaseModelSettings(DoraSettings):
+    """The base models users may fine-tune: the API lists and checks them, the worker loads them."""
+
+    base_models: dict[str, Registration] = Field(default_factory=dict, description=(
+        "name -> source (local folder, hub id, `.gguf` file, `package:<distribution>`) or "
+        "`{\"source\": ..., \"public_id\": <hub id>}` (store/base_models.py)"))
+
+
+# -- the API's ----------------------------------------------------------------------------------------
+class RequestLimits(DoraSettings):
+    """What users may ask for: the operator's limits on top of the run contract's own bounds
+    (api/services/limits.py), and the sizes of request bodies."""
+
+    max_upload_bytes: int = Field(512 * 1024 * 1024, description="largest uploaded file")
+    max_json_body_bytes: int = Field(1024 * 1024, description="every request body but an upload (api/body_limit.py)")
+    min_rank: int = Field(1, description="lowest adapter rank a job may ask for")
+    max_rank: int = Field(256, description="highest adapter rank a job may ask for")
+    max_epochs: int = Field(100, description="most epochs a job may ask for")
+    max_steps_limit: int = Field(1_000_000, description="most optimiser steps a job may ask for")
+    max_seq_len_limit: int = Field(32768, description="longest sequence length a job may ask for")
+    max_batch_size: int = Field(1024, description="largest batch size a job may ask for")
+    default_max_attempts: int = Field(3, description="attempts of a job that does not say (a worker lost mid-job "
+                                                     "costs one)")
+    worker_gpu_memory_gib: list[PositiveFloat] = Field(default_factory=list, description=(
+        "GiB of GPU memory of the workers' GPUs (`[80, 24]`): a job whose memory plan exceeds the largest is "
+        "refused when it is created, with a 400 naming the setting to change (api/services/memory_check.py); "
+        "empty: no check (CPU workers)"))
+    max_job_gpus: PositiveInt = Field(1, description=(
+        "the most GPUs any worker has (its DORA_GPUS): a job asking for more is refused when it is created, "
+        "since no worker would ever take it"))
 
     @model_validator(mode="after")
-    def _check_limits(self) -> Settings:
+    def _check_request_limits(self) -> RequestLimits:
         if not 1 <= self.min_rank <= self.max_rank:
             raise ValueError("DORA_MIN_RANK must be >= 1 and <= DORA_MAX_RANK")
         if self.max_upload_bytes <= 0:
             raise ValueError("DORA_MAX_UPLOAD_BYTES must be positive")
-        caps = ("max_active_jobs_per_tenant", "max_stored_bytes_per_tenant", "rate_limit_per_minute")
-        for name in caps:
+        return self
+
+
+class TenantQuotas(DoraSettings):
+    """Caps per tenant; 0 turns one off. Over a cap the API answers 429 with Retry-After.
+
+    Active jobs and stored bytes are counted in SQL under a lock on the tenant's row, so they hold
+    across every API process (api/quotas.py); the request rate is a token bucket in each API
+    process (api/rate_limit.py): with P processes a tenant gets up to P times this rate in all.
+    """
+
+    max_active_jobs_per_tenant: int = Field(20, description="queued + running jobs")
+    max_stored_bytes_per_tenant: int = Field(10 * 1024**3, description="bytes of uploaded files (job outputs are "
+                                                                       "not counted)")
+    rate_limit_per_minute: int = Field(600, description="the bucket's refill rate: requests per minute")
+    rate_limit_burst: int = Field(100, description="the bucket's size: requests a tenant may send at once (>= 1)")
+    webhook_max_per_tenant: int = Field(20, ge=0, description="webhooks a tenant may register")
+
+    @model_validator(mode="after")
+    def _check_tenant_quotas(self) -> TenantQuotas:
+        for name in ("max_active_jobs_per_tenant", "max_stored_bytes_per_tenant", "rate_limit_per_minute"):
             if getattr(self, name) < 0:
                 raise ValueError(f"DORA_{name.upper()} must be >= 0 (0 turns it off)")
         if self.rate_limit_burst < 1:
             raise ValueError("DORA_RATE_LIMIT_BURST must be at least 1")
+        return self
+
+
+class StreamSettings(DoraSettings):
+    """Event streams (`?stream=true`, api/streams.py)."""
+
+    stream_heartbeat_seconds: float = Field(15.0, gt=0, description="a `: ping` after this many quiet seconds")
+    stream_poll_seconds: float = Field(0.5, gt=0, description="how often a stream re-reads SQL where nothing wakes "
+                                                              "it (SQLite)")
+    max_streams_per_tenant: int = Field(10, ge=0, description="open streams per tenant in each API process "
+                                                              "(0: no bound)")
+
+
+class AuthSettings(DoraSettings):
+    """API keys as the API checks them (`dora keys revoke` reports this delay)."""
+
+    auth_cache_seconds: float = Field(10.0, description=(
+        "a valid key's lookup is reused this long, per API process, keyed by the key's sha256: a revoked key "
+        "keeps working for at most this many seconds (0: look up every request)"))
+
+
+class WebhookTargetSettings(DoraSettings):
+    """Where webhooks may point: public addresses only, unless the operator allows more. The API
+    checks a target when it is registered, the sender again at each attempt (store/webhooks.py)."""
+
+    webhook_allow_private: bool = Field(False, description="allow every address, private and loopback ones too")
+    webhook_allowed_cidrs: list[IPvAnyNetwork] = Field(default_factory=list, description=(
+        "networks allowed besides public addresses (`[\"127.0.0.0/8\", \"::1/128\"]`, which `dora up --demo` sets)"))
+
+
+class ApiServerSettings(DoraSettings):
+    """The API server itself: where it listens, what it checks at start, who may read /metrics."""
+
+    host: str = Field("127.0.0.1", description="bind address of `dora api` (`0.0.0.0`: every interface)")
+    port: int = Field(8000, description="port of `dora api`")
+    check_schema_on_startup: bool = Field(True, description=(
+        "refuse to start on an outdated database schema (run `dora migrate`)"))
+    metrics_token: SecretStr | None = Field(None, description=(
+        "/metrics (counts over every tenant) needs `Authorization: Bearer <this token>`, at least "
+        f"{MIN_METRICS_TOKEN_LENGTH} characters; unset: /metrics is refused on every address"))
+    upload_tmp_dir: str | None = Field(None, description="where uploads are staged while validated; unset: the "
+                                                         "system temp folder")
+
+    @model_validator(mode="after")
+    def _check_metrics_token(self) -> ApiServerSettings:
         token = self.metrics_token.get_secret_value() if self.metrics_token is not None else None
         if token is not None and len(token) < MIN_METRICS_TOKEN_LENGTH:
             raise ValueError(f"DORA_METRICS_TOKEN must be at least {MIN_METRICS_TOKEN_LENGTH} characters")
         return self
 
 
+# Shared groups come first and in the same order in every composite (worker/settings.py too),
+# so that a union of composites (`dora up`) has a consistent method resolution order.
+class ApiSettings(SessionSettings, StorageSettings, LogSettings, BaseModelSettings, RequestLimits, TenantQuotas,
+                  StreamSettings, AuthSettings, WebhookTargetSettings, ApiServerSettings):
+    """What the API process loads (`dora api`, `create_app`)."""
+
+
+# The name every module of api/ annotates: the API's settings, as `get_settings()` returns them.
+Settings = ApiSettings
+
+
 @lru_cache
-def get_settings() -> Settings:
-    """The process-wide settings, read once from the environment."""
-    return Settings()
+def get_settings() -> ApiSettings:
+    """The API process's settings, read once from the environment."""
+    return ApiSettings()

@@ -50,7 +50,7 @@ from store.ids import new_id
 from store.job_status import JobStatus
 from store.models import Checkpoint, Job, Webhook, WebhookAttempt, WebhookDelivery, utcnow
 from store.queue import publish_delivery
-from store.settings import Settings
+from store.settings import WebhookTargetSettings
 
 JOB_EVENTS = {
     JobStatus.RUNNING: "fine_tuning.job.running",
@@ -151,11 +151,11 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address
     return found
 
 
-def _networks(settings: Settings) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+def _networks(settings: WebhookTargetSettings) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     return [ipaddress.ip_network(str(network)) for network in settings.webhook_allowed_cidrs]
 
 
-def address_allowed(address: str, settings: Settings) -> bool:
+def address_allowed(address: str, settings: WebhookTargetSettings) -> bool:
     """A public address, or one the operator allows (every address when webhook_allow_private)."""
     if settings.webhook_allow_private:
         return True
@@ -172,7 +172,7 @@ def _allowed(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: list) 
     return ip.version == 4 or all(_allowed(inner, networks) for inner in _embedded_ipv4(ip))
 
 
-def check_target(url: str, settings: Settings, *, resolve: Resolver = _resolve,
+def check_target(url: str, settings: WebhookTargetSettings, *, resolve: Resolver = _resolve,
                  resolve_timeout: float = 5.0) -> Target:
     """The target with the addresses its host resolves to (within `resolve_timeout` seconds),
     every one of them allowed; else TargetRefused."""

@@ -1,7 +1,7 @@
-"""The worker's settings: the service's `Settings` plus what only a worker host needs.
+"""The settings of worker/'s processes: the GPU worker (with its reconciler) and the webhook sender.
 
-Same `DORA_*` environment variables as every other process (store/settings.py); the extra
-ones below are read by `dora worker`, `dora reconcile` and `dora up`, e.g.
+Each composite is the groups of store/settings.py its process reads, plus the groups below that
+only it reads; same `DORA_*` variables as every other process, e.g.
 `DORA_WORK_DIR=/scratch/dora DORA_LEASE_SECONDS=120 DORA_HEARTBEAT_SECONDS=15`.
 """
 
@@ -9,44 +9,76 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import PositiveInt, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
-from store.settings import Settings
+from store.settings import (
+    BaseModelSettings,
+    DoraSettings,
+    LogSettings,
+    SessionSettings,
+    StorageSettings,
+    WebhookTargetSettings,
+)
 
 
-class WorkerSettings(Settings):
-    # local disk: one folder per job (inputs, checkpoints, outputs); a retried attempt on the same
-    # host resumes from the checkpoints left here, another host downloads the newest from storage
-    work_dir: str = "./var/work"
-    device: str | None = None  # None: the first CUDA GPU when there is one, else the CPU
-    # GPUs of this worker (worker/gpus.py): it takes jobs needing up to this many; None: every
-    # visible CUDA device (one on a CPU host). `dora worker` resolves it once, for its job processes.
-    gpus: PositiveInt | None = None
+class JobHostSettings(DoraSettings):
+    """The worker's host: where jobs run and converted base models are kept, on which device, how many GPUs."""
 
-    # liveness (lease_seconds is in Settings): a side thread renews the lease this often, and every
-    # optimiser step renews it too (that is also when cancellation is read: within one step)
-    heartbeat_seconds: float = 15.0
-    # while the database is unreachable, a job keeps this much progress in memory to write once it
-    # is back (worker/lease.py); past it the oldest is dropped, and an event says how many steps
-    progress_buffer_steps: int = 10_000  # metric points (a few hundred bytes each)
-    progress_buffer_events: int = 1_000
+    work_dir: str = Field("./var/work", description=(
+        "local disk: one folder per job (inputs, checkpoints, outputs); a retried attempt on the same host "
+        "resumes from the checkpoints left here, another host downloads the newest from storage"))
+    model_cache_dir: str | None = Field(None, description=(
+        "where GGUF base models are converted to safetensors once (dora_core/gguf_import.py reads the same "
+        "variable); unset: `~/.cache/dora-tuner/models`"))
+    device: str | None = Field(None, description="unset: the first CUDA GPU when there is one, else the CPU")
+    gpus: PositiveInt | None = Field(None, description=(
+        "GPUs of this worker (worker/gpus.py): it takes jobs needing up to this many; unset: every visible CUDA "
+        "device (one on a CPU host). `dora worker --gpus` sets it, once, for its job processes"))
 
-    # the reconciler: every interval it settles abandoned jobs and re-publishes queued jobs that
-    # no worker claimed for requeue_after_seconds and running jobs whose lease expired
-    reconcile_interval_seconds: float = 15.0  # 0 disables the reconciler `dora worker` starts
-    requeue_after_seconds: float = 300.0
 
-    # Celery
-    job_time_limit_seconds: int = 7 * 24 * 3600  # a job running longer fails with a clear error
-    concurrency: int = 1  # one job per GPU: run one worker per GPU rather than raising this
-    preload_ml: bool = True  # import torch in the worker's parent (never CUDA) so each job starts faster
+class LeaseSettings(DoraSettings):
+    """A running job's lease in SQL: a dead worker's job is reclaimed once it expires."""
+
+    lease_seconds: int = Field(120, description="a job's lease; a worker that stops renewing it loses the job")
+    heartbeat_seconds: float = Field(15.0, description=(
+        "a side thread renews the lease this often, and every optimiser step renews it too (that is also when "
+        "cancellation is read: within one step); at most half of DORA_LEASE_SECONDS"))
+    progress_buffer_steps: int = Field(10_000, description=(
+        "metric points (a few hundred bytes each) a job keeps in memory while the database is unreachable, to "
+        "write once it is back (worker/lease.py); past it the oldest are dropped, and an event says how many"))
+    progress_buffer_events: int = Field(1_000, description="events kept the same way")
 
     @model_validator(mode="after")
-    def _check_worker_limits(self) -> WorkerSettings:
+    def _check_lease(self) -> LeaseSettings:
         if self.heartbeat_seconds <= 0 or self.heartbeat_seconds * 2 > self.lease_seconds:
             raise ValueError("DORA_HEARTBEAT_SECONDS must be positive and at most half of DORA_LEASE_SECONDS")
         if self.progress_buffer_steps < 1 or self.progress_buffer_events < 1:
             raise ValueError("DORA_PROGRESS_BUFFER_STEPS and DORA_PROGRESS_BUFFER_EVENTS must be at least 1")
+        return self
+
+
+class ReconcilerSettings(DoraSettings):
+    """The reconciler: every interval it settles abandoned jobs and re-publishes queued jobs that no
+    worker claimed and running jobs whose lease expired."""
+
+    reconcile_interval_seconds: float = Field(15.0, description="0 disables the reconciler `dora worker` starts "
+                                                                "(`dora reconcile` runs it alone)")
+    requeue_after_seconds: float = Field(300.0, description="a queued job nobody claimed this long is published "
+                                                            "again")
+
+
+class CelerySettings(DoraSettings):
+    """The GPU worker's Celery process."""
+
+    job_time_limit_seconds: int = Field(7 * 24 * 3600, description=(
+        "a job running longer fails with a clear error; Redis' visibility timeout is set an hour above it"))
+    concurrency: int = Field(1, description="jobs at once: one per GPU, so run one worker per GPU rather than "
+                                            "raising this")
+    preload_ml: bool = Field(True, description="import torch in the worker's parent (never CUDA) so each job "
+                                               "starts faster")
+
+    @model_validator(mode="after")
+    def _check_celery(self) -> CelerySettings:
         if self.job_time_limit_seconds <= 0:
             raise ValueError("DORA_JOB_TIME_LIMIT_SECONDS must be positive")
         return self
@@ -58,6 +90,32 @@ class WorkerSettings(Settings):
         return self.job_time_limit_seconds + 3600
 
 
+class WebhookDeliverySettings(DoraSettings):
+    """How `dora webhooks` sends deliveries (worker/webhooks.py): a failed delivery is tried again
+    after each retry delay in turn (about 22 h in all by default), then marked failed."""
+
+    webhook_retry_schedule_seconds: list[PositiveFloat] = Field(
+        default_factory=lambda: [5, 30, 120, 600, 3600, 3 * 3600, 6 * 3600, 12 * 3600], min_length=1,
+        description="the delays before each retry")
+    webhook_timeout_seconds: PositiveFloat = Field(10.0, description=(
+        "one attempt, from resolving the host to the response"))
+    webhook_sweep_interval_seconds: PositiveFloat = Field(5.0, description=(
+        "how often due deliveries are published (retries, lost messages)"))
+    webhook_republish_after_seconds: PositiveFloat = Field(60.0, description=(
+        "a published delivery not attempted by then is published again"))
+    webhook_concurrency: int = Field(8, ge=1, description="attempts at once in one `dora webhooks`")
+
+
+class WorkerSettings(SessionSettings, StorageSettings, LogSettings, BaseModelSettings, JobHostSettings,
+                     LeaseSettings, ReconcilerSettings, CelerySettings):
+    """What the GPU worker loads: `dora worker`, its job processes and reconciler, `dora reconcile`."""
+
+
+class WebhookSenderSettings(SessionSettings, LogSettings, WebhookTargetSettings, WebhookDeliverySettings):
+    """What the webhook sender loads (`dora webhooks`)."""
+
+
 @lru_cache
 def get_worker_settings() -> WorkerSettings:
+    """The worker process's settings, read once from the environment."""
     return WorkerSettings()

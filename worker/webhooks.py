@@ -39,7 +39,7 @@ from store.broker import BrokerKind, broker_kind
 from store.db import session_scope
 from store.models import utcnow
 from store.queue import WEBHOOK_QUEUE, WEBHOOK_TASK_NAME, publish_delivery
-from store.settings import Settings
+from worker.settings import WebhookSenderSettings
 
 log = logging.getLogger("worker.webhooks")
 
@@ -132,7 +132,7 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def attempt(work: webhook_store.DeliveryWork, settings: Settings) -> webhook_store.AttemptResult:
+def attempt(work: webhook_store.DeliveryWork, settings: WebhookSenderSettings) -> webhook_store.AttemptResult:
     """One signed POST of the delivery, whatever happens (never raises for the receiver's sake)."""
     attempted_at, started = utcnow(), time.monotonic()
     status, error = None, None
@@ -154,7 +154,7 @@ def attempt(work: webhook_store.DeliveryWork, settings: Settings) -> webhook_sto
                                        error=error)
 
 
-def deliver(delivery_id: str, settings: Settings) -> webhook_store.DeliveryStatus | None:
+def deliver(delivery_id: str, settings: WebhookSenderSettings) -> webhook_store.DeliveryStatus | None:
     """Claim, attempt and record one delivery; its new status, or None when it was not due (dropped)."""
     with session_scope(settings) as session:
         work = webhook_store.claim_delivery(session, delivery_id=delivery_id,
@@ -175,7 +175,7 @@ def deliver(delivery_id: str, settings: Settings) -> webhook_store.DeliveryStatu
 class Sweeper:
     """Publishes due deliveries nobody published (retries, lost messages), every sweep interval."""
 
-    def __init__(self, settings: Settings, publish: Callable[[str], bool] | None = None) -> None:
+    def __init__(self, settings: WebhookSenderSettings, publish: Callable[[str], bool] | None = None) -> None:
         self.settings = settings
         self.publish = publish or (lambda delivery_id: publish_delivery(delivery_id, broker_url=settings.broker_url))
 
@@ -199,7 +199,7 @@ class Sweeper:
 
 
 # -- the Celery app -------------------------------------------------------------------------------
-def make_celery(settings: Settings) -> Celery:
+def make_celery(settings: WebhookSenderSettings) -> Celery:
     app = Celery("dora-webhooks", broker=settings.broker_url, set_as_current=False)
     embedded = broker_kind(settings.broker_url) is BrokerKind.SQLALCHEMY
     app.conf.update(
@@ -226,7 +226,7 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def run(settings: Settings, *, hostname: str | None = None) -> int:
+def run(settings: WebhookSenderSettings, *, hostname: str | None = None) -> int:
     """Consume the `webhooks` queue, with the sweeper beside it, until SIGTERM/Ctrl-C."""
     stop = threading.Event()
     sweeper = threading.Thread(target=Sweeper(settings).run_forever, args=(stop,), name="webhook-sweeper",

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
+from dora_cli.process_settings import AllSettings
 from store.migrate import upgrade
-from store.settings import Settings
 from tests.support.api_client import (
     BASE_MODELS,
     MAX_UPLOAD,
@@ -54,8 +54,9 @@ def database_url(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def settings(database_url, tmp_path_factory) -> Settings:
-    settings = Settings(database_url=database_url, storage_url=str(tmp_path_factory.mktemp("artifacts")),
+def settings(database_url, tmp_path_factory) -> AllSettings:
+    # every group: these tests also play the webhook sender and the worker in this process
+    settings = AllSettings(database_url=database_url, storage_url=str(tmp_path_factory.mktemp("artifacts")),
                         broker_url="redis://127.0.0.1:1/0", base_models=BASE_MODELS, max_upload_bytes=MAX_UPLOAD,
                         max_rank=128, auth_cache_seconds=0.0, upload_tmp_dir=str(tmp_path_factory.mktemp("uploads")),
                         metrics_token=METRICS_TOKEN)

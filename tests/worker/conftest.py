@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from dora_cli.process_settings import AllSettings
 from store.migrate import upgrade
 from tests.support.api_client import recording_app
 from tests.support.worker_service import Service, tenant_service
-from worker.settings import WorkerSettings
 
 
 @pytest.fixture(scope="session")
@@ -24,9 +24,10 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def settings(tmp_path_factory, tiny_model_dir) -> WorkerSettings:
+def settings(tmp_path_factory, tiny_model_dir) -> AllSettings:
     root = tmp_path_factory.mktemp("worker")
-    settings = WorkerSettings(database_url=f"sqlite:///{root / 'dora.db'}", storage_url=str(root / "artifacts"),
+    # every group: these tests run the API app and the worker in this process
+    settings = AllSettings(database_url=f"sqlite:///{root / 'dora.db'}", storage_url=str(root / "artifacts"),
                               broker_url="redis://127.0.0.1:1/0", base_models={"tiny-llama": str(tiny_model_dir)},
                               work_dir=str(root / "work"), lease_seconds=30, heartbeat_seconds=1,
                               requeue_after_seconds=5, auth_cache_seconds=0.0, device="cpu")

@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 from sqlalchemy.engine import make_url
 
+from dora_cli.process_settings import AllSettings
 from store.db import session_scope
 from store.migrate import upgrade
 from store.models import Artifact, Job, MetricPoint
@@ -38,7 +39,7 @@ def postgres(tmp_path_factory, tiny_model_dir):
     """(settings on a direct connection, the proxy in front of the same database)."""
     root = tmp_path_factory.mktemp("pg-worker")
     with postgres_database() as url:
-        direct = WorkerSettings(database_url=url, storage_url=str(root / "artifacts"),
+        direct = AllSettings(database_url=url, storage_url=str(root / "artifacts"),
                                 broker_url="redis://127.0.0.1:1/0", base_models={"tiny-llama": str(tiny_model_dir)},
                                 work_dir=str(root / "work"), lease_seconds=30, heartbeat_seconds=1,
                                 requeue_after_seconds=5, auth_cache_seconds=0.0, device="cpu",

@@ -28,6 +28,7 @@ from store.tenants import create_api_key
 from tests.support.jobs import wait_for
 from tests.support.services import REDIS_URL, unavailable
 from tests.support.webhooks import Receiver
+from worker.settings import WebhookSenderSettings
 from worker.webhooks import make_celery
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,7 +126,7 @@ def test_dora_webhooks_delivers_transitions_from_its_own_queue_retries_and_sweep
 
 
 def test_the_sender_is_a_thread_pool_on_its_own_queue():
-    conf = make_celery(Settings(broker_url="redis://127.0.0.1:6379/0", webhook_concurrency=4)).conf
+    conf = make_celery(WebhookSenderSettings(broker_url="redis://127.0.0.1:6379/0", webhook_concurrency=4)).conf
     assert conf.task_default_queue == WEBHOOK_QUEUE == "webhooks" and conf.task_routes[WEBHOOK_TASK_NAME] == {
         "queue": "webhooks"}
     assert conf.worker_pool == "threads" and conf.worker_concurrency == 4 and conf.task_acks_late is False
