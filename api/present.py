@@ -7,6 +7,7 @@ through the model like the worker reads it: the hyperparameters are derived from
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from api.schemas.files import FileObject
 from api.schemas.jobs import (
@@ -18,10 +19,12 @@ from api.schemas.jobs import (
     MetricPointOut,
     Progress,
 )
-from api.services.methods import openai_hyperparameters
-from dora_contract import JobSpec
+from dora_contract import JobSpec, RunSettings, TrainingSettings
 from store.jobs import JobStatus, fine_tuned_model_name
 from store.models import Artifact, Checkpoint, File, Job, JobEvent, JobSample, MetricPoint
+
+# what OpenAI's learning_rate_multiplier multiplies, shown here and read from requests in services/methods.py
+DEFAULT_LEARNING_RATE = TrainingSettings.model_fields["learning_rate"].default
 
 
 def ts(value: datetime | None) -> int | None:
@@ -43,6 +46,13 @@ def progress(job: Job, *, now: datetime | None = None) -> Progress:
         elapsed = ((now or datetime.now(UTC)) - job.attempt_started_at).total_seconds()
         eta = round(max(0.0, elapsed / done_this_attempt * (total - step)), 1)
     return Progress(step=step, total_steps=total, epoch=job.epoch, percent=percent, eta_seconds=eta)
+
+
+def openai_hyperparameters(run: RunSettings) -> dict[str, Any]:
+    """OpenAI's top-level `hyperparameters` of a job: its three knobs, resolved (api/services/methods.py
+    shows them in a supervised job's method too)."""
+    return {"n_epochs": run.training.epochs, "batch_size": run.training.micro_batch_size,
+            "learning_rate_multiplier": run.training.learning_rate / DEFAULT_LEARNING_RATE}
 
 
 def job_out(job: Job) -> FineTuningJob:

@@ -20,13 +20,12 @@ from pydantic import BaseModel
 from pydantic_core import PydanticCustomError
 
 from api.errors import bad_request
+from api.present import DEFAULT_LEARNING_RATE, openai_hyperparameters
 from api.schemas.jobs import JobCreate, SupervisedMethod
 from api.schemas.run_fields import ADAPTER_FIELDS, API_NAMES, CONTRACT_NAMES, TRAINING_FIELDS
 from api.services.limits import apply_operator_limits
-from dora_contract import RunSettings, SettingError, TrainingSettings, check_one_validation_source
+from dora_contract import RunSettings, SettingError, check_one_validation_source
 from store.settings import Settings
-
-DEFAULT_LEARNING_RATE = TrainingSettings.model_fields["learning_rate"].default
 
 
 def _given(model: BaseModel | None, *, exclude: set[str] = frozenset()) -> dict[str, Any]:
@@ -124,13 +123,6 @@ def resolve(*, request: JobCreate, settings: Settings, seed: int) -> tuple[dict[
     except PydanticCustomError as error:  # check_one_validation_source
         raise bad_request(str(error), param=given.param("training", "validation_split")) from None
     return shown_method(kind, run), run
-
-
-def openai_hyperparameters(run: RunSettings) -> dict[str, Any]:
-    """OpenAI's top-level `hyperparameters` of a job: its three knobs, resolved (the multiplier is
-    relative to the contract's default learning rate)."""
-    return {"n_epochs": run.training.epochs, "batch_size": run.training.micro_batch_size,
-            "learning_rate_multiplier": run.training.learning_rate / DEFAULT_LEARNING_RATE}
 
 
 def shown_method(kind: str, run: RunSettings) -> dict[str, Any]:

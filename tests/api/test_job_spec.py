@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select, update
 
-from api.services.methods import openai_hyperparameters
+from api.present import openai_hyperparameters
 from dora_contract import DEFAULT_OUTPUTS, JOB_SPEC_VERSION, JobSpec, RunSettings, SettingError
 from store.db import session_scope
 from store.models import File, Job

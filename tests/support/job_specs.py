@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from api.services.methods import openai_hyperparameters
+from api.present import openai_hyperparameters
 from dora_contract import RunSettings
 
 
