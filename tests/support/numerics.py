@@ -91,6 +91,9 @@ class Budget:
     def times(self, factor: float, reason: str) -> Budget:
         return Budget(self.value * factor, f"({self.why}) x {factor:.3g} [{reason}]")
 
+    def plus(self, value: float, why: str) -> Budget:
+        return Budget(self.value + value, f"{self.why} + {why}")
+
 
 def budget(dtype: torch.dtype, *, stages: int, terms: int = 1, accumulate: torch.dtype | None = None) -> Budget:
     """The rounding budget of a chain of `stages` results stored in `dtype`, each a sum of up to
@@ -145,8 +148,82 @@ def replay_budget(model_or_config, dtype: torch.dtype = torch.float32) -> Budget
     plus the updates) stays within it. For scale: two whole 12-step fp32 runs on different SIMD
     kernel paths (ATEN_CPU_CAPABILITY=default vs avx512) end 0.8 fp32 eps apart; a wrong RNG
     state, optimizer state or batch is a difference of 1e-3 and more.
+
+    Caveat: "does not depend on the gradient's scale" holds for a tensor, not for each of its
+    components. Adam normalises every component by its own history, so one whose gradient lies
+    within its rounding error of zero on the first step it gets one (Adam's eps, 1e-8, is then
+    about its own size) can move by up to ~lr whatever the tensor's scale: see adam_drift. Runs that agree bit for bit
+    never meet it; two runs that sum in another order over several Adam steps can (an NF4 run
+    over 2 processes: tests/core/test_distributed.py), and whether they do depends on the data,
+    not on the dtype (the component's rounding error and this budget scale together).
     """
     return model_budget(model_or_config, dtype, backward=True)
+
+
+def gradient_budget(model_or_config, dtype: torch.dtype, *, adapter_elements: int) -> Budget:
+    """The clipped adapter gradient (and the grad_norm metric): the backward's rounding
+    (replay_budget) plus that of the gradient norm, one more sum, over the squares of all
+    `adapter_elements` (the order of which is what FSDP changes: each rank sums its shards, then
+    the ranks' sums are added). Clipping scales every gradient by max_norm / norm."""
+    backward = replay_budget(model_or_config, dtype)
+    norm = budget(dtype, stages=1, terms=adapter_elements)
+    return backward.plus(norm.value, f"gradient norm: {norm.why}")
+
+
+# torch.optim.AdamW's defaults: the training loop's optimizer sets neither (dora_core/training/run.py).
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPSILON = 1e-8
+
+
+def adam_gain(steps: int, betas: tuple[float, float] = ADAM_BETAS) -> float:
+    """Sum over t <= steps and k <= t of bounds on eps * |d u_t / d g_k|: how far Adam's normalised
+    update u_t = m_t^ / (sqrt(v_t^) + eps) of one parameter can move per unit change of its
+    gradient g_k at an earlier or the same step, whatever the gradients are.
+
+    With m_t^ = m_t / (1 - b1^t), v_t^ = v_t / (1 - b2^t), a_t = (1 - b1) / (1 - b1^t) and
+    c_t = (1 - b2) / (1 - b2^t):  d m_t^ / d g_k = a_t b1^(t-k);  d sqrt(v_t^) / d g_k =
+    c_t b2^(t-k) g_k / sqrt(v_t^), at most sqrt(c_t b2^(t-k)) since v_t^ >= c_t b2^(t-k) g_k^2;
+    |m_t^| / sqrt(v_t^) <= a_t sqrt(S_t / c_t) with S_t = sum_{j<t} (b1^2 / b2)^j (Cauchy-Schwarz
+    over the history); and 1 / (sqrt(v_t^) + eps) <= 1 / eps. So
+        eps |d u_t / d g_k| <= a_t (b1^(t-k) + sqrt(S_t) b2^((t-k)/2)),
+    reached as v_t^ -> 0: a component whose gradient is (near) zero, on the first step it gets
+    one (every parameter at step 1; DoRA's lora_A, whose gradient is zero while lora_B is, at
+    step 2). 2.0 for one step, 10.2 for four.
+    """
+    beta1, beta2 = betas
+    total = 0.0
+    for t in range(1, steps + 1):
+        a_t = (1 - beta1) / (1 - beta1 ** t)
+        s_t = sum((beta1 * beta1 / beta2) ** j for j in range(t))
+        total += sum(a_t * (beta1 ** (t - k) + math.sqrt(s_t) * beta2 ** ((t - k) / 2)) for k in range(1, t + 1))
+    return total
+
+
+def adam_drift(gradient: Budget, *, learning_rate: float, max_grad_norm: float, steps: int,
+               eps: float = ADAM_EPSILON, betas: tuple[float, float] = ADAM_BETAS) -> tuple[float, str]:
+    """How far (l2, absolute) two AdamW runs' parameters can end apart when each step's clipped
+    gradient differs by its rounding (relative budget `gradient`), and why: the rounding error of a
+    step's gradient is at most gradient.value * max_grad_norm (clipping bounds its norm, of any
+    part of the adapter), and Adam turns a gradient change into a parameter change of at most
+    learning_rate * adam_gain / eps times it, component by component, hence in l2 too. First
+    order: a parameter difference carried into later gradients is not counted (numerics' model:
+    each step's gradient within its rounding budget). Weight decay only shrinks a difference.
+
+    This is the worst case, a gradient component at zero: in fp32 (gradient budget ~1e-4, lr
+    1e-2) it is 1e2 to 1e3 over 1 to 4 steps, more than any adapter's size, so no rounding budget exists for an fp32
+    adapter after Adam steps; in float64 it is ~1e-6, a thousand times below a real bug's 1e-3."""
+    gain = adam_gain(steps, betas)
+    drift = learning_rate * gain * gradient.value * max_grad_norm / eps
+    why = (f"Adam: lr {learning_rate:g} * gain {gain:.3g} over {steps} steps * gradient budget {gradient.value:.3g} * "
+           f"max_grad_norm {max_grad_norm:g} / eps {eps:g} = {drift:.3g} absolute")
+    return drift, why
+
+
+def adam_replay_budget(model_or_config, dtype: torch.dtype, *, scale: float, drift: tuple[float, str]) -> Budget:
+    """replay_budget for a tensor of l2 norm `scale` trained by AdamW: its own rounding plus the
+    Adam drift (adam_drift) relative to its scale."""
+    value, why = drift
+    return replay_budget(model_or_config, dtype).plus(value / scale, f"({why}) / scale {scale:.3g}")
 
 
 def float64_model(model):
