@@ -3,18 +3,26 @@
 Callbacks reach the ranks as picklable factories (functools.partial of a class), since each rank
 is a fresh process. `python -m tests.support.distributed_runs CONFIG OUT NPROC DELAY` trains
 CONFIG (JSON) into OUT over NPROC CPU processes with DELAY seconds after each step, so that a
-test can kill it while it runs.
+test can kill it while it runs. `train_in_float64` runs the same loop computing in float64 (what
+training.precision does not offer), for comparisons that must not see fp32's rounding.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+
 from dora_core.training import RunConfig, TrainingCallback, run_training
+from dora_core.training.distributed import die_with_parent, launch, process_group
 from dora_core.training.processes import train_in_processes
+from tests.support.numerics import float64_model
 
 
 class StopAfterStep(TrainingCallback):
@@ -96,6 +104,36 @@ def wait_until_gone(pids: set[int], *, timeout: float) -> set[int]:
     while (left := {pid for pid in pids if running(pid)}) and time.monotonic() < deadline:
         time.sleep(0.1)
     return left
+
+
+@contextmanager
+def float64_training() -> Iterator[None]:
+    """Inside, run_training (in this process) computes in float64: the dtype it picks for the run
+    and the base it loads (numerics.float64_model, so RMSNorm too). The adapter, its gradients,
+    AdamW's moments, an NF4 base's dequantized weights and the all-reduces and reduce-scatters
+    are then float64, and the gradient norm is summed in float64. Adapter init draws float64
+    values (other numbers than an fp32 run's, from the same seed): compare float64 runs with
+    float64 runs."""
+    from dora_core.training import run
+
+    precision, load = run._precision_dtype, run.load_base_model
+    run._precision_dtype = lambda setting, device: torch.float64
+    run.load_base_model = lambda *args, **kwargs: float64_model(load(*args, **kwargs))
+    try:
+        yield
+    finally:
+        run._precision_dtype, run.load_base_model = precision, load
+
+
+def train_in_float64(nproc: int, config: RunConfig, out_dir: str | os.PathLike):
+    """train_in_processes on the CPU, every rank computing in float64 (float64_training); rank 0's RunResult."""
+    return launch(nproc, _float64_rank, config, os.fspath(out_dir))[0]
+
+
+def _float64_rank(config: RunConfig, out_dir: str):
+    die_with_parent()
+    with float64_training(), process_group(torch.device("cpu")):
+        return run_training(config, out_dir, device="cpu")
 
 
 def main(argv: list[str]) -> int:
