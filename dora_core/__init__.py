@@ -3,6 +3,7 @@
 No web, SQL or Celery imports here: the worker calls into this package, never the reverse.
 """
 
+import dora_core.library_noise  # noqa: F401 - first: its log filters must be in place before torchao is imported
 from dora_core.config import AdapterConfig, AdapterConfigError
 from dora_core.inject import AdapterSummary, adapted_module_names, apply_adapter, merge_adapter
 from dora_core.layers import AdapterLinear
