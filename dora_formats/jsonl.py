@@ -77,9 +77,28 @@ def _parse(text: str) -> tuple[Any, str | None]:
     try:
         return json.loads(text), None
     except json.JSONDecodeError as error:
-        return None, f"invalid JSON: {error.msg} (column {error.colno})"
+        return None, f"invalid JSON: {_json_problem(text, error)}"
     except RecursionError:  # ~1000 levels: far past the bound
         return None, f"JSON nested more than {MAX_JSON_DEPTH} levels deep"
+
+
+def _json_problem(text: str, error: json.JSONDecodeError) -> str:
+    """json's message and column for the row without its newline (with it, json put an error at
+    the end of the row on the next line, "column 1", and a string cut off by the end of the line
+    was an "invalid control character"), and whether the row ends before its JSON does, which is
+    what a truncated line looks like."""
+    row = text.rstrip("\r\n")
+    try:
+        json.loads(row)
+    except json.JSONDecodeError as row_error:  # always: a newline is only whitespace to json
+        error = row_error
+    column = min(error.pos, len(row)) + 1
+    where = f"{error.msg} column {column}" if error.msg.endswith(" at") else f"{error.msg} (column {column})"
+    if error.msg.startswith("Unterminated string"):
+        return f"{where}: the line ends inside this string, so it looks truncated (unexpected end of the line)"
+    if error.pos >= len(row.rstrip()):
+        return f"{where}: unexpected end of the line; it looks truncated"
+    return where
 
 
 def _may_be_deep_or_not_text(text: str) -> bool:

@@ -203,6 +203,27 @@ def test_over_long_line_is_reported_and_skipped_without_breaking_the_next_lines(
     assert result.rows == 4
 
 
+def test_a_truncated_line_is_reported_at_its_real_column_and_said_to_look_truncated():
+    """With the line's newline, json put the error on "line 2, column 1" of the row: reported as column 1."""
+    row = json.dumps(chat(USER, ANSWER))
+    cut_after_a_value, cut_in_a_string = row[:-2], row[:row.index("Hello") + 3]
+    with pytest.raises(json.JSONDecodeError) as after_value:
+        json.loads(cut_after_a_value)
+    with pytest.raises(json.JSONDecodeError) as in_string:
+        json.loads(cut_in_a_string)
+    result = validate_jsonl(io.BytesIO(jsonl(row, cut_after_a_value, cut_in_a_string, '{"text": x}', row[:-2])))
+    assert [(issue.line, issue.message) for issue in result.errors] == [
+        (2, f"invalid JSON: Expecting ',' delimiter (column {after_value.value.colno}): unexpected end of the line; "
+            "it looks truncated"),
+        (3, f"invalid JSON: Unterminated string starting at column {in_string.value.colno}: the line ends inside "
+            "this string, so it looks truncated (unexpected end of the line)"),
+        (4, "invalid JSON: Expecting value (column 10)"),
+        (5, f"invalid JSON: Expecting ',' delimiter (column {after_value.value.colno}): unexpected end of the line; "
+            "it looks truncated"),
+    ]
+    assert after_value.value.colno == len(cut_after_a_value) + 1 > 1
+
+
 def test_nesting_past_the_bound_is_a_line_error_not_a_recursion_error():
     """100,000 nested arrays made json.loads raise RecursionError, which escaped validation (a 500)."""
     from dora_formats import MAX_JSON_DEPTH
