@@ -37,9 +37,13 @@ class RunConfig(RunContract):
         path = Path(path)
         text = path.read_text()
         if path.suffix in (".yaml", ".yml"):
+            import io
+
             import yaml
 
-            data = yaml.safe_load(text)
+            stream = io.StringIO(text)
+            stream.name = str(path)  # yaml's errors then say `in "<path>", line L, column C`, not "<unicode string>"
+            data = yaml.safe_load(stream)
         else:
             data = json.loads(text)
         return cls.from_dict(data).with_paths_relative_to(path.parent)

@@ -147,6 +147,14 @@ def test_a_broken_config_file_exits_2(project, capsys, text, expected):
     assert err.startswith("error: ") and expected in err
 
 
+def test_a_yaml_error_names_the_config_file_and_where_in_it(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("base_model: m\ntrain_file: [unclosed\n")
+    assert main(["train", str(config), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f'in "{config}", line 2, column 13' in err and "<unicode string>" not in err, err
+
+
 def test_an_invalid_dataset_exits_2_listing_each_line_before_training(project, tiny_model_dir, capsys):
     rows = [json.dumps(dataset_rows("chat")[0]), '{"messages": [', json.dumps({"messages": [{"role": "robot",
                                                                                             "content": "hi"}]})]
