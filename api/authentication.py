@@ -58,6 +58,21 @@ def bearer_key(headers: list[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
+def missing_key_message(headers: list[tuple[bytes, bytes]]) -> str:
+    """Why `bearer_key` found no key, saying what the header must look like (never echoing a key)."""
+    value = next((v.decode("latin-1").strip() for n, v in headers if n == b"authorization"), "")
+    if not value:
+        return "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
+    scheme, _, rest = value.partition(" ")
+    if scheme.lower() == "bearer":
+        return "The Authorization header has 'Bearer' but no key after it: send 'Authorization: Bearer <key>'."
+    if not rest.strip():  # one word: most likely the key itself, without the scheme
+        return ("The Authorization header must be 'Authorization: Bearer <key>': it holds a value without the "
+                "'Bearer ' prefix (the key alone is not enough).")
+    shown = f"'{scheme}'" if scheme.isascii() and scheme.isalnum() and len(scheme) <= 20 else "another"
+    return f"The Authorization header must be 'Authorization: Bearer <key>', not the {shown} scheme."
+
+
 class Authenticate:
     """Sets scope["state"]["caller"] for /v1/ requests, or answers 401/503 without calling the app."""
 
@@ -71,7 +86,7 @@ class Authenticate:
             return await self.app(scope, receive, send)
         key = bearer_key(scope["headers"])
         if key is None:
-            response = unauthorized("You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.")
+            response = unauthorized(missing_key_message(scope["headers"]))
             return await response(scope, receive, send)
         try:
             caller = await self.lookup(key)

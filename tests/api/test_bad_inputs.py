@@ -300,3 +300,18 @@ def test_a_refused_metadata_key_leaves_the_tenants_metadata_filters_working(tena
     job_id = tenant.job({"metadata": {"team": "a"}})["id"]
     listed = tenant.get(JOBS, params={"metadata[team]": "a"})
     assert listed.status_code == 200 and [j["id"] for j in listed.json()["data"]] == [job_id], listed.text
+
+
+def test_a_key_sent_without_bearer_is_told_the_header_it_needs(client):
+    """`Authorization: sk-...` was answered "You didn't provide an API key"; the key is never echoed."""
+    says = {"": "You didn't provide an API key",
+            "sk-dora-abcdef": "must be 'Authorization: Bearer <key>': it holds a value without the 'Bearer ' prefix",
+            "Bearer ": "has 'Bearer' but no key after it",
+            "Token sk-dora-abcdef": "must be 'Authorization: Bearer <key>', not the 'Token' scheme",
+            "Basic dXNlcjpwYXNz": "not the 'Basic' scheme"}
+    for header, expected in says.items():
+        response = client.get("/v1/models", headers={"Authorization": header} if header else {})
+        assert response.status_code == 401 and response.headers["WWW-Authenticate"] == "Bearer", response.text
+        error = response.json()["error"]
+        assert expected in error["message"] and error["code"] == "invalid_api_key", (header, error)
+        assert "abcdef" not in error["message"] and "dXNl" not in error["message"]
