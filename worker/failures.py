@@ -1,9 +1,9 @@
 """What a user reads when a job fails: a code and one readable message, never a traceback.
 
-Failures that would repeat on every attempt (a bad dataset, a missing model, an invalid
-setting, CUDA out of memory at micro-batch 1) fail the job at once. Anything else (a storage
-or database error, a bug) may be transient: the attempt is released and retried, up to the
-job's attempt cap. The full traceback goes to the worker's log only.
+Failures that would repeat on every attempt (a bad dataset, a dataset the settings make no
+training set of, a missing model, an invalid setting, CUDA out of memory at micro-batch 1) fail
+the job at once. Anything else (a storage or database error, a bug) may be transient: the
+attempt is released and retried, up to the job's attempt cap. The full traceback goes to the worker's log only.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def describe(error: BaseException, *, training_file: str | None = None, time_lim
 
     from dora_core.config import AdapterConfigError
     from dora_core.model_loading import ModelLoadError, ModelNotFoundError
-    from dora_core.training import TrainingError
+    from dora_core.training.errors import DataError, TrainingError
     from dora_formats import DatasetFormatError
 
     if isinstance(error, DatasetFormatError):
@@ -51,6 +51,13 @@ def describe(error: BaseException, *, training_file: str | None = None, time_lim
     if isinstance(error, ModelLoadError):
         return Failure("model_load_failed", _clip(f"The base model could not be loaded: {error}"), False, "model")
     if isinstance(error, AdapterConfigError):
+        return Failure("invalid_hyperparameters", _clip(f"Invalid setting '{error.field}': {error.message}"), False,
+                       "method")
+    if isinstance(error, DataError):  # the data with the run's settings: the same on every attempt
+        if error.field is None:
+            what = f"The training file {training_file}" if training_file else "The training file"
+            return Failure("invalid_training_file", _clip(f"{what} cannot be used for training: {error.message}"),
+                           False, "training_file")
         return Failure("invalid_hyperparameters", _clip(f"Invalid setting '{error.field}': {error.message}"), False,
                        "method")
     if isinstance(error, TrainingError):

@@ -81,6 +81,7 @@ def create_job(*, session: Session, settings: Settings, tenant_id: str, request:
     seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
     shown, run = methods.resolve(request=request, settings=settings, seed=seed)
     check_fits_a_worker(settings=settings, request=request, run_config=run.model_dump(mode="json"))
+    _check_split_leaves_rows(request, run.training.validation_split, training)
     _check_gguf_output(settings, request.model, run.outputs)
     spec = JobSpec(run=run, base_model=BaseModelRef(source=registered.source,
                                                     public_id=public_id(request.model, registered)),
@@ -100,6 +101,18 @@ def create_job(*, session: Session, settings: Settings, tenant_id: str, request:
             raise
         return _replay(existing, request_hash), False
     return job, True
+
+
+def _check_split_leaves_rows(request: JobCreate, fraction: float, training: FileRef) -> None:
+    """A validation_split that would hold out every row of the training file is refused now: the
+    worker would fail the job on it (dora_core/data/split.py holds out round(fraction * rows),
+    at least 1). The row count is the one the upload's validation stored."""
+    if not fraction or training.rows is None:
+        return
+    if max(1, round(fraction * training.rows)) >= training.rows:
+        raise bad_request(f"validation_split={fraction:g} of the {training.rows} row(s) of {training.id} leaves no "
+                          "training rows: use a smaller fraction, more rows, or a validation file",
+                          param=methods.param_of(request, "training", "validation_split"))
 
 
 def _check_gguf_output(settings: Settings, model: str, outputs: tuple[str, ...]) -> None:

@@ -7,6 +7,7 @@ templates, tokenisation, masking, packing and the report.
 """
 
 from dora_core.data.collator import DataCollator
+from dora_core.data.errors import DataError
 from dora_core.data.packing import pack_examples
 from dora_core.data.prepare import PreparedData, TokenizedDataset, prepare_datasets
 from dora_core.data.sources import detect_container, file_sha256, read_examples
@@ -19,6 +20,7 @@ __all__ = [
     "DEFAULT_CHAT_TEMPLATE",
     "IGNORE_INDEX",
     "DataCollator",
+    "DataError",
     "DatasetFormatError",
     "DroppedRow",
     "PreparedData",

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from dora_core.data.collator import DataCollator
+from dora_core.data.errors import DataError
 from dora_core.data.packing import pack_examples
 from dora_core.data.report import rendered_example, split_report, warnings_for
 from dora_core.data.sources import file_sha256, read_examples
@@ -79,9 +80,9 @@ def prepare_datasets(
 ) -> PreparedData:
     """Read, validate, tokenise and (optionally) pack the datasets of one run."""
     if max_seq_len < 2:
-        raise ValueError(f"max_seq_len must be at least 2, got {max_seq_len}")
+        raise DataError(f"max_seq_len must be at least 2, got {max_seq_len}", field="training.max_seq_len")
     if validation_path is not None and validation_split:
-        raise ValueError("give either validation_path or validation_split, not both")
+        raise DataError("give either validation_path or validation_split, not both", field="training.validation_split")
     train, validation = _read_splits(train_path, validation_path, validation_split, seed)
     template, template_source = chat_template_for(tokenizer)
     report: dict[str, Any] = {

@@ -11,7 +11,7 @@ from store import jobs as job_store
 from store.jobs import ACTIVE, TERMINAL, JobStatus
 from store.progress import StepMetrics
 from store.queue import publish_job
-from tests.support.api_client import OPERATOR
+from tests.support.api_client import CHAT_ROW, OPERATOR
 
 
 def test_dora_method_is_stored_resolved_and_published_once(tenant, app):
@@ -126,6 +126,24 @@ def test_the_status_filter_accepts_exactly_the_job_status_names(tenant, client):
         refused = tenant.get("/v1/fine_tuning/jobs", params={"status": wrong})
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "status", refused.text
         assert refused.json()["error"]["message"].endswith("one of queued, running, succeeded, failed, cancelled")
+
+
+def test_a_validation_split_that_leaves_no_training_rows_is_a_400_naming_it(tenant):
+    """The upload stored the file's row count, so a split that would hold out every row is refused
+    at creation, naming the field (the worker would only fail the job on it)."""
+    one_row = tenant.file_id(CHAT_ROW)
+    for method, param in (({"type": "dora", "dora": {"hyperparameters": {"validation_split": 0.5}}},
+                           "method.dora.hyperparameters.validation_split"),
+                          ({"type": "lora", "lora": {"hyperparameters": {"validation_split": 0.1}}},
+                           "method.lora.hyperparameters.validation_split")):
+        refused = tenant.create_job({"training_file": one_row, "method": method})
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert error["param"] == param and "leaves no training rows" in error["message"], error
+    assert tenant.counts()[1] == 0
+    two_rows = tenant.file_id(CHAT_ROW * 2)  # one held out, one to train on
+    tenant.job({"training_file": two_rows, "method": {"type": "dora", "dora": {"hyperparameters": {
+        "validation_split": 0.5}}}})
 
 
 def test_progress_percent_eta_attempt_and_resume(tenant, worker):

@@ -63,3 +63,20 @@ def test_a_dataset_the_tokenizer_cannot_take_fails_the_job_at_once_naming_the_li
     assert (failure.code, failure.retry, failure.param) == ("invalid_training_file", False, "training_file")
     assert failure.message.startswith("The training file file-abc cannot be used for training: 1 problem(s): "
                                       "line 3: the tokenizer cannot encode this row (TypeError: "), failure.message
+
+
+def test_a_validation_split_that_leaves_no_training_rows_fails_at_once_naming_the_setting():
+    """N6: dora_core raised a bare ValueError here, which the worker took for a bug and retried
+    on every attempt, then reported attempts_exhausted. It is a DataError now: final at once."""
+    import pickle
+
+    from dora_core.data import DataError, split_examples
+
+    with pytest.raises(DataError) as caught:
+        split_examples(["the only row"], fraction=0.5, seed=0)
+    assert caught.value.field == "training.validation_split"
+    for error in (caught.value, pickle.loads(pickle.dumps(caught.value))):  # as a rank's process re-raises it
+        failure = describe(error, training_file="file-abc")
+        assert (failure.code, failure.retry, failure.param) == ("invalid_hyperparameters", False, "method")
+        assert failure.message == ("Invalid setting 'training.validation_split': validation_split=0.5 of 1 rows "
+                                   "leaves no training rows; use a smaller fraction, more rows, or a validation file")
