@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, or_
+from sqlalchemy import ColumnElement, and_, case, or_
 
-from store.job_status import Event, sources
+from store.job_status import Event, JobStatus, sources
 from store.models import Job
 
 
@@ -63,6 +63,21 @@ def abandoned(now: datetime) -> ColumnElement[bool]:
     Besides lapsed leases, this is a job its last attempt gave back (a worker shut down during
     attempt N of N) or one given back after a cancel request: no claim would ever take it."""
     return and_(leaves(Event.SETTLE), no_live_lease(now), ~may_run_again())
+
+
+def cancel_asked() -> ColumnElement[bool]:
+    """A user asked to cancel the job while a worker had it (the API answered 200, `running`)."""
+    return Job.cancel_requested.is_(True)
+
+
+def finish_status(status: JobStatus) -> ColumnElement[str]:
+    """The status a finish writes for `status`: cancelled when a cancel was asked before it.
+
+    The API accepted that cancel while the job ran, so it must take effect: succeeded or failed
+    only with no cancel asked (the table's condition). Evaluated in the finish's UPDATE itself, so
+    a cancel committed just before it is seen (on PostgreSQL the UPDATE waits for the cancel's row
+    lock and re-reads the row), and a cancel just after it finds the job ended (409)."""
+    return case((cancel_asked(), JobStatus.CANCELLED.value), else_=JobStatus(status).value)
 
 
 def cancellable() -> ColumnElement[bool]:

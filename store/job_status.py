@@ -33,7 +33,7 @@ class Event(StrEnum):
 
     CLAIM = "claim"  # store/jobs.py claim_job
     PROGRESS = "progress"  # store/progress.py write_progress, store/jobs.py add_checkpoint: keep the status
-    FINISH = "finish"  # finish_job
+    FINISH = "finish"  # finish_job; a cancel asked before it wins: the job ends cancelled
     RELEASE = "release"  # release_job: give the job back for another attempt
     CANCEL = "cancel"  # cancel_job, before any worker took the job
     REQUEST_CANCEL = "request cancel"  # cancel_job on a running job: its worker stops and finishes it
@@ -68,7 +68,8 @@ TRANSITIONS: tuple[Transition, ...] = (
     #          sources   event                 targets                    by                  when
     Transition((_Q, _R), Event.CLAIM,          (_R,),                     Actor.WORKER,       "may run again"),
     Transition((_R,),    Event.PROGRESS,       (_R,),                     Actor.LEASE_HOLDER),
-    Transition((_R,),    Event.FINISH,         (_OK, _FAILED, _CANCELLED), Actor.LEASE_HOLDER),
+    Transition((_R,),    Event.FINISH,         (_OK, _FAILED),            Actor.LEASE_HOLDER, "no cancel asked"),
+    Transition((_R,),    Event.FINISH,         (_CANCELLED,),             Actor.LEASE_HOLDER),
     Transition((_R,),    Event.RELEASE,        (_Q,),                     Actor.LEASE_HOLDER),
     Transition((_Q,),    Event.CANCEL,         (_CANCELLED,),             Actor.API),
     Transition((_R,),    Event.REQUEST_CANCEL, (_R,),                     Actor.API,          "not asked yet"),

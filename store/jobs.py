@@ -25,7 +25,15 @@ from sqlalchemy.orm import Session
 
 from store.archive import tar_size
 from store.ids import new_id
-from store.job_predicates import abandoned, cancel_requestable, cancellable, claimable, holds_lease, republishable
+from store.job_predicates import (
+    abandoned,
+    cancel_requestable,
+    cancellable,
+    claimable,
+    finish_status,
+    holds_lease,
+    republishable,
+)
 from store.job_status import ACTIVE, INITIAL, TERMINAL, Event, JobStatus, targets  # noqa: F401 - re-exported
 from store.models import Artifact, Checkpoint, File, Job, JobEvent, MetricPoint, Tenant, utcnow
 from store.notify import job_changed
@@ -149,6 +157,11 @@ def add_checkpoint(session: Session, *, job_id: str, owner: str, attempt: int, s
     return checkpoint
 
 
+def status_of(session: Session, *, job_id: str) -> JobStatus:
+    """The job's status now (after finish_job: what it wrote)."""
+    return JobStatus(session.scalar(select(Job.status).where(Job.id == job_id)))
+
+
 def latest_checkpoint(session: Session, *, job_id: str) -> Checkpoint | None:
     query = select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step.desc(), Checkpoint.id.desc())
     return session.scalars(query.limit(1)).first()
@@ -164,16 +177,23 @@ def fine_tuned_model_name(*, model: str, tenant_name: str, suffix: str | None, j
 def finish_job(session: Session, *, job_id: str, owner: str, attempt: int, status: JobStatus,
                error: JobError | None = None, trained_tokens: int | None = None,
                artifacts: list[ArtifactSpec] = ()) -> bool:
-    """Write the final status and outputs, only while holding the lease; False when fenced off."""
+    """Write the final status and outputs, only while holding the lease; False when fenced off.
+
+    A cancel asked before this write wins (store/job_predicates.py `finish_status`): the job
+    ends cancelled, with no error and no outputs registered, whatever `status` says; the
+    caller reads what was written (`status_of`) to remove the outputs it uploaded."""
     if status not in targets(Event.FINISH):
         raise ValueError(f"not a status a job finishes with: {status}")
     status = JobStatus(status)
     now = utcnow()
-    values = dict(status=status, finished_at=now, updated_at=now, lease_owner=None, lease_expires_at=None,
-                  error=_error_dict(error), trained_tokens=trained_tokens)
+    values = dict(status=finish_status(status), finished_at=now, updated_at=now, lease_owner=None,
+                  lease_expires_at=None, error=None, trained_tokens=trained_tokens)
     if not _fenced_update(session, Event.FINISH, job_id=job_id, owner=owner, attempt=attempt, **values):
         return False
     job = session.get(Job, job_id, populate_existing=True)
+    status = JobStatus(job.status)  # what was written: cancelled if a cancel was asked
+    if status == JobStatus.FAILED:
+        job.error = _error_dict(error)
     if status == JobStatus.SUCCEEDED:
         tenant_name = session.scalar(select(Tenant.name).where(Tenant.id == job.tenant_id))
         job.fine_tuned_model = fine_tuned_model_name(model=job.model, tenant_name=tenant_name,

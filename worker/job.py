@@ -218,10 +218,22 @@ class JobAttempt:
         if tokens is None or not self.lease.finish(JobStatus.SUCCEEDED, trained_tokens=tokens, artifacts=artifacts):
             self.remove_outputs(self.job.attempt)
             return "lost"
+        ended = self.ended_as(JobStatus.SUCCEEDED)
+        if ended == JobStatus.CANCELLED:  # cancelled before the write: nothing was registered
+            self.remove_outputs(self.job.attempt)
         for attempt in range(1, self.job.attempt):  # what earlier attempts may have half-uploaded
             self.remove_outputs(attempt)
         self.remove_work_folder()
-        return "succeeded"
+        return str(ended)
+
+    def ended_as(self, meant: JobStatus) -> JobStatus:
+        """What the final write wrote: `meant`, or cancelled when a cancel was asked before it
+        (store/jobs.py finish_job: a cancel the API accepted always takes effect)."""
+        try:
+            return self.lease.read(job_store.status_of)
+        except LeaseGone:  # the database stayed away: the job ended one way or the other
+            log.warning("job %s: could not read the final status back", self.job.id)
+            return meant
 
     def stopped(self) -> str:
         if not self.lease.held:
@@ -243,7 +255,7 @@ class JobAttempt:
             log.error("job %s: attempt %s failed", self.job.id, self.job.attempt, exc_info=error)
         else:
             log.warning("job %s: failed: %s", self.job.id, failure.message)
-        if failure.retry and self.job.attempt < self.job.max_attempts:
+        if failure.retry and self.job.attempt < self.job.max_attempts and not self.lease.cancel_requested:
             return self.release(f"Attempt {self.job.attempt} failed: {failure.message}; it will be retried "
                                 f"(attempt {self.job.attempt + 1} of {self.job.max_attempts})")
         if failure.retry:
@@ -252,7 +264,7 @@ class JobAttempt:
                                  error=JobError(code=failure.code, message=failure.message, param=failure.param)):
             return "lost"
         self.remove_work_folder()
-        return "failed"
+        return str(self.ended_as(JobStatus.FAILED))  # cancelled, when a cancel was asked
 
     def release(self, reason: str) -> str:
         if not self.lease.release(reason):

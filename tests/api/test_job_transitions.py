@@ -74,6 +74,9 @@ CASES = (
                                                           step=7, storage_key="ckpt/7")),
     *(Case(f"finish_job-{status}", (Event.FINISH,), _finish(status), target=status)
       for status in sorted(targets(Event.FINISH))),
+    # a cancel the API accepted while the job ran wins over the worker's last write (N9)
+    *(Case(f"finish_job-{status}-cancel-asked", (Event.FINISH,), _finish(status), target=JobStatus.CANCELLED,
+           setup={"cancel_requested": True}) for status in sorted(targets(Event.FINISH))),
     Case("release_job", (Event.RELEASE,),
          lambda session, job_id: job_store.release_job(session, job_id=job_id, owner=OWNER, attempt=ATTEMPT,
                                                        reason="given back")),

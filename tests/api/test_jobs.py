@@ -167,6 +167,28 @@ def test_cancel_running_then_worker_finishes_it(tenant, worker):
     assert tenant.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").status_code == 200  # cancelling twice is fine
 
 
+def test_a_cancel_accepted_at_the_last_step_ends_the_job_cancelled(tenant, worker):
+    """N9: a cancel answered 200 `running` while the worker was writing its outputs, then the job
+    ended succeeded (cancel_requested: true) and the client was told nothing. The cancel wins:
+    the worker's final write, whatever it meant to write, ends the job cancelled."""
+    spec = job_store.ArtifactSpec(name="adapter", storage_prefix="tenants/x/jobs/y/outputs/attempt-1/adapter",
+                                  files=[{"path": "adapter_config.json", "bytes": 2, "sha256": "0" * 64}])
+    for meant, kwargs in (("succeeded", {"artifacts": [spec], "trained_tokens": 10}),
+                          ("failed", {"error": job_store.JobError(code="internal_error", message="boom")})):
+        job_id = tenant.job()["id"]
+        worker.claim(job_id)
+        accepted = tenant.post(f"/v1/fine_tuning/jobs/{job_id}/cancel")
+        assert accepted.status_code == 200 and accepted.json()["status"] == "running"
+        assert accepted.json()["cancel_requested"] is True
+        assert worker.call(job_store.finish_job, job_id=job_id, status=meant, **kwargs)
+        job = tenant.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+        assert job["status"] == "cancelled", (meant, job)
+        assert job["result_files"] == [] and job["fine_tuned_model"] is None and job["error"] is None
+        assert tenant.get(f"/v1/fine_tuning/jobs/{job_id}/artifacts").json()["data"] == []
+        events = [e["message"] for e in tenant.get(f"/v1/fine_tuning/jobs/{job_id}/events").json()["data"]]
+        assert "The job was cancelled" in events and not any("successfully" in m for m in events)
+
+
 def test_cancel_of_a_finished_job_is_409(tenant, worker):
     job_id = tenant.job()["id"]
     worker.claim(job_id)

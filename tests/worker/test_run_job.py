@@ -198,3 +198,25 @@ def test_evaluations_join_their_step_and_checkpoints_carry_openai_metric_names(s
     checkpoints = service.client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints",
                                      headers=service.headers).json()["data"]
     assert {"step", "train_loss", "train_mean_token_accuracy", "valid_loss"} <= set(checkpoints[-1]["metrics"])
+
+
+def test_a_cancel_asked_while_outputs_upload_ends_the_job_cancelled_and_removes_them(service, tmp_path):
+    """N9: the cancel came after the last step, while the outputs were being uploaded; the job
+    used to end succeeded with cancel_requested set. The final write ends it cancelled, and this
+    attempt's uploaded outputs are deleted (nothing registered them)."""
+    from store import jobs as job_store
+    from worker.job import JobAttempt
+
+    job_id = service.create()
+    with session_scope(service.settings) as session:
+        job = job_store.claim_job(session, job_id=job_id, owner="host:1", lease_seconds=60)
+    storage = open_storage(service.settings.storage_url)
+    attempt = JobAttempt(service.settings, job, "host:1", storage, lambda *_: True, lambda: False)
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    artifacts = attempt.store_outputs({name: str(tmp_path / "adapter") for name in attempt.spec.run.outputs})
+    assert service.cancel(job_id)["status"] == "running"  # accepted: 200, running, cancel requested
+    assert attempt.succeed(artifacts) == "cancelled"
+    job = service.get(job_id)
+    assert job["status"] == "cancelled" and job["result_files"] == [] and job["error"] is None
+    assert service.artifacts(job_id) == [] and not storage.list(artifacts[0].storage_prefix)
