@@ -147,7 +147,7 @@ def _train(args: argparse.Namespace, out_dir: Path) -> int:
     from dora_cli.progress import make_progress
     from dora_core.training import run_training
 
-    config = _load_config(Path(args.config))
+    config = _located_base_model(_load_config(Path(args.config)), Path(args.config))
     device = _device(args.device)
     _check_processes(args, device)
     if out_dir.exists() and not out_dir.is_dir():
@@ -236,6 +236,18 @@ def _load_config(path: Path):
         raise UsageError(f"config {path} is not valid JSON: {error}") from None
     except yaml.YAMLError as error:
         raise UsageError(f"config {path} is not valid YAML: {error}") from None
+
+
+def _located_base_model(config, path: Path):
+    """The config with its base_model found (a relative path: relative to the config file's folder),
+    or a UsageError in seconds naming the setting, the file and the path tried."""
+    from dora_core.model_loading import ModelNotFoundError, locate_model
+
+    try:
+        located = locate_model(config.base_model, setting="base_model", relative_to=path.parent)
+    except ModelNotFoundError as error:
+        raise UsageError(f"{path}: {error}") from None
+    return config if located == config.base_model else config.with_changes(base_model=located)
 
 
 def _device(name: str) -> str | None:

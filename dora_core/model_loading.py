@@ -177,4 +177,74 @@ def _looks_like_path(name: str) -> bool:
     """Hub ids are "name" or "org/name"; anything else that does not exist is a mistyped path."""
     return (
         os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
+        or not _valid_hub_id(name)
     )
+
+
+def _valid_hub_id(name: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def locate_model(source: str | os.PathLike[str], *, setting: str = "base_model",
+                 relative_to: str | os.PathLike[str] | None = None) -> str:
+    """Where a configured base model is, found in seconds, or ModelNotFoundError naming `setting`
+    and the path tried (a hub that cannot be reached would otherwise cost about a minute of retries
+    before the load fails).
+
+    A relative path is taken relative to `relative_to` (a config file's folder; default: the working
+    directory). Returns a local folder or `.gguf` file as an absolute path, a `package:` source or a
+    hub id as given. A hub id must be in the hub cache or on a reachable hub: with HF_HUB_OFFLINE
+    set, or the hub not answering one quick request (no retries), one that is not cached fails now.
+    """
+    from dora_contract.model_sources import PACKAGE_PREFIX, GgufSourceError, gguf_file_of, is_gguf_source
+
+    text = os.fspath(source)
+    if text.startswith(PACKAGE_PREFIX):
+        try:
+            gguf_file_of(text)
+        except GgufSourceError as error:
+            raise ModelNotFoundError(f"{setting} {text!r}: {error}") from None
+        return text
+    local = (Path(relative_to or ".") / Path(text).expanduser()).resolve()  # an absolute text stays itself
+    if is_gguf_source(text):
+        if not local.is_file():
+            raise ModelNotFoundError(f"{setting} {text!r}: no such GGUF file ({local})")
+        return str(local)
+    if local.is_dir():
+        return str(local)
+    if _looks_like_path(text):
+        raise ModelNotFoundError(f"{setting} {text!r}: no such local folder ({local})")
+    if not _in_hub_cache(text) and (reason := hub_unavailable()) is not None:
+        raise ModelNotFoundError(f"{setting} {text!r}: no such local folder ({local}); as a hub id it is not in the "
+                                 f"hub cache and cannot be downloaded: {reason}")
+    return text
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except (OSError, ValueError):
+        return False
+
+
+def hub_unavailable(timeout: float = 3.0) -> str | None:
+    """Why no model can be downloaded from the hub now (offline mode, or no answer to one request
+    within `timeout` seconds, without retries), or None when it answers."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    if constants.is_offline_mode():
+        return "offline mode (HF_HUB_OFFLINE is set)"
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)  # any HTTP answer means it is reachable
+    except Exception as error:  # noqa: BLE001 (DNS, refused, timeout, proxy: all mean unreachable)
+        return f"the hub ({constants.ENDPOINT}) is unreachable: {error}"
+    return None

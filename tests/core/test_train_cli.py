@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -174,6 +175,37 @@ def test_a_missing_model_exits_2(project, capsys):
     assert main(["train", str(config), "--out", str(project / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no-such-model" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("base_model", "hub", "reason"), [
+    ("modle", "offline", "as a hub id it is not in the hub cache and cannot be downloaded: offline mode "
+                         "(HF_HUB_OFFLINE is set)"),
+    ("modle", "unreachable", "as a hub id it is not in the hub cache and cannot be downloaded: the hub "
+                             "(http://127.0.0.1:9) is unreachable"),
+    ("./modle", "unreachable", None),  # a path: the hub is not asked
+    ("modle.gguf", "offline", None),
+])
+def test_a_mistyped_base_model_fails_in_seconds_naming_the_setting_and_the_path_beside_the_config(
+        project, capsys, monkeypatch, base_model, hub, reason):
+    """No minute of hub retries: an offline or unreachable hub (one quick request) ends it at once,
+    and a relative base_model is looked for beside the config, not in the working directory."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", hub == "offline")
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens: refused at once
+    (project / "runs").mkdir()
+    config = _write_yaml(project / "runs", {**_settings(project), "base_model": base_model,
+                                            "train_file": "../data/train.jsonl"})
+    monkeypatch.chdir(project / "data")
+    started = time.monotonic()
+    assert main(["train", str(config), "--out", str(project / "out")]) == 2
+    assert time.monotonic() - started < 10
+    err = capsys.readouterr().err
+    tried = project / "runs" / base_model.removeprefix("./")
+    what = "GGUF file" if base_model.endswith(".gguf") else "local folder"
+    assert err.startswith(f"error: {config}: base_model {base_model!r}: no such {what} ({tried})"), err
+    assert reason in err if reason else "hub" not in err
+    assert "Retry" not in err and "tokenizer" not in err and not (project / "out").exists()
 
 
 def test_ctrl_c_exits_130_keeps_checkpoints_and_the_same_command_resumes(project, tiny_model_dir, capsys,
