@@ -30,6 +30,7 @@ from store.models import Artifact, Checkpoint, File, Job, JobEvent, JobSample, M
 from store.settings import Settings
 
 MAX_METRICS_LIMIT = 10_000  # metric points per page
+MAX_MODELS_NAMED = 20  # base models named in a model_not_found message
 
 
 def _find_by_key(session: Session, *, tenant_id: str, key: str) -> Job | None:
@@ -57,6 +58,29 @@ def _as_client_error(error: ApiError) -> ApiError:
     return bad_request(error.message, param=error.param, code=error.code) if error.status_code == 404 else error
 
 
+def _model_not_found(session: Session, settings: Settings, *, tenant_id: str, model: str) -> ApiError:
+    """The 400 for a `model` that is no registered base model, naming the ones there are (the first
+    MAX_MODELS_NAMED); a fine-tuned model of the caller's (listed by GET /v1/models) is told that
+    fine-tuning it again is not supported yet, and what its base model is."""
+    names = sorted(settings.base_models)
+    if names:
+        more = f" and {len(names) - MAX_MODELS_NAMED} more" if len(names) > MAX_MODELS_NAMED else ""
+        choices = (f"the base models here are {', '.join(repr(n) for n in names[:MAX_MODELS_NAMED])}{more} "
+                   "(GET /v1/models lists them)")
+    else:
+        choices = "this server has no base models registered (the operator sets DORA_BASE_MODELS)"
+    tuned = None
+    if model.startswith("ft:"):
+        tuned = session.scalars(owned(Job, tenant_id=tenant_id).where(Job.fine_tuned_model == model)).first()
+    if tuned is not None:
+        base = f"'{tuned.model}'" + ("" if tuned.model in settings.base_models else " (no longer registered here)")
+        return bad_request(f"'{model}' is a fine-tuned model of base model {base}: fine-tuning a fine-tuned model is "
+                           f"not supported yet; fine-tune the base model instead (e.g. on both datasets); {choices}",
+                           param="model", code="model_not_supported")
+    return bad_request(f"The model '{model}' does not exist or is not available for fine-tuning here: {choices}",
+                       param="model", code="model_not_found")
+
+
 def create_job(*, session: Session, settings: Settings, tenant_id: str, request: JobCreate,
                idempotency_key: str | None) -> tuple[Job, bool]:
     """(job, created). The same Idempotency-Key and body return the first job, created=False.
@@ -69,8 +93,7 @@ def create_job(*, session: Session, settings: Settings, tenant_id: str, request:
         return _replay(existing, request_hash), False
     registered = registration(settings, request.model)
     if registered is None:
-        raise bad_request(f"The model '{request.model}' does not exist or is not available for fine-tuning here",
-                          param="model", code="model_not_found")
+        raise _model_not_found(session, settings, tenant_id=tenant_id, model=request.model)
     try:
         training = _training_input(session, tenant_id=tenant_id, file_id=request.training_file, param="training_file")
         validation = _training_input(session, tenant_id=tenant_id, file_id=request.validation_file,

@@ -263,3 +263,23 @@ def test_stored_run_config_is_accepted_by_dora_core(tenant, settings):
         if body:
             assert config.adapter.rank == 4 and config.training.epochs == 2 and config.training.micro_batch_size == 2
             assert config.training.seed == 5 and config.training.validation_split == 0.1
+
+
+def test_an_unknown_model_names_the_base_models_and_a_fine_tuned_one_says_why_it_is_refused(tenant, worker):
+    unknown = tenant.create_job({"model": "gpt-9"})
+    assert unknown.status_code == 400, unknown.text
+    error = unknown.json()["error"]
+    assert (error["param"], error["code"]) == ("model", "model_not_found")
+    assert error["message"] == ("The model 'gpt-9' does not exist or is not available for fine-tuning here: the base "
+                                "models here are 'llama-3.2-1b', 'tiny-llama' (GET /v1/models lists them)")
+    job_id = tenant.job()["id"]
+    worker.claim(job_id)
+    assert worker.call(job_store.finish_job, job_id=job_id, status="succeeded", artifacts=[])
+    tuned = tenant.get(f"/v1/fine_tuning/jobs/{job_id}").json()["fine_tuned_model"]
+    assert tuned in [m["id"] for m in tenant.get("/v1/models").json()["data"]]
+    refused = tenant.create_job({"model": tuned})
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert (error["param"], error["code"]) == ("model", "model_not_supported")
+    assert error["message"].startswith(f"'{tuned}' is a fine-tuned model of base model 'tiny-llama': fine-tuning a "
+                                       "fine-tuned model is not supported yet"), error
