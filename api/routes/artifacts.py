@@ -11,12 +11,16 @@ from api.downloads import stream_response
 from api.present import artifact_out
 from api.schemas.common import ListPage
 from api.schemas.content import OCTET_STREAM, TAR, OctetStreamResponse, TarResponse, download_responses
+from api.schemas.errors import error_responses
 from api.schemas.jobs import ArtifactOut
 from api.services import jobs as job_service
 from store.archive import iter_tar, tar_size
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs/{job_id}/artifacts", tags=["artifacts"])
 RangeHeader = Annotated[str | None, Header(alias="Range")]
+# a queued or running job has no outputs yet (code job_not_finished; api/services/jobs.py get_artifact)
+NOT_FINISHED = error_responses(409, d409="The job has not finished yet (code `job_not_finished`): its outputs "
+                                         "appear when it has succeeded")
 
 
 @router.get("", response_model=ListPage[ArtifactOut])
@@ -25,7 +29,7 @@ def list_artifacts(job: OwnedJobDep, session: SessionDep) -> ListPage[ArtifactOu
     return ListPage(data=[artifact_out(r) for r in rows], has_more=False)
 
 
-@router.get("/{name}/archive", response_class=TarResponse, responses=download_responses(TAR))
+@router.get("/{name}/archive", response_class=TarResponse, responses=download_responses(TAR) | NOT_FINISHED)
 def download_archive(name: str, job: OwnedJobDep, session: SessionDep, storage: StorageDep,
                      range_header: RangeHeader = None):
     artifact = job_service.get_artifact(session=session, job=job, name=name)
@@ -35,7 +39,7 @@ def download_archive(name: str, job: OwnedJobDep, session: SessionDep, storage: 
 
 
 @router.get("/{name}/files/{path:path}", response_class=OctetStreamResponse,
-            responses=download_responses(OCTET_STREAM))
+            responses=download_responses(OCTET_STREAM) | NOT_FINISHED)
 def download_file(name: str, path: str, job: OwnedJobDep, session: SessionDep, storage: StorageDep,
                   range_header: RangeHeader = None):
     artifact = job_service.get_artifact(session=session, job=job, name=name)

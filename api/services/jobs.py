@@ -215,8 +215,21 @@ def list_artifacts(*, session: Session, job: Job) -> list[Artifact]:
 def get_artifact(*, session: Session, job: Job, name: str) -> Artifact:
     artifact = session.scalars(select(Artifact).where(Artifact.job_id == job.id, Artifact.name == name)).first()
     if artifact is None:
-        raise not_found("artifact", name)
+        raise _no_artifact(session, job, name)
     return artifact
+
+
+def _no_artifact(session: Session, job: Job, name: str) -> ApiError:
+    """Why a job has no artifact `name`: it has not finished yet (409: its outputs appear when it
+    has succeeded), or it finished without one (404 naming the outputs it has)."""
+    if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+        return ApiError(409, f"Job {job.id} is {job.status}: its outputs appear when it has succeeded; poll "
+                             f"GET /v1/fine_tuning/jobs/{job.id} until status is succeeded, then download them",
+                        code="job_not_finished")
+    names = [artifact.name for artifact in list_artifacts(session=session, job=job)]
+    has = f"its outputs are {', '.join(names)}" if names else "it has no outputs"
+    return ApiError(404, f"No such artifact: '{name[:64]}': job {job.id} is {job.status} and {has}",
+                    code="artifact_not_found")
 
 
 def artifact_file(*, artifact: Artifact, path: str) -> dict:

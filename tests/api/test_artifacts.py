@@ -11,7 +11,7 @@ import httpx
 
 from store import jobs as job_store
 from store.storage import LocalStorage, job_key
-from tests.support.artifacts import ADAPTER_FILES, finish_with_artifacts
+from tests.support.artifacts import ADAPTER_FILES, finish_with_artifacts, finish_with_stored_files
 from tests.support.streaming import stream_download
 
 
@@ -91,3 +91,34 @@ def test_result_file_and_models_through_the_openai_client(tenant, worker, settin
         assert sorted(tar.getnames()) == sorted(f"adapter/{p}" for p in ADAPTER_FILES)
     assert client.models.retrieve(job["fine_tuned_model"]).owned_by != "system"
     assert client.models.retrieve("tiny-llama").owned_by == "system"
+
+
+def test_downloads_of_an_unfinished_job_say_to_wait_and_a_missing_output_names_those_there_are(
+        tenant, worker, settings, client):
+    """The README's curl block run before the job finished was a bare 404 "No such artifact: 'adapter'"."""
+    job_id = tenant.job()["id"]
+    urls = [f"/v1/fine_tuning/jobs/{{}}/artifacts/adapter/{rest}" for rest in ("archive", "files/adapter_config.json")]
+    for status in ("queued", "running"):
+        if status == "running":
+            worker.claim(job_id)
+        for url in urls:
+            response = tenant.get(url.format(job_id))
+            assert response.status_code == 409, response.text
+            error = response.json()["error"]
+            assert error["code"] == "job_not_finished" and error["type"] == "invalid_request_error", error
+            assert f"Job {job_id} is {status}" in error["message"], error
+            assert f"poll GET /v1/fine_tuning/jobs/{job_id} until status is succeeded" in error["message"], error
+    storage = LocalStorage(settings.storage_url)
+    finished = finish_with_stored_files(tenant, worker, storage, {"adapter_config.json": b"{}"})
+    missing = tenant.get(f"/v1/fine_tuning/jobs/{finished['id']}/artifacts/merged/archive")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "artifact_not_found", missing.text
+    assert missing.json()["error"]["message"] == (f"No such artifact: 'merged': job {finished['id']} is succeeded and "
+                                                  "its outputs are adapter")
+    cancelled = tenant.job()["id"]
+    assert tenant.post(f"/v1/fine_tuning/jobs/{cancelled}/cancel").status_code == 200
+    response = tenant.get(urls[0].format(cancelled))
+    assert response.status_code == 404 and "is cancelled and it has no outputs" in response.json()["error"]["message"]
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/v1/fine_tuning/jobs/{job_id}/artifacts/{name}/archive",
+                 "/v1/fine_tuning/jobs/{job_id}/artifacts/{name}/files/{path}"):
+        assert "job_not_finished" in paths[path]["get"]["responses"]["409"]["description"], path
