@@ -157,8 +157,9 @@ def _train(args: argparse.Namespace, out_dir: Path) -> int:
     if args.no_resume:
         _clear_earlier_run(out_dir, overwrite=args.overwrite)
     elif (out_dir / "manifest.json").exists():
-        print(f"note: {out_dir} already holds a finished run; continuing from its newest checkpoint, if any, "
-              "and rewriting its outputs (use --no-resume --overwrite to start over)", flush=True)
+        print(f"note: {out_dir} already holds a finished run; continuing from its newest checkpoint, if any "
+              "(its outputs are rewritten only if it trains further; use --no-resume --overwrite to start over)",
+              flush=True)
     if args.nproc > 1:
         from dora_core.training.distributed import launch
 

@@ -76,6 +76,23 @@ def write_gguf_output(out_dir: Path, model, tokenizer, *, file_type: str) -> Pat
     return publish_folder(out_dir, "gguf", lambda temp: write_gguf(temp, merged, tokenizer, file_type=file_type))
 
 
+def finished_outputs(out_dir: Path, *, config: dict, status: str, steps: int) -> dict[str, str] | None:
+    """The outputs an earlier run of this folder already wrote for exactly this result, by name (with
+    metrics and manifest), or None. The manifest is written last, so one that names the same config
+    (outputs, gguf_type, ... included), status and step, with each output folder still there, means
+    those outputs are complete: a resumed run that trained nothing keeps them instead of rewriting."""
+    try:
+        manifest = json.loads((out_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    same = (manifest.get("config") == config and manifest.get("status") == status and manifest.get("steps") == steps
+            and set(manifest.get("outputs", ())) >= {*config.get("outputs", ()), "metrics"})
+    if not same or not all((out_dir / name).is_dir() for name in config.get("outputs", ())):
+        return None
+    return {name: str(out_dir / name) for name in config.get("outputs", ())} | {
+        "metrics": str(out_dir / "metrics.jsonl"), "manifest": str(out_dir / "manifest.json")}
+
+
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for package in ("dora-tuner", "torch", "transformers", "safetensors", "tokenizers"):

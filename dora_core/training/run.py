@@ -52,6 +52,7 @@ from dora_core.training.loss import count_trained_tokens, summed_loss
 from dora_core.training.memory import device_memory_bytes, recommended_gradient_checkpointing
 from dora_core.training.outputs import (
     MetricsLog,
+    finished_outputs,
     remove_partial_outputs,
     write_adapter,
     write_gguf_output,
@@ -476,6 +477,10 @@ class TrainingRun:
 
     def write_outputs(self, result: RunResult) -> dict[str, str]:
         self.callbacks.heartbeat()
+        if result.resumed_from_step == result.step:  # nothing trained: a finished run's outputs stay as they are
+            kept = finished_outputs(self.out_dir, config=self.config.to_dict(), status=result.status, steps=result.step)
+            if kept is not None:
+                return kept
         outputs: dict[str, str] = {}
         if "adapter" in self.config.outputs:
             public_id = self.config.public_base_model_id

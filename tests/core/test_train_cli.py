@@ -77,9 +77,10 @@ def test_yaml_config_trains_prints_step_lines_and_rerun_resumes_from_last_checkp
     assert str(out / "adapter") in first.out and str(out / "manifest.json") in first.out
     assert "Traceback" not in first.err
     trained = _adapter(out)
+    written = _output_files(out)
 
     # the same command again: the run ends with a checkpoint at its last step, so it resumes
-    # there, trains nothing more and only rewrites the outputs: same adapter, same metrics
+    # there, trains nothing more and leaves the outputs as they were: not one file rewritten
     assert main(argv) == 0
     second = capsys.readouterr().out
     assert "already holds a finished run" in second
@@ -89,9 +90,24 @@ def test_yaml_config_trains_prints_step_lines_and_rerun_resumes_from_last_checkp
             "(use --no-resume --overwrite to start over))") in second
     assert "resumed from step" not in second
     assert _metric_steps(out) == [1, 2, 3, 4, 5, 6]
-    assert json.loads((out / "manifest.json").read_text())["resumed_from_step"] == 6
+    assert _output_files(out) == written
+    assert str(out / "adapter") in second and str(out / "merged") in second  # still listed as the run's outputs
     for name, tensor in _adapter(out).items():
         torch.testing.assert_close(tensor, trained[name], atol=0, rtol=0)
+
+    # asking for one more output (gguf_type or outputs changed): that run's outputs are written again
+    config.write_text(yaml.safe_dump({**_settings(tiny_model_dir), "outputs": ["adapter"]}))
+    assert main(argv) == 0
+    assert "status: completed (already complete at step 6/6" in capsys.readouterr().out
+    assert _output_files(out)["adapter/adapter_model.safetensors"] != written["adapter/adapter_model.safetensors"]
+    assert json.loads((out / "manifest.json").read_text())["outputs"] == ["adapter", "metrics"]
+
+
+def _output_files(out: Path) -> dict[str, tuple[int, int]]:
+    """(inode, mtime) of every file of the outputs: a rewritten output (a new folder renamed in) changes them."""
+    return {path.relative_to(out).as_posix(): (path.stat().st_ino, path.stat().st_mtime_ns)
+            for folder in ("adapter", "merged") for path in sorted((out / folder).rglob("*")) if path.is_file()} | {
+        "manifest.json": ((out / "manifest.json").stat().st_ino, (out / "manifest.json").stat().st_mtime_ns)}
 
 
 def test_changed_config_in_the_same_folder_is_refused(project, tiny_model_dir, capsys):
