@@ -10,6 +10,7 @@ promises, fails the test; editing the block changes what runs.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import shlex
@@ -92,3 +93,24 @@ def test_train_locally_commands_run_as_written_in_a_fresh_clone(fresh_clone: Pat
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert (out / "merged" / "config.json").is_file() and list((out / "merged").glob("*.safetensors"))
     assert (out / "metrics.jsonl").read_text().strip(), "metrics.jsonl is empty"
+
+
+# what the README's service walkthroughs (curl, the openai client, the real model) write into the
+# folder they run in, the repository root, and the settings file it suggests
+WALKTHROUGH_FILES = ("train.jsonl", "addition-train.jsonl", "addition-validation.jsonl", "adapter.tar", "merged.tar",
+                     "gguf.tar", "adapter/", "merged/", "gguf/", ".env")
+
+
+def test_what_the_readme_walkthroughs_write_in_the_repository_root_is_ignored_by_git():
+    readme = README.read_text(encoding="utf-8")
+    patterns = [line.strip() for line in (ROOT / ".gitignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+
+    def ignored(name: str) -> bool:  # root-level names only: a leading "/" anchors, a trailing "/" is a folder
+        folder = name.endswith("/")
+        return any(fnmatch.fnmatch(name.rstrip("/"), pattern.strip("/"))
+                   for pattern in patterns if folder or not pattern.endswith("/"))
+
+    for name in WALKTHROUGH_FILES:
+        assert name.rstrip("/") in readme, f"the README no longer mentions {name}: update WALKTHROUGH_FILES"
+    assert [name for name in WALKTHROUGH_FILES if not ignored(name)] == []
