@@ -179,8 +179,9 @@ def run_webhooks(args: argparse.Namespace) -> int:
 
 
 # -- dora up -------------------------------------------------------------------------------------
-# what --demo lets webhooks reach besides public addresses: this machine (a local receiver)
-DEMO_WEBHOOK_CIDRS = '["127.0.0.0/8", "::1/128"]'
+# what --demo lets webhooks reach besides public addresses: a local receiver on port 8719 of this
+# machine, and no other port (not the API's, Redis' or PostgreSQL's)
+DEMO_WEBHOOK_CIDRS = '["127.0.0.0/8:8719", "::1/128:8719"]'
 
 
 def run_up(args: argparse.Namespace) -> int:

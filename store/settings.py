@@ -12,10 +12,11 @@ The descriptions below are the reference: docs/settings.md is rendered from them
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, IPvAnyNetwork, PositiveFloat, PositiveInt, SecretStr, model_validator
+from pydantic import BeforeValidator, Field, PositiveFloat, PositiveInt, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from store.base_models import Registration
@@ -175,13 +176,76 @@ class AuthSettings(DoraSettings):
         "keeps working for at most this many seconds (0: look up every request)"))
 
 
+# -- webhook targets the operator allows ----------------------------------------------------------
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+EVERY_PORT = ((1, 65535),)
+WEB_PORTS = ((80, 80), (443, 443))  # what an allowed network without `:PORTS` opens
+
+
+def parse_allowed_target(entry: object) -> tuple[Network, tuple[tuple[int, int], ...]]:
+    """A DORA_WEBHOOK_ALLOWED_CIDRS entry as (network, port ranges): `127.0.0.1/32:8719`,
+    `10.0.0.0/8:8000-8099,9443`, `[::1]:8719`, `::1/128:*`, or a bare network (ports 80 and 443)."""
+    if isinstance(entry, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return entry, WEB_PORTS
+    text, ports = str(entry).strip(), None
+    if text.startswith("["):  # [IPv6] or [IPv6]/prefix, then :PORTS
+        address, closed, rest = text[1:].partition("]")
+        prefix, colon, ports = rest.partition(":")
+        if not closed or (prefix and not prefix.startswith("/")):
+            raise ValueError(f"{text!r} is not NETWORK[:PORTS] (an IPv6 network is written [::1]/128:PORTS)")
+        network_text, ports = address + prefix, ports if colon else None
+    elif "/" in text:  # the prefix length ends the network, so an IPv6 network needs no brackets
+        address, _, rest = text.partition("/")
+        prefix, colon, ports = rest.partition(":")
+        network_text, ports = f"{address}/{prefix}", ports if colon else None
+    elif text.count(":") == 1:  # an IPv4 address and its ports
+        network_text, _, ports = text.partition(":")
+    else:
+        network_text = text
+    try:
+        network = ipaddress.ip_network(network_text)
+    except ValueError as error:
+        raise ValueError(f"{text!r}: {error}") from None
+    return network, WEB_PORTS if ports is None else _port_ranges(text, ports)
+
+
+def _port_ranges(entry: str, text: str) -> tuple[tuple[int, int], ...]:
+    if text.strip() == "*":
+        return EVERY_PORT
+    ranges = []
+    for part in text.split(","):
+        low, dash, high = part.strip().partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()):
+            raise ValueError(f"{entry!r}: ports must be a port, a range (8000-8099), a comma list of them, or *")
+        first, last = int(low), int(high) if dash else int(low)
+        if not 1 <= first <= last <= 65535:
+            raise ValueError(f"{entry!r}: ports are 1 to 65535, a range low-high")
+        ranges.append((first, last))
+    return tuple(ranges)
+
+
+def allowed_target_text(entry: object) -> str:
+    """An entry in its canonical form, `NETWORK/PREFIX:PORTS` (a bare network shows its ports 80,443)."""
+    network, ranges = parse_allowed_target(entry)
+    ports = "*" if ranges == EVERY_PORT else ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+    return f"{network}:{ports}"
+
+
+AllowedTarget = Annotated[str, BeforeValidator(allowed_target_text)]
+
+
 class WebhookTargetSettings(DoraSettings):
     """Where webhooks may point: public addresses only, unless the operator allows more. The API
     checks a target when it is registered, the sender again at each attempt (store/webhooks.py)."""
 
-    webhook_allow_private: bool = Field(False, description="allow every address, private and loopback ones too")
-    webhook_allowed_cidrs: list[IPvAnyNetwork] = Field(default_factory=list, description=(
-        "networks allowed besides public addresses (`[\"127.0.0.0/8\", \"::1/128\"]`, which `dora up --demo` sets)"))
+    webhook_allow_private: bool = Field(False, description=(
+        "allow every address and every port, private and loopback ones too"))
+    webhook_allowed_cidrs: list[AllowedTarget] = Field(default_factory=list, description=(
+        "networks and their ports allowed besides public addresses: `NETWORK:PORTS`, PORTS a port, a range or a "
+        "comma list of them, or `*` for every port (`[\"10.20.0.0/16:8443\", \"127.0.0.1/32:8719\", "
+        "\"::1/128:8719\"]`; `dora up --demo` sets `127.0.0.0/8:8719` and `::1/128:8719`); a network without "
+        "`:PORTS` allows ports 80 and 443 only, so allowing a host for its receiver never opens its other "
+        "services (Redis, the API, a database)"))
 
 
 class ApiServerSettings(DoraSettings):

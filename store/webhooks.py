@@ -16,11 +16,15 @@ Standard Webhooks headers, and `record_attempt` stores the attempt and ends the 
 delivered; the retry schedule used up: failed) or schedules the next try. A deleted webhook's
 deliveries are deleted with it, so nothing more is sent to it.
 
-**Targets.** `check_target` refuses a URL whose host resolves to any address that is not public
-(private, loopback, link-local, shared, reserved, multicast, or such an IPv4 address inside an
-IPv6 one) unless the operator allows it (`DORA_WEBHOOK_ALLOW_PRIVATE`,
-`DORA_WEBHOOK_ALLOWED_CIDRS`). The API checks at creation, the sender before every attempt, and
-the sender connects to the very addresses it checked (no second lookup, no redirects).
+**Targets.** `parse_target` normalises a URL (an international host name to its IDNA form, the
+path and query percent-encoded as UTF-8), and the API stores it so. `check_target` refuses a URL
+whose host resolves to any address that is not public (`is_public`: private, loopback,
+link-local, shared, reserved, multicast, site-local, IPv4-compatible, local-use NAT64, or an IPv6
+address whose embedded IPv4 one (mapped, NAT64, 6to4, Teredo) is not public) unless the operator
+allows it: `DORA_WEBHOOK_ALLOW_PRIVATE` (everything) or `DORA_WEBHOOK_ALLOWED_CIDRS` (networks
+with ports: `127.0.0.1/32:8719`; a bare network opens ports 80 and 443 only). The API checks at
+creation, the sender before every attempt, and the sender connects to the very addresses it
+checked (no second lookup, no redirects).
 """
 
 from __future__ import annotations
@@ -38,9 +42,11 @@ from concurrent.futures import TimeoutError as ResolveTimeout
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
+import idna
 from sqlalchemy import ColumnElement, and_, event, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -50,7 +56,7 @@ from store.ids import new_id
 from store.job_status import JobStatus
 from store.models import Checkpoint, Job, Webhook, WebhookAttempt, WebhookDelivery, utcnow
 from store.queue import publish_delivery
-from store.settings import WebhookTargetSettings
+from store.settings import Network, WebhookTargetSettings, parse_allowed_target
 
 JOB_EVENTS = {
     JobStatus.RUNNING: "fine_tuning.job.running",
@@ -61,6 +67,7 @@ JOB_EVENTS = {
 CHECKPOINT_CREATED = "fine_tuning.job.checkpoint.created"
 EVENT_TYPES = (*JOB_EVENTS.values(), CHECKPOINT_CREATED)
 
+MAX_URL_LENGTH = 2048  # the column's size, once normalised
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
 # session.info keys: the broker to publish to after a commit, and what this transaction wrote
@@ -118,8 +125,16 @@ def _resolve(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(info[4][0] for info in infos))
 
 
+# what RFC 3986 lets a path (and a query) hold as is; quote() keeps letters, digits and -._~ too, and
+# `%` so that a URL already percent-encoded stays as it is
+_PATH_SAFE = "/%:@!$&'()*+,;="
+_QUERY_SAFE = _PATH_SAFE + "?"
+
+
 def parse_target(url: str) -> Target:
-    """The parts of an http(s) URL; TargetRefused says what is wrong with it."""
+    """The parts of an http(s) URL, normalised: `url` with an international host name in its IDNA
+    (punycode) form and the path, query and fragment percent-encoded as UTF-8 (urllib's quote),
+    so what is sent is ASCII; TargetRefused says what is wrong with it."""
     if any(ord(c) <= 0x20 or c == "\x7f" for c in url):
         raise TargetRefused("must not contain spaces or control characters")
     try:
@@ -134,42 +149,62 @@ def parse_target(url: str) -> Target:
         raise TargetRefused("has no host")
     if parts.username is not None or parts.password is not None:
         raise TargetRefused("must not carry credentials (user:password@)")
-    if not parts.hostname.isascii():
-        raise TargetRefused("must have an ASCII host name (use its punycode form, xn--...)")
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return Target(url=url, scheme=scheme, host=parts.hostname, port=port or (443 if scheme == "https" else 80),
-                  path=path)
+    host = parts.hostname
+    if not host.isascii():
+        try:
+            host = idna.encode(host, uts46=True).decode("ascii")
+        except (idna.IDNAError, UnicodeError) as error:
+            raise TargetRefused(f"has a host name that is not a valid international domain name ({error})") from None
+    path, query = quote(parts.path, safe=_PATH_SAFE), quote(parts.query, safe=_QUERY_SAFE)
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{port}" if port is not None else "")
+    normalised = urlunsplit((scheme, netloc, path, query, quote(parts.fragment, safe=_QUERY_SAFE)))
+    if len(normalised) > MAX_URL_LENGTH:
+        raise TargetRefused(f"is longer than {MAX_URL_LENGTH} characters once percent-encoded")
+    return Target(url=normalised, scheme=scheme, host=host, port=port or (443 if scheme == "https" else 80),
+                  path=(path or "/") + (f"?{query}" if query else ""))
 
 
-def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
-    """IPv4 addresses a gateway would reach for this IPv6 one: 6to4, Teredo, NAT64 (64:ff9b::/96)."""
-    found = [address.sixtofour] if address.sixtofour else []
-    if address.teredo:
-        found += list(address.teredo)
-    if address in ipaddress.ip_network("64:ff9b::/96"):
-        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
-    return found
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # ::a.b.c.d, deprecated (RFC 4291); also :: and ::1
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # the well-known NAT64 prefix: the last 32 bits are the IPv4 address
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # local-use NAT64 (RFC 8215): a translator of this site
 
 
-def _networks(settings: WebhookTargetSettings) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    return [ipaddress.ip_network(str(network)) for network in settings.webhook_allowed_cidrs]
+def is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether an address is public: global by Python's `ipaddress` and in no special class
+    (private, reserved, multicast, loopback, link-local, unspecified, site-local), and for IPv6,
+    not IPv4-compatible nor local-use NAT64, with any IPv4 address it stands for or tunnels to
+    (IPv4-mapped ::ffff:a.b.c.d, NAT64 64:ff9b::a.b.c.d, 6to4, Teredo) public too."""
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:  # the very IPv4 address, reached over IPv4
+            return is_public(ip.ipv4_mapped)
+        if ip in _NAT64:  # the IPv4 address a NAT64 gateway reaches
+            return is_public(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        if ip in _IPV4_COMPATIBLE or ip in _NAT64_LOCAL or ip.is_site_local:
+            return False
+        embedded = ([ip.sixtofour] if ip.sixtofour else []) + list(ip.teredo or ())
+        if not all(is_public(inner) for inner in embedded):
+            return False
+    return ip.is_global and not (ip.is_private or ip.is_reserved or ip.is_multicast or ip.is_loopback
+                                 or ip.is_link_local or ip.is_unspecified)
 
 
-def address_allowed(address: str, settings: WebhookTargetSettings) -> bool:
-    """A public address, or one the operator allows (every address when webhook_allow_private)."""
+@lru_cache(maxsize=32)
+def _allowed_targets(entries: tuple[str, ...]) -> tuple[tuple[Network, tuple[tuple[int, int], ...]], ...]:
+    return tuple(parse_allowed_target(entry) for entry in entries)
+
+
+def address_allowed(address: str, port: int, settings: WebhookTargetSettings) -> bool:
+    """A public address (any port), or one of the operator's networks on one of its ports
+    (DORA_WEBHOOK_ALLOWED_CIDRS); everything when webhook_allow_private."""
     if settings.webhook_allow_private:
         return True
-    return _allowed(ipaddress.ip_address(address), _networks(settings))
-
-
-def _allowed(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: list) -> bool:
-    if ip.version == 6 and ip.ipv4_mapped is not None:  # ::ffff:a.b.c.d is that IPv4 address
-        ip = ip.ipv4_mapped
-    if any(ip in network for network in networks):
+    ip = ipaddress.ip_address(address)
+    if is_public(ip):
         return True
-    if not ip.is_global or ip.is_multicast:
-        return False
-    return ip.version == 4 or all(_allowed(inner, networks) for inner in _embedded_ipv4(ip))
+    candidates = [ip] + ([ip.ipv4_mapped] if ip.version == 6 and ip.ipv4_mapped is not None else [])
+    entries = _allowed_targets(tuple(str(entry) for entry in settings.webhook_allowed_cidrs))
+    return any(candidate.version == network.version and candidate in network and any(
+        low <= port <= high for low, high in ranges) for network, ranges in entries for candidate in candidates)
 
 
 def check_target(url: str, settings: WebhookTargetSettings, *, resolve: Resolver = _resolve,
@@ -186,10 +221,11 @@ def check_target(url: str, settings: WebhookTargetSettings, *, resolve: Resolver
     if not addresses:
         raise TargetRefused(f"has a host that does not resolve: {target.host}")
     for address in addresses:
-        if not address_allowed(address, settings):
+        if not address_allowed(address, target.port, settings):
             shown = address if address == target.host else f"{address} ({target.host})"
-            raise TargetRefused(f"points at {shown}, which is not a public address; the operator can allow "
-                                "it (DORA_WEBHOOK_ALLOW_PRIVATE or DORA_WEBHOOK_ALLOWED_CIDRS)")
+            raise TargetRefused(f"points at {shown} port {target.port}, which is not a public address; the operator "
+                                "can allow it (DORA_WEBHOOK_ALLOW_PRIVATE, or DORA_WEBHOOK_ALLOWED_CIDRS with the "
+                                "port)")
     return Target(url=target.url, scheme=target.scheme, host=target.host, port=target.port, path=target.path,
                   addresses=tuple(addresses))
 

@@ -48,6 +48,9 @@ def _page(items: list, rows: list, has_more: bool) -> ListPage:
 @router.post("", response_model=WebhookCreated)
 def create_webhook(body: WebhookCreate, caller: TenantDep, session: SessionDep,
                    settings: SettingsDep) -> WebhookCreated:
+    """The URL is stored and shown normalised: an international host name in its IDNA form, the path
+    and query percent-encoded (UTF-8); a host that resolves to a non-public address, or a port the
+    operator did not allow for it, is a 400 naming `url`."""
     row = webhook_service.create_webhook(session=session, settings=settings, tenant_id=caller.tenant_id,
                                          request=body)
     return WebhookCreated(**_webhook_out(row).model_dump(), secret=row.secret)

@@ -17,10 +17,11 @@ from store.webhooks import TargetRefused, check_target, new_secret
 
 
 def create_webhook(*, session: Session, settings: Settings, tenant_id: str, request: WebhookCreate) -> Webhook:
-    """Check the target (its host resolves to allowed addresses only), then insert under the
+    """Check the target (its host resolves to allowed addresses, on an allowed port), then insert
+    its normalised URL (IDNA host, percent-encoded path: store/webhooks.py parse_target) under the
     tenant's row lock so concurrent creates cannot pass the cap together; commits."""
     try:
-        check_target(request.url, settings)
+        url = check_target(request.url, settings).url
     except TargetRefused as refused:
         raise bad_request(f"Invalid 'url': it {refused}", param="url", code="invalid_url") from None
     cap = settings.webhook_max_per_tenant
@@ -29,7 +30,7 @@ def create_webhook(*, session: Session, settings: Settings, tenant_id: str, requ
         session.rollback()
         raise bad_request(f"This organization already has {cap} webhooks, the most allowed: delete one first",
                           code="webhook_limit_reached")
-    webhook = Webhook(id=new_id("webhook"), tenant_id=tenant_id, url=request.url,
+    webhook = Webhook(id=new_id("webhook"), tenant_id=tenant_id, url=url,
                       events=list(dict.fromkeys(request.events)), secret=new_secret(), created_at=utcnow())
     session.add(webhook)
     session.commit()

@@ -27,7 +27,7 @@ from tests.support.webhooks import Receiver, self_signed_certificate, send_due
 from worker.webhooks import deliver
 
 ALL_EVENTS = list(EVENT_TYPES)
-LOOPBACK = [ipaddress.ip_network("127.0.0.0/8")]
+LOOPBACK = ["127.0.0.0/8:*"]  # every port: the receivers listen on ephemeral ones
 FAST = {"webhook_allowed_cidrs": LOOPBACK, "webhook_retry_schedule_seconds": [0.4, 1.2],
         "webhook_timeout_seconds": 2.0}
 
@@ -404,3 +404,79 @@ def test_an_https_target_must_present_a_certificate_the_sender_trusts(tenant, lo
     assert request.verify(webhook["secret"])["type"] == "fine_tuning.job.running"
     [delivery] = _deliveries(tenant, webhook["id"])
     assert delivery["status"] == "delivered" and [a["status_code"] for a in delivery["attempts"]] == [None, 200]
+
+
+# -- [reliability-3] N3: URLs normalised at registration ----------------------------------------------
+def test_a_non_ascii_path_is_stored_percent_encoded_and_delivered(tenant, loopback, receiver, worker):
+    url = receiver.url.replace("/hooks/dora", "/été/hooks?q=ü")
+    webhook = _create(tenant, url, ["fine_tuning.job.running"])
+    assert webhook["url"] == receiver.url.replace("/hooks/dora", "/%C3%A9t%C3%A9/hooks?q=%C3%BC")
+    assert worker.claim(tenant.job()["id"]) is not None
+    [request] = receiver.wait(1, drive=lambda: send_due(loopback))
+    assert request.path == "/%C3%A9t%C3%A9/hooks?q=%C3%BC" and request.verify(webhook["secret"])
+    [delivery] = _deliveries(tenant, webhook["id"])
+    assert delivery["status"] == "delivered"
+
+
+def test_an_international_host_is_looked_up_in_its_idna_form_and_an_invalid_one_is_a_400(tenant, settings):
+    looked_up = []
+    target = webhook_store.check_target("https://Bücher.example/ä", settings,
+                                        resolve=lambda host, port: looked_up.append(host) or ["93.184.215.14"])
+    assert looked_up == ["xn--bcher-kva.example"] and target.url == "https://xn--bcher-kva.example/%C3%A4"
+    response = tenant.post("/v1/webhooks", json={"url": "https://☃.example/", "events": ALL_EVENTS})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "url", response.text
+    assert "international domain name" in response.json()["error"]["message"]
+
+
+# -- [reliability-3] N7: the address policy, and the operator's allow-list with ports --------------------------
+@pytest.mark.parametrize("url", [
+    "http://[::127.0.0.1]:8719/", "http://[::a00:1]/", "http://[fec0::1]/", "http://[64:ff9b::a00:1]/",
+    "http://[64:ff9b:1::5db8:d70e]/", "http://[2002:a00:1::1]/", "http://[2001:0:4136:e378:8000:63bf:f5ff:fffe]/",
+    "http://240.0.0.1/", "http://255.255.255.255/", "http://198.18.0.1/", "http://[::ffff:10.0.0.1]/",
+])
+def test_every_non_public_address_class_is_refused(tenant, url):
+    response = tenant.post("/v1/webhooks", json={"url": url, "events": ALL_EVENTS})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "url", response.text
+    assert "not a public address" in response.json()["error"]["message"]
+
+
+def test_an_ipv6_address_standing_for_a_public_ipv4_one_is_public():
+    for address in ("::ffff:93.184.215.14", "64:ff9b::5db8:d70e", "2002:5db8:d70e::1", "2606:4700::1111"):
+        assert webhook_store.is_public(ipaddress.ip_address(address)), address
+
+
+def test_the_operator_allows_a_network_on_its_ports_only(tenant, operator, receiver):
+    port = int(receiver.url.split(":")[2].split("/")[0])
+    operator(webhook_allowed_cidrs=[f"127.0.0.1/32:{port}"])
+    created = _create(tenant, receiver.url)
+    for other in ("http://127.0.0.1:6379/", "http://127.0.0.1:8000/v1/files", "http://127.0.0.2:{port}/"):
+        refused = tenant.post("/v1/webhooks", json={"url": other.format(port=port), "events": ALL_EVENTS})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "url", refused.text
+        assert "not a public address" in refused.json()["error"]["message"]
+    operator(webhook_allowed_cidrs=["127.0.0.0/8"])  # a network without ports: 80 and 443 only
+    assert tenant.post("/v1/webhooks", json={"url": receiver.url, "events": ALL_EVENTS}).status_code == 400
+    assert tenant.post("/v1/webhooks", json={"url": "https://127.0.0.1/x", "events": ALL_EVENTS}).status_code == 200
+    for webhook in tenant.get("/v1/webhooks").json()["data"]:
+        tenant.delete(f"/v1/webhooks/{webhook['id']}")
+    assert created["url"] == receiver.url
+
+
+def test_allowed_networks_are_read_with_their_ports(monkeypatch):
+    import json
+
+    from pydantic import ValidationError
+
+    from dora_cli.worker_commands import DEMO_WEBHOOK_CIDRS
+    from store.settings import WebhookTargetSettings
+
+    read = WebhookTargetSettings(_env_file=None, webhook_allowed_cidrs=[
+        "127.0.0.1/32:8719", "[::1]:8000-8010,9000", "10.0.0.0/8", "192.168.0.0/16:*", ipaddress.ip_network("::1/128")])
+    assert read.webhook_allowed_cidrs == ["127.0.0.1/32:8719", "::1/128:8000-8010,9000", "10.0.0.0/8:80,443",
+                                          "192.168.0.0/16:*", "::1/128:80,443"]
+    monkeypatch.setenv("DORA_WEBHOOK_ALLOWED_CIDRS", DEMO_WEBHOOK_CIDRS)
+    demo = WebhookTargetSettings(_env_file=None)
+    assert all(entry.endswith(":8719") for entry in demo.webhook_allowed_cidrs), demo  # the demo's receiver port
+    assert json.loads(DEMO_WEBHOOK_CIDRS)
+    for bad in ("127.0.0.1/32:0", "127.0.0.1/32:70000", "127.0.0.1/32:x", "127.0.0.1/8:80", "[::1]80", "10.0.0.0/8:"):
+        with pytest.raises(ValidationError):
+            WebhookTargetSettings(_env_file=None, webhook_allowed_cidrs=[bad])
