@@ -6,15 +6,26 @@ they commit: one `webhook_deliveries` row per webhook of the job's tenant subscr
 event type, in the SAME transaction as the transition. The event exists exactly when the
 transition does, so it is delivered at least once. Right after the commit, the new deliveries
 are published to the `webhooks` queue (when the session knows the broker:
-`session.info["broker_url"]`, set by store/db.py and api/deps.py); the sweeper of
-`dora webhooks` publishes whatever is due and was not (broker down, a crash, a retry's time).
+`session.info["broker_url"]`, set by store/db.py and api/deps.py), and marked published in the
+row itself (cleared again when the broker refused it); the sweeper of `dora webhooks` publishes
+whatever is due and was not (broker down, a crash, a retry's time, a delivery deferred).
 
 **Delivery.** `claim_delivery` takes a due delivery with one conditional UPDATE that moves its
 `next_attempt_at` past the attempt's time limit (a duplicate message, or a second sender, then
 changes no row and drops it); the sender (worker/webhooks.py) POSTs the stored body with the
 Standard Webhooks headers, and `record_attempt` stores the attempt and ends the delivery (2xx:
 delivered; the retry schedule used up: failed) or schedules the next try. A deleted webhook's
-deliveries are deleted with it, so nothing more is sent to it.
+deliveries are deleted with it, so nothing more is sent to it. A delivery the sender cannot take
+now (its webhook or tenant has its attempts in flight, or its circuit breaker is open) is
+deferred (`defer_delivery`), and a breaker that opens fails the webhook's pending deliveries
+(`fail_pending`).
+
+**Publishing, fairly.** `take_due` publishes what is due and unpublished, at most
+`per_webhook` of one webhook published at once (what is queued and in flight counts), so one
+tenant's backlog never fills the queue; a claim that was never recorded (a sender killed
+mid-attempt) is published again when its lock expires; a delivery published long ago and still
+not taken is published again only when the queue is empty, since until then its message is
+waiting its turn, not lost.
 
 **Targets.** `parse_target` normalises a URL (an international host name to its IDNA form, the
 path and query percent-encoded as UTF-8), and the API stores it so. `check_target` refuses a URL
@@ -34,6 +45,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import logging
 import secrets
 import socket
 from collections.abc import Callable, Iterable
@@ -47,7 +59,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import idna
-from sqlalchemy import ColumnElement, and_, event, or_, select, update
+from sqlalchemy import ColumnElement, and_, event, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
@@ -57,6 +69,8 @@ from store.job_status import JobStatus
 from store.models import Checkpoint, Job, Webhook, WebhookAttempt, WebhookDelivery, utcnow
 from store.queue import publish_delivery
 from store.settings import Network, WebhookTargetSettings, parse_allowed_target
+
+log = logging.getLogger(__name__)
 
 JOB_EVENTS = {
     JobStatus.RUNNING: "fine_tuning.job.running",
@@ -271,9 +285,11 @@ def _write(session: Session, *, tenant_id: str | None, job_id: str, event_type: 
     now = now or utcnow()
     event_id = new_id("webhook_event")
     body = event_body(event_id=event_id, event_type=event_type, created_at=now, data=data)
+    published = now if session.info.get(BROKER_URL) else None  # published right after the commit
     rows = [WebhookDelivery(id=new_id("webhook_delivery"), webhook_id=webhook_id, event_id=event_id,
                             event_type=event_type, job_id=job_id, body=body, status=DeliveryStatus.PENDING,
-                            attempts=0, next_attempt_at=now, created_at=now) for webhook_id in subscribed]
+                            attempts=0, next_attempt_at=now, published_at=published, created_at=now)
+            for webhook_id in subscribed]
     session.add_all(rows)
     session.info.setdefault(_WRITTEN, []).extend(row.id for row in rows)
     return [row.id for row in rows]
@@ -284,8 +300,17 @@ def _publish_written(session: Session) -> None:
     """The deliveries this transaction wrote are committed: wake the sender now (when the session
     knows the broker; otherwise, or when the broker fails, the sweeper publishes them)."""
     written, broker_url = session.info.pop(_WRITTEN, None), session.info.get(BROKER_URL)
-    for delivery_id in (written or []) if broker_url else []:
-        publish_delivery(delivery_id, broker_url=broker_url)
+    if not written or not broker_url:
+        return
+    refused = [delivery_id for delivery_id in written if not publish_delivery(delivery_id, broker_url=broker_url)]
+    if refused:  # not published after all: for the next sweep to publish
+        try:
+            with session.get_bind().begin() as connection:
+                connection.execute(update(WebhookDelivery).where(WebhookDelivery.id.in_(refused),
+                                                                 WebhookDelivery.attempts == 0)
+                                   .values(published_at=None))
+        except Exception as error:  # noqa: BLE001 - then they are published once the republish delay is over
+            log.warning("could not mark %d webhook deliveries unpublished: %s", len(refused), error)
 
 
 @event.listens_for(Session, "after_rollback")
@@ -323,6 +348,44 @@ def _due(now: datetime) -> ColumnElement[bool]:
     return and_(WebhookDelivery.status == DeliveryStatus.PENDING, WebhookDelivery.next_attempt_at <= now)
 
 
+def delivery_owner(session: Session, *, delivery_id: str, now: datetime | None = None) -> tuple[str, str] | None:
+    """(webhook id, tenant id) of a delivery that is due; None when it is not (a duplicate message,
+    already delivered or failed, or gone). Read before a claim, to check the sender's limits."""
+    row = session.execute(select(Webhook.id, Webhook.tenant_id).join(WebhookDelivery, WebhookDelivery.webhook_id ==
+                                                                     Webhook.id)
+                          .where(WebhookDelivery.id == delivery_id, _due(now or utcnow()))).first()
+    session.commit()
+    return (row[0], row[1]) if row is not None else None
+
+
+def defer_delivery(session: Session, *, delivery_id: str, until: datetime | None = None,
+                   now: datetime | None = None) -> bool:
+    """Not now, without an attempt (commits): unpublished, for a later sweep to publish once due
+    (at `until` when given, e.g. when an open circuit breaker closes). False: it was not due."""
+    values: dict[str, Any] = {"published_at": None} | ({"next_attempt_at": until} if until is not None else {})
+    deferred = session.execute(update(WebhookDelivery).where(WebhookDelivery.id == delivery_id, _due(now or utcnow()))
+                               .values(**values), execution_options={"synchronize_session": False}).rowcount
+    session.commit()
+    return deferred == 1
+
+
+def fail_pending(session: Session, *, webhook_id: str, reason: str, now: datetime | None = None) -> int:
+    """Fail every pending delivery of the webhook, each with an attempt row saying why (its circuit
+    breaker opened); commits. How many were failed."""
+    now = now or utcnow()
+    failed = list(session.scalars(
+        update(WebhookDelivery).where(WebhookDelivery.webhook_id == webhook_id,
+                                      WebhookDelivery.status == DeliveryStatus.PENDING)
+        .values(status=DeliveryStatus.FAILED, finished_at=now, next_attempt_at=None).returning(WebhookDelivery.id),
+        execution_options={"synchronize_session": False}))
+    if failed:
+        session.execute(insert(WebhookAttempt), [
+            {"id": new_id("webhook_attempt"), "delivery_id": delivery_id, "attempted_at": now, "status_code": None,
+             "error": reason[:2000], "duration_ms": 0} for delivery_id in failed])
+    session.commit()
+    return len(failed)
+
+
 def claim_delivery(session: Session, *, delivery_id: str, lock_seconds: float,
                    now: datetime | None = None) -> DeliveryWork | None:
     """Take a due delivery for one attempt (one conditional UPDATE; commits). None: not due (a
@@ -350,14 +413,18 @@ def record_attempt(session: Session, *, delivery_id: str, result: AttemptResult,
                    now: datetime | None = None) -> DeliveryStatus | None:
     """Store the attempt and what follows (commits): delivered on a 2xx; otherwise the next try
     `schedule[n - 1]` seconds after the n-th failed attempt, or failed once the schedule is used
-    up. Returns the delivery's status, or None when it is gone (its webhook was deleted)."""
+    up. Returns the delivery's status, or None when it is gone (its webhook was deleted). A
+    delivery ended meanwhile (its webhook's circuit breaker failed it) keeps its status; the
+    attempt is stored all the same."""
     now = now or utcnow()
     delivery = session.get(WebhookDelivery, delivery_id, populate_existing=True)
-    if delivery is None or delivery.status != DeliveryStatus.PENDING:
+    if delivery is None:
         session.rollback()
         return None
     delivery.attempts += 1
-    if result.ok:
+    if delivery.status != DeliveryStatus.PENDING:  # ended meanwhile (a breaker): it stays so
+        pass
+    elif result.ok:
         delivery.status, delivery.finished_at, delivery.next_attempt_at = DeliveryStatus.DELIVERED, now, None
     elif delivery.attempts <= len(schedule):
         delivery.next_attempt_at = now + timedelta(seconds=float(schedule[delivery.attempts - 1]))
@@ -375,22 +442,47 @@ def record_attempt(session: Session, *, delivery_id: str, result: AttemptResult,
     return DeliveryStatus(delivery.status)
 
 
-def take_due(session: Session, *, republish_after: float, now: datetime | None = None,
+def take_due(session: Session, *, republish_after: float, per_webhook: int | None = None,
+             queued: Callable[[], int | None] = lambda: 0, now: datetime | None = None,
              limit: int = 500) -> list[str]:
-    """Due deliveries to publish (commits): never published since they became due, or published
-    more than `republish_after` seconds ago and still not attempted (the message was lost). Each
-    is marked published in one conditional UPDATE, so several sweepers publish it once."""
+    """Due deliveries to publish (commits), each marked published in one conditional UPDATE, so
+    several sweepers publish it once:
+
+    - unpublished ones (new, retries, deferred), oldest first, but no more than `per_webhook`
+      of one webhook published at once (those already published and not done count);
+    - claimed ones whose attempt was never recorded (a sender killed mid-attempt): the claim
+      moved `next_attempt_at` past `published_at`, and that lock has expired;
+    - published more than `republish_after` seconds ago and never taken: the message was lost,
+      but only when `queued()` (messages waiting in the `webhooks` queue) says 0; while there is
+      a backlog the message is waiting its turn, and publishing it again would only grow it."""
     now = now or utcnow()
-    unpublished = or_(WebhookDelivery.published_at.is_(None),
-                      WebhookDelivery.published_at < now - timedelta(seconds=republish_after))
-    query = (select(WebhookDelivery.id).where(_due(now), unpublished)
-             .order_by(WebhookDelivery.next_attempt_at).limit(limit))
-    candidates = list(session.scalars(query))
+    d, due = WebhookDelivery, _due(now)
+    fresh = d.published_at.is_(None)
+    claimed = and_(d.published_at.is_not(None), d.published_at < d.next_attempt_at)
+    stale = and_(d.published_at.is_not(None), d.published_at >= d.next_attempt_at,
+                 d.published_at < now - timedelta(seconds=republish_after))
+    again = [claimed]
+    if session.scalar(select(d.id).where(due, stale).limit(1)) is not None and queued() == 0:
+        again.append(stale)
+    candidates = list(session.scalars(select(d.id).where(due, or_(*again)).order_by(d.next_attempt_at).limit(limit)))
+    if per_webhook:
+        busy = (select(d.webhook_id, func.count().label("busy"))
+                .where(d.status == DeliveryStatus.PENDING, d.published_at.is_not(None)).group_by(d.webhook_id)
+                .subquery())
+        ranked = (select(d.id, d.webhook_id, d.next_attempt_at,
+                         func.row_number().over(partition_by=d.webhook_id, order_by=(d.next_attempt_at, d.id))
+                         .label("rank")).where(due, fresh).subquery())
+        query = (select(ranked.c.id).outerjoin(busy, busy.c.webhook_id == ranked.c.webhook_id)
+                 .where(ranked.c.rank + func.coalesce(busy.c.busy, 0) <= per_webhook)
+                 .order_by(ranked.c.next_attempt_at))
+    else:
+        query = select(d.id).where(due, fresh).order_by(d.next_attempt_at)
+    candidates += list(session.scalars(query.limit(max(0, limit - len(candidates)))))
     if not candidates:
         session.commit()
         return []
-    mark = (update(WebhookDelivery).where(WebhookDelivery.id.in_(candidates), _due(now), unpublished)
-            .values(published_at=now).returning(WebhookDelivery.id))
+    mark = (update(d).where(d.id.in_(candidates), due, or_(fresh, *again))
+            .values(published_at=now).returning(d.id))
     taken = list(session.execute(mark, execution_options={"synchronize_session": False}).scalars())
     session.commit()
     return taken

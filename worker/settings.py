@@ -102,8 +102,23 @@ class WebhookDeliverySettings(DoraSettings):
     webhook_sweep_interval_seconds: PositiveFloat = Field(5.0, description=(
         "how often due deliveries are published (retries, lost messages)"))
     webhook_republish_after_seconds: PositiveFloat = Field(60.0, description=(
-        "a published delivery not attempted by then is published again"))
+        "a published delivery not attempted by then is published again, once the `webhooks` queue is empty (its "
+        "message was lost, not waiting its turn: a backlog is never duplicated)"))
     webhook_concurrency: int = Field(8, ge=1, description="attempts at once in one `dora webhooks`")
+    webhook_max_in_flight_per_endpoint: int = Field(2, ge=1, description=(
+        "attempts at once to one webhook, in one `dora webhooks`; a delivery over it is deferred to a later sweep "
+        "(it holds no thread), and the sweeper keeps at most this many deliveries of one webhook published"))
+    webhook_max_in_flight_per_tenant: int = Field(4, ge=1, description=(
+        "attempts at once to one tenant's webhooks, in one `dora webhooks`; below DORA_WEBHOOK_CONCURRENCY, so "
+        "slow or failing receivers of one tenant never take every thread from the others"))
+    webhook_breaker_failures: int = Field(20, ge=0, description=(
+        "failed attempts in a row to one webhook (counted by each `dora webhooks`) that open its circuit breaker: "
+        "its pending deliveries are failed (each gets an attempt saying why, and the log a warning) and new "
+        "events wait for the cool-down; above the retry schedule's length, so one event alone never opens it; "
+        "0: no breaker"))
+    webhook_breaker_cooldown_seconds: PositiveFloat = Field(600.0, description=(
+        "how long an open breaker holds a webhook's new events; then they are tried again: a 2xx closes it, a "
+        "failure opens it once more"))
 
 
 class WorkerSettings(SessionSettings, StorageSettings, LogSettings, BaseModelSettings, JobHostSettings,

@@ -13,12 +13,27 @@ right after their commit; the message is only a wake-up call, SQL holds the trut
   ends the delivery; anything else schedules the next try by `DORA_WEBHOOK_RETRY_SCHEDULE_SECONDS`
   (5 s, 30 s, 2 min, 10 min, 1 h, 3 h, 6 h, 12 h by default), after which it is failed;
 - the sweeper, every `DORA_WEBHOOK_SWEEP_INTERVAL_SECONDS`, publishes the deliveries that are due
-  and unpublished: retries whose time has come, and any whose message was lost (broker down at
-  commit, Redis restarted, this process killed mid-attempt: a claimed attempt that is never
-  recorded is due again after its time limit plus LOCK_MARGIN_SECONDS).
+  and unpublished: retries whose time has come, deferred ones, and any whose message was lost
+  (broker down at commit, Redis restarted, this process killed mid-attempt: a claimed attempt
+  that is never recorded is due again after its time limit plus LOCK_MARGIN_SECONDS).
+
+**Fairness.** No tenant can take every thread: before its claim, a delivery whose webhook has
+`DORA_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT` attempts running here, or whose tenant has
+`DORA_WEBHOOK_MAX_IN_FLIGHT_PER_TENANT`, is deferred (unpublished, no attempt counted, the thread
+free at once) for a later sweep, and the sweeper keeps at most the per-endpoint number of one
+webhook's deliveries published, so a slow tenant's backlog waits in SQL, not in the queue. A
+delivery published long ago and never taken is published again only when the queue is empty
+(`queued_messages`): a backlog is never duplicated.
+
+**Circuit breaker.** `DORA_WEBHOOK_BREAKER_FAILURES` failed attempts in a row to one webhook
+(counted in this process, `Limits`) open its breaker: its pending deliveries are failed, each
+with an attempt row saying why, a warning is logged, and its new events are deferred until
+`DORA_WEBHOOK_BREAKER_COOLDOWN_SECONDS` have passed; then they are tried again: a 2xx closes
+the breaker, a failure opens it once more. Any exception of an attempt ends it as failed with
+its reason (an attempt never leaves its delivery claimed and unrecorded).
 
 Messages are acknowledged on receipt: a lost one costs at most a sweep (or
-`DORA_WEBHOOK_REPUBLISH_AFTER_SECONDS` once published), never a delivery.
+`DORA_WEBHOOK_REPUBLISH_AFTER_SECONDS` once published, and the queue empty), never a delivery.
 """
 
 from __future__ import annotations
@@ -29,7 +44,9 @@ import socket
 import ssl
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
+from datetime import datetime, timedelta
 
 from celery import Celery
 from kombu import Queue
@@ -46,6 +63,7 @@ log = logging.getLogger("worker.webhooks")
 USER_AGENT = "dora-tuner-webhooks/0.1"
 LOCK_MARGIN_SECONDS = 30.0  # a claimed attempt is due again this long after its time limit
 MAX_RESPONSE_BYTES = 64 * 1024  # read (and dropped) of an answer's body
+DEFERRED = "deferred"  # what `deliver` returns for a delivery it left for a later sweep
 
 
 # -- one HTTP attempt -------------------------------------------------------------------------------
@@ -149,39 +167,152 @@ def attempt(work: webhook_store.DeliveryWork, settings: WebhookSenderSettings) -
         error = f"refused: the URL {refused}"
     except (OSError, http.client.HTTPException) as failure:
         error = _describe(failure)
+    except Exception as failure:  # noqa: BLE001 - whatever else it is, this attempt failed, and says why
+        log.warning("delivery %s: unexpected error while sending", work.delivery_id, exc_info=True)
+        status, error = None, f"could not send ({type(failure).__name__}: {failure})"
     duration_ms = int((time.monotonic() - started) * 1000)
     return webhook_store.AttemptResult(attempted_at=attempted_at, duration_ms=duration_ms, status_code=status,
                                        error=error)
 
 
-def deliver(delivery_id: str, settings: WebhookSenderSettings) -> webhook_store.DeliveryStatus | None:
-    """Claim, attempt and record one delivery; its new status, or None when it was not due (dropped)."""
+class Limits:
+    """This process's attempts in flight, per tenant and per webhook, and each webhook's circuit
+    breaker (its failed attempts in a row, and until when it is open). Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tenants: Counter[str] = Counter()
+        self._webhooks: Counter[str] = Counter()
+        self._failures: Counter[str] = Counter()
+        self._open_until: dict[str, datetime] = {}
+
+    def acquire(self, tenant_id: str, webhook_id: str, settings: WebhookSenderSettings) -> bool:
+        """A slot for one attempt, or False when the webhook or its tenant has all its slots busy."""
+        with self._lock:
+            if (self._webhooks[webhook_id] >= settings.webhook_max_in_flight_per_endpoint
+                    or self._tenants[tenant_id] >= settings.webhook_max_in_flight_per_tenant):
+                return False
+            self._webhooks[webhook_id] += 1
+            self._tenants[tenant_id] += 1
+            return True
+
+    def release(self, tenant_id: str, webhook_id: str) -> None:
+        with self._lock:
+            self._webhooks[webhook_id] -= 1
+            self._tenants[tenant_id] -= 1
+            self._webhooks, self._tenants = +self._webhooks, +self._tenants  # drop the zeros
+
+    def open_until(self, webhook_id: str, now: datetime) -> datetime | None:
+        """Until when the webhook's breaker holds its events (None: closed, or its cool-down is over)."""
+        with self._lock:
+            until = self._open_until.get(webhook_id)
+            return until if until is not None and until > now else None
+
+    def count(self, webhook_id: str, *, ok: bool, settings: WebhookSenderSettings,
+              now: datetime) -> tuple[datetime | None, bool]:
+        """Count an attempt's outcome: (until when the breaker is open, None when closed; whether
+        this failure opened it). A 2xx closes it; a failure after the cool-down opens it again."""
+        with self._lock:
+            if ok:
+                self._failures.pop(webhook_id, None)
+                self._open_until.pop(webhook_id, None)
+                return None, False
+            self._failures[webhook_id] += 1
+            if not settings.webhook_breaker_failures or self._failures[webhook_id] < settings.webhook_breaker_failures:
+                return None, False
+            until = self._open_until.get(webhook_id)
+            if until is not None and until > now:  # already open (an attempt that was in flight)
+                return until, False
+            self._open_until[webhook_id] = now + timedelta(seconds=settings.webhook_breaker_cooldown_seconds)
+            return self._open_until[webhook_id], True
+
+
+LIMITS = Limits()  # this process's
+
+
+def deliver(delivery_id: str, settings: WebhookSenderSettings,
+            limits: Limits = LIMITS) -> webhook_store.DeliveryStatus | str | None:
+    """Claim, attempt and record one delivery; its new status, DEFERRED when its webhook or tenant
+    has its attempts in flight here or its breaker is open, or None when it was not due (dropped)."""
     with session_scope(settings) as session:
-        work = webhook_store.claim_delivery(session, delivery_id=delivery_id,
-                                            lock_seconds=settings.webhook_timeout_seconds + LOCK_MARGIN_SECONDS)
-    if work is None:
+        owner = webhook_store.delivery_owner(session, delivery_id=delivery_id)
+    if owner is None:
         return None
-    result = attempt(work, settings)
-    with session_scope(settings) as session:
-        status = webhook_store.record_attempt(session, delivery_id=delivery_id, result=result,
-                                              schedule=settings.webhook_retry_schedule_seconds)
+    webhook_id, tenant_id = owner
+    held = limits.open_until(webhook_id, utcnow())
+    if held is not None or not limits.acquire(tenant_id, webhook_id, settings):
+        with session_scope(settings) as session:  # no attempt: for a later sweep, the thread free now
+            webhook_store.defer_delivery(session, delivery_id=delivery_id, until=held)
+        log.debug("delivery %s (webhook %s) deferred: %s", delivery_id, webhook_id,
+                  f"its circuit breaker is open until {held:%H:%M:%S}" if held else "attempts in flight")
+        return DEFERRED
+    try:
+        with session_scope(settings) as session:
+            work = webhook_store.claim_delivery(session, delivery_id=delivery_id,
+                                                lock_seconds=settings.webhook_timeout_seconds + LOCK_MARGIN_SECONDS)
+        if work is None:
+            return None
+        result = attempt(work, settings)
+        with session_scope(settings) as session:
+            status = webhook_store.record_attempt(session, delivery_id=delivery_id, result=result,
+                                                  schedule=settings.webhook_retry_schedule_seconds)
+    finally:
+        limits.release(tenant_id, webhook_id)
     outcome = f"HTTP {result.status_code}" if result.status_code is not None else result.error
     log.info("delivery %s (webhook %s, attempt %d): %s -> %s", delivery_id, work.webhook_id, work.attempt, outcome,
              status or "dropped (webhook deleted)")
+    if status is not None:
+        until, opened = limits.count(webhook_id, ok=result.ok, settings=settings, now=utcnow())
+        if until is not None:
+            status = _break(webhook_id, tenant_id, until=until, opened=opened, last=outcome, settings=settings,
+                            status=status)
     return status
+
+
+def _break(webhook_id: str, tenant_id: str, *, until: datetime, opened: bool, last: str | None,
+           settings: WebhookSenderSettings, status: webhook_store.DeliveryStatus) -> webhook_store.DeliveryStatus:
+    """The webhook's breaker is open: fail its pending deliveries (this one too), saying why."""
+    failures = settings.webhook_breaker_failures
+    reason = (f"circuit breaker open: {failures} attempts in a row to this webhook failed (the last: {last}), so "
+              f"its pending deliveries are failed; its new events are tried again from {until:%Y-%m-%dT%H:%M:%SZ}")
+    with session_scope(settings) as session:
+        failed = webhook_store.fail_pending(session, webhook_id=webhook_id, reason=reason)
+    if opened:
+        log.warning("webhook %s (tenant %s): circuit breaker open after %d failed attempts in a row (the last: %s); "
+                    "%d pending deliveries failed; new events held until %s", webhook_id, tenant_id, failures, last,
+                    failed, f"{until:%Y-%m-%dT%H:%M:%SZ}")
+    return webhook_store.DeliveryStatus.FAILED if status is webhook_store.DeliveryStatus.PENDING else status
+
+
+def queued_messages(broker_url: str) -> int | None:
+    """Messages waiting in the `webhooks` queue; None when the broker did not answer."""
+    from kombu import Connection
+
+    try:
+        with Connection(broker_url, connect_timeout=2) as connection:
+            return connection.default_channel.queue_declare(queue=WEBHOOK_QUEUE, durable=True,
+                                                            auto_delete=False).message_count
+    except Exception as error:  # noqa: BLE001 - unknown: lost messages are published again another time
+        log.warning("could not count the messages in the %s queue: %s", WEBHOOK_QUEUE, error)
+        return None
 
 
 # -- the sweeper ------------------------------------------------------------------------------------
 class Sweeper:
-    """Publishes due deliveries nobody published (retries, lost messages), every sweep interval."""
+    """Publishes due deliveries nobody published (retries, deferred ones, lost messages), every
+    sweep interval; `queued` counts the messages waiting in the queue (the broker's, by default)."""
 
-    def __init__(self, settings: WebhookSenderSettings, publish: Callable[[str], bool] | None = None) -> None:
+    def __init__(self, settings: WebhookSenderSettings, publish: Callable[[str], bool] | None = None,
+                 queued: Callable[[], int | None] | None = None) -> None:
         self.settings = settings
         self.publish = publish or (lambda delivery_id: publish_delivery(delivery_id, broker_url=settings.broker_url))
+        self.queued = queued or (lambda: queued_messages(settings.broker_url))
 
     def run_once(self) -> list[str]:
         with session_scope(self.settings) as session:
-            due = webhook_store.take_due(session, republish_after=self.settings.webhook_republish_after_seconds)
+            due = webhook_store.take_due(session, republish_after=self.settings.webhook_republish_after_seconds,
+                                         per_webhook=self.settings.webhook_max_in_flight_per_endpoint,
+                                         queued=self.queued)
         published = [delivery_id for delivery_id in due if self.publish(delivery_id)]
         if broker_kind(self.settings.broker_url) is BrokerKind.SQLALCHEMY:
             from worker.reconciler import compact_sql_broker

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import threading
 import time
 from typing import get_args
 
@@ -23,6 +24,7 @@ from store import webhooks as webhook_store
 from store.db import session_scope
 from store.models import Job, WebhookAttempt, WebhookDelivery
 from store.webhooks import EVENT_TYPES
+from tests.support.jobs import wait_for
 from tests.support.webhooks import Receiver, self_signed_certificate, send_due
 from worker.webhooks import deliver
 
@@ -426,6 +428,139 @@ def test_an_international_host_is_looked_up_in_its_idna_form_and_an_invalid_one_
     response = tenant.post("/v1/webhooks", json={"url": "https://☃.example/", "events": ALL_EVENTS})
     assert response.status_code == 400 and response.json()["error"]["param"] == "url", response.text
     assert "international domain name" in response.json()["error"]["message"]
+
+
+# -- [reliability-3] N2: fairness, sweeps, the circuit breaker, every failure recorded ----------------
+def test_an_exception_while_sending_ends_the_attempt_as_failed_with_its_reason(tenant, loopback, receiver, worker,
+                                                                               monkeypatch):
+    import worker.webhooks as sender
+
+    def broken(*args, **kwargs):
+        raise UnicodeEncodeError("ascii", "/été", 1, 2, "ordinal not in range(128)")
+
+    webhook = _create(tenant, receiver.url, ["fine_tuning.job.running"])
+    assert worker.claim(tenant.job()["id"]) is not None
+    monkeypatch.setattr(sender, "post", broken)
+    send_due(loopback)
+    [delivery] = _deliveries(tenant, webhook["id"])
+    [attempt] = delivery["attempts"]
+    assert delivery["status"] == "pending" and delivery["next_attempt_at"]  # its retry is scheduled
+    assert attempt["status_code"] is None and "UnicodeEncodeError" in attempt["error"], attempt
+
+
+def test_a_busy_webhook_is_deferred_without_holding_a_thread_and_other_tenants_go_on(tenant, other_tenant, loopback,
+                                                                                     operator, worker):
+    settings = operator(**FAST | {"webhook_timeout_seconds": 3.0}, webhook_max_in_flight_per_endpoint=1,
+                        webhook_max_in_flight_per_tenant=2)
+    slow, fast, others = Receiver(delay=1.2), Receiver(), Receiver()
+    try:
+        slow_hook = _create(tenant, slow.url, ["fine_tuning.job.running"])
+        fast_hook = _create(tenant, fast.url, ["fine_tuning.job.running"])
+        other_hook = _create(other_tenant, others.url, ["fine_tuning.job.running"])
+        for owner in (tenant, tenant, other_tenant):
+            assert worker.claim(owner.job()["id"]) is not None
+        first, second = (d["id"] for d in reversed(_deliveries(tenant, slow_hook["id"])))
+        held = threading.Thread(target=deliver, args=(first, settings))
+        held.start()
+        wait_for(lambda: slow.received, timeout=10, what="the slow receiver's first request", interval=0.02)
+        started = time.monotonic()
+        assert deliver(second, settings) == "deferred"  # its webhook has its one attempt in flight
+        assert time.monotonic() - started < 1.0
+        assert [deliver(d["id"], settings) for d in _deliveries(tenant, fast_hook["id"])] == ["delivered"] * 2
+        [other] = _deliveries(other_tenant, other_hook["id"])
+        assert deliver(other["id"], settings) == "delivered"
+        assert held.is_alive()  # all of it while the slow attempt was still in flight
+        deferred = next(d for d in _deliveries(tenant, slow_hook["id"]) if d["id"] == second)
+        assert deferred["status"] == "pending" and deferred["attempts"] == []  # no attempt counted
+        held.join(timeout=10)
+        slow.delay = 0.0
+        slow.wait(2, drive=lambda: send_due(settings))  # published again by the next sweep, and sent
+    finally:
+        for receiver in (slow, fast, others):
+            receiver.close()
+        for webhook in other_tenant.get("/v1/webhooks").json()["data"]:
+            other_tenant.delete(f"/v1/webhooks/{webhook['id']}")
+    assert [d["status"] for d in _deliveries(tenant, slow_hook["id"])] == ["delivered"] * 2
+
+
+def test_the_sweeper_bounds_each_webhook_and_republishes_only_what_is_lost(tenant, other_tenant, loopback, worker,
+                                                                           settings):
+    busy = _create(tenant, "http://127.0.0.1:9/busy", ["fine_tuning.job.running"])
+    quiet = _create(other_tenant, "http://127.0.0.1:9/quiet", ["fine_tuning.job.running"])
+    try:
+        for owner in (tenant,) * 4 + (other_tenant,):
+            assert worker.claim(owner.job()["id"]) is not None
+        mine = {d["id"] for hook, owner in ((busy, tenant), (quiet, other_tenant))
+                for d in _deliveries(owner, hook["id"])}
+        oldest = sorted(d["id"] for d in _deliveries(tenant, busy["id"]))[:2]
+        [lone] = (d["id"] for d in _deliveries(other_tenant, quiet["id"]))
+
+        def take(queued: int) -> set[str]:
+            with session_scope(settings) as session:
+                return mine & set(webhook_store.take_due(session, republish_after=0.3, per_webhook=2,
+                                                         queued=lambda: queued))
+
+        assert take(queued=5) == {*oldest, lone}  # two of the busy webhook's four, oldest first
+        assert take(queued=5) == set()  # both still published: none more of it, and nothing twice
+        with session_scope(settings) as session:  # a sender claims one, then dies before recording it
+            assert webhook_store.claim_delivery(session, delivery_id=oldest[0], lock_seconds=0.1) is not None
+        time.sleep(0.4)
+        assert take(queued=5) == {oldest[0]}  # its lock expired: again at once, whatever is queued
+        assert take(queued=0) == {oldest[1], lone}  # the queue is empty: their messages were lost
+    finally:
+        other_tenant.delete(f"/v1/webhooks/{quiet['id']}")
+
+
+def test_a_delivery_published_after_its_commit_is_not_published_again_while_it_waits(tenant, loopback, receiver,
+                                                                                      tmp_path):
+    from kombu import Connection
+
+    from worker.webhooks import Sweeper, queued_messages
+
+    broker = loopback.model_copy(update={"broker_url": f"sqla+sqlite:///{tmp_path / 'broker.db'}",
+                                         "webhook_republish_after_seconds": 0.2})
+    webhook = _create(tenant, receiver.url, ["fine_tuning.job.running"])
+    with session_scope(broker) as session:  # the claim's commit publishes its delivery to the queue
+        assert job_store.claim_job(session, job_id=tenant.job()["id"], owner="w", lease_seconds=60) is not None
+    [delivery] = _deliveries(tenant, webhook["id"])
+    published = []
+    sweeper = Sweeper(broker, publish=lambda delivery_id: published.append(delivery_id) or True,
+                      queued=lambda: queued_messages(broker.broker_url))
+    for _ in range(3):
+        sweeper.run_once()
+        time.sleep(0.15)
+    assert delivery["id"] not in published and queued_messages(broker.broker_url) == 1  # queued once, and waiting
+    with Connection(broker.broker_url) as connection:  # the message is lost (a broker restart)
+        connection.default_channel.queue_purge("webhooks")
+    sweeper.run_once()
+    assert published.count(delivery["id"]) == 1  # the queue is empty: published again
+
+
+def test_a_webhook_that_keeps_failing_opens_its_breaker_then_closes_after_the_cooldown(tenant, loopback, operator,
+                                                                                     worker, caplog):
+    settings = operator(**FAST, webhook_breaker_failures=2, webhook_breaker_cooldown_seconds=1.0)
+    receiver = Receiver(answers=[500, 500])
+    try:
+        webhook = _create(tenant, receiver.url, ["fine_tuning.job.running", "fine_tuning.job.succeeded"])
+        first, second = tenant.job(), tenant.job()
+        assert worker.claim(first["id"]) is not None and worker.claim(second["id"]) is not None
+        with caplog.at_level("WARNING", logger="worker.webhooks"):
+            receiver.wait(2, drive=lambda: send_due(settings))
+        assert "circuit breaker open after 2 failed attempts in a row" in caplog.text
+        failed = _deliveries(tenant, webhook["id"])
+        assert [d["status"] for d in failed] == ["failed", "failed"]
+        for delivery in failed:
+            assert [a["status_code"] for a in delivery["attempts"]] == [500, None], delivery
+            assert delivery["attempts"][-1]["error"].startswith("circuit breaker open: 2 attempts in a row")
+        assert worker.call(job_store.finish_job, job_id=first["id"], status="succeeded")
+        send_due(settings)  # held: the breaker is open
+        held = _deliveries(tenant, webhook["id"])[0]
+        assert held["status"] == "pending" and held["attempts"] == [] and len(receiver.received) == 2
+        [request] = receiver.wait(3, timeout=10, drive=lambda: send_due(settings))[2:]  # after the cool-down
+    finally:
+        receiver.close()
+    assert request.verify(webhook["secret"])["type"] == "fine_tuning.job.succeeded"
+    assert _deliveries(tenant, webhook["id"])[0]["status"] == "delivered"
 
 
 # -- [reliability-3] N7: the address policy, and the operator's allow-list with ports --------------------------

@@ -132,3 +132,30 @@ def test_the_sender_is_a_thread_pool_on_its_own_queue():
     result = subprocess.run([sys.executable, "-m", "dora_cli.main", "--help"], capture_output=True, text=True,
                             check=True, cwd=ROOT)
     assert "webhooks" in result.stdout
+
+
+def test_in_flight_limits_per_webhook_and_per_tenant_and_the_breaker_counts_failures_in_a_row():
+    from datetime import UTC, datetime, timedelta
+
+    from worker.webhooks import Limits
+
+    settings = WebhookSenderSettings(_env_file=None, webhook_max_in_flight_per_endpoint=1,
+                                     webhook_max_in_flight_per_tenant=2, webhook_breaker_failures=3,
+                                     webhook_breaker_cooldown_seconds=60)
+    limits = Limits()
+    assert limits.acquire("t1", "w1", settings) and not limits.acquire("t1", "w1", settings)  # the webhook's one
+    assert limits.acquire("t1", "w2", settings) and not limits.acquire("t1", "w3", settings)  # the tenant's two
+    assert limits.acquire("t2", "w4", settings)  # another tenant is not held back
+    limits.release("t1", "w1")
+    assert limits.acquire("t1", "w3", settings)
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    assert [limits.count("w1", ok=False, settings=settings, now=now) for _ in range(2)] == [(None, False)] * 2
+    assert limits.count("w1", ok=True, settings=settings, now=now) == (None, False)  # a 2xx: in a row no more
+    outcomes = [limits.count("w1", ok=False, settings=settings, now=now) for _ in range(4)]
+    until = now + timedelta(seconds=60)
+    assert outcomes == [(None, False), (None, False), (until, True), (until, False)]  # opened once
+    assert limits.open_until("w1", now) == until and limits.open_until("w1", until) is None  # cooled down
+    later = until + timedelta(seconds=1)
+    assert limits.count("w1", ok=False, settings=settings, now=later) == (later + timedelta(seconds=60), True)
+    limits.count("w1", ok=True, settings=settings, now=later)
+    assert limits.open_until("w1", later) is None
