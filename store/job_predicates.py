@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, case, or_
+from sqlalchemy import ColumnElement, and_, case, or_, true
 
 from store.job_status import Event, JobStatus, sources
 from store.models import Job
@@ -50,6 +50,11 @@ def may_run_again() -> ColumnElement[bool]:
 def claimable(now: datetime) -> ColumnElement[bool]:
     """What a claim takes: unleased, and allowed to run again."""
     return and_(leaves(Event.CLAIM), no_live_lease(now), may_run_again())
+
+
+def fits(max_gpus: int | None) -> ColumnElement[bool]:
+    """The job needs at most `max_gpus` GPUs (a worker with fewer drops its message; None: any)."""
+    return Job.gpus <= max_gpus if max_gpus is not None else true()
 
 
 def republishable(now: datetime) -> ColumnElement[bool]:

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from store.job_predicates import lease_lapsed, republishable
+from store.job_predicates import claimable, fits, lease_lapsed, republishable
 from store.job_status import ACTIVE, JobStatus
 from store.models import Job, utcnow
 
@@ -33,6 +33,16 @@ def waiting_for_a_worker(session: Session, *, now: datetime | None = None) -> li
     """Queued jobs a claim would take: what a broker that lost its queue must be sent again."""
     query = select(Job.id).where(republishable(now or utcnow()), Job.status == JobStatus.QUEUED)
     return list(session.scalars(query.order_by(Job.id)))
+
+
+def still_claimable(session: Session, *, job_id: str, max_gpus: int | None = None,
+                    now: datetime | None = None) -> bool:
+    """Whether a claim (store/jobs.py claim_job) would take the job now: one primary-key read. A
+    worker's parent asks before it forks a job process for the job's message, so the message of a
+    cancelled, finished or live-leased job, or one needing more than `max_gpus`, costs no process
+    (the claim in that process still decides: this read only saves a fork)."""
+    query = select(Job.id).where(Job.id == job_id, claimable(now or utcnow()), fits(max_gpus))
+    return session.scalar(query) is not None
 
 
 def still_queued(session: Session, job_ids: Iterable[str]) -> set[str]:

@@ -31,6 +31,7 @@ from store.job_predicates import (
     cancellable,
     claimable,
     finish_status,
+    fits,
     holds_lease,
     republishable,
 )
@@ -123,10 +124,9 @@ def claim_job(session: Session, *, job_id: str, owner: str, lease_seconds: float
     """Take the job for `owner` (queued, or running with an expired lease); None if no row changed.
     With `max_gpus`, a job needing more GPUs than that is not taken (a message in the wrong queue)."""
     now = now or utcnow()
-    fits = [Job.gpus <= max_gpus] if max_gpus is not None else []
     statement = (
         update(Job)
-        .where(Job.id == job_id, claimable(now), *fits)
+        .where(Job.id == job_id, claimable(now), fits(max_gpus))
         .values(status=JobStatus.RUNNING, lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds),
                 attempt=Job.attempt + 1, started_at=func.coalesce(Job.started_at, now), attempt_started_at=now,
                 updated_at=now)

@@ -14,9 +14,12 @@ happens while it is held.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from store.ids import PREFIXES, _encode
 from store.job_status import ACTIVE
 from store.models import File, Job, Tenant
 
@@ -34,6 +37,19 @@ def active_jobs(session: Session, *, tenant_id: str) -> int:
     """The tenant's queued and running jobs."""
     query = select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE))
     return int(session.scalar(query) or 0)
+
+
+def jobs_created_since(session: Session, *, tenant_id: str, since: datetime) -> tuple[int, datetime | None]:
+    """(jobs the tenant created since `since`, whatever their status, cancelled ones included; when
+    the oldest of them was created). Job ids sort by creation time (store/ids.py), so the count
+    reads the (tenant_id, id) index from the tenant's jobs of the window onwards."""
+    # the smallest id made a second before `since` (an id begins with its milliseconds): an index
+    # range, with margin for the id and created_at being read from the clock one after the other
+    first_id = PREFIXES["job"] + _encode(int((since - timedelta(seconds=1)).timestamp() * 1000), 10)
+    query = select(func.count(), func.min(Job.created_at)).where(Job.tenant_id == tenant_id, Job.id >= first_id,
+                                                                 Job.created_at >= since)
+    count, oldest = session.execute(query).one()
+    return int(count or 0), oldest
 
 
 def stored_bytes(session: Session, *, tenant_id: str) -> int:

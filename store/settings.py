@@ -136,12 +136,18 @@ class RequestLimits(DoraSettings):
 class TenantQuotas(DoraSettings):
     """Caps per tenant; 0 turns one off. Over a cap the API answers 429 with Retry-After.
 
-    Active jobs and stored bytes are counted in SQL under a lock on the tenant's row, so they hold
-    across every API process (api/quotas.py); the request rate is a token bucket in each API
-    process (api/rate_limit.py): with P processes a tenant gets up to P times this rate in all.
+    Active jobs, jobs created in the last window and stored bytes are counted in SQL under a lock
+    on the tenant's row, so they hold across every API process (api/quotas.py); the request rate
+    is a token bucket in each API process (api/rate_limit.py): with P processes a tenant gets up
+    to P times this rate in all.
     """
 
     max_active_jobs_per_tenant: int = Field(20, description="queued + running jobs")
+    max_jobs_created_per_tenant: int = Field(120, description=(
+        "jobs a tenant may create per DORA_JOB_CREATION_WINDOW_SECONDS, whatever became of them: a cancelled job "
+        "still counts, so a create-then-cancel loop is bounded where the active-jobs cap is not"))
+    job_creation_window_seconds: PositiveInt = Field(600, description=(
+        "the sliding window DORA_MAX_JOBS_CREATED_PER_TENANT counts over"))
     max_stored_bytes_per_tenant: int = Field(10 * 1024**3, description="bytes of uploaded files (job outputs are "
                                                                        "not counted)")
     rate_limit_per_minute: int = Field(600, description="the bucket's refill rate: requests per minute")
@@ -150,7 +156,8 @@ class TenantQuotas(DoraSettings):
 
     @model_validator(mode="after")
     def _check_tenant_quotas(self) -> TenantQuotas:
-        for name in ("max_active_jobs_per_tenant", "max_stored_bytes_per_tenant", "rate_limit_per_minute"):
+        for name in ("max_active_jobs_per_tenant", "max_jobs_created_per_tenant", "max_stored_bytes_per_tenant",
+                     "rate_limit_per_minute"):
             if getattr(self, name) < 0:
                 raise ValueError(f"DORA_{name.upper()} must be >= 0 (0 turns it off)")
         if self.rate_limit_burst < 1:

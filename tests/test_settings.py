@@ -39,6 +39,8 @@ NAMES = {
     "DORA_RECONCILE_INTERVAL_SECONDS", "DORA_REQUEUE_AFTER_SECONDS", "DORA_WORK_DIR",
     "DORA_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT", "DORA_WEBHOOK_MAX_IN_FLIGHT_PER_TENANT",  # added since: the sender's
     "DORA_WEBHOOK_BREAKER_FAILURES", "DORA_WEBHOOK_BREAKER_COOLDOWN_SECONDS",  # fairness and circuit breaker
+    # added since
+    "DORA_MAX_JOBS_CREATED_PER_TENANT", "DORA_JOB_CREATION_WINDOW_SECONDS",  # the creation rate (api/quotas.py)
 }
 # `DORA_*` variables that are not settings of the service: read by dora_core itself
 NOT_SETTINGS = {"DORA_DISABLE_TRITON"}  # dora_core/kernels: 1 turns the Triton kernels off
@@ -120,6 +122,8 @@ def test_a_bad_value_stops_only_the_processes_that_read_it(monkeypatch):
     (ApiSettings, {"metrics_token": "short"}, "DORA_METRICS_TOKEN must be at least 16 characters"),
     (ApiSettings, {"stream_poll_seconds": 0}, "stream_poll_seconds"),
     (ApiSettings, {"max_streams_per_tenant": -1}, "max_streams_per_tenant"),
+    (ApiSettings, {"max_jobs_created_per_tenant": -1}, "DORA_MAX_JOBS_CREATED_PER_TENANT must be >= 0"),
+    (ApiSettings, {"job_creation_window_seconds": 0}, "job_creation_window_seconds"),
     (ApiSettings, {"max_job_gpus": 0}, "max_job_gpus"),
     (WorkerSettings, {"lease_seconds": 10, "heartbeat_seconds": 6}, "DORA_HEARTBEAT_SECONDS must be positive"),
     (WorkerSettings, {"heartbeat_seconds": 0}, "DORA_HEARTBEAT_SECONDS"),

@@ -10,7 +10,8 @@ Settings that follow from "SQL is the truth, the broker only wakes workers" (doc
   (worker/gpus.py): it consumes the queues of jobs needing 1..G GPUs (store/queue.py).
 - a fresh child process per job (prefork, max_tasks_per_child=1): whatever a job did to CUDA,
   memory included, ends with its process; the parent imports torch (faster starts) but never
-  touches CUDA.
+  touches CUDA. The parent first reads whether the message's job is still claimable and drops
+  the message of one that is not (cancelled, finished...) without forking (worker/pool.py).
 - visibility timeout (Redis) above the job time limit: the broker never hands a running job to a
   second worker; when a worker dies, the job's SQL lease expires and the reconciler republishes it.
 - no result backend: results live in SQL.
@@ -123,7 +124,7 @@ def stop_on_sigterm():
         signal.signal(signal.SIGTERM, previous)
 
 
-@app.task(name=TASK_NAME)
+@app.task(name=TASK_NAME, Strategy="worker.pool:claim_checked")  # a job no claim would take: no fork
 def run_job_task(job_id: str) -> str:
     from transformers.utils import logging as hf_logging
 

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError, bad_request, not_found
-from api.quotas import check_active_jobs
+from api.quotas import check_active_jobs, check_creation_rate
 from api.schemas.jobs import JobCreate
 from api.services import methods
 from api.services.limits import check_gpus
@@ -111,6 +111,7 @@ def create_job(*, session: Session, settings: Settings, tenant_id: str, request:
                    training_file=training, validation_file=validation)
     try:
         check_active_jobs(session, settings=settings, tenant_id=tenant_id)  # holds the lock until the commit
+        check_creation_rate(session, settings=settings, tenant_id=tenant_id)  # cancelled jobs count here
         job = job_store.create_job(
             session, tenant_id=tenant_id, model=request.model, training_file=request.training_file,
             validation_file=request.validation_file, method=shown, settings=spec.model_dump(mode="json"), seed=seed,

@@ -8,18 +8,19 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from api.errors import ApiError
 from api.quotas import QUOTA_RETRY_AFTER_SECONDS, check_active_jobs
 from store import jobs as job_store
 from store.db import session_factory, session_scope
-from store.models import File, Job
+from store.models import File, Job, utcnow
 from store.quotas import lock_tenant
 from tests.support.api_client import CHAT_ROW, make_tenant, recording_app
 from tests.support.artifacts import finish_with_artifacts
@@ -67,6 +68,34 @@ def test_at_the_active_jobs_cap_a_create_is_a_429_until_a_job_ends(capped):
     assert created.status_code == 200
     assert tenant.post(JOBS, json=body, headers=replay_key).json()["id"] == created.json()["id"]
     _assert_quota_error(tenant.post(JOBS, json=body))
+
+
+def test_cancelled_jobs_count_against_the_job_creation_rate(settings):
+    """N8: a create-then-cancel loop never reaches the active-jobs cap (each job ends at once), so
+    it created without bound, each message waking a worker. Jobs created in the window count
+    whatever became of them; past the limit a create is a rate-limit 429 with Retry-After."""
+    limited = settings.model_copy(update={"max_jobs_created_per_tenant": 3, "max_active_jobs_per_tenant": 1,
+                                          "rate_limit_per_minute": 0})
+    with TestClient(recording_app(limited)) as client:
+        tenant, other = make_tenant(client, limited), make_tenant(client, limited)
+        body = {"model": "tiny-llama", "training_file": tenant.file_id(DATASET)}
+        created = []
+        for _ in range(3):
+            created.append(tenant.post(JOBS, json=body).json()["id"])
+            assert tenant.post(f"{JOBS}/{created[-1]}/cancel").json()["status"] == "cancelled"
+        refused = tenant.post(JOBS, json=body)
+        assert refused.status_code == 429, refused.text
+        assert 1 <= int(refused.headers["Retry-After"]) <= limited.job_creation_window_seconds
+        error = refused.json()["error"]
+        assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded")
+        assert "limit is 3" in error["message"]
+        assert tenant.counts()[1] == 3 and other.create_job().status_code == 200  # per tenant
+        with session_scope(limited) as session:  # the oldest leaves the window: room for one more
+            session.execute(update(Job).where(Job.id == created[0]).values(
+                created_at=utcnow() - timedelta(seconds=limited.job_creation_window_seconds + 1)))
+            session.commit()
+        assert tenant.post(JOBS, json=body).status_code == 200
+        assert tenant.post(JOBS, json=body).status_code == 429
 
 
 def test_concurrent_creates_never_pass_the_active_jobs_cap(settings):

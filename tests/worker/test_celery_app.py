@@ -55,3 +55,30 @@ def test_dora_lists_the_worker_commands():
                             check=True)
     for command in ("worker", "reconcile", "up"):
         assert command in result.stdout
+
+
+def test_a_message_whose_job_no_claim_would_take_is_dropped_without_forking_a_job_process(service):
+    """N8: each cancelled job's message cost a fresh job process (a fork, imports, a claim that
+    failed): a create-then-cancel loop kept workers busy forking. The parent now reads whether
+    the job is claimable first, and drops the message of one that is not before the pool sees it."""
+    from unittest.mock import MagicMock, create_autospec
+
+    from celery.contrib.testing.mocks import TaskMessage
+    from celery.worker import state
+
+    from worker.celery_app import run_job_task
+
+    cancelled, queued = service.create(), service.create()
+    service.cancel(cancelled)
+    consumer = MagicMock()  # the worker's consumer: on_task_request hands a request to the pool, a fork
+    handle = run_job_task.start_strategy(make_celery(service.settings), consumer)  # the task's own strategy
+    # the consumer's ack promises call message.ack_log_error(logger, errors)
+    acks = {job_id: create_autospec(lambda logger, errors: None) for job_id in (cancelled, queued)}
+    for job_id, ack in acks.items():
+        handle(TaskMessage(TASK_NAME, args=[job_id]), None, ack, MagicMock(), [])
+    assert consumer.on_task_request.call_count == 1  # one job process, for the queued job only
+    (request,), _ = consumer.on_task_request.call_args
+    state.task_ready(request)
+    assert request.args == [queued]
+    acks[cancelled].assert_called_once()  # dropped: acknowledged without reaching the pool
+    acks[queued].assert_not_called()  # acknowledged once its task has run (acks_late)
