@@ -3,6 +3,10 @@
 Client mistakes are 4xx naming the field (`param`) and the problem (`message`); FastAPI's
 validation errors are rewritten into that shape (400, like OpenAI). Only real bugs reach the
 catch-all, which logs the traceback and answers a bare 500.
+
+A client that goes away while its request body arrives (an upload cut mid-way: Starlette raises
+`ClientDisconnect`) is no error of the server: it is logged at info, without a traceback, and
+answered 499 (nginx's "client closed request"), which nobody receives but /metrics counts.
 """
 
 from __future__ import annotations
@@ -14,10 +18,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 
 from dora_contract.errors import is_union_member
 
 log = logging.getLogger("api.errors")
+
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request its client abandoned; no HTTP standard has one
 
 
 class ApiError(Exception):
@@ -115,6 +123,11 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
                         status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
+async def _client_disconnected(request: Request, _: ClientDisconnect) -> Response:
+    log.info("client disconnected during %s %s before its request was complete", request.method, request.url.path)
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse(error_body("The server had an error while processing your request.", type="server_error"),
@@ -150,7 +163,9 @@ class AnswerUnexpected:
         except Exception as exc:  # noqa: BLE001 - logged by _unexpected with its traceback, answered 500
             if started:
                 raise
-            response = await _unexpected(Request(scope), exc)
+            # a disconnect raised outside the routes (their handler answers the routes' own)
+            answer = _client_disconnected if isinstance(exc, ClientDisconnect) else _unexpected
+            response = await answer(Request(scope), exc)
             await response(scope, receive, send)
 
 
@@ -182,5 +197,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_disconnected)
     app.add_exception_handler(Exception, _unexpected)
     app.add_middleware(AnswerUnexpected)

@@ -3,6 +3,8 @@
 A registry per app (not the global one) so several apps in one process (tests) do not clash.
 The middleware is plain ASGI (no BaseHTTPMiddleware) to keep streaming and latency intact, and
 labels by route template (`/v1/fine_tuning/jobs/{job_id}`) so label cardinality stays bounded.
+A request whose client went away before it was complete (an upload cut mid-way) is counted with
+status 499, nginx's "client closed request" (api/errors.py), never as a 500.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ the file part goes straight to a temp file (hashing as it goes) and the request 
 413 the moment the file passes the limit (or before reading, when Content-Length says so).
 The caller may lower the limit for one upload and say what passing it means (the route lowers
 it to what is left of the tenant's storage quota, and passing that is a 429, api/quotas.py).
+A client that disconnects mid-upload ends it with Starlette's `ClientDisconnect`: the staged
+part is removed, and api/errors.py logs it at info and counts it as 499, not as a server error.
 """
 
 from __future__ import annotations
