@@ -64,6 +64,22 @@ class DatabaseSettings(DoraSettings):
     db_connect_timeout_seconds: int = Field(5, description="TCP connection and authentication of a new connection")
     db_statement_timeout_seconds: float = Field(30.0, description="the server cancels a statement running longer")
     db_pool_timeout_seconds: float = Field(5.0, description="waiting for a free pooled connection")
+    db_connection_budget: int = Field(0, ge=0, description=(
+        "connections all the processes of this deployment together may hold on the database: PostgreSQL's "
+        "max_connections less a reserve (superuser slots, migrations, psql, other clients); each process then "
+        "keeps its pool within its share, budget / DORA_DB_PROCESSES (docs/architecture.md, \"Connection "
+        "budget\"); 0: no budget, each process may hold DORA_DB_POOL_SIZE + DORA_DB_MAX_OVERFLOW"))
+    db_processes: int = Field(1, ge=1, description=(
+        "processes that connect to the database, all hosts together: each uvicorn worker of `dora api`, and per "
+        "`dora worker` its parent, job process and reconciler, and each `dora webhooks`; the budget is shared "
+        "among them, and each process warns at start when this many of its pools could exceed max_connections"))
+
+    @model_validator(mode="after")
+    def _check_connection_budget(self) -> DatabaseSettings:
+        if self.db_connection_budget and self.db_connection_budget < self.db_processes:
+            raise ValueError(f"DORA_DB_CONNECTION_BUDGET ({self.db_connection_budget}) must give each of the "
+                             f"DORA_DB_PROCESSES ({self.db_processes}) at least one connection")
+        return self
 
 
 class BrokerSettings(DoraSettings):
