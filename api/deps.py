@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.authentication import Caller
+from api.schemas.params import FileIdPath, JobIdPath, WebhookIdPath
 from api.services import scope
 from store.models import File, Job, Webhook
 from store.settings import Settings
@@ -30,7 +31,14 @@ async def get_settings(request: Request) -> Settings:
 
 async def get_session(request: Request) -> AsyncIterator[Session]:
     """A session per request. Opening one does no I/O; closing it (returning the connection) may,
-    so it goes to the thread pool only when the session did use a connection."""
+    so it goes to the thread pool only when the session did use a connection.
+
+    Scoped to the route function (`SessionDep` below): it is closed, its transaction ended and its
+    connection returned, once the route has built its response and BEFORE the response is sent. A
+    yield dependency of the default (request) scope lives until the last byte is sent, so a download
+    to a client reading 1 KB/s held a pooled connection `idle in transaction` for as long as it
+    streamed, and 40 of them took the whole pool. What a response needs after that (a download's
+    rows) is read before it returns; its rows are detached, with their columns loaded."""
     # the broker: webhook deliveries written by a transition (a cancel) are published after the commit
     session = request.app.state.sessionmaker(info={"broker_url": request.app.state.settings.broker_url})
     try:
@@ -51,7 +59,7 @@ async def get_publisher(request: Request) -> Callable[[str], bool]:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 PublisherDep = Annotated[Callable[[str, int], bool], Depends(get_publisher)]
 
@@ -68,15 +76,15 @@ async def get_caller(request: Request) -> Caller:
 TenantDep = Annotated[Caller, Depends(get_caller)]
 
 
-def get_owned_job(job_id: str, session: SessionDep, caller: TenantDep) -> Job:
+def get_owned_job(job_id: JobIdPath, session: SessionDep, caller: TenantDep) -> Job:
     return scope.get_owned(session, Job, tenant_id=caller.tenant_id, object_id=job_id, what="job")
 
 
-def get_owned_file(file_id: str, session: SessionDep, caller: TenantDep) -> File:
+def get_owned_file(file_id: FileIdPath, session: SessionDep, caller: TenantDep) -> File:
     return scope.get_owned(session, File, tenant_id=caller.tenant_id, object_id=file_id, what="file")
 
 
-def get_owned_webhook(webhook_id: str, session: SessionDep, caller: TenantDep) -> Webhook:
+def get_owned_webhook(webhook_id: WebhookIdPath, session: SessionDep, caller: TenantDep) -> Webhook:
     return scope.get_owned(session, Webhook, tenant_id=caller.tenant_id, object_id=webhook_id, what="webhook")
 
 
@@ -90,7 +98,7 @@ def _read_owned(request: Request, model: type, *, tenant_id: str, object_id: str
         return scope.get_owned(session, model, tenant_id=tenant_id, object_id=object_id, what=what)
 
 
-async def read_owned_job(job_id: str, request: Request, caller: TenantDep) -> Job:
+async def read_owned_job(job_id: JobIdPath, request: Request, caller: TenantDep) -> Job:
     """The caller's job for a route that only shows it (the polled GET): loaded on an autocommit
     connection that is returned in the same thread-pool hop, so the request costs one hop and
     one round trip instead of BEGIN, SELECT, ROLLBACK and a second hop. The row is detached:
@@ -99,7 +107,7 @@ async def read_owned_job(job_id: str, request: Request, caller: TenantDep) -> Jo
                                    what="job")
 
 
-async def read_owned_file(file_id: str, request: Request, caller: TenantDep) -> File:
+async def read_owned_file(file_id: FileIdPath, request: Request, caller: TenantDep) -> File:
     """The caller's file for a route that only shows it; see read_owned_job."""
     return await run_in_threadpool(_read_owned, request, File, tenant_id=caller.tenant_id, object_id=file_id,
                                    what="file")
@@ -107,3 +115,18 @@ async def read_owned_file(file_id: str, request: Request, caller: TenantDep) -> 
 
 JobViewDep = Annotated[Job, Depends(read_owned_job)]
 FileViewDep = Annotated[File, Depends(read_owned_file)]
+
+
+async def download_slot(request: Request, caller: TenantDep) -> AsyncIterator[None]:
+    """One of the tenant's download slots in this API process (`max_downloads_per_tenant`), or a 429.
+    Request-scoped on purpose: held until the last byte is sent (or the client is gone), then given
+    back. It holds no database connection: the routes read what they stream before they return."""
+    slots = request.app.state.streams.downloads
+    slots.take(caller.tenant_id)
+    try:
+        yield
+    finally:
+        slots.give_back(caller.tenant_id)
+
+
+DownloadSlotDep = Annotated[None, Depends(download_slot)]

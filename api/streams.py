@@ -40,7 +40,14 @@ one thread-pool hop and returns it. Waiting is an asyncio wait (no thread), and 
 listens for the client's disconnect and then stops at once. Open streams are bounded per tenant
 in each API process (`max_streams_per_tenant`): one more is a 429 (`type` requests, code
 `rate_limit_exceeded`, Retry-After), like the request rate (api/rate_limit.py), and per process
-for the same reason: what a stream costs is that process's memory and reads.
+for the same reason: what a stream costs is that process's memory and reads. A client that
+takes none of the next message within `stream_send_timeout_seconds` (it stopped reading, and
+the server's buffers are full) is cut, as a stalled download is (api/downloads.py), and its
+slot given back. The same object keeps the per-tenant download slots (`downloads`, api/deps.py).
+
+Positions. `after` and `Last-Event-ID` reach SQL, so they are bounded first: a metric step past
+SQL INTEGER (`Last-Event-ID: 2147483648`) is a 400 naming the parameter, as the same value in
+`?after=` is; it was a stream cut by PostgreSQL's `NumericValueOutOfRange` after its 200.
 """
 
 from __future__ import annotations
@@ -61,8 +68,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from api.downloads import StalledClientError, send_within, too_many_downloads
 from api.errors import ApiError, bad_request
 from api.present import event_out, metric_out
+from api.schemas.params import MAX_ID_LENGTH, MAX_STEP
 from api.unavailable import is_database_unavailable
 from store.job_status import TERMINAL
 from store.models import Job, JobEvent, MetricPoint
@@ -115,16 +124,17 @@ def message(event_id: object, data: str) -> bytes:
 
 
 class StreamSlots:
-    """Open streams per tenant in this process (`limit` 0: no bound). Taken in a thread-pool
-    thread (the route), given back on the event loop (the response): hence the lock."""
+    """Open streams (or downloads) per tenant in this process (`limit` 0: no bound); `refuse(limit)`
+    is the error one more gets. Taken in a thread-pool thread (the route), given back on the event
+    loop (the response): hence the lock."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit, self.open, self.lock = limit, {}, threading.Lock()
+    def __init__(self, limit: int, refuse: Callable[[int], ApiError] = too_many_streams) -> None:
+        self.limit, self.refuse, self.open, self.lock = limit, refuse, {}, threading.Lock()
 
     def take(self, tenant_id: str) -> None:
         with self.lock:
             if self.limit and self.open.get(tenant_id, 0) >= self.limit:
-                raise too_many_streams(self.limit)
+                raise self.refuse(self.limit)
             self.open[tenant_id] = self.open.get(tenant_id, 0) + 1
 
     def give_back(self, tenant_id: str) -> None:
@@ -227,26 +237,36 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, messages: AsyncIterator[bytes], *, on_close: Callable[[], None]) -> None:
+    def __init__(self, messages: AsyncIterator[bytes], *, on_close: Callable[[], None],
+                 send_timeout: float | None = None) -> None:
         self.messages, self.on_close = messages, on_close  # not `body`: Response's would be measured
+        self.send_timeout = send_timeout  # a client that takes no message for this long is cut
         self.status_code, self.background = 200, None
         # no-cache: never stored; X-Accel-Buffering: nginx passes each message on at once
         self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stalled: list[StalledClientError] = []
+        path = scope.get("path", "")
         try:
             async with anyio.create_task_group() as group:
                 async def stream() -> None:
                     await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-                    async for chunk in self.messages:
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    try:
+                        async for chunk in self.messages:
+                            await send_within(send, {"type": "http.response.body", "body": chunk, "more_body": True},
+                                              seconds=self.send_timeout, path=path)
+                        await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    except StalledClientError as error:
+                        stalled.append(error)  # raised below, out of the task group (not as a group)
                     group.cancel_scope.cancel()
 
                 group.start_soon(stream)
                 while (await receive())["type"] != "http.disconnect":
                     pass
                 group.cancel_scope.cancel()
+            if stalled:
+                raise stalled[0]  # the server closes the connection
         finally:
             with suppress(Exception):
                 await self.messages.aclose()  # type: ignore[attr-defined]
@@ -259,6 +279,8 @@ class Streams:
     def __init__(self, settings: Settings, read_sessionmaker) -> None:
         self.settings, self.read_sessionmaker = settings, read_sessionmaker
         self.slots = StreamSlots(settings.max_streams_per_tenant)
+        # downloads (api/deps.py download_slot): bounded the same way, with their own limit
+        self.downloads = StreamSlots(settings.max_downloads_per_tenant, refuse=too_many_downloads)
         url = make_url(settings.database_url)
         self.listener = None
         if url.get_backend_name() == "postgresql":
@@ -273,6 +295,9 @@ class Streams:
     def events(self, *, job: Job, tenant_id: str, after: str | None, param: str) -> EventStream:
         """The job's events after the event `after` (an id of this job's), or from its first."""
         seq = 0
+        if after and len(after) > MAX_ID_LENGTH:  # the header says so too; `after` may come from elsewhere
+            raise bad_request(f"'{after[:64]}...' is not an event id (longer than {MAX_ID_LENGTH} characters)",
+                              param=param, code="invalid_value")
         if after:
             with self.read_sessionmaker() as session:
                 found = session.scalar(select(JobEvent.seq).where(JobEvent.job_id == job.id, JobEvent.id == after))
@@ -291,15 +316,16 @@ class Streams:
             except ValueError:
                 raise bad_request(f"'{str(after)[:64]}' is not a step to resume after (an integer)", param=param,
                                   code="invalid_value") from None
-            if step < 0:
-                raise bad_request(f"'{step}' is not a step to resume after (0 or more)", param=param,
+            if not 0 <= step <= MAX_STEP:
+                raise bad_request(f"'{str(after)[:64]}' is not a step to resume after (0 to {MAX_STEP})", param=param,
                                   code="invalid_value")
         return self._open(job_id=job.id, tenant_id=tenant_id, cursor=step, read=self._read_metrics)
 
     def _open(self, *, job_id: str, tenant_id: str, cursor: int, read) -> EventStream:
         self.slots.take(tenant_id)
         return EventStream(self._run(job_id=job_id, cursor=cursor, read=read),
-                           on_close=lambda: self.slots.give_back(tenant_id))
+                           on_close=lambda: self.slots.give_back(tenant_id),
+                           send_timeout=self.settings.stream_send_timeout_seconds)
 
     # -- reads: one thread-pool hop each, the connection back in the pool before it returns
     def _read_events(self, job_id: str, after_seq: int) -> tuple[str | None, list[bytes], int]:

@@ -182,13 +182,22 @@ class TenantQuotas(DoraSettings):
 
 
 class StreamSettings(DoraSettings):
-    """Event streams (`?stream=true`, api/streams.py)."""
+    """Streamed responses: event streams (`?stream=true`, api/streams.py) and downloads (file content,
+    artifact files and archives, api/downloads.py). Neither holds a database connection while it streams;
+    what each costs is a slot of its tenant in the API process, bounded here."""
 
     stream_heartbeat_seconds: float = Field(15.0, gt=0, description="a `: ping` after this many quiet seconds")
     stream_poll_seconds: float = Field(0.5, gt=0, description="how often a stream re-reads SQL where nothing wakes "
                                                               "it (SQLite)")
     max_streams_per_tenant: int = Field(10, ge=0, description="open streams per tenant in each API process "
                                                               "(0: no bound)")
+    max_downloads_per_tenant: int = Field(10, ge=0, description=(
+        "downloads a tenant may have streaming at once in each API process; one more is a 429 with Retry-After "
+        "(0: no bound)"))
+    stream_send_timeout_seconds: float = Field(60.0, gt=0, description=(
+        "a download whose client takes none of its next 64 KiB, or an event stream whose client takes none of its "
+        "next message, for this long is cut (the connection is closed): a stalled client holds its slot no "
+        "longer; a download must be read at about 64 KiB per this many seconds or faster"))
 
 
 class AuthSettings(DoraSettings):

@@ -33,8 +33,9 @@ NAMES = {
     "DORA_WEBHOOK_ALLOW_PRIVATE", "DORA_WEBHOOK_CONCURRENCY", "DORA_WEBHOOK_MAX_PER_TENANT",
     "DORA_WEBHOOK_REPUBLISH_AFTER_SECONDS", "DORA_WEBHOOK_RETRY_SCHEDULE_SECONDS",
     "DORA_WEBHOOK_SWEEP_INTERVAL_SECONDS", "DORA_WEBHOOK_TIMEOUT_SECONDS", "DORA_WORKER_GPU_MEMORY_GIB",
-    # added since (issue [reliability-3]): the connection budget
-    "DORA_DB_CONNECTION_BUDGET", "DORA_DB_PROCESSES",
+    # added since (issue [reliability-3]): the connection budget, the download cap, the stalled-client bound
+    "DORA_DB_CONNECTION_BUDGET", "DORA_DB_PROCESSES", "DORA_MAX_DOWNLOADS_PER_TENANT",
+    "DORA_STREAM_SEND_TIMEOUT_SECONDS",
     # the worker's own
     "DORA_CONCURRENCY", "DORA_DEVICE", "DORA_GPUS", "DORA_HEARTBEAT_SECONDS", "DORA_JOB_TIME_LIMIT_SECONDS",
     "DORA_PRELOAD_ML", "DORA_PROGRESS_BUFFER_EVENTS", "DORA_PROGRESS_BUFFER_STEPS",
@@ -124,9 +125,11 @@ def test_a_bad_value_stops_only_the_processes_that_read_it(monkeypatch):
     (ApiSettings, {"metrics_token": "short"}, "DORA_METRICS_TOKEN must be at least 16 characters"),
     (ApiSettings, {"stream_poll_seconds": 0}, "stream_poll_seconds"),
     (ApiSettings, {"max_streams_per_tenant": -1}, "max_streams_per_tenant"),
-    (WorkerSettings, {"db_connection_budget": 2, "db_processes": 3}, "DORA_DB_CONNECTION_BUDGET (2) must give"),
     (ApiSettings, {"max_jobs_created_per_tenant": -1}, "DORA_MAX_JOBS_CREATED_PER_TENANT must be >= 0"),
     (ApiSettings, {"job_creation_window_seconds": 0}, "job_creation_window_seconds"),
+    (ApiSettings, {"max_downloads_per_tenant": -1}, "max_downloads_per_tenant"),
+    (ApiSettings, {"stream_send_timeout_seconds": 0}, "stream_send_timeout_seconds"),
+    (WorkerSettings, {"db_connection_budget": 2, "db_processes": 3}, "DORA_DB_CONNECTION_BUDGET (2) must give"),
     (ApiSettings, {"max_job_gpus": 0}, "max_job_gpus"),
     (WorkerSettings, {"lease_seconds": 10, "heartbeat_seconds": 6}, "DORA_HEARTBEAT_SECONDS must be positive"),
     (WorkerSettings, {"heartbeat_seconds": 0}, "DORA_HEARTBEAT_SECONDS"),

@@ -8,15 +8,16 @@ from typing import Annotated, Literal, get_args
 from fastapi import APIRouter, Header, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import FileViewDep, OwnedFileDep, SessionDep, SettingsDep, StorageDep, TenantDep
-from api.downloads import stream_response
+from api.deps import DownloadSlotDep, FileViewDep, OwnedFileDep, SessionDep, SettingsDep, StorageDep, TenantDep
+from api.downloads import DOWNLOAD_ERRORS, stream_response
+from api.errors import not_found
 from api.present import file_out
 from api.quotas import storage_full, storage_left
 from api.schemas.common import ListPage
 from api.schemas.content import OCTET_STREAM, TAR, OctetStreamResponse, download_responses
 from api.schemas.errors import error_responses
 from api.schemas.files import FileDeleted, FileObject, FilePurpose
-from api.schemas.params import limit_param
+from api.schemas.params import Cursor, limit_param
 from api.services import files as file_service
 from api.uploads import receive_upload
 from store.archive import iter_tar, tar_size
@@ -40,7 +41,8 @@ FilesLimit = limit_param(file_service.MAX_LIST_LIMIT)
 # FilePurpose's, so another matches nothing
 _PURPOSES = get_args(FilePurpose)
 PurposeFilter = Annotated[str | None, Query(description=f"Only files of this purpose: {' or '.join(_PURPOSES)} (any "
-                                                        "other matches no file here)", examples=list(_PURPOSES))]
+                                                        "other matches no file here)", examples=list(_PURPOSES),
+                                            max_length=64)]
 
 
 def _storage_left(request: Request, settings: Settings, tenant_id: str) -> int | None:
@@ -73,7 +75,7 @@ async def upload_file(request: Request, caller: TenantDep, session: SessionDep, 
 
 
 @router.get("", response_model=ListPage[FileObject])
-def list_files(caller: TenantDep, session: SessionDep, after: str | None = None,
+def list_files(caller: TenantDep, session: SessionDep, after: Cursor = None,
                limit: FilesLimit = file_service.MAX_LIST_LIMIT, order: Literal["asc", "desc"] = "desc",
                purpose: PurposeFilter = None) -> ListPage[FileObject]:
     rows, has_more = file_service.list_files(session=session, tenant_id=caller.tenant_id, after=after, limit=limit,
@@ -96,15 +98,27 @@ def delete_file(file: OwnedFileDep, session: SessionDep, storage: StorageDep) ->
     return FileDeleted(id=file_id)
 
 
-@router.get("/{file_id}/content", response_class=OctetStreamResponse, responses=download_responses(OCTET_STREAM, TAR))
-def file_content(file: OwnedFileDep, session: SessionDep, storage: StorageDep,
-                 range_header: Annotated[str | None, Header(alias="Range")] = None):
-    """The uploaded bytes, or a job result's whole artifact as a tar stream (Range works on both)."""
+def _artifact(request: Request, artifact_id: str) -> Artifact | None:
+    with request.app.state.read_sessionmaker() as session:
+        return session.get(Artifact, artifact_id)
+
+
+@router.get("/{file_id}/content", response_class=OctetStreamResponse,
+            responses=download_responses(OCTET_STREAM, TAR) | DOWNLOAD_ERRORS)
+def file_content(request: Request, file: FileViewDep, storage: StorageDep, settings: SettingsDep,
+                 _slot: DownloadSlotDep, range_header: Annotated[str | None, Header(alias="Range")] = None):
+    """The uploaded bytes, or a job result's whole artifact as a tar stream (Range works on both).
+
+    Rows are read on autocommit connections given back at once (FileViewDep, then the artifact's):
+    nothing of the database is held while the body streams."""
+    timeout = settings.stream_send_timeout_seconds
     if file.artifact_id is not None:
-        artifact = session.get(Artifact, file.artifact_id)
+        artifact = _artifact(request, file.artifact_id)
+        if artifact is None:  # its job's outputs were deleted since the file row was read
+            raise not_found("file", file.id)
         return stream_response(size=tar_size(artifact),
                                read=lambda start, stop: iter_tar(artifact, storage, start, stop),
                                range_header=range_header, filename=file.filename, media_type=TAR,
-                               etag=artifact.sha256)
+                               etag=artifact.sha256, send_timeout=timeout)
     return stream_response(size=file.bytes, read=lambda start, stop: storage.open_range(file.storage_key, start, stop),
-                           range_header=range_header, filename=file.filename, etag=file.sha256)
+                           range_header=range_header, filename=file.filename, etag=file.sha256, send_timeout=timeout)

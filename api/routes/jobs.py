@@ -15,13 +15,14 @@ from api.present import checkpoint_out, event_out, job_out, metric_out, sample_o
 from api.schemas.common import ListPage
 from api.schemas.errors import error_responses
 from api.schemas.jobs import CheckpointOut, FineTuningJob, JobCreate, JobEventOut, JobSampleOut, MetricPage
-from api.schemas.params import Limit, limit_param
+from api.schemas.params import MAX_STEP, Cursor, Limit, limit_param
 from api.services import jobs as job_service
 from api.streams import stream_responses
 from store.jobs import JobStatus
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 _METADATA_PARAM = re.compile(r"^metadata\[(.{1,64})\]$")
+MAX_METADATA_VALUE = 512  # as a job's metadata values (api/schemas/jobs.py)
 # documented as the JobStatus enum; checked by the service, whose 400 names the wrong value
 StatusFilter = Annotated[str | None, WithJsonSchema({"type": "string", "enum": [s.value for s in JobStatus]})]
 # ?stream=true: the list as a text/event-stream instead (api/streams.py)
@@ -30,7 +31,7 @@ LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", max_length=64,
                                            description="With stream=true: resume after this id (what EventSource "
                                                        "sends on a reconnect); wins over `after`")]
 MetricsLimit = limit_param(job_service.MAX_METRICS_LIMIT)
-StepFilter = Annotated[int | None, Query(ge=0, le=2**31 - 1, description="Only the samples of this step's evaluation")]
+StepFilter = Annotated[int | None, Query(ge=0, le=MAX_STEP, description="Only the samples of this step's evaluation")]
 
 
 def _metadata_filters(query_string: bytes) -> list[tuple[str, str]]:
@@ -49,6 +50,9 @@ def _metadata_filters(query_string: bytes) -> list[tuple[str, str]]:
         except UnicodeDecodeError as error:
             raise bad_request(f"Invalid metadata filter '{name}': not valid UTF-8 once percent-decoded "
                               f"(byte 0x{error.object[error.start]:02x})", param=name) from None
+        if len(filters[-1][1]) > MAX_METADATA_VALUE:  # no stored value is longer: bounded before it reaches SQL
+            raise bad_request(f"Invalid metadata filter '{name}': longer than {MAX_METADATA_VALUE} characters, "
+                              "which no metadata value is", param=name)
     return filters
 
 
@@ -72,7 +76,7 @@ def create_job(body: JobCreate, caller: TenantDep, session: SessionDep, settings
 
 
 @router.get("", response_model=ListPage[FineTuningJob])
-def list_jobs(request: Request, caller: TenantDep, session: SessionDep, after: str | None = None,
+def list_jobs(request: Request, caller: TenantDep, session: SessionDep, after: Cursor = None,
               limit: Limit = 20, status: StatusFilter = None) -> ListPage[FineTuningJob]:
     metadata = {}
     for name, value in _metadata_filters(request.scope["query_string"]):
@@ -97,7 +101,7 @@ def cancel_job(job: OwnedJobDep, session: SessionDep) -> FineTuningJob:
 
 
 @router.get("/{job_id}/events", response_model=ListPage[JobEventOut], responses=stream_responses("events"))
-def list_events(request: Request, job: JobViewDep, caller: TenantDep, session: SessionDep, after: str | None = None,
+def list_events(request: Request, job: JobViewDep, caller: TenantDep, session: SessionDep, after: Cursor = None,
                 limit: Limit = 20, stream: StreamFlag = False,
                 last_event_id: LastEventId = None) -> ListPage[JobEventOut]:
     """Newest first, `after` an event id. With `stream=true`: oldest first, as they are written,
@@ -110,7 +114,7 @@ def list_events(request: Request, job: JobViewDep, caller: TenantDep, session: S
 
 
 @router.get("/{job_id}/checkpoints", response_model=ListPage[CheckpointOut])
-def list_checkpoints(job: OwnedJobDep, caller: TenantDep, session: SessionDep, after: str | None = None,
+def list_checkpoints(job: OwnedJobDep, caller: TenantDep, session: SessionDep, after: Cursor = None,
                      limit: Limit = 10) -> ListPage[CheckpointOut]:
     rows, has_more = job_service.list_checkpoints(session=session, job=job, after=after, limit=limit)
     return _page([checkpoint_out(r, job, tenant_name=caller.tenant_name) for r in rows], rows, has_more)
@@ -118,7 +122,7 @@ def list_checkpoints(job: OwnedJobDep, caller: TenantDep, session: SessionDep, a
 
 @router.get("/{job_id}/metrics", response_model=MetricPage, responses=stream_responses("metrics"))
 def list_metrics(request: Request, job: JobViewDep, caller: TenantDep, session: SessionDep,
-                 after: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
+                 after: Annotated[int | None, Query(ge=0, le=MAX_STEP)] = None,
                  limit: MetricsLimit = 1000, stream: StreamFlag = False,
                  last_event_id: LastEventId = None) -> MetricPage:
     """Per-step metrics in step order; pass `next_after` back as `after` for the next page. With
@@ -133,7 +137,7 @@ def list_metrics(request: Request, job: JobViewDep, caller: TenantDep, session: 
 
 
 @router.get("/{job_id}/samples", response_model=ListPage[JobSampleOut])
-def list_samples(job: OwnedJobDep, session: SessionDep, after: str | None = None, limit: Limit = 20,
+def list_samples(job: OwnedJobDep, session: SessionDep, after: Cursor = None, limit: Limit = 20,
                  step: StepFilter = None) -> ListPage[JobSampleOut]:
     """The model's greedy answers to the first validation prompts at each evaluation (run setting
     `sample_prompts`): the newest evaluation first, each in index order; `after` a sample id."""

@@ -13,6 +13,7 @@ from fastapi import APIRouter
 from api.deps import OwnedWebhookDep, SessionDep, SettingsDep, TenantDep
 from api.present import ts
 from api.schemas.common import ListPage
+from api.schemas.params import Cursor
 from api.schemas.webhooks import (
     WebhookAttemptObject,
     WebhookCreate,
@@ -57,7 +58,7 @@ def create_webhook(body: WebhookCreate, caller: TenantDep, session: SessionDep,
 
 
 @router.get("", response_model=ListPage[WebhookObject])
-def list_webhooks(caller: TenantDep, session: SessionDep, after: str | None = None,
+def list_webhooks(caller: TenantDep, session: SessionDep, after: Cursor = None,
                   limit: int = 20) -> ListPage[WebhookObject]:
     rows, has_more = webhook_service.list_webhooks(session=session, tenant_id=caller.tenant_id, after=after,
                                                    limit=limit)
@@ -77,7 +78,7 @@ def delete_webhook(webhook: OwnedWebhookDep, session: SessionDep) -> WebhookDele
 
 
 @router.get("/{webhook_id}/deliveries", response_model=ListPage[WebhookDeliveryObject])
-def list_deliveries(webhook: OwnedWebhookDep, session: SessionDep, after: str | None = None,
+def list_deliveries(webhook: OwnedWebhookDep, session: SessionDep, after: Cursor = None,
                     limit: int = 20) -> ListPage[WebhookDeliveryObject]:
     """Newest first, each with every attempt so far (time, status code or error, duration)."""
     pairs, has_more = webhook_service.list_deliveries(session=session, webhook=webhook, after=after, limit=limit)
