@@ -18,12 +18,18 @@ Two more modes measure what a burst and slow clients do to everyone else (issue 
 
     python benchmarks/api_load.py --mode burst           # 100 creates at once on a cold key cache
     python benchmarks/api_load.py --mode slow-uploads    # 50 uploads at 1 byte/s beside 50 pollers
+    python benchmarks/api_load.py --mode slow-downloads  # 40 stalled downloads beside 50 pollers
 
 `burst`: every client opens its connection, then all create at the same instant, just after the
 key cache expired, through a small database pool (`--pool-size`), so every request needs a key
 lookup and a connection at once. `slow-uploads`: one tenant's uploads trickle their bodies while
 another tenant's clients poll a job; each prints 5xx counts and latencies (target: 0 x 5xx,
-polls p99 < 100 ms while the uploads trickle).
+polls p99 < 100 ms while the uploads trickle). `slow-downloads` (issue [reliability-3]): one tenant
+opens `--slow-downloads` downloads of a 16 MiB file and reads nothing past the response head, for
+`--stall-seconds`, while another tenant's clients poll a job and fetch a small file; it prints
+their latencies, 5xx counts, what the stalled downloads were answered (200, or 429 past
+DORA_MAX_DOWNLOADS_PER_TENANT, which this mode turns off unless `--download-cap` sets it) and the
+server's sessions `idle in transaction` while they stall (it was one per download: 0 is the target).
 """
 
 from __future__ import annotations
@@ -55,17 +61,23 @@ MODE_SETTINGS = {
     "steady": UNCAPPED,
     "burst": UNCAPPED | {"DORA_AUTH_CACHE_SECONDS": str(BURST_CACHE_SECONDS)},
     "slow-uploads": UNCAPPED,
+    "slow-downloads": UNCAPPED | {"DORA_MAX_DOWNLOADS_PER_TENANT": "0"},
 }
+BIG_DOWNLOAD_ROWS = 170_000  # rows of CHAT_ROW: a 16 MiB dataset, far more than the socket buffers hold
 CHAT_ROW = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=("steady", "burst", "slow-uploads"), default="steady")
+    parser.add_argument("--mode", choices=("steady", "burst", "slow-uploads", "slow-downloads"), default="steady")
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--burst", type=int, default=100, help="burst mode: creates sent at once")
     parser.add_argument("--slow-uploads", type=int, default=50, help="slow-uploads mode: trickling uploads")
     parser.add_argument("--trickle-seconds", type=float, default=20.0, help="slow-uploads mode: how long they trickle")
+    parser.add_argument("--slow-downloads", type=int, default=40, help="slow-downloads mode: stalled downloads")
+    parser.add_argument("--stall-seconds", type=float, default=15.0, help="slow-downloads mode: how long they stall")
+    parser.add_argument("--download-cap", type=int, default=None,
+                        help="slow-downloads mode: the server's DORA_MAX_DOWNLOADS_PER_TENANT (default: no cap)")
     parser.add_argument("--pool-size", type=int, default=None, help="the server's DORA_DB_POOL_SIZE (no overflow)")
     parser.add_argument("--jobs", type=int, default=2, help="jobs created per client")
     parser.add_argument("--polls", type=int, default=40, help="GET job requests per client")
@@ -305,6 +317,84 @@ async def run_slow_uploads(base_url: str, upload_key: str, poll_key: str, args: 
             "errors": len(recorder.errors), "error_samples": recorder.errors[:5], "wall_s": round(wall, 2)}
 
 
+async def _stalled_download(host: str, port: int, key: str, path: str, stop: asyncio.Event) -> str:
+    """A GET that reads the response head, then nothing until told to stop; returns its status (or how it
+    failed). A small receive buffer and the stream reader's own limit leave the body in the server."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    sock.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+    except OSError as error:
+        sock.close()
+        return f"connect: {type(error).__name__}"
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n\r\n".encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=30)
+        await stop.wait()
+        return head.split(b" ", 2)[1].decode()
+    except (OSError, asyncio.IncompleteReadError, TimeoutError) as error:
+        return f"failed: {type(error).__name__}"
+    finally:
+        writer.close()
+
+
+def idle_in_transaction(admin_url: str, database: str) -> int:
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as connection:
+        return connection.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                                  "AND state = 'idle in transaction'", (database,)).fetchone()[0]
+
+
+async def run_slow_downloads(base_url: str, download_key: str, poll_key: str, args: argparse.Namespace,
+                             database: str) -> dict:
+    """`args.slow_downloads` downloads stall for `args.stall_seconds` while `args.clients` poll."""
+    host, port = base_url.removeprefix("http://").split(":")
+    async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {download_key}"},
+                                 timeout=120) as owner:
+        big = await owner.post("/v1/files", files={"file": ("big.jsonl", CHAT_ROW * BIG_DOWNLOAD_ROWS)},
+                               data={"purpose": "fine-tune"})
+        big.raise_for_status()
+    limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
+    async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {poll_key}"}, limits=limits,
+                                 timeout=30) as http:
+        upload = await http.post("/v1/files", files={"file": ("train.jsonl", CHAT_ROW * 20)},
+                                 data={"purpose": "fine-tune"})
+        upload.raise_for_status()
+        small_id = upload.json()["id"]
+        job = await http.post("/v1/fine_tuning/jobs", json={"model": "tiny-llama", "training_file": small_id})
+        job.raise_for_status()
+        job_id = job.json()["id"]
+        stop = asyncio.Event()
+        downloads = [asyncio.create_task(_stalled_download(host, int(port), download_key,
+                                                           f"/v1/files/{big.json()['id']}/content", stop))
+                     for _ in range(args.slow_downloads)]
+        await asyncio.sleep(2.0)  # every download has its head and is blocked on its client
+        stuck = await asyncio.to_thread(idle_in_transaction, args.pg_admin_url, database)
+        recorder, started = Recorder(), time.perf_counter()
+
+        async def poller() -> None:
+            await asyncio.sleep(random.uniform(0, args.poll_interval))
+            while time.perf_counter() - started < args.stall_seconds - 2.0:
+                await recorder.call("get_job", http.get(f"/v1/fine_tuning/jobs/{job_id}"))
+                await recorder.call("get_file_content", http.get(f"/v1/files/{small_id}/content"))
+                await asyncio.sleep(args.poll_interval * random.uniform(0.8, 1.2))
+
+        await asyncio.gather(*(poller() for _ in range(args.clients)))
+        wall = time.perf_counter() - started
+        stop.set()
+        statuses = await asyncio.gather(*downloads)
+    server_errors = sum(1 for e in recorder.errors if " HTTP 5" in e)
+    return {"slow_downloads": args.slow_downloads, "download_cap": args.download_cap,
+            "download_statuses": {s: statuses.count(s) for s in sorted(set(statuses))},
+            "idle_in_transaction_while_stalled": stuck, "pollers": args.clients,
+            "get_job": recorder.summary("get_job", wall),
+            "get_file_content": recorder.summary("get_file_content", wall), "server_errors_5xx": server_errors,
+            "errors": len(recorder.errors), "error_samples": recorder.errors[:5], "wall_s": round(wall, 2)}
+
+
 def check_stored_once(database_url: str, created: dict[str, str]) -> dict:
     from sqlalchemy import create_engine, text
 
@@ -352,6 +442,8 @@ def main() -> int:
             env |= MODE_SETTINGS[args.mode]
             if args.pool_size:
                 env |= {"DORA_DB_POOL_SIZE": str(args.pool_size), "DORA_DB_MAX_OVERFLOW": "0"}
+            if args.mode == "slow-downloads" and args.download_cap is not None:
+                env |= {"DORA_MAX_DOWNLOADS_PER_TENANT": str(args.download_cap)}
             port = free_port()
             server = start_server(env, port, args.server_workers)
             base_url = f"http://127.0.0.1:{port}"
@@ -364,6 +456,10 @@ def main() -> int:
                 return _print(result)
             if args.mode == "slow-uploads":
                 result = common | asyncio.run(run_slow_uploads(base_url, key, other_key, args))
+                result["load_avg_1m"] = round(os.getloadavg()[0], 2)
+                return _print(result)
+            if args.mode == "slow-downloads":
+                result = common | asyncio.run(run_slow_downloads(base_url, key, other_key, args, name))
                 result["load_avg_1m"] = round(os.getloadavg()[0], 2)
                 return _print(result)
             recorder, created, wall = asyncio.run(run_clients(base_url, key, args, server.pid))
