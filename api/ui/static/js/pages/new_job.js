@@ -1,5 +1,7 @@
 // New job: upload a dataset (validated by the server; its line-numbered problems are shown) or pick
-// an uploaded one, pick a base model, DoRA or LoRA, rank and the common settings, create.
+// an uploaded one, optionally a validation file or a validation_split (one or the other, as the run
+// contract requires), pick a base model (the smallest listed by default), DoRA or LoRA, rank and the
+// common settings, create.
 
 import {ApiError, getJson, postJson, uploadFile} from "../api.js";
 import {clear, formatBytes, h} from "../dom.js";
@@ -31,6 +33,23 @@ async function contractDefaults() {
   }
 }
 
+/**
+ * The base model the form starts with: the fastest to try, so a first job finishes in seconds.
+ * /v1/models lists names only, so: one named tiny (what `dora up --demo` registers, tiny-llama),
+ * else the one with the fewest parameters its name states ("135m", "1.5b"), else the first.
+ */
+export function defaultModel(ids) {
+  const tiny = ids.find((id) => /(^|[^a-z])tiny([^a-z]|$)/i.test(id));
+  if (tiny) return tiny;
+  const size = (id) => {
+    const match = /(?:^|[^a-z0-9.])(\d+(?:\.\d+)?)([mb])(?![a-z])/i.exec(id);
+    return match ? Number(match[1]) * (match[2].toLowerCase() === "b" ? 1e9 : 1e6) : Infinity;
+  };
+  let best = ids[0];
+  for (const id of ids) if (size(id) < size(best)) best = id;
+  return best;
+}
+
 function fileLabel(file) {
   const what = [file.format, file.rows !== null && file.rows !== undefined ? `${file.rows} rows` : null,
                 formatBytes(file.bytes)].filter(Boolean).join(", ");
@@ -51,6 +70,13 @@ export function render(main, {query}) {
   let stopped = false;
   const fileSelect = h("select", {id: "training-file", name: "training_file", required: true},
     h("option", {value: ""}, "choose an uploaded file…"));
+  const validationSelect = h("select", {id: "validation-file", name: "validation_file"},
+    h("option", {value: ""}, "none"));
+  const splitInput = h("input", {type: "number", id: "hp-validation_split", name: "validation_split", min: 0,
+                                 max: 0.5, step: "any", placeholder: "0 (none)", inputmode: "decimal",
+                                 "aria-describedby": "hint-validation_split"});
+  const validationHint = h("span", {class: "hint", id: "hint-validation_split"},
+    "A share of the training rows held out instead (at most 0.5); one or the other, not both.");
   const uploadStatus = h("div", {id: "upload-status"});
   const fileInput = h("input", {type: "file", id: "dataset-file", accept: ".jsonl,.json,application/jsonl",
                                 onchange: () => upload()});
@@ -77,7 +103,14 @@ export function render(main, {query}) {
       h("legend", {}, "1. Training data"),
       h("label", {for: "dataset-file"}, "Upload a dataset (JSONL: chat messages, prompt/completion, Alpaca or text)"),
       fileInput, uploadStatus,
-      h("label", {for: "training-file"}, "Training file"), fileSelect),
+      h("label", {for: "training-file"}, "Training file"), fileSelect,
+      h("p", {class: "muted small"}, "A validation set gives eval loss and accuracy, and sample answers after "
+        + "each evaluation."),
+      h("div", {class: "grid validation"},
+        h("div", {class: "field", dataset: {field: "validation_file"}},
+          h("label", {for: "validation-file"}, "Validation file"), validationSelect),
+        h("div", {class: "field", dataset: {field: "validation_split"}},
+          h("label", {for: "hp-validation_split"}, "or validation split"), splitInput, validationHint))),
     h("fieldset", {},
       h("legend", {}, "2. Model and method"),
       h("label", {for: "model"}, "Base model"), modelSelect,
@@ -98,9 +131,23 @@ export function render(main, {query}) {
   let wanted = query.get("file"), listing = 0;
   fileSelect.addEventListener("change", () => { wanted = fileSelect.value; });
 
+  // a validation file and a validation_split exclude each other (the API refuses both): the one
+  // set disables the other
+  function exclusive() {
+    const split = Number(splitInput.value);
+    validationSelect.disabled = splitInput.value.trim() !== "" && split > 0;
+    splitInput.disabled = validationSelect.value !== "";
+  }
+  validationSelect.addEventListener("change", exclusive);
+  splitInput.addEventListener("input", exclusive);
+
   function showFiles(files) {
     clear(fileSelect, h("option", {value: ""}, files.length ? "choose an uploaded file…" : "no files yet: upload one"),
       files.map((file) => h("option", {value: file.id, selected: file.id === wanted}, fileLabel(file))));
+    const validation = validationSelect.value;
+    clear(validationSelect, h("option", {value: ""}, "none"),
+      files.map((file) => h("option", {value: file.id, selected: file.id === validation}, fileLabel(file))));
+    exclusive();
   }
 
   async function loadFiles() {
@@ -113,7 +160,9 @@ export function render(main, {query}) {
     const page = await getJson("/v1/models");
     if (stopped) return;
     const base = page.data.filter((model) => model.owned_by === "system");
-    clear(modelSelect, base.length ? base.map((model) => h("option", {value: model.id}, model.id))
+    const chosen = defaultModel(base.map((model) => model.id));
+    clear(modelSelect, base.length ? base.map((model) => h("option", {value: model.id, selected: model.id === chosen},
+                                                         model.id))
       : h("option", {value: ""}, "no base models are configured"));
   }
 
@@ -128,6 +177,8 @@ export function render(main, {query}) {
       fileSelect.querySelector(`option[value="${CSS.escape(stored.id)}"]`)?.remove();
       fileSelect.options[0].after(h("option", {value: stored.id}, fileLabel(stored)));
       fileSelect.value = stored.id;
+      validationSelect.querySelector(`option[value="${CSS.escape(stored.id)}"]`)?.remove();
+      validationSelect.options[0].after(h("option", {value: stored.id}, fileLabel(stored)));
       clear(uploadStatus, h("p", {class: "ok", id: "upload-ok"}, `Uploaded ${fileLabel(stored)}`));
       loadFiles().catch(() => {});
     } catch (error) {
@@ -147,6 +198,10 @@ export function render(main, {query}) {
     const request = {model: modelSelect.value, training_file: fileSelect.value,
                      method: {type: kind, [kind]: {hyperparameters}},
                      outputs: [...form.querySelectorAll("input[name=outputs]:checked")].map((box) => box.value)};
+    if (validationSelect.value) request.validation_file = validationSelect.value;
+    else if (splitInput.value.trim() !== "" && Number(splitInput.value) > 0) {
+      hyperparameters.validation_split = Number(splitInput.value);
+    }
     if (suffix.value.trim()) request.suffix = suffix.value.trim();
     return request;
   }
