@@ -107,18 +107,41 @@ export function jobDuration(job) {
   return end - job.created_at;
 }
 
-/** A progress bar with "step / total" and the ETA while running. */
-export function progressBar(job) {
+/**
+ * A percent as the dashboard shows it: whole percents, rounded down (a run at 99.7% is not done),
+ * one decimal below 1% (so a long run's first steps do not read 0%).
+ */
+export function formatPercent(percent) {
+  if (percent === null || percent === undefined || !Number.isFinite(percent)) return "–";
+  if (percent > 0 && percent < 1) return `${(Math.floor(percent * 10) / 10 || 0.1).toFixed(1)}%`;
+  return `${Math.min(100, Math.floor(percent))}%`;
+}
+
+/**
+ * The step a job is at: its own `progress.step` (written with the worker's heartbeat, read by the
+ * page on a timer) or the newest metric step the page has seen (streamed), whichever is larger.
+ */
+export function jobStep(job, metricStep = null) {
   const progress = job.progress || {};
-  const percent = progress.percent ?? (job.status === "succeeded" ? 100 : 0);
+  return Math.max(progress.step || 0, metricStep || 0);
+}
+
+/** A progress bar with "step / total steps, percent" and the ETA while running. */
+export function progressBar(job, {metricStep = null} = {}) {
+  const progress = job.progress || {};
+  const total = progress.total_steps || null;
+  const step = jobStep(job, metricStep);
+  const percent = total ? Math.min(100, (100 * step) / total)
+    : progress.percent ?? (job.status === "succeeded" ? 100 : 0);
   const parts = [];
-  if (progress.total_steps) parts.push(`${progress.step} / ${progress.total_steps} steps`);
-  else if (progress.step) parts.push(`step ${progress.step}`);
+  if (total) parts.push(`${step} / ${total} steps, ${formatPercent(percent)}`);
+  else if (step) parts.push(`step ${step}`);
+  else parts.push(formatPercent(percent));
   if (job.status === "running" && progress.eta_seconds !== null && progress.eta_seconds !== undefined) {
     parts.push(`ETA ${formatDuration(progress.eta_seconds)}`);
   }
-  return h("div", {class: "progress", dataset: {percent: String(percent)}},
+  return h("div", {class: "progress", dataset: {percent: String(percent), step: String(step)}},
     h("div", {class: `progress-track status-${job.status}`},
       h("div", {class: "progress-fill", style: {width: `${Math.min(100, Math.max(0, percent))}%`}})),
-    h("span", {class: "progress-label"}, `${formatNumber(percent)}%`, parts.length ? ` · ${parts.join(" · ")}` : ""));
+    h("span", {class: "progress-label"}, parts.join(" · ")));
 }

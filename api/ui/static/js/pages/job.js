@@ -14,16 +14,18 @@ import {cancelButton} from "./jobs.js";
 const REFRESH_MS = 2000;
 const SAMPLES_PAGE = 64; // the run contract's most sample_prompts (dora_contract MAX_SAMPLE_PROMPTS): one evaluation
 const PROMPT_SHOWN = 400; // characters of a prompt's end shown (the whole one is in the cell's title)
-// dora_core's per-step names (dora_core/training/run.py), charted first and always
+// dora_core's per-step names (dora_core/training/run.py), charted first and always: train and eval
+// loss overlaid on one step axis, and so are the two token accuracies (an accuracy's axis stays in 0..1)
 const PRIMARY = [
-  ["loss", "Train loss", "#2f5fd0"],
-  ["eval_loss", "Eval loss", "#c2410c"],
-  ["lr", "Learning rate", "#0f766e"],
-  ["grad_norm", "Grad norm", "#7c3aed"],
-  ["token_accuracy", "Token accuracy", "#15803d"],
-  ["eval_token_accuracy", "Eval token accuracy", "#b45309"],
+  {key: "loss", title: "Loss", series: [{key: "loss", label: "Train", color: "#2f5fd0"},
+                                        {key: "eval_loss", label: "Eval", color: "#c2410c"}]},
+  {key: "lr", title: "Learning rate", series: [{key: "lr", label: "Learning rate", color: "#0f766e"}]},
+  {key: "grad_norm", title: "Grad norm", series: [{key: "grad_norm", label: "Grad norm", color: "#7c3aed"}]},
+  {key: "token_accuracy", title: "Token accuracy", floor: 0, ceiling: 1,
+   series: [{key: "token_accuracy", label: "Train", color: "#15803d"},
+            {key: "eval_token_accuracy", label: "Eval", color: "#b45309"}]},
 ];
-const SHOWN_WHEN_EMPTY = new Set(["loss", "lr", "grad_norm", "token_accuracy"]);
+const CHART_OF = new Map(PRIMARY.flatMap((chart) => chart.series.map((series) => [series.key, chart.key])));
 const TITLES = {tokens_per_second: "Tokens / second", trained_tokens: "Trained tokens per step",
                 micro_batch_size: "Micro-batch size", gpu_memory_allocated_bytes: "GPU memory allocated (bytes)",
                 gpu_memory_peak_bytes: "GPU memory peak (bytes)"};
@@ -75,6 +77,7 @@ export function render(main, {id}) {
 
   const head = h("div", {class: "page-head"});
   const summary = h("div", {class: "card", id: "job-summary"});
+  const progressBox = h("div", {id: "job-progress"});
   const errorBox = h("div", {id: "job-error"});
   const liveState = {metrics: h("span", {class: "live", dataset: {stream: "metrics"}}),
                      events: h("span", {class: "live", dataset: {stream: "events"}})};
@@ -109,14 +112,14 @@ export function render(main, {id}) {
   const charts = new Map();
   let drawQueued = false;
 
-  function chartFor(key) {
+  function chartFor(key) { // key: a chart's (PRIMARY) or another metric's, charted alone
     if (!charts.has(key)) {
-      const known = PRIMARY.find(([name]) => name === key);
-      const chart = new LineChart({key, title: known ? known[1] : (TITLES[key] || key), color: known ? known[2] : "#475569"});
+      const known = PRIMARY.find((chart) => chart.key === key);
+      const chart = new LineChart(known || {key, title: TITLES[key] || key, color: "#475569"});
       charts.set(key, chart);
       if (known) {
         // keep PRIMARY's order
-        const order = PRIMARY.map(([name]) => name);
+        const order = PRIMARY.map((c) => c.key);
         const after = [...chartsPrimary.children].find((el) => order.indexOf(el.dataset.metric) > order.indexOf(key));
         chartsPrimary.insertBefore(chart.element, after || null);
       } else {
@@ -126,20 +129,37 @@ export function render(main, {id}) {
     }
     return charts.get(key);
   }
-  for (const [key] of PRIMARY) if (SHOWN_WHEN_EMPTY.has(key)) chartFor(key);
+  for (const chart of PRIMARY) chartFor(chart.key);
+
+  // the newest step any metric has: the progress bar follows it (the job's own step comes with
+  // the page's next read of the job, every REFRESH_MS; the metrics stream is live)
+  let newestStep = null;
 
   function drawCharts() {
     drawQueued = false;
     if (stopped) return;
-    const series = new Map();
+    const byChart = new Map(); // chart key -> {series key -> points}
     for (const point of points.values()) {
       for (const [key, value] of Object.entries(point.values || {})) {
         if (typeof value !== "number") continue;
-        if (!series.has(key)) series.set(key, []);
-        series.get(key).push({x: point.step, y: value});
+        const chart = CHART_OF.get(key) || key;
+        if (!byChart.has(chart)) byChart.set(chart, {});
+        (byChart.get(chart)[key] ||= []).push({x: point.step, y: value});
       }
     }
-    for (const [key, data] of series) chartFor(key).setPoints(data);
+    for (const [key, data] of byChart) chartFor(key).setData(data);
+    const newest = points.size ? Math.max(...points.keys()) : null;
+    if (newest !== newestStep) {
+      newestStep = newest;
+      if (job) drawProgress();
+    }
+    // a newer evaluation than the samples shown: its samples now, not at the next refresh
+    const evaluations = [...points.values()].filter((p) => p.values && "eval_loss" in p.values).map((p) => p.step);
+    const newestEvaluation = evaluations.length ? Math.max(...evaluations) : null;
+    if (job && newestEvaluation !== null && newestEvaluation !== samplesWanted && newestEvaluation > samplesStep) {
+      samplesWanted = newestEvaluation;
+      loadSamples().catch(() => {});
+    }
   }
 
   function addMetrics(items) {
@@ -224,8 +244,9 @@ export function render(main, {id}) {
       h("h1", {}, "Job ", h("span", {class: "mono"}, job.id)),
       h("div", {class: "actions"}, statusBadge(job.status, job.cancel_requested),
         cancelButton(job, (updated) => { job = updated; drawJob(); })));
+    drawProgress();
     clear(summary,
-      progressBar(job),
+      progressBox,
       definitionList([
         ["Status", h("span", {id: "job-status"}, job.status)],
         ["Model", job.model],
@@ -258,6 +279,10 @@ export function render(main, {id}) {
         entries.map(([name, value]) => h("tr", {dataset: {setting: name}}, h("th", {}, name), h("td", {}, settingValue(value)))))));
   }
 
+  function drawProgress() {
+    clear(progressBox, progressBar(job, {metricStep: newestStep}));
+  }
+
   async function loadCheckpoints() {
     const page = await getJson(`${jobPath}/checkpoints`, {query: {limit: 100}});
     clear(checkpointsBody, page.data.length ? page.data.map((checkpoint) => {
@@ -271,19 +296,34 @@ export function render(main, {id}) {
     }) : h("tr", {}, h("td", {colspan: 4, class: "empty"}, "No checkpoints yet.")));
   }
 
-  // The newest evaluation's samples: the model's greedy answers to the first validation prompts.
+  // The newest samples: the model's greedy answers to the first validation prompts, the base
+  // model's (step 0, written when training starts) then each evaluation's.
+  let samplesStep = -1, samplesWanted = null, samplesRead = 0;
   async function loadSamples() {
+    const mine = ++samplesRead; // only the newest read is shown (the refresh's and a new evaluation's may cross)
     const page = await getJson(`${jobPath}/samples`, {query: {limit: SAMPLES_PAGE}});
+    if (stopped || mine !== samplesRead) return;
+    const hp = jobMethod(job).hyperparameters;
     if (!page.data.length) {
-      const hp = jobMethod(job).hyperparameters;
-      const why = !job.validation_file && !(hp.validation_split > 0) ? "No samples: the job has no validation set."
-        : hp.sample_prompts === 0 ? "No samples: sample_prompts is 0." : "Samples appear after the first evaluation.";
-      return clear(samplesBox, h("p", {class: "muted"}, why));
+      const state = !job.validation_file && !(hp.validation_split > 0) ? "no-validation"
+        : hp.sample_prompts === 0 ? "no-prompts" : TERMINAL.has(job.status) ? "none" : "waiting";
+      const why = {
+        "no-validation": "This job has no validation set: samples need one (a validation file or validation_split).",
+        "no-prompts": "No samples: sample_prompts is 0.",
+        none: `No samples: the job ${job.status} before writing any.`,
+        waiting: "Waiting for samples: the base model's answers (step 0) come when training starts, "
+          + "then each evaluation's.",
+      }[state];
+      return clear(samplesBox, h("p", {class: "muted", dataset: {state}}, why));
     }
     const step = page.data[0].step; // newest evaluation first, in index order
+    samplesStep = step;
     const shown = (text) => (text.length > PROMPT_SHOWN ? `…${text.slice(-PROMPT_SHOWN)}` : text);
     clear(samplesBox,
-      h("p", {class: "muted"}, `Greedy answers to the first validation prompts at step ${step}.`),
+      h("p", {class: "muted", dataset: {state: "shown"}}, step === 0
+        ? "The base model's greedy answers to the first validation prompts (step 0, before training); "
+          + "each evaluation's replace them."
+        : `Greedy answers to the first validation prompts at step ${step}.`),
       h("table", {class: "table samples", dataset: {step: String(step)}},
         h("thead", {}, h("tr", {}, ["#", "Prompt", "Expected", "Answer"].map((t) => h("th", {}, t)))),
         h("tbody", {}, page.data.filter((sample) => sample.step === step).map((sample) =>
