@@ -155,7 +155,9 @@ def replay_budget(model_or_config, dtype: torch.dtype = torch.float32) -> Budget
     about its own size) can move by up to ~lr whatever the tensor's scale: see adam_drift. Runs that agree bit for bit
     never meet it; two runs that sum in another order over several Adam steps can (an NF4 run
     over 2 processes: tests/core/test_distributed.py), and whether they do depends on the data,
-    not on the dtype (the component's rounding error and this budget scale together).
+    not on the dtype (the component's rounding error and this budget scale together). So runs
+    over different process counts or parallelisms are compared with it only before their first
+    update; after it, in float64 with adam_replay_budget (tests/core/test_distributed.py).
     """
     return model_budget(model_or_config, dtype, backward=True)
 
