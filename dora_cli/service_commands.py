@@ -48,6 +48,7 @@ def run_api(args: argparse.Namespace) -> int:
     from store.settings import get_settings
 
     settings = get_settings()
+    _warn_of_missing_base_models(settings)
     try:
         check_schema(get_engine(settings))  # fail here with one clear line, not a traceback
     except SchemaOutdated as error:
@@ -65,6 +66,16 @@ def run_api(args: argparse.Namespace) -> int:
 
 
 GRACEFUL_SHUTDOWN_SECONDS = 10
+
+
+def _warn_of_missing_base_models(settings) -> None:
+    """A DORA_BASE_MODELS path missing here is said at start, but does not stop the API: it never loads
+    a model, and its host need not hold them (docker-compose.yml mounts /models in the worker only).
+    `dora worker` and `dora up` (one machine) refuse to start instead."""
+    from store.base_models import missing_local_sources
+
+    for problem in missing_local_sources(settings.base_models):
+        print(f"warning: {problem} (on this host; the workers must have it)", file=sys.stderr)
 
 
 def run_migrate(args: argparse.Namespace) -> int:

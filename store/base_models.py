@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dora_contract.model_sources import GgufSourceError, gguf_file_of, is_gguf_source
+from dora_contract.model_sources import PACKAGE_PREFIX, GgufSourceError, gguf_file_of, is_gguf_source
 
 
 class BaseModelSource(BaseModel):
@@ -48,6 +48,30 @@ def public_id(name: str, registered: BaseModelSource) -> str:
     if is_gguf_source(source) or _looks_local(source):
         return name
     return source
+
+
+def missing_local_sources(base_models: dict[str, Any]) -> list[str]:
+    """What `dora up`, `dora api` and `dora worker` refuse to start with: a registration whose source
+    can only be a local path (absolute, `./`, `~`, more than one `/`, or a `.gguf` file) and that
+    does not exist, one message per model naming DORA_BASE_MODELS, the model and the path tried.
+    A hub id or a `package:` source cannot be checked here (offline); the worker reports those."""
+    problems = []
+    for name, value in base_models.items():
+        source = value if isinstance(value, str) else value.source
+        if source.startswith(PACKAGE_PREFIX) or not _must_be_local(source):
+            continue
+        path = Path(source).expanduser()
+        found = path.is_file() if is_gguf_source(source) else path.is_dir()
+        if not found:
+            what = "GGUF file" if is_gguf_source(source) else "folder"
+            problems.append(f"DORA_BASE_MODELS: base model {name!r}: no such {what} {source!r} "
+                            f"({path.resolve()}); build or copy the model there, or fix the path")
+    return problems
+
+
+def _must_be_local(source: str) -> bool:
+    """A source that is no hub id ("name" or "org/name"): a path, or a `.gguf` file."""
+    return is_gguf_source(source) or source.startswith(("/", ".", "~")) or source.count("/") > 1
 
 
 def registered_model_config(settings, name: str) -> dict[str, Any] | None:
