@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
+from starlette.responses import RedirectResponse
 
 from api.authentication import Authenticate
 from api.body_limit import LimitBody
@@ -25,6 +26,7 @@ from api.rate_limit import TokenBuckets
 from api.routes import artifacts, files, health, jobs, models, webhooks
 from api.schema_check import check_schema_until_reachable
 from api.streams import Streams
+from api.ui import PREFIX as UI_PREFIX
 from api.ui import mount_ui
 from api.unavailable import database_error_handler
 from store.db import get_engine
@@ -80,6 +82,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (files.router, jobs.router, artifacts.router, models.router, health.router, webhooks.router):
         app.include_router(router)
     mount_ui(app)  # the dashboard at /ui: static files, no key (each API call it makes sends one)
+
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    async def root() -> RedirectResponse:  # a browser opening the bare address lands on the dashboard
+        return RedirectResponse(f"{UI_PREFIX}/", status_code=307)
+
     install_openapi(app)  # errors as answered (400, not 422), with the error body
     # innermost first: body limit, then authentication before it (no body is read for a bad key)
     app.add_middleware(LimitBody, max_json_bytes=settings.max_json_body_bytes,

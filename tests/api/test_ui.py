@@ -49,6 +49,18 @@ def test_ui_is_served_without_a_key_outside_v1_with_a_strict_content_security_po
     assert client.get("/ui/%2e%2e/__init__.py").status_code == 404  # the package's code is not static content
 
 
+def test_the_bare_address_leads_to_the_dashboard_whose_sign_in_says_where_the_demo_key_is(client):
+    from dora_cli.worker_commands import DEMO_KEY_FILE
+
+    for method in ("GET", "HEAD"):
+        redirect = client.request(method, "/", follow_redirects=False)
+        assert redirect.status_code == 307 and redirect.headers["location"] == "/ui/"
+    assert "/" not in client.get("/openapi.json").json()["paths"]  # a browser's convenience, not an operation
+    sign_in = client.get("/ui/js/app.js").text  # the sign-in form is built by this module
+    assert "dora keys create --tenant NAME" in sign_in and "make run" in sign_in
+    assert f'h("code", {{}}, "{DEMO_KEY_FILE}")' in sign_in  # where `dora up --demo` writes it
+
+
 def test_every_file_and_module_the_page_loads_is_served_with_its_type(client):
     page = client.get("/ui/").text
     referenced = re.findall(r'(?:src|href)="([^"#:]+)"', page)

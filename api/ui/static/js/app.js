@@ -81,6 +81,8 @@ function signIn(message = "") {
     h("h1", {}, "Sign in"),
     h("p", {class: "muted"}, "Paste an API key (", h("code", {}, "dora keys create --tenant NAME"),
       "). It is kept in this browser tab only, until you sign out or close the tab."),
+    h("p", {class: "muted"}, "Running ", h("code", {}, "make run"), " (", h("code", {}, "dora up --demo"),
+      ")? Its demo key is in ", h("code", {}, "var/demo-api-key"), ": ", h("code", {}, "cat var/demo-api-key"), "."),
     h("label", {for: "api-key"}, "API key"), input, error, button);
   clear(main, form);
   input.focus();
