@@ -160,7 +160,7 @@ class AnswerUnexpected:
 
         try:
             await self.app(scope, receive, watch)
-        except Exception as exc:  # noqa: BLE001 - logged by _unexpected with its traceback, answered 500
+        except Exception as exc:  # logged by _unexpected with its traceback, answered 500
             if started:
                 raise
             # a disconnect raised outside the routes (their handler answers the routes' own)

@@ -33,9 +33,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dora_core.training import RunConfig, TrainingCallback  # noqa: E402
-from dora_core.training.distributed import estimated_weight_bytes  # noqa: E402
-from dora_core.training.processes import train_in_processes  # noqa: E402
+from dora_core.training import RunConfig, TrainingCallback
+from dora_core.training.distributed import estimated_weight_bytes
+from dora_core.training.processes import train_in_processes
 
 ROWS = [{"messages": [{"role": "user", "content": f"What is {a} plus {b}?"},
                       {"role": "assistant", "content": f"{a + b}"}]} for a in range(8) for b in range(8)]

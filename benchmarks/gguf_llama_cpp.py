@@ -25,9 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dora_core.gguf_export import write_gguf  # noqa: E402
-from tests.support.gguf_models import CHAT, base_and_merged, chat_ids, chat_tokenizer, logits  # noqa: E402
-from tests.support.numerics import relative_error  # noqa: E402
+from dora_core.gguf_export import write_gguf
+from tests.support.gguf_models import CHAT, base_and_merged, chat_ids, chat_tokenizer, logits
+from tests.support.numerics import relative_error
 
 
 def check(label: str, model, tokenizer, messages, gguf_type: str) -> dict:

@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dora_core.tiny_model import make_tiny_model  # noqa: E402
-from dora_core.training import RunConfig, run_training  # noqa: E402
+from dora_core.tiny_model import make_tiny_model
+from dora_core.training import RunConfig, run_training
 
 ROWS = [{"messages": [{"role": "user", "content": f"What is {a} plus {b}?"},
                       {"role": "assistant", "content": f"{a + b}"}]} for a in range(8) for b in range(8)]

@@ -66,7 +66,7 @@ from dora_core.training import run_training
 from dora_core.training.settings import RunConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: quality_tasks sits beside it
-from quality_tasks import TASKS, Split, Task, build_split, chat_messages, held_out  # noqa: E402
+from quality_tasks import TASKS, Split, Task, build_split, chat_messages, held_out
 
 METHODS = ("lora", "dora")
 LABELS = {"lora": "LoRA", "dora": "DoRA"}

@@ -182,8 +182,8 @@ def _quiet_launcher_logs() -> None:
     repeat it. Its loggers each hold their own level, so each is set."""
     import logging
 
-    import torch.distributed.elastic.agent.server.api  # noqa: F401 (creates the launcher's loggers)
-    import torch.distributed.launcher.api  # noqa: F401
+    import torch.distributed.elastic.agent.server.api  # creates the launcher's loggers
+    import torch.distributed.launcher.api  # noqa: F401 - imported for its loggers, like the line above
 
     for name in list(logging.root.manager.loggerDict):
         if name.startswith(("torch.distributed.elastic", "torch.distributed.launcher")):

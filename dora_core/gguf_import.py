@@ -35,7 +35,7 @@ from dora_contract.model_sources import (
     GgufSourceError,
     gguf_file_of,
     is_gguf_source,
-    packaged_gguf,  # noqa: F401
+    packaged_gguf,  # noqa: F401 - re-exported, as said above
 )
 
 CACHE_ENV = "DORA_MODEL_CACHE_DIR"  # the service's Settings.model_cache_dir reads the same variable
@@ -158,7 +158,9 @@ def _without_invented_tokens(tokenizer, metadata):
         return tokenizer
     definition = json.loads(tokenizer.backend_tokenizer.to_str())
     definition["added_tokens"] = [token for token in definition["added_tokens"] if token["id"] < size]
-    tokenizer._tokenizer = Tokenizer.from_str(json.dumps(definition))
+    # transformers keeps a fast tokenizer's backend in `_tokenizer` and offers no setter (backend_tokenizer
+    # is read-only); loading again from the edited definition would re-read the whole GGUF
+    tokenizer._tokenizer = Tokenizer.from_str(json.dumps(definition))  # noqa: SLF001 - see above
     return tokenizer
 
 

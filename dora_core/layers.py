@@ -85,7 +85,9 @@ class AdapterLinear(nn.Module):
     def weight_sq_norm(self) -> torch.Tensor:
         """||W||_row^2, cached while the frozen weight is unchanged (same storage and version)."""
         weight = self.base_layer.weight
-        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+        # the version counter is how torch itself tells an in-place change (autograd's saved-tensor
+        # checks); it has no public name
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)  # noqa: SLF001 - see above
         if self._weight_sq_norm_cache is None or self._weight_sq_norm_cache[0] != key:
             self._weight_sq_norm_cache = (key, squared_row_norms(self.base_weight()))
         return self._weight_sq_norm_cache[1]

@@ -245,6 +245,6 @@ def hub_unavailable(timeout: float = 3.0) -> str | None:
         return "offline mode (HF_HUB_OFFLINE is set)"
     try:
         get_session().head(constants.ENDPOINT, timeout=timeout)  # any HTTP answer means it is reachable
-    except Exception as error:  # noqa: BLE001 (DNS, refused, timeout, proxy: all mean unreachable)
+    except Exception as error:  # noqa: BLE001 - DNS, refused, timeout, proxy: all mean unreachable
         return f"the hub ({constants.ENDPOINT}) is unreachable: {error}"
     return None

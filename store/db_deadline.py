@@ -150,5 +150,5 @@ def install(engine: Engine, *, statement_seconds: float, ping_seconds: float | N
                     cursor.close()
                 if not dbapi_connection.autocommit:
                     dbapi_connection.rollback()  # hand the connection out idle, as the pool found it
-        except Exception as error:  # noqa: BLE001 - any failure means this connection is unusable
+        except Exception as error:  # any failure means this connection is unusable
             raise sa_exc.DisconnectionError(f"ping failed: {type(error).__name__}") from error

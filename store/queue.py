@@ -98,6 +98,6 @@ def broker_reachable(broker_url: str, *, timeout: float = 2.0) -> bool:
     try:
         with Connection(broker_url, connect_timeout=timeout) as connection:
             connection.ensure_connection(max_retries=1, timeout=timeout)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - any failure to connect means the broker is not reachable
         return False
     return True

@@ -167,7 +167,7 @@ def attempt(work: webhook_store.DeliveryWork, settings: WebhookSenderSettings) -
         error = f"refused: the URL {refused}"
     except (OSError, http.client.HTTPException) as failure:
         error = _describe(failure)
-    except Exception as failure:  # noqa: BLE001 - whatever else it is, this attempt failed, and says why
+    except Exception as failure:  # whatever else it is, this attempt failed, and says why
         log.warning("delivery %s: unexpected error while sending", work.delivery_id, exc_info=True)
         status, error = None, f"could not send ({type(failure).__name__}: {failure})"
     duration_ms = int((time.monotonic() - started) * 1000)

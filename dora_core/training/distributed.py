@@ -448,10 +448,10 @@ def _whole_adapter_parameters(model: nn.Module, *, write_back: bool) -> Iterator
     swapped: list[tuple[AdapterLinear, str, nn.Parameter, nn.Parameter]] = []
     for _, layer in adapter_layers(model):
         for attribute in ADAPTER_PARAMETERS:
-            sharded = layer._parameters.get(attribute)
+            sharded = getattr(layer, attribute, None)
             if sharded is not None and _is_dtensor(sharded):
                 whole = nn.Parameter(sharded.full_tensor().detach(), requires_grad=sharded.requires_grad)
-                layer._parameters[attribute] = whole
+                setattr(layer, attribute, whole)  # Module.__setattr__ re-registers the parameter
                 swapped.append((layer, attribute, sharded, whole))
     try:
         yield
@@ -460,7 +460,7 @@ def _whole_adapter_parameters(model: nn.Module, *, write_back: bool) -> Iterator
             for layer, attribute, sharded, whole in swapped:
                 if write_back:
                     sharded.to_local().copy_(_shard_like(whole.detach(), sharded).to_local())
-                layer._parameters[attribute] = sharded
+                setattr(layer, attribute, sharded)
 
 
 def _shard_like(whole: torch.Tensor, like) -> Any:

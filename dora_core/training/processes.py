@@ -72,6 +72,6 @@ def _first_rank_error(failed: ChildFailedError, folder: Path) -> BaseException:
     if path.is_file():
         try:
             return pickle.loads(path.read_bytes())  # noqa: S301 - written by our own child process just now
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - an error that does not unpickle: the launcher's error says enough
             pass
     return failed

@@ -116,8 +116,8 @@ def s3_endpoint(tmp_path_factory) -> Iterator[str]:
     thread, so the objects moto holds do not count in this process's memory measurements.
     """
     try:
-        import boto3  # noqa: F401
-        import moto.server  # noqa: F401
+        import boto3  # noqa: F401 - only whether it is installed
+        import moto.server  # noqa: F401 - only whether it is installed
     except ImportError as error:
         unavailable("moto[server] and boto3 (pip install -e '.[dev]')", error, problem="are not installed")
     log = tmp_path_factory.mktemp("moto") / "server.log"

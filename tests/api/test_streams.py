@@ -310,7 +310,7 @@ def test_a_write_elsewhere_wakes_a_stream_served_by_another_process_within_a_sec
     with open_stream(api_b, tenant.key, events_path(job_id), read_timeout=10) as events:
         assert len(events.messages(3)) == 3
         # through API process A's path (POST cancel writes an event)
-        cancel = lambda: httpx.post(f"{api_a}/v1/fine_tuning/jobs/{job_id}/cancel",  # noqa: E731
+        cancel = lambda: httpx.post(f"{api_a}/v1/fine_tuning/jobs/{job_id}/cancel",  # noqa: E731 - a one-line callable, beside its use
                                     headers={"Authorization": f"Bearer {tenant.key}"}, timeout=5).raise_for_status()
         message, _ = _arrives_within(events, cancel)
         assert json.loads(message.data)["message"].startswith("Cancellation requested")

@@ -81,7 +81,7 @@ def test_transformers_reads_back_the_merged_model(tmp_path, kind, file_type):
 def test_the_file_holds_llama_cpp_metadata_and_types(tmp_path, kind, file_type):
     _, merged, folder = export(tmp_path, kind, file_type)
     reader = gguf.GGUFReader(folder / GGUF_FILE)
-    field = lambda key: reader.fields[key].contents()  # noqa: E731
+    field = lambda key: reader.fields[key].contents()  # noqa: E731 - a one-line reader, beside its uses
     arch = GGUF_ARCHITECTURES[kind]
     config = merged.config
     assert field("general.architecture") == arch == ("qwen2" if kind == "qwen2" else "llama")

@@ -11,7 +11,7 @@ import sys
 PROBE = """
 import enum, logging
 import dora_core.training
-import torchao  # noqa: F401 (imported by transformers already)
+import torchao  # noqa: F401 - imported by transformers already; here only loaded first
 from torch.utils import _pytree
 class Ours(enum.Enum):
     A = 1

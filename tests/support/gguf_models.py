@@ -104,7 +104,7 @@ def rounded_as_stored(model, file_type: str):
     the model a faithful file describes, so its logits and the read-back model's may differ by
     float32 rounding only. Rows are permuted whole, and q8_0 blocks lie within a row, so rounding
     before or after llama.cpp's rotary permutation gives the same values."""
-    f16 = lambda w: w.half().float()  # noqa: E731
+    f16 = lambda w: w.half().float()  # noqa: E731 - a one-line rounding, beside its uses
     q8_0 = gguf.GGMLQuantizationType.Q8_0
     rounders = {"f16": f16, "bf16": lambda w: w.bfloat16().float(),
                 "q8_0": lambda w: torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(w.numpy(), q8_0), q8_0)

@@ -51,7 +51,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:  # http.server's name
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 receiver.received.append(Received(at=time.monotonic(), path=self.path,
                                                   headers={k.lower(): v for k, v in self.headers.items()}, body=body))

@@ -75,7 +75,7 @@ def test_a_validation_split_that_leaves_no_training_rows_fails_at_once_naming_th
     with pytest.raises(DataError) as caught:
         split_examples(["the only row"], fraction=0.5, seed=0)
     assert caught.value.field == "training.validation_split"
-    for error in (caught.value, pickle.loads(pickle.dumps(caught.value))):  # as a rank's process re-raises it
+    for error in (caught.value, pickle.loads(pickle.dumps(caught.value))):  # noqa: S301 - our own bytes: as a rank's error file
         failure = describe(error, training_file="file-abc")
         assert (failure.code, failure.retry, failure.param) == ("invalid_hyperparameters", False, "method")
         assert failure.message == ("Invalid setting 'training.validation_split': validation_split=0.5 of 1 rows "
