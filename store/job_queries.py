@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
 
 from store.job_predicates import claimable, fits, lease_lapsed, republishable
@@ -62,3 +62,8 @@ def fine_tuned_models(session: Session, *, tenant_id: str) -> list[Job]:
     query = select(Job).where(Job.tenant_id == tenant_id, Job.status == JobStatus.SUCCEEDED,
                               Job.fine_tuned_model.is_not(None))
     return list(session.scalars(query.order_by(Job.id)))
+
+
+def with_status(status: JobStatus) -> ColumnElement[bool]:
+    """The filter of a job list by one status (`GET /v1/fine_tuning/jobs?status=`)."""
+    return Job.status == status

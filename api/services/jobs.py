@@ -25,7 +25,8 @@ from dora_contract.architectures import gguf_unsupported_reason
 from dora_contract.training import MAX_SEED
 from store import jobs as job_store
 from store.base_models import public_id, registered_architecture, registration
-from store.jobs import JobStatus
+from store.job_queries import with_status
+from store.jobs import ACTIVE, JobStatus
 from store.models import Artifact, Checkpoint, File, Job, JobEvent, JobSample, MetricPoint
 from store.settings import Settings
 
@@ -157,7 +158,7 @@ def list_jobs(*, session: Session, tenant_id: str, after: str | None, limit: int
     if status is not None:
         if status not in set(JobStatus):
             raise bad_request(f"Invalid status '{status[:32]}': one of {', '.join(JobStatus)}", param="status")
-        query = query.where(Job.status == JobStatus(status))
+        query = query.where(with_status(JobStatus(status)))
     for key, value in metadata.items():
         query = query.where(Job.meta[key].as_string() == value)
     return page(session, query, id_column=Job.id, after=after, limit=limit)
@@ -223,7 +224,7 @@ def get_artifact(*, session: Session, job: Job, name: str) -> Artifact:
 def _no_artifact(session: Session, job: Job, name: str) -> ApiError:
     """Why a job has no artifact `name`: it has not finished yet (409: its outputs appear when it
     has succeeded), or it finished without one (404 naming the outputs it has)."""
-    if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+    if job.status in ACTIVE:
         return ApiError(409, f"Job {job.id} is {job.status}: its outputs appear when it has succeeded; poll "
                              f"GET /v1/fine_tuning/jobs/{job.id} until status is succeeded, then download them",
                         code="job_not_finished")
