@@ -1,4 +1,4 @@
-"""The README's run-config block is the run contract's defaults: a test, so the two cannot drift.
+"""The run-config block of docs/training.md is the run contract's defaults: a test, so the two cannot drift.
 
 The block under "## Train locally" (```yaml) says "every value below except the two paths is the
 default"; here it is parsed and compared with `RunContract` built from those two paths alone,
@@ -7,20 +7,17 @@ key for key (a missing, extra or different key fails).
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import yaml
 
 from dora_contract import RunContract
+from tests.support.doc_blocks import DOCS, fenced_blocks, page_section
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = DOCS / "training.md"
 
 
 def _run_config_block() -> dict:
-    section = README.read_text().split("## Train locally", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```yaml\n(.*?)```", section, flags=re.DOTALL)
-    assert len(blocks) == 1, "expected one yaml block (the run config) in 'Train locally'"
+    blocks = [body for language, body in fenced_blocks(page_section(PAGE, "## Train locally")) if language == "yaml"]
+    assert len(blocks) == 1, f"expected one yaml block (the run config) in {PAGE.name}'s 'Train locally'"
     return yaml.safe_load(blocks[0])
 
 

@@ -24,6 +24,7 @@ from store.models import File, Job, utcnow
 from store.quotas import lock_tenant
 from tests.support.api_client import CHAT_ROW, make_tenant, recording_app
 from tests.support.artifacts import finish_with_artifacts
+from tests.support.doc_blocks import DOCS, page_section
 from tests.support.services import running_server
 
 JOBS = "/v1/fine_tuning/jobs"
@@ -281,13 +282,15 @@ def test_zero_turns_the_caps_off(settings):
         assert all(tenant.create_job().status_code == 200 for _ in range(3))
 
 
-def test_the_readme_states_the_caps_defaults():
-    """The defaults are written once, in Settings; the README's table must say the same."""
+def test_the_docs_state_the_caps_defaults():
+    """The defaults are written once, in Settings; the table of docs/service.md must say the same."""
     from store.settings import Settings
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = page_section(DOCS / "service.md", "## API keys, limits per tenant and metrics")
     defaults = Settings.model_fields
-    assert f"| `MAX_ACTIVE_JOBS_PER_TENANT` | {defaults['max_active_jobs_per_tenant'].default} |" in readme
-    assert f"| `MAX_STORED_BYTES_PER_TENANT` | {defaults['max_stored_bytes_per_tenant'].default} " in readme
+    assert f"| `MAX_ACTIVE_JOBS_PER_TENANT` | {defaults['max_active_jobs_per_tenant'].default} |" in table
+    assert f"| `MAX_STORED_BYTES_PER_TENANT` | {defaults['max_stored_bytes_per_tenant'].default} " in table
+    created = f"{defaults['max_jobs_created_per_tenant'].default} / {defaults['job_creation_window_seconds'].default}"
+    assert f"| `MAX_JOBS_CREATED_PER_TENANT` / `JOB_CREATION_WINDOW_SECONDS` | {created} |" in table
     rate = f"{defaults['rate_limit_per_minute'].default} / {defaults['rate_limit_burst'].default}"
-    assert f"| `RATE_LIMIT_PER_MINUTE` / `RATE_LIMIT_BURST` | {rate} |" in readme
+    assert f"| `RATE_LIMIT_PER_MINUTE` / `RATE_LIMIT_BURST` | {rate} |" in table
