@@ -11,7 +11,7 @@ the comparison is method against method.
     python benchmarks/quality.py --device cuda        # the same on a GPU
     python benchmarks/quality.py --quick --model demo/model   # a smoke run (seconds on the tiny model)
     python benchmarks/quality.py --resume             # after a stop: keeps the runs already measured
-    python benchmarks/quality.py --report-only        # summary, plot and README table from quality.jsonl
+    python benchmarks/quality.py --report-only        # summary, plot and docs/benchmarks.md table from quality.jsonl
 
 The tasks: 3-digit addition and sorting five 2-digit numbers (the base model answers both in
 sentences: 0 %). Writing an ISO date in words (`--tasks date`) is there too but not a default:
@@ -156,7 +156,7 @@ def plan_key(kind: str, task: Task, method: str, rank: int, seed: int | None, se
 
 
 def report(runs: list[dict], out: Path, sink: JsonLines) -> int:
-    """Summary lines after the runs, the plot, and the README's table on stderr."""
+    """Summary lines after the runs, the plot, and the table of docs/benchmarks.md on stderr."""
     summary = summarize(runs)
     for line in summary:
         sink.write(line)
