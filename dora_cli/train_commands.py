@@ -128,12 +128,16 @@ def _run_train(args: argparse.Namespace) -> int:
 def _user_error_text(error: Exception, config_path: str) -> str | None:
     """The message for a mistake the user can fix (exit 2), None for anything else."""
     from dora_core.config import AdapterConfigError
+    from dora_core.data.errors import DataError
     from dora_core.model_loading import ModelLoadError
     from dora_core.training import TrainingError
     from dora_formats import DatasetFormatError
 
     if isinstance(error, AdapterConfigError):
         return f"invalid config {config_path}: setting '{error.field}': {error.message}"
+    if isinstance(error, DataError):  # the data and the settings cannot make a training set
+        where = f"setting '{error.field}': " if error.field else ""
+        return f"invalid config {config_path}: {where}{error.message}"
     if isinstance(error, DatasetFormatError):
         return _dataset_error_text(error)
     if isinstance(error, TrainingError):

@@ -186,6 +186,14 @@ def test_an_invalid_dataset_exits_2_listing_each_line_before_training(project, t
     assert not (project / "out" / "checkpoints").exists() and "Traceback" not in err
 
 
+def test_a_validation_split_that_leaves_no_training_rows_exits_2_naming_the_setting(project, tiny_model_dir, capsys):
+    (project / "data" / "train.jsonl").write_text(json.dumps(dataset_rows("chat")[0]) + "\n")  # one row
+    config = _write_yaml(project, _settings(tiny_model_dir, validation_split=0.5))
+    assert main(["train", str(config), "--out", str(project / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"invalid config {config}: setting 'training.validation_split'" in err and "Traceback" not in err, err
+
+
 def test_a_missing_model_exits_2(project, capsys):
     config = _write_yaml(project, {**_settings(project), "base_model": "./no-such-model"})
     assert main(["train", str(config), "--out", str(project / "out")]) == 2
