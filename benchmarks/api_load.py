@@ -260,6 +260,17 @@ async def run_burst(base_url: str, key: str, args: argparse.Namespace) -> dict:
             "create_job": recorder.summary("create_job", wall), "wall_s": round(wall, 2)}
 
 
+async def _poll(http: httpx.AsyncClient, recorder: Recorder, calls: dict[str, str], *, started: float,
+                seconds: float, interval: float) -> None:
+    """One other tenant's client: GET each of `calls` (name -> path) every ~`interval` s until 2 s before
+    `seconds` after `started` (the slow requests are still held then), starting at a random offset."""
+    await asyncio.sleep(random.uniform(0, interval))
+    while time.perf_counter() - started < seconds - 2.0:
+        for name, path in calls.items():
+            await recorder.call(name, http.get(path))
+        await asyncio.sleep(interval * random.uniform(0.8, 1.2))
+
+
 async def _trickle_upload(host: str, port: int, key: str, stop: asyncio.Event) -> str:
     """A multipart upload sending one byte a second; returns how it ended."""
     reader, writer = await asyncio.open_connection(host, port)
@@ -301,13 +312,9 @@ async def run_slow_uploads(base_url: str, upload_key: str, poll_key: str, args: 
         await asyncio.sleep(2.0)  # every upload is in, authenticated and streaming
         recorder, started = Recorder(), time.perf_counter()
 
-        async def poller() -> None:
-            await asyncio.sleep(random.uniform(0, args.poll_interval))
-            while time.perf_counter() - started < args.trickle_seconds - 2.0:
-                await recorder.call("get_job", http.get(f"/v1/fine_tuning/jobs/{job_id}"))
-                await asyncio.sleep(args.poll_interval * random.uniform(0.8, 1.2))
-
-        await asyncio.gather(*(poller() for _ in range(args.clients)))
+        calls = {"get_job": f"/v1/fine_tuning/jobs/{job_id}"}
+        await asyncio.gather(*(_poll(http, recorder, calls, started=started, seconds=args.trickle_seconds,
+                                     interval=args.poll_interval) for _ in range(args.clients)))
         wall = time.perf_counter() - started
         stop.set()
         endings = await asyncio.gather(*uploads)
@@ -375,14 +382,9 @@ async def run_slow_downloads(base_url: str, download_key: str, poll_key: str, ar
         stuck = await asyncio.to_thread(idle_in_transaction, args.pg_admin_url, database)
         recorder, started = Recorder(), time.perf_counter()
 
-        async def poller() -> None:
-            await asyncio.sleep(random.uniform(0, args.poll_interval))
-            while time.perf_counter() - started < args.stall_seconds - 2.0:
-                await recorder.call("get_job", http.get(f"/v1/fine_tuning/jobs/{job_id}"))
-                await recorder.call("get_file_content", http.get(f"/v1/files/{small_id}/content"))
-                await asyncio.sleep(args.poll_interval * random.uniform(0.8, 1.2))
-
-        await asyncio.gather(*(poller() for _ in range(args.clients)))
+        calls = {"get_job": f"/v1/fine_tuning/jobs/{job_id}", "get_file_content": f"/v1/files/{small_id}/content"}
+        await asyncio.gather(*(_poll(http, recorder, calls, started=started, seconds=args.stall_seconds,
+                                     interval=args.poll_interval) for _ in range(args.clients)))
         wall = time.perf_counter() - started
         stop.set()
         statuses = await asyncio.gather(*downloads)
