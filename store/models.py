@@ -274,3 +274,17 @@ class WebhookAttempt(Base):
     status_code: Mapped[int | None] = mapped_column(Integer, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     duration_ms: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class InferenceServer(Base):
+    """A running `dora serve` process, as it registers itself: where the API reaches it, which base
+    models it holds, and its last heartbeat (a row whose heartbeat is older than
+    DORA_INFERENCE_SERVER_TTL_SECONDS is ignored, and removed by the next server that beats)."""
+
+    __tablename__ = "inference_servers"
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # host:pid:random, chosen by the server
+    url: Mapped[str] = mapped_column(String(2048))
+    base_models: Mapped[list[Any]] = mapped_column(default=list)  # the names of DORA_BASE_MODELS it serves
+    max_batch: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

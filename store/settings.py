@@ -21,8 +21,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from store.base_models import Registration
 
-# a guessable operator token would open /metrics: e.g. `openssl rand -hex 32`
-MIN_METRICS_TOKEN_LENGTH = 16
+# a guessable operator token or inference secret would open /metrics or the inference servers:
+# e.g. `openssl rand -hex 32`
+MIN_SECRET_LENGTH = 16
 
 
 class DoraSettings(BaseSettings):
@@ -139,6 +140,10 @@ class RequestLimits(DoraSettings):
     max_job_gpus: PositiveInt = Field(1, description=(
         "the most GPUs any worker has (its DORA_GPUS): a job asking for more is refused when it is created, "
         "since no worker would ever take it"))
+    max_completion_tokens: PositiveInt = Field(4096, description=(
+        "most tokens a chat completion or completion may ask for (`max_tokens`, `max_completion_tokens`); "
+        "one that does not say gets up to this many, within the model's context"))
+    max_completion_choices: PositiveInt = Field(8, description="most choices (`n`) a completion may ask for")
 
     @model_validator(mode="after")
     def _check_request_limits(self) -> RequestLimits:
@@ -169,6 +174,9 @@ class TenantQuotas(DoraSettings):
     rate_limit_per_minute: int = Field(600, description="the bucket's refill rate: requests per minute")
     rate_limit_burst: int = Field(100, description="the bucket's size: requests a tenant may send at once (>= 1)")
     webhook_max_per_tenant: int = Field(20, ge=0, description="webhooks a tenant may register")
+    max_generations_per_tenant: int = Field(16, ge=0, description=(
+        "completions a tenant may have running at once in each API process (each choice of `n` counts); one "
+        "more is a 429 with Retry-After (0: no bound)"))
 
     @model_validator(mode="after")
     def _check_tenant_quotas(self) -> TenantQuotas:
@@ -198,6 +206,31 @@ class StreamSettings(DoraSettings):
         "a download whose client takes none of its next 64 KiB, or an event stream whose client takes none of its "
         "next message, for this long is cut (the connection is closed): a stalled client holds its slot no "
         "longer; a download must be read at about 64 KiB per this many seconds or faster"))
+
+
+class InferenceSettings(DoraSettings):
+    """How the API and the inference servers (`dora serve`) find and trust each other: servers
+    register in SQL with a heartbeat (store/inference_servers.py), the API forwards to a live one
+    with the shared secret."""
+
+    inference_secret: SecretStr | None = Field(None, description=(
+        "shared secret the API sends to inference servers, which refuse any request without it (never a "
+        "tenant's key); `dora up` makes one for its processes when unset; `dora serve` and completions "
+        "need it otherwise (at least 16 characters)"))
+    inference_server_ttl_seconds: float = Field(15.0, gt=0, description=(
+        "an inference server whose last heartbeat is older than this is no longer sent requests"))
+    inference_connect_timeout_seconds: float = Field(5.0, gt=0, description=(
+        "the API's wait to connect to an inference server; a server that cannot be reached is dropped and "
+        "the request goes to the next one"))
+    inference_first_event_timeout_seconds: float = Field(120.0, gt=0, description=(
+        "the API's wait for a server to accept a prompt (load the adapter, queue, prefill) before it answers 503"))
+
+    @model_validator(mode="after")
+    def _check_inference_settings(self) -> InferenceSettings:
+        secret = self.inference_secret
+        if secret is not None and len(secret.get_secret_value()) < MIN_SECRET_LENGTH:
+            raise ValueError(f"DORA_INFERENCE_SECRET must be at least {MIN_SECRET_LENGTH} characters")
+        return self
 
 
 class AuthSettings(DoraSettings):
@@ -289,22 +322,22 @@ class ApiServerSettings(DoraSettings):
         "refuse to start on an outdated database schema (run `dora migrate`)"))
     metrics_token: SecretStr | None = Field(None, description=(
         "/metrics (counts over every tenant) needs `Authorization: Bearer <this token>`, at least "
-        f"{MIN_METRICS_TOKEN_LENGTH} characters; unset: /metrics is refused on every address"))
+        f"{MIN_SECRET_LENGTH} characters; unset: /metrics is refused on every address"))
     upload_tmp_dir: str | None = Field(None, description="where uploads are staged while validated; unset: the "
                                                          "system temp folder")
 
     @model_validator(mode="after")
     def _check_metrics_token(self) -> ApiServerSettings:
         token = self.metrics_token.get_secret_value() if self.metrics_token is not None else None
-        if token is not None and len(token) < MIN_METRICS_TOKEN_LENGTH:
-            raise ValueError(f"DORA_METRICS_TOKEN must be at least {MIN_METRICS_TOKEN_LENGTH} characters")
+        if token is not None and len(token) < MIN_SECRET_LENGTH:
+            raise ValueError(f"DORA_METRICS_TOKEN must be at least {MIN_SECRET_LENGTH} characters")
         return self
 
 
 # Shared groups come first and in the same order in every composite (worker/settings.py too),
 # so that a union of composites (`dora up`) has a consistent method resolution order.
 class ApiSettings(SessionSettings, StorageSettings, LogSettings, BaseModelSettings, RequestLimits, TenantQuotas,
-                  StreamSettings, AuthSettings, WebhookTargetSettings, ApiServerSettings):
+                  StreamSettings, AuthSettings, WebhookTargetSettings, ApiServerSettings, InferenceSettings):
     """What the API process loads (`dora api`, `create_app`)."""
 
 

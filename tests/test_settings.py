@@ -44,6 +44,10 @@ NAMES = {
     "DORA_WEBHOOK_BREAKER_FAILURES", "DORA_WEBHOOK_BREAKER_COOLDOWN_SECONDS",  # fairness and circuit breaker
     # added since
     "DORA_MAX_JOBS_CREATED_PER_TENANT", "DORA_JOB_CREATION_WINDOW_SECONDS",  # the creation rate (api/quotas.py)
+    # added since (issue [serve]): completions and the inference servers
+    "DORA_MAX_COMPLETION_TOKENS", "DORA_MAX_COMPLETION_CHOICES", "DORA_MAX_GENERATIONS_PER_TENANT",
+    "DORA_INFERENCE_SECRET", "DORA_INFERENCE_SERVER_TTL_SECONDS", "DORA_INFERENCE_CONNECT_TIMEOUT_SECONDS",
+    "DORA_INFERENCE_FIRST_EVENT_TIMEOUT_SECONDS",
 }
 # `DORA_*` variables that are not settings of the service: read by dora_core itself
 NOT_SETTINGS = {"DORA_DISABLE_TRITON"}  # dora_core/kernels: 1 turns the Triton kernels off
