@@ -10,6 +10,7 @@ from dora_contract.adapter import ALL_LINEAR, MAX_RANK, METHODS, AdapterSettings
 from dora_contract.base import ContractModel
 from dora_contract.errors import SettingError
 from dora_contract.job_spec import JOB_SPEC_VERSION, BaseModelRef, FileRef, JobSpec
+from dora_contract.preference import DEFAULT_DPO_BETA, DPO_METRICS, DpoSettings
 from dora_contract.run import (
     DEFAULT_OUTPUTS,
     GGUF_TYPES,
@@ -22,7 +23,9 @@ from dora_contract.training import PRECISIONS, SCHEDULERS, TrainingSettings
 
 __all__ = [
     "ALL_LINEAR",
+    "DEFAULT_DPO_BETA",
     "DEFAULT_OUTPUTS",
+    "DPO_METRICS",
     "GGUF_TYPES",
     "JOB_SPEC_VERSION",
     "MAX_RANK",
@@ -33,6 +36,7 @@ __all__ = [
     "AdapterSettings",
     "BaseModelRef",
     "ContractModel",
+    "DpoSettings",
     "FileRef",
     "JobSpec",
     "RunContract",

@@ -14,6 +14,7 @@ from pydantic_core import PydanticCustomError
 
 from dora_contract.adapter import AdapterSettings
 from dora_contract.base import ContractModel, distinct
+from dora_contract.preference import DpoSettings
 from dora_contract.training import TrainingSettings
 
 # Every output a run can write; each becomes a downloadable artifact of the same name. gguf is the
@@ -41,6 +42,19 @@ class RunSettings(ContractModel):
     gguf_type: Literal[GGUF_TYPES] = Field(
         "f16", description="the gguf output's weight type: f16, bf16 or q8_0 (8-bit blocks, about half f16's "
                            "size); norms and biases stay f32")
+    dpo: DpoSettings | None = Field(
+        None, description="preference tuning: DPO on preference rows, the reference being the model with the "
+                          "adapter off; null (the default) is supervised fine-tuning")
+
+    @model_validator(mode="after")
+    def _dpo_trains_on_pairs(self) -> RunSettings:
+        """DPO scores whole completions of unpacked pairs: packing and prompt-token training have no meaning."""
+        if self.dpo is not None:
+            for name in ("packing", "train_on_inputs"):
+                if getattr(self.training, name):
+                    raise PydanticCustomError("conflict", "DPO runs on whole preference pairs, completions only: "
+                                              f"{name} must be false", {"field": f"training.{name}"})
+        return self
 
 
 class RunContract(RunSettings):

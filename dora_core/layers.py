@@ -39,6 +39,7 @@ class AdapterLinear(nn.Module):
     """
 
     quantized = False  # the base weight is NF4 (dora_core/quantization.NF4AdapterLinear)
+    adapter_enabled = True  # False: the layer returns its base output (dora_core/reference.py, DPO's reference)
 
     def __init__(self, base_layer: nn.Module, config: AdapterConfig) -> None:
         super().__init__()
@@ -101,6 +102,8 @@ class AdapterLinear(nn.Module):
         x = _to_autocast_dtype(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
             weight, bias = self.base_weight(), self.base_layer.bias
+            if not self.adapter_enabled:  # W x + b: the same kernel with scale 0 (an NF4 or Conv1D base too)
+                return lora_linear(x, weight, bias, self.lora_A, self.lora_B, 0.0)
             dropout_p, seed = self.active_dropout()
             if not self.use_dora:
                 return lora_linear(x, weight, bias, self.lora_A, self.lora_B, self.scale, dropout_p, seed)

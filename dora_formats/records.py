@@ -15,7 +15,9 @@ CHAT = "chat"
 PROMPT_COMPLETION = "prompt_completion"
 ALPACA = "alpaca"
 TEXT = "text"
-FORMATS = (CHAT, PROMPT_COMPLETION, ALPACA, TEXT)
+PREFERENCE = "preference"  # OpenAI's DPO rows: input.messages, preferred_output, non_preferred_output
+FORMATS = (CHAT, PROMPT_COMPLETION, ALPACA, TEXT, PREFERENCE)
+SFT_FORMATS = (CHAT, PROMPT_COMPLETION, ALPACA, TEXT)  # what a supervised run trains on
 
 ROLES = ("system", "user", "assistant")
 TEXT_ROLE = "text"  # the single segment of a plain-text row
@@ -38,11 +40,15 @@ class Segment:
 
 @dataclass(frozen=True, slots=True)
 class Example:
-    """One dataset row, normalised. `line` is the 1-based line (JSONL) or row (CSV/Parquet)."""
+    """One dataset row, normalised. `line` is the 1-based line (JSONL) or row (CSV/Parquet).
+
+    A preference row is two conversations with the same prompt: `segments` ends with the
+    preferred answer (the one samples and SFT-style rendering see), `rejected` with the other."""
 
     line: int
     format: str
     segments: tuple[Segment, ...]
+    rejected: tuple[Segment, ...] | None = None  # preference rows only: the prompt + the non-preferred answer
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,12 @@ Formats and their fields (extra keys are ignored; `null` counts as absent):
 - alpaca: non-empty strings `instruction` and `output`; `input` is optional and may be empty.
   The user turn is `instruction`, or `instruction + "\\n\\n" + input` when input is non-empty.
 - text: a non-empty string `text`; every token is trained on.
+- preference (OpenAI's DPO format): `input` an object whose `messages` are chat messages (as
+  above, none needs to be an assistant's), `preferred_output` and `non_preferred_output` each an
+  array of exactly one assistant message with non-empty string content. Only DPO trains on it.
 
-A row's format is recognised from its keys, first match wins: `messages` -> chat,
+A row's format is recognised from its keys, first match wins: `preferred_output` or
+`non_preferred_output` -> preference, `messages` -> chat,
 `instruction` or `output` -> alpaca, `prompt` or `completion` -> prompt_completion,
 `text` -> text (Alpaca exports often carry a `text` column too, hence the order).
 """
@@ -27,6 +31,7 @@ from dora_formats.records import (
     ALPACA,
     CHAT,
     MAX_JSON_DEPTH,
+    PREFERENCE,
     PROMPT_COMPLETION,
     ROLES,
     TEXT,
@@ -97,6 +102,8 @@ def _lone_surrogate(what: str, where: str, character: str) -> str:
 
 def detect_format(row: Mapping[str, Any]) -> str | None:
     """The format a row's keys point to, or None when it has none of the known fields."""
+    if "preferred_output" in row or "non_preferred_output" in row:
+        return PREFERENCE
     if "messages" in row:
         return CHAT
     if "instruction" in row or "output" in row:
@@ -126,6 +133,8 @@ def check_row(row: Mapping[str, Any], fmt: str) -> list[Problem]:
         return _required_text(row, "instruction") + _optional_text(row, "input") + _required_text(row, "output")
     if fmt == TEXT:
         return _required_text(row, "text")
+    if fmt == PREFERENCE:
+        return _check_preference(row)
     raise ValueError(f"unknown dataset format {fmt!r}")
 
 
@@ -141,6 +150,10 @@ def to_example(row: Mapping[str, Any], fmt: str, *, line: int) -> Example:
         segments = (Segment("user", prompt, False), Segment("assistant", row["output"], True))
     elif fmt == TEXT:
         segments = (Segment(TEXT_ROLE, row["text"], True),)
+    elif fmt == PREFERENCE:
+        prompt = tuple(Segment(m["role"], m["content"], False) for m in row["input"]["messages"])
+        chosen, rejected = (Segment("assistant", row[name][0]["content"], True) for name in _PREFERENCE_OUTPUTS)
+        return Example(line=line, format=fmt, segments=(*prompt, chosen), rejected=(*prompt, rejected))
     else:
         raise ValueError(f"unknown dataset format {fmt!r}")
     return Example(line=line, format=fmt, segments=segments)
@@ -216,3 +229,43 @@ def _check_weight(weight: object, role: object, path: str) -> list[Problem]:
     if role != "assistant":
         return [(path, f"{path} is only allowed on assistant messages")]
     return []
+
+
+_PREFERENCE_OUTPUTS = ("preferred_output", "non_preferred_output")
+
+
+def _check_preference(row: Mapping[str, Any]) -> list[Problem]:
+    """input.messages (chat messages, the prompt) and the two one-message assistant outputs."""
+    problems: list[Problem] = []
+    prompt = row.get("input")
+    if prompt is None:
+        problems.append(("input", "missing field 'input' (an object with the prompt's 'messages')"))
+    elif not isinstance(prompt, Mapping):
+        problems.append(("input", f"field 'input' must be an object with 'messages', got {json_type(prompt)}"))
+    else:
+        messages = prompt.get("messages")
+        if not isinstance(messages, (list, tuple)) or not messages:
+            shown = "missing" if messages is None else ("empty" if isinstance(messages, (list, tuple))
+                                                        else f"a {json_type(messages)}")
+            problems.append(("input.messages", f"field 'input.messages' must be a non-empty array of messages, "
+                                               f"is {shown}"))
+        else:
+            for index, message in enumerate(messages):
+                problems += _check_message(message, f"input.messages[{index}]")
+    for name in _PREFERENCE_OUTPUTS:
+        problems += _check_output(row.get(name), name)
+    return problems
+
+
+def _check_output(value: object, name: str) -> list[Problem]:
+    """An output is an array of exactly one assistant message (OpenAI's single-turn DPO)."""
+    if value is None:
+        return [(name, f"missing field '{name}' (an array of one assistant message)")]
+    if not isinstance(value, (list, tuple)) or len(value) != 1:
+        got = f"{len(value)} messages" if isinstance(value, (list, tuple)) else f"a {json_type(value)}"
+        return [(name, f"field '{name}' must be an array of exactly one assistant message, got {got}")]
+    problems = _check_message(value[0], f"{name}[0]")
+    role = value[0].get("role") if isinstance(value[0], Mapping) else None
+    if isinstance(role, str) and role in ROLES and role != "assistant":
+        problems.append((f"{name}[0].role", f"{name}[0].role must be 'assistant', got {role!r}"))
+    return problems

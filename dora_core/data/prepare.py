@@ -25,12 +25,13 @@ import torch
 from dora_core.data.collator import DataCollator
 from dora_core.data.errors import DataError
 from dora_core.data.packing import pack_examples
+from dora_core.data.preference import PreferenceCollator, pair_up, rejected_examples
 from dora_core.data.report import rendered_example, split_report, warnings_for
 from dora_core.data.sources import file_sha256, read_examples
 from dora_core.data.split import split_examples
 from dora_core.data.templates import RenderedExample, RenderError, chat_template_for, render_example
 from dora_core.data.tokenization import DroppedRow, TokenizedExample, TokenizerError, tokenize_examples
-from dora_formats import DatasetFormatError, Example, ValidationIssue
+from dora_formats import PREFERENCE, DatasetFormatError, Example, ValidationIssue
 
 
 class TokenizedDataset(torch.utils.data.Dataset):
@@ -51,7 +52,7 @@ class PreparedData:
     train: TokenizedDataset
     validation: TokenizedDataset | None
     report: dict[str, Any]  # JSON-serialisable; see dora_core.data.report
-    collator: DataCollator
+    collator: DataCollator | PreferenceCollator
     # the validation rows as read (file order), for the prompts samples are generated from
     validation_examples: list[Example] = field(default_factory=list)
 
@@ -77,13 +78,23 @@ def prepare_datasets(
     train_on_inputs: bool = False,
     packing: bool = False,
     seed: int = 0,
+    preference: bool = False,
 ) -> PreparedData:
-    """Read, validate, tokenise and (optionally) pack the datasets of one run."""
+    """Read, validate, tokenise and (optionally) pack the datasets of one run.
+
+    preference=True (a DPO run): the files must be preference rows, and the sets hold pairs
+    (dora_core/data/preference.py); False: they must not be (only DPO trains on pairs)."""
     if max_seq_len < 2:
         raise DataError(f"max_seq_len must be at least 2, got {max_seq_len}", field="training.max_seq_len")
     if validation_path is not None and validation_split:
         raise DataError("give either validation_path or validation_split, not both", field="training.validation_split")
     train, validation = _read_splits(train_path, validation_path, validation_split, seed)
+    for split, setting in ((train, "train_file"), (validation, "validation_file")):
+        if split is not None:
+            _check_objective(split, preference=preference, setting=setting)
+    if preference:
+        return _prepare_pairs(train, validation, tokenizer, max_seq_len=max_seq_len, train_path=train_path,
+                              validation_path=validation_path, validation_split=validation_split, seed=seed)
     template, template_source = chat_template_for(tokenizer)
     report: dict[str, Any] = {
         "template": template_source,
@@ -109,6 +120,53 @@ def prepare_datasets(
         warning for name in ("train", "validation") if report[name] for warning in warnings_for(name, report[name])
     ]
     return PreparedData(TokenizedDataset(train_items), validation_set, report, DataCollator(tokenizer.pad_token_id),
+                        validation_examples=list(validation.examples) if validation is not None else [])
+
+
+def _check_objective(split: _Split, *, preference: bool, setting: str) -> None:
+    if preference and split.format != PREFERENCE:
+        raise DataError(f"{split.source} is in {split.format} format; DPO trains on preference rows ('input', "
+                        "'preferred_output', 'non_preferred_output')", field=setting)
+    if not preference and split.format == PREFERENCE:
+        raise DataError(f"{split.source} holds preference rows, which only DPO trains on (set dpo, or method "
+                        "type 'dpo'); supervised fine-tuning needs chat, prompt/completion, Alpaca or text rows",
+                        field=setting)
+
+
+def _prepare_pairs(train: _Split, validation: _Split | None, tokenizer: Any, *, max_seq_len: int,
+                   train_path: str | os.PathLike[str], validation_path: str | os.PathLike[str] | None,
+                   validation_split: float, seed: int) -> PreparedData:
+    """Both sides of every preference row tokenised as SFT rows are; never packed."""
+    template, template_source = chat_template_for(tokenizer)
+    report: dict[str, Any] = {
+        "template": template_source, "max_seq_len": max_seq_len, "train_on_inputs": False, "packing": False,
+        "seed": seed, "validation_split": validation_split, "preference_pairs": True,
+        "train_sha256": file_sha256(train_path),
+        "validation_sha256": file_sha256(validation_path) if validation_path is not None else None,
+        "validation": None,
+    }
+    sets = {}
+    for split in (train, validation):
+        if split is None:
+            continue
+        options = {"tokenizer": tokenizer, "template": template, "train_on_inputs": False, "max_seq_len": max_seq_len}
+        chosen, split_report_ = _tokenize_split(split, **options)
+        other = _Split(split.name, split.source, split.format, split.unit, rejected_examples(split.examples))
+        rejected, other_report = _tokenize_split(other, **options)
+        items, lost = pair_up(chosen, rejected, {row["line"]: row["reason"] for row in other_report["dropped"]})
+        if not items:
+            raise DatasetFormatError([ValidationIssue(row.line, row.reason, unit=split.unit) for row in lost],
+                                     source=f"{split.source} ({split.name}: no usable pairs)")
+        split_report_["pairs"] = len(items)
+        split_report_["dropped_rows"] += len(lost)
+        split_report_["dropped"] += [{"line": row.line, "reason": row.reason} for row in lost]
+        report[split.name], sets[split.name] = split_report_, TokenizedDataset(items)
+        if split is train:
+            report["example"] = rendered_example(chosen[0], tokenizer)
+    report["warnings"] = [
+        warning for name in ("train", "validation") if report[name] for warning in warnings_for(name, report[name])
+    ]
+    return PreparedData(sets["train"], sets.get("validation"), report, PreferenceCollator(tokenizer.pad_token_id),
                         validation_examples=list(validation.examples) if validation is not None else [])
 
 

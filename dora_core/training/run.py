@@ -8,6 +8,12 @@ atomically; a data position that is a pure function of the step, so resume is ex
 micro-batch that can be halved after a CUDA OOM while keeping the same global batches; and a
 should-stop check between micro-batches.
 
+A DPO run (config.dpo set) is the same loop with another loss: each micro-batch is B preference
+pairs (2B rows), its loss the summed sigmoid DPO loss against the adapter-off reference
+(training/dpo.py), a step normalised by its pairs instead of its trained tokens; checkpoints,
+resume, cancel and OOM halving are unchanged. It runs in one process (DDP's wrapped forward is
+the next-token loss).
+
 Order of work: tokenizer and data first (a bad dataset fails in seconds, before the model
 loads), then model + adapter, then resume from the newest checkpoint if one exists.
 """
@@ -47,6 +53,7 @@ from dora_core.training.checkpoints import (
     save_checkpoint,
 )
 from dora_core.training.distributed import Parallelism
+from dora_core.training.dpo import DpoSums, count_pairs, dpo_sums
 from dora_core.training.errors import TrainingError
 from dora_core.training.loss import count_trained_tokens, summed_loss
 from dora_core.training.memory import device_memory_bytes, recommended_gradient_checkpointing
@@ -105,6 +112,9 @@ class TrainingRun:
         self.parallel = Parallelism(self.settings.parallelism, self.device, config.base_model)
         self.callbacks = self.parallel.callbacks(callbacks)  # rank 0 reports; every rank follows its stop
         self.dtype = _precision_dtype(self.settings.precision, self.device)
+        self.dpo = config.dpo  # None: supervised fine-tuning
+        if self.dpo is not None and self.parallel.world_size > 1:
+            raise TrainingError("DPO runs in one process for now: run it without --nproc (a job with gpus: 1)")
         self.checkpoint_dir = out_dir / "checkpoints"
         self.samples_log = SamplesLog(out_dir / "samples.jsonl")
         self.metrics = MetricsLog(out_dir / "metrics.jsonl", companions=(self.samples_log,))
@@ -134,6 +144,7 @@ class TrainingRun:
             self.config.train_file, self.tokenizer, max_seq_len=self.settings.max_seq_len,
             validation_path=self.config.validation_file, validation_split=self.settings.validation_split,
             train_on_inputs=self.settings.train_on_inputs, packing=self.settings.packing, seed=self.settings.seed,
+            preference=self.dpo is not None,
         )
         self.report = self.data.report
         self.state.fingerprint = self.config.fingerprint(
@@ -198,10 +209,15 @@ class TrainingRun:
         if setting != "auto":
             return setting
         sharding = "fsdp" if self.parallel.strategy == "fsdp" else "none"
+        config = self.config
+        if self.dpo is not None:  # a micro-batch of B pairs is 2B sequences
+            config = config.with_changes(training=self.settings.with_changes(
+                micro_batch_size=2 * self.settings.micro_batch_size))
         on, why = recommended_gradient_checkpointing(
-            self.model.config.to_dict(), self.config, dtype_bytes=self.dtype.itemsize,
+            self.model.config.to_dict(), config, dtype_bytes=self.dtype.itemsize,
             memory_bytes=device_memory_bytes(self.device), processes=self.parallel.world_size, sharding=sharding,
-            longest_sequence=max(len(example["input_ids"]) for example in self.data.train))
+            longest_sequence=max(len(item[key]) for item in self.data.train
+                                 for key in ("input_ids", "rejected_input_ids") if key in item))
         self.callbacks.on_event(why)
         return on
 
@@ -345,7 +361,9 @@ class TrainingRun:
         batches = [self.data.collator([self.data.train[i] for i in chunk]) for chunk in
                    micro_batches(self.schedule.indices(self.state.step), self.state.micro_batch_size)]
         total_tokens = max(1, sum(count_trained_tokens(batch["labels"]) for batch in batches))
-        loss_sum, correct, seen_tokens = 0.0, 0, 0
+        # what the loss is averaged over: trained tokens (SFT) or preference pairs (DPO)
+        total = total_tokens if self.dpo is None else sum(count_pairs(batch) for batch in batches)
+        loss_sum, correct, seen_tokens, chosen, rejected = 0.0, 0, 0, 0.0, 0.0
         share = self.parallel.share(batches)  # this rank's micro-batches, (batch, weight); all of them on one
         for index, (batch, weight) in enumerate(share):
             self.callbacks.on_micro_batch(step=self.state.step + 1, micro_batch_size=self.state.micro_batch_size)
@@ -353,23 +371,36 @@ class TrainingRun:
                 self.optimizer.zero_grad(set_to_none=True)
                 return None
             with self.parallel.gradient_sync(index == len(share) - 1):
-                sums = self.parallel.summed_loss(self.model, {k: v.to(self.device) for k, v in batch.items()})
-                scaled = sums.loss_sum / total_tokens * weight
+                sums = self.micro_batch_sums({k: v.to(self.device) for k, v in batch.items()})
+                scaled = sums.loss_sum / total * weight
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             if weight:
                 loss_sum += float(sums.loss_sum.detach())
                 correct += sums.correct
                 seen_tokens += int(batch["input_ids"].numel() if "attention_mask" not in batch
                                    else batch["attention_mask"].sum())
+                if isinstance(sums, DpoSums):
+                    chosen, rejected = chosen + sums.chosen_rewards, rejected + sums.rejected_rewards
         loss_sum, correct, seen_tokens = self.parallel.sum_over_ranks(loss_sum, correct, seen_tokens)
         grad_norm = self.clip_and_step()
         self.state.step += 1
         elapsed = time.perf_counter() - started
+        if self.dpo is None:
+            quality = {"token_accuracy": correct / total}
+        else:
+            quality = DpoSums(loss_sum=torch.zeros(()), pairs=total, chosen_rewards=chosen, rejected_rewards=rejected,
+                              correct=correct).metrics(total)
         return {"step": self.state.step, "epoch": round(self.schedule.epoch_of(self.state.step), 4),
-                "loss": loss_sum / total_tokens, "token_accuracy": correct / total_tokens,
+                "loss": loss_sum / total, **quality,
                 "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm, "trained_tokens": total_tokens,
                 "tokens_per_second": seen_tokens / elapsed, "micro_batch_size": self.state.micro_batch_size,
                 **self.memory_metrics()}
+
+    def micro_batch_sums(self, batch: dict[str, torch.Tensor]):
+        """The micro-batch's summed loss: next-token (LossSums) or DPO over its pairs (DpoSums)."""
+        if self.dpo is None:
+            return self.parallel.summed_loss(self.model, batch)
+        return dpo_sums(self.model, batch, beta=self.dpo.beta)
 
     def clip_and_step(self) -> float:
         if self.scaler is not None:
@@ -397,23 +428,32 @@ class TrainingRun:
 
     @torch.no_grad()
     def evaluate(self) -> str | None:
-        """Eval loss and token accuracy on the validation set; returns "early_stopped" when patience ran out."""
+        """Eval loss and token accuracy (DPO: eval loss and rewards) on the validation set; returns
+        "early_stopped" when patience ran out."""
         self.model.eval()
-        loss_sum, tokens, correct = 0.0, 0, 0
+        loss_sum, count, correct, chosen, rejected = 0.0, 0, 0, 0.0, 0.0
         items = self.data.validation
         for start, weight in self.parallel.share(range(0, len(items), self.state.micro_batch_size)):
             self.callbacks.heartbeat()
             stop = min(start + self.state.micro_batch_size, len(items))
             batch = self.data.collator([items[i] for i in range(start, stop)])
-            sums = summed_loss(self.model, {k: v.to(self.device) for k, v in batch.items()})
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            sums = (summed_loss(self.model, batch) if self.dpo is None
+                    else dpo_sums(self.model, batch, beta=self.dpo.beta))
             if weight:  # weight 0: a repeat that only keeps the ranks in step
-                loss_sum, tokens, correct = (loss_sum + float(sums.loss_sum), tokens + sums.tokens,
-                                             correct + sums.correct)
-        loss_sum, tokens, correct = self.parallel.sum_over_ranks(loss_sum, tokens, correct)
+                counted = sums.pairs if isinstance(sums, DpoSums) else sums.tokens
+                loss_sum, count, correct = loss_sum + float(sums.loss_sum), count + counted, correct + sums.correct
+                if isinstance(sums, DpoSums):
+                    chosen, rejected = chosen + sums.chosen_rewards, rejected + sums.rejected_rewards
+        loss_sum, count, correct = self.parallel.sum_over_ranks(loss_sum, count, correct)
         self.model.train()
-        eval_loss = loss_sum / max(tokens, 1)
-        self.record({"step": self.state.step, "eval_loss": eval_loss, "eval_token_accuracy": correct / max(tokens, 1)},
-                    self.callbacks.on_evaluate)
+        eval_loss = loss_sum / max(count, 1)
+        if self.dpo is None:
+            quality = {"eval_token_accuracy": correct / max(count, 1)}
+        else:
+            quality = DpoSums(loss_sum=torch.zeros(()), pairs=count, chosen_rewards=chosen, rejected_rewards=rejected,
+                              correct=correct).metrics(max(count, 1), prefix="eval_")
+        self.record({"step": self.state.step, "eval_loss": eval_loss, **quality}, self.callbacks.on_evaluate)
         self.write_samples()
         return self.update_early_stopping(eval_loss)
 
@@ -471,8 +511,8 @@ class TrainingRun:
     def final_metrics(self) -> dict:
         final: dict = {"steps": self.state.step}
         for record in self.metrics.records():
-            final.update({k: record[k] for k in ("loss", "token_accuracy", "eval_loss", "eval_token_accuracy")
-                          if k in record})
+            final.update({k: record[k] for k in ("loss", "token_accuracy", "eval_loss", "eval_token_accuracy",
+                                                 "rewards/accuracies", "eval_rewards/accuracies") if k in record})
         return final
 
     def write_outputs(self, result: RunResult) -> dict[str, str]:

@@ -80,6 +80,8 @@ class RunConfig(RunContract):
         training = self.training.model_dump(mode="json", exclude=set(BOOKKEEPING))
         identity = {"base_model": self.base_model, "adapter": self.adapter.model_dump(mode="json"),
                     "training": training, "datasets": list(dataset_hashes)}
+        if self.dpo is not None:  # only then: an SFT run's fingerprint stays what its checkpoints hold
+            identity["dpo"] = self.dpo.model_dump(mode="json")
         return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
