@@ -111,11 +111,15 @@ class LogSettings(DoraSettings):
 
 
 class BaseModelSettings(DoraSettings):
-    """The base models users may fine-tune: the API lists and checks them, the worker loads them."""
+    """The base models users may fine-tune: the API lists and checks them, the worker and the inference
+    servers load them (converting a GGUF source once into the model cache)."""
 
     base_models: dict[str, Registration] = Field(default_factory=dict, description=(
         "name -> source (local folder, hub id, `.gguf` file, `package:<distribution>`) or "
         "`{\"source\": ..., \"public_id\": <hub id>}` (store/base_models.py)"))
+    model_cache_dir: str | None = Field(None, description=(
+        "where GGUF base models are converted to safetensors once, by the worker and `dora serve` "
+        "(dora_core/gguf_import.py reads the same variable); unset: `~/.cache/dora-tuner/models`"))
 
 
 # -- the API's ----------------------------------------------------------------------------------------

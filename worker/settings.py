@@ -22,14 +22,11 @@ from store.settings import (
 
 
 class JobHostSettings(DoraSettings):
-    """The worker's host: where jobs run and converted base models are kept, on which device, how many GPUs."""
+    """The worker's host: where jobs run, on which device, how many GPUs (the model cache is BaseModelSettings')."""
 
     work_dir: str = Field("./var/work", description=(
         "local disk: one folder per job (inputs, checkpoints, outputs); a retried attempt on the same host "
         "resumes from the checkpoints left here, another host downloads the newest from storage"))
-    model_cache_dir: str | None = Field(None, description=(
-        "where GGUF base models are converted to safetensors once (dora_core/gguf_import.py reads the same "
-        "variable); unset: `~/.cache/dora-tuner/models`"))
     device: str | None = Field(None, description="unset: the first CUDA GPU when there is one, else the CPU")
     gpus: PositiveInt | None = Field(None, description=(
         "GPUs of this worker (worker/gpus.py): it takes jobs needing up to this many; unset: every visible CUDA "
