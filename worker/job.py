@@ -38,12 +38,12 @@ from store.jobs import ArtifactSpec, JobError, JobStatus
 from store.models import Job
 from store.queue import publish_job
 from store.storage import Storage, job_key, open_storage
+from store.transfer import download_file, download_folder, upload_folder
 from worker.database import call_when_reachable, unreachable
 from worker.failures import Failure, describe, exhausted
 from worker.gpus import worker_gpus
 from worker.lease import Lease, LeaseGone, LeaseKeeper
 from worker.settings import WorkerSettings
-from worker.transfer import download_file, download_folder, upload_folder
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from dora_core.training import TrainingCallback
 from store.progress import stored_samples, stored_steps
 from store.storage import Storage, job_key
+from store.transfer import upload_folder
 from worker.lease import Lease, LeaseGone
-from worker.transfer import upload_folder
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""Moving a job's files between artifact storage and the worker's local work folder.
+"""Moving files between artifact storage and a local folder: the worker's job inputs, checkpoints and
+outputs, and the adapters an inference server (`dora serve`) caches.
 
 Downloads land under a temporary name and are renamed when complete, so a folder or file
 that exists locally is whole. Uploads go file by file (each object write is atomic in storage)
@@ -64,6 +65,32 @@ def download_folder(storage: Storage, prefix: str, target: Path) -> Path:
         if target.exists():
             shutil.rmtree(target)
         os.replace(temp, target)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return target
+
+
+def download_named_files(storage: Storage, prefix: str, names: tuple[str, ...] | list[str], target: Path) -> Path:
+    """Only `prefix/<name>` for each of `names` into the folder `target` (renamed into place once every
+    file arrived; kept if already there). Other objects under the prefix (a checkpoint's optimizer
+    state) are never read. A name missing in storage raises FileNotFoundError naming it."""
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        temp.mkdir()
+        for name in names:
+            key = f"{prefix.rstrip('/')}/{name}"
+            try:
+                storage.download(key, temp / name)
+            except FileNotFoundError:
+                raise FileNotFoundError(f"no {name} under {prefix} in storage") from None
+        try:
+            os.replace(temp, target)
+        except OSError:  # another process completed the same folder first: theirs is whole too
+            if not target.is_dir():
+                raise
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     return target
