@@ -95,3 +95,12 @@ def test_the_wheel_ships_every_dashboard_file_and_serves_them_when_installed(tmp
     assert result.returncode == 0, result.stderr[-3000:]
     where, status = result.stdout.split()
     assert Path(where) == (tmp_path / "site" / "api" / "ui" / "static").resolve() and status == "200"
+
+
+def test_the_playgrounds_temperature_bound_is_the_contracts():
+    """The page's number field stops at the bound the API enforces (one value, read from the contract)."""
+    from dora_contract.serving import MAX_TEMPERATURE
+
+    script = (STATIC_DIR / "js" / "pages" / "playground.js").read_text()
+    bound = re.search(r"^const MAX_TEMPERATURE = ([\d.]+);", script, re.MULTILINE)
+    assert bound and float(bound.group(1)) == MAX_TEMPERATURE

@@ -1,6 +1,7 @@
 // The dashboard's shell: sign-in, the top bar, and hash routing to the pages
 //   #/jobs[?status=...]   jobs          #/jobs/<id>   one job
 //   #/new                 new job       #/files       files
+//   #/playground[?model=<id>&compare=<id>&job=<id>]   chat with a model, or compare two
 // Each page's render(main, params) returns a function that stops its timers and streams.
 
 import {checkKey, clearKey, getKey, onUnauthorized, setKey} from "./api.js";
@@ -9,6 +10,7 @@ import * as filesPage from "./pages/files.js";
 import * as jobPage from "./pages/job.js";
 import * as jobsPage from "./pages/jobs.js";
 import * as newJobPage from "./pages/new_job.js";
+import * as playgroundPage from "./pages/playground.js";
 
 const main = document.getElementById("main");
 const nav = document.getElementById("nav");
@@ -27,6 +29,7 @@ function route() {
   if (parts[0] === "jobs" && parts[1]) return {name: "jobs", page: jobPage, params: {id: parts[1]}};
   if (parts[0] === "new") return {name: "new", page: newJobPage, params: {query}};
   if (parts[0] === "files") return {name: "files", page: filesPage, params: {}};
+  if (parts[0] === "playground") return {name: "playground", page: playgroundPage, params: {query}};
   return {name: "jobs", page: jobsPage, params: {query}};
 }
 

@@ -10,6 +10,7 @@ import {
 } from "../dom.js";
 import {follow} from "../stream.js";
 import {cancelButton} from "./jobs.js";
+import {playgroundHref} from "./playground.js";
 
 const REFRESH_MS = 2000;
 const SAMPLES_PAGE = 64; // the run contract's most sample_prompts (dora_contract MAX_SAMPLE_PROMPTS): one evaluation
@@ -102,7 +103,7 @@ export function render(main, {id}) {
         eventsList),
       section("Checkpoints",
         h("table", {class: "table", id: "checkpoints"},
-          h("thead", {}, h("tr", {}, ["Step", "Checkpoint", "Metrics", "Created"].map((t) => h("th", {}, t)))),
+          h("thead", {}, h("tr", {}, ["Step", "Checkpoint", "Metrics", "Created", ""].map((t) => h("th", {}, t)))),
           checkpointsBody))),
     section("Artifacts", artifactsBody),
     section("Resolved settings", settingsBox));
@@ -243,6 +244,11 @@ export function render(main, {id}) {
     clear(head,
       h("h1", {}, "Job ", h("span", {class: "mono"}, job.id)),
       h("div", {class: "actions"}, statusBadge(job.status, job.cancel_requested),
+        job.fine_tuned_model ? [
+          h("a", {class: "button small", id: "try-it", href: playgroundHref({model: job.fine_tuned_model})}, "Try it"),
+          h("a", {class: "button secondary small", id: "compare-base",
+                  href: playgroundHref({model: job.fine_tuned_model, compare: job.model})}, "Compare with the base model"),
+        ] : null,
         cancelButton(job, (updated) => { job = updated; drawJob(); })));
     drawProgress();
     clear(summary,
@@ -292,8 +298,10 @@ export function render(main, {id}) {
         h("td", {}, String(checkpoint.step_number)),
         h("td", {class: "mono small wrap-anywhere"}, checkpoint.fine_tuned_model_checkpoint),
         h("td", {class: "small"}, metrics || "–"),
-        h("td", {}, formatTime(checkpoint.created_at)));
-    }) : h("tr", {}, h("td", {colspan: 4, class: "empty"}, "No checkpoints yet.")));
+        h("td", {}, formatTime(checkpoint.created_at)),
+        h("td", {}, h("a", {class: "small", dataset: {action: "try"}, title: "Chat with this checkpoint in the playground",
+                            href: playgroundHref({model: checkpoint.fine_tuned_model_checkpoint, job: job.id})}, "Try")));
+    }) : h("tr", {}, h("td", {colspan: 5, class: "empty"}, "No checkpoints yet.")));
   }
 
   // The newest samples: the model's greedy answers to the first validation prompts, the base
