@@ -1,0 +1,210 @@
+"""DPO: TRL's DPOTrainer is the oracle for the loss, the rewards and the gradients of one step; the
+adapter-off reference is the base model; a step keeps one copy of the base weights; a run trains,
+checkpoints and resumes as an SFT run does.
+
+The oracle runs in float64 (tests/support/numerics.py): our DoRA layer and TRL's PEFT twin holding
+the same adapter, TRL's reference a separately loaded base model, on TRL's own collated batch
+(its completion mask as our labels). TRL computes its output head in fp32 whatever the model's
+dtype, so the budgets are that head's fp32 rounding carried through the DPO logit (see the test).
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import json
+
+import pytest
+import torch
+
+from dora_core import AdapterConfig, AdapterLinear, apply_adapter
+from dora_core.reference import adapter_disabled
+from dora_core.training import RunConfig, TrainingCallback, run_training
+from dora_core.training.dpo import dpo_sums, reference_logprobs, sequence_logprobs
+from tests.support.model_factories import peft_twin, perturb_adapters
+from tests.support.numerics import (
+    STAGES_OUTSIDE_LAYERS,
+    Budget,
+    assert_close_to_reference,
+    budget,
+    float64_model,
+    model_budget,
+    model_terms,
+    replay_budget,
+)
+from tests.support.training_helpers import write_jsonl
+
+pytestmark = pytest.mark.usefixtures("offline_hub")
+BETA = 0.3
+CONFIG = AdapterConfig(method="dora", rank=4, alpha=8)
+
+
+@pytest.fixture
+def offline_hub(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def preference_rows(count: int = 4) -> list[dict]:
+    pairs = [(a, b) for a in range(4) for b in range(4)][:count]
+    return [{"input": {"messages": [{"role": "user", "content": f"What is {a} plus {b}?"}]},
+             "preferred_output": [{"role": "assistant", "content": f"{a + b}"}],
+             "non_preferred_output": [{"role": "assistant", "content": f"I do not know {a}, sorry"}]}
+            for a, b in pairs]
+
+
+def _float64_pair(model_dir):
+    """(base, ours): the tiny model in float64 and a copy with a perturbed DoRA adapter."""
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    torch.manual_seed(0)
+    ours = apply_adapter(copy.deepcopy(base), CONFIG)
+    perturb_adapters(ours)
+    return float64_model(base), float64_model(ours)
+
+
+def _trl_step(base, ours, tokenizer, tmp_path):
+    """TRL's DPO loss and logged metrics for one batch of 4 pairs (gradients left on the twin), and the batch."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    rows = [{"prompt": row["input"]["messages"], "chosen": row["preferred_output"],
+             "rejected": row["non_preferred_output"]} for row in preference_rows()]
+    twin = peft_twin(ours, base, config=CONFIG)
+    args = DPOConfig(output_dir=str(tmp_path / "trl"), beta=BETA, per_device_train_batch_size=4, report_to=[],
+                     use_cpu=True, bf16=False, max_length=None, precompute_ref_log_probs=False)
+    trainer = DPOTrainer(model=twin, ref_model=copy.deepcopy(base), args=args,
+                         train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    batch = next(iter(trainer.get_train_dataloader()))  # (8, seq): 4 chosen, then 4 rejected
+    twin.train()
+    loss = trainer.compute_loss(trainer.model, batch)
+    loss.backward()
+    metrics = {name: values[-1] for name, values in trainer._metrics["train"].items()}
+    ours_batch = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+                  "labels": batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)}
+    return twin, float(loss), metrics, ours_batch
+
+
+def test_loss_rewards_and_gradients_equal_trl(tiny_model_dir, tiny_tokenizer, tmp_path):
+    base, ours = _float64_pair(tiny_model_dir)
+    twin, trl_loss, trl_metrics, batch = _trl_step(base, ours, tiny_tokenizer, tmp_path)
+    ours.train()
+    sums = dpo_sums(ours, batch, beta=BETA)
+    (sums.loss_sum / sums.pairs).backward()
+    with torch.no_grad():
+        logits = (sequence_logprobs(ours, batch) - sequence_logprobs(base, batch)).view(2, -1)  # (2, 4) log pi/ref
+        scale = float((sequence_logprobs(ours, batch).abs() + sequence_logprobs(base, batch).abs()).view(2, -1)
+                      .sum(0).max())  # the largest sum |pi_c| + |pi_r| + |ref_c| + |ref_r| of a pair
+        weights = torch.sigmoid(-BETA * (logits[0] - logits[1]))  # (4,) d loss / d z of each pair
+    # TRL's fused head (trl/kernels/chunked_logprob.py) computes logits and log-softmax in fp32 even
+    # for a float64 model: each summed log-probability carries fp32's head rounding relative to its
+    # size, so a DPO logit z = beta (pi_c - ref_c - pi_r + ref_r) is off by at most beta x head x
+    # scale, and so are the loss (|d logsigmoid / dz| <= 1) and each reward; a margin twice that.
+    head = budget(torch.float32, stages=STAGES_OUTSIDE_LAYERS, terms=model_terms(ours))
+    absolute = BETA * head.value * scale
+    mine = {"loss": float(sums.loss_sum) / sums.pairs, **sums.metrics(sums.pairs)}
+    theirs = {"loss": trl_loss} | {name: trl_metrics[name] for name in mine if name != "loss"}
+    assert theirs["rewards/margins"] > 0.5 and 0 < theirs["loss"] < 0.69, theirs  # the adapter moved the policy
+    assert mine["rewards/accuracies"] == theirs["rewards/accuracies"]
+    for name in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins"):
+        factor = 2 if name == "rewards/margins" else 1
+        limit = Budget(factor * absolute / abs(theirs[name]), f"{factor} x beta x ({head.why}) x {scale:.3g} "
+                                                              f"/ |{name}|")
+        assert_close_to_reference(torch.tensor(mine[name]), torch.tensor(theirs[name]), limit, what=name)
+    # gradients: the fp32 head's backward, plus each pair's weight sigmoid(-z) off by up to `absolute`
+    backward = budget(torch.float32, stages=2 * STAGES_OUTSIDE_LAYERS, terms=model_terms(ours)).plus(
+        absolute / float(weights.min()), "the pair weights' error, relative")
+    checked = 0
+    for name, layer in ours.named_modules():
+        if isinstance(layer, AdapterLinear):
+            peft_layer = twin.base_model.model.get_submodule(name)
+            for mine_p, theirs_p in ((layer.lora_A, peft_layer.lora_A["default"].weight),
+                                     (layer.lora_B, peft_layer.lora_B["default"].weight),
+                                     (layer.lora_magnitude_vector, peft_layer.lora_magnitude_vector["default"].weight)):
+                assert mine_p.grad.abs().max() > 0, name
+                assert_close_to_reference(mine_p.grad, theirs_p.grad, backward, what=f"{name} gradient")
+                checked += 1
+    assert checked >= 3 * 10
+
+
+def test_adapter_off_reference_equals_the_base_model(tiny_model_dir, tiny_tokenizer, tmp_path):
+    base, ours = _float64_pair(tiny_model_dir)
+    *_, batch = _trl_step(base, ours, tiny_tokenizer, tmp_path)
+    with torch.no_grad():
+        expected = sequence_logprobs(base, batch)  # (8,) a separately loaded base model
+        policy = sequence_logprobs(ours, batch)
+    reference = reference_logprobs(ours, batch)
+    assert not reference.requires_grad
+    assert_close_to_reference(reference, expected, model_budget(ours, torch.float64), what="reference log-probs")
+    assert (policy - expected).abs().max() > 1e-3  # the adapter is on again, and it matters
+    with pytest.raises(RuntimeError), adapter_disabled(ours):
+        raise RuntimeError("a failing reference forward")
+    assert all(layer.adapter_enabled for layer in ours.modules() if isinstance(layer, AdapterLinear))
+
+
+def _dpo_config(model_dir, train_file, **training) -> RunConfig:
+    defaults = {"max_steps": 6, "micro_batch_size": 2, "gradient_accumulation_steps": 2, "learning_rate": 1e-2,
+                "checkpoint_interval": 3, "warmup_ratio": 0.0, "lr_scheduler": "constant", "max_seq_len": 64,
+                "sample_prompts": 0}
+    return RunConfig.from_dict({"base_model": str(model_dir), "train_file": str(train_file), "dpo": {"beta": BETA},
+                                "adapter": {"method": "dora", "rank": 4, "alpha": 8},
+                                "training": defaults | training, "outputs": ["adapter"]})
+
+
+class BaseWeightCopies(TrainingCallback):
+    """At each step's end, the storages alive that hold a tensor shaped like a 2-D base weight."""
+
+    def __init__(self, shapes):
+        self.shapes, self.counts = shapes, []
+
+    def on_step(self, metrics):
+        gc.collect()
+        storages = {obj.untyped_storage().data_ptr() for obj in gc.get_objects()
+                    if isinstance(obj, torch.Tensor) and tuple(obj.shape) in self.shapes}
+        self.counts.append(len(storages))
+
+
+class StopAt(TrainingCallback):
+    def __init__(self, step):
+        self.step, self.seen = step, 0
+
+    def on_step(self, metrics):
+        self.seen = metrics["step"]
+
+    def should_stop(self):
+        return self.seen >= self.step
+
+
+def test_dpo_run_learns_keeps_one_base_copy_and_resumes(tiny_model_dir, tmp_path):
+    """A run's pair metrics, one copy of the base weights during the steps, and a stopped run
+    resumed from its checkpoint ending where an uninterrupted one does."""
+    from transformers import AutoModelForCausalLM
+
+    train = write_jsonl(tmp_path / "pairs.jsonl", preference_rows(8))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    shapes = {tuple(p.shape) for p in base.parameters() if p.ndim == 2}
+    base_storages = len({p.untyped_storage().data_ptr() for p in base.parameters() if p.ndim == 2})
+    del base
+    gc.collect()
+    copies = BaseWeightCopies(shapes)
+    config = _dpo_config(tiny_model_dir, train)
+    straight = run_training(config, tmp_path / "straight", callbacks=[copies], resume=False)
+    assert straight.status == "completed" and straight.step == 6
+    assert copies.counts and set(copies.counts) == {base_storages}, (copies.counts, base_storages)
+    records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert records[0]["loss"] == pytest.approx(0.6931471805599453, rel=1e-6)  # B = 0: policy = reference
+    assert records[-1]["loss"] < 0.3 and records[-1]["rewards/accuracies"] == 1.0
+    assert all(r["rewards/margins"] == pytest.approx(r["rewards/chosen"] - r["rewards/rejected"]) for r in records)
+
+    stopped = run_training(config, tmp_path / "resumed", callbacks=[StopAt(4)], resume=False)
+    assert stopped.status == "stopped" and stopped.step == 4
+    resumed = run_training(config, tmp_path / "resumed")
+    assert resumed.resumed_from_step == 3 and resumed.step == 6
+    from safetensors.torch import load_file
+
+    limit = replay_budget(AutoModelForCausalLM.from_pretrained(tiny_model_dir).config)
+    one, two = (load_file(str(tmp_path / name / "adapter" / "adapter_model.safetensors"))
+                for name in ("straight", "resumed"))
+    for name, tensor in one.items():
+        assert_close_to_reference(two[name], tensor, limit, what=name)
