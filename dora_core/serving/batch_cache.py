@@ -1,0 +1,84 @@
+"""The running batch's KV cache: a transformers DynamicCache whose rows join and leave.
+
+Rows are left-padded to a common length (the padding is masked out by the 2-D attention mask and
+never read). A joining request's cache (prefilled alone, batch 1) is padded on the left to the
+batch's length, or the batch's to its, and concatenated along the batch dimension; leaving rows are
+dropped with an index select, and leading columns that became padding for every row are trimmed.
+Only plain `DynamicLayer`s are handled (their public `keys`/`values`, (batch, heads, seq, head_dim)),
+the same in transformers 5.17 and 5.25; anything else (sliding-window, quantized) is refused.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+from dora_core.serving.errors import UnsupportedModelError
+
+
+def new_cache(config) -> DynamicCache:
+    """An empty cache for one prefill; UnsupportedModelError unless all its layers are plain dynamic ones."""
+    cache = DynamicCache(config=config)
+    check_plain(cache)
+    return cache
+
+
+def check_plain(cache: DynamicCache) -> None:
+    kinds = {type(layer).__name__ for layer in cache.layers if type(layer) is not DynamicLayer}
+    if kinds:
+        raise UnsupportedModelError(f"this model's KV cache has {sorted(kinds)} layers; the serving engine "
+                                    "handles plain DynamicLayer caches only (no sliding-window or hybrid attention)")
+
+
+class BatchCache:
+    """KV cache + attention mask (batch, seq) of the running rows, in row order."""
+
+    def __init__(self) -> None:
+        self.cache: DynamicCache | None = None
+        self.mask: torch.Tensor | None = None  # (batch, seq) int64, 0 = padding
+
+    @property
+    def rows(self) -> int:
+        return 0 if self.mask is None else self.mask.shape[0]
+
+    def add(self, cache: DynamicCache, length: int) -> None:
+        """Append a prefilled batch-1 cache of `length` tokens as the last row."""
+        check_plain(cache)
+        device = cache.layers[0].keys.device
+        mask = torch.ones(1, length, dtype=torch.long, device=device)
+        if self.cache is None:
+            self.cache, self.mask = cache, mask
+            return
+        width = max(self.mask.shape[1], length)
+        for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
+            mine.keys = torch.cat([_pad_left(mine.keys, width), _pad_left(theirs.keys, width)], dim=0)
+            mine.values = torch.cat([_pad_left(mine.values, width), _pad_left(theirs.values, width)], dim=0)
+        self.mask = torch.cat([F.pad(self.mask, (width - self.mask.shape[1], 0)), F.pad(mask, (width - length, 0))])
+
+    def extend_mask(self) -> torch.Tensor:
+        """The mask for a decode step (one more real column per row); the step's forward extends the cache."""
+        self.mask = F.pad(self.mask, (0, 1), value=1)
+        return self.mask
+
+    def next_positions(self) -> torch.Tensor:
+        """(batch, 1): each row's next position, its count of real tokens (as generate does for left padding)."""
+        return self.mask.sum(dim=1, keepdim=True)
+
+    def keep(self, indices: list[int]) -> None:
+        """Keep only these rows (in this order), then trim columns that are padding in every row."""
+        if not indices:
+            self.cache = self.mask = None
+            return
+        index = torch.tensor(indices, device=self.mask.device)
+        self.mask = self.mask[index]
+        first = int(self.mask.any(dim=0).nonzero()[0])
+        self.mask = self.mask[:, first:]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[index, :, first:]
+            layer.values = layer.values[index, :, first:]
+
+
+def _pad_left(tensor: torch.Tensor, width: int) -> torch.Tensor:  # (b, heads, seq, dim) -> (b, heads, width, dim)
+    return F.pad(tensor, (0, 0, width - tensor.shape[2], 0))

@@ -1,0 +1,377 @@
+"""Continuous batching of many adapters on one base model: a background thread and a KV cache.
+
+    slots = AdapterSlots.install(model, slots=8, max_rank=64)    # model: a transformers causal LM
+    engine = Engine(model, tokenizer, slots, max_batch=16)
+    engine.start()
+    handle = engine.submit(prompt_ids, slot, GenerationParams(max_tokens=64, temperature=0.0))
+    for event in handle.events(timeout=None):   # TextDelta ..., then Finished (or Failed)
+        ...
+    handle.cancel()                              # any thread; the row leaves at the next step
+    engine.stop()
+
+Thread safety: submit, cancel and events may be called from any thread; only the engine thread runs
+the model. A step holds `slots.lock`, so an adapter copy (AdapterSlots.write) lands between steps.
+
+The loop: requests that wait join between decode steps (up to max_batch rows); each is prefilled
+alone (batch 1, its own slot), its first token sampled, and its cache appended to the running
+batch (batch_cache.BatchCache: left padding). A decode step feeds every row's last token with the
+2-D attention mask, per-row position ids and per-row slot ids. Rows that finish or were cancelled
+leave after the step. transformers' own continuous batching packs all requests into one sequence
+with no hook for per-row adapters, hence this scheduler.
+
+Events: TextDelta(text, tokens) carries new text (see detokenize.IncrementalText) and the tokens it
+accounts for (with logprobs when asked); Finished(finish_reason, prompt_tokens, completion_tokens)
+ends a stream with "stop" (an EOS token or a stop string; the text ends before the stop string),
+"length" (max_tokens, or the model's context is full) or "cancelled"; Failed(message) ends it when
+the engine failed. completion_tokens counts the EOS token; the tokens of TextDeltas do not include it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import queue
+import secrets
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from dora_core.serving.adapter_slots import BASE_SLOT, AdapterSlots
+from dora_core.serving.batch_cache import BatchCache, new_cache
+from dora_core.serving.detokenize import IncrementalText, TokenTexts
+from dora_core.serving.errors import RequestError
+from dora_core.serving.prompts import check_length, context_length
+from dora_core.serving.sampling import choose_token, new_generator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """One request's settings (the server applies its own defaults and limits before this)."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise RequestError("max_tokens", f"must be at least 1, got {self.max_tokens}")
+        if not self.temperature >= 0.0:
+            raise RequestError("temperature", f"must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise RequestError("top_p", f"must be in (0, 1], got {self.top_p}")
+        if self.top_logprobs < 0:
+            raise RequestError("top_logprobs", f"must be >= 0, got {self.top_logprobs}")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise RequestError("stop", "stop strings must be non-empty strings")
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    token_id: int
+    token: str
+    logprob: float
+    token_bytes: bytes
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token; logprob and top_logprobs only when the request asked for logprobs."""
+
+    token_id: int
+    token: str
+    token_bytes: bytes
+    logprob: float | None = None
+    top_logprobs: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+    tokens: tuple[TokenLogprob, ...]
+
+
+@dataclass(frozen=True)
+class Finished:
+    finish_reason: str  # "stop" | "length" | "cancelled"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    message: str
+
+
+Event = TextDelta | Finished | Failed
+
+
+class GenerationHandle:
+    """A submitted request: read its events, or cancel it."""
+
+    def __init__(self, prompt_ids: list[int], slot: int, params: GenerationParams,
+                 on_done: Callable[[], None] | None) -> None:
+        self.prompt_ids, self.slot, self.params, self.on_done = prompt_ids, slot, params, on_done
+        self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def events(self, timeout: float | None = None) -> Iterator[Event]:
+        """Events as they come; ends after Finished or Failed. TimeoutError if one takes over `timeout` s."""
+        while True:
+            try:
+                event = self._events.get(timeout=timeout)
+            except queue.Empty:
+                raise TimeoutError(f"no event from the engine within {timeout} s") from None
+            yield event
+            if isinstance(event, Finished | Failed):
+                return
+
+    def emit(self, event: Event) -> None:
+        """Engine side: queue an event for the reader."""
+        self._events.put(event)
+
+
+@dataclass
+class _Row:
+    """A request in the running batch (engine thread only)."""
+
+    handle: GenerationHandle
+    text: IncrementalText
+    generator: torch.Generator | None
+    generated: list[int] = field(default_factory=list)
+    pending: list[TokenLogprob] = field(default_factory=list)  # tokens not yet sent in a TextDelta
+    finished: bool = False
+
+
+class Engine:
+    """Runs requests on `model` (its linears already MultiAdapterLinear, see AdapterSlots.install)."""
+
+    def __init__(self, model: Any, tokenizer: Any, slots: AdapterSlots, *, max_batch: int = 16) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self.model, self.tokenizer, self.slots, self.max_batch = model.eval(), tokenizer, slots, max_batch
+        self.device = next(model.parameters()).device
+        self.context_length = context_length(model)
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        self.eos_ids = _eos_ids(model, tokenizer)
+        new_cache(model.config)  # refuses a model whose cache is not plain dynamic layers, now
+        parameters = inspect.signature(model.forward).parameters
+        self._cache_argument = "cache" if "cache" in parameters else "past_key_values"  # 5.25 / 5.17
+        self._token_texts = TokenTexts(tokenizer)
+        self._waiting: deque[GenerationHandle] = deque()
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._rows: list[_Row] = []
+        self._batch = BatchCache()
+
+    # -- control ------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("engine already started")
+        self._thread = threading.Thread(target=self._run, name="dora-serving-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Finish the current step, fail every running and waiting request, end the thread."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def submit(self, prompt_ids: list[int], slot: int, params: GenerationParams,
+               on_done: Callable[[], None] | None = None) -> GenerationHandle:
+        """Queue a request; `on_done` runs on the engine thread once its row has left the batch
+        (e.g. AdapterCache.release)."""
+        if not prompt_ids or not all(isinstance(t, int) and 0 <= t < self.vocab_size for t in prompt_ids):
+            raise RequestError("prompt", f"must be a non-empty list of token ids in [0, {self.vocab_size})")
+        check_length(list(prompt_ids), max_length=self.context_length, param="prompt")
+        if not BASE_SLOT <= slot < self.slots.num_slots:
+            raise ValueError(f"slot must be in 0..{self.slots.num_slots - 1}, got {slot}")
+        handle = GenerationHandle(list(prompt_ids), slot, params, on_done)
+        with self._wake:
+            if self._stopping or self._thread is None:
+                raise RuntimeError("the engine is not running")
+            self._waiting.append(handle)
+            self._wake.notify_all()
+        return handle
+
+    @property
+    def running(self) -> int:
+        """Rows in the batch now (for metrics; read without a lock)."""
+        return len(self._rows)
+
+    # -- the loop (engine thread) -------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._wake:
+                    while not (self._stopping or self._waiting or self._rows):
+                        self._wake.wait()
+                    if self._stopping:
+                        break
+                    joining = []
+                    while self._waiting and len(self._rows) + len(joining) < self.max_batch:
+                        joining.append(self._waiting.popleft())
+                with torch.inference_mode():
+                    for handle in joining:
+                        self._join(handle)
+                    self._leave()
+                    if self._rows:
+                        self._decode_step()
+        finally:
+            with self._wake:
+                waiting, self._waiting = list(self._waiting), deque()
+            running, self._rows, self._batch = [row.handle for row in self._rows], [], BatchCache()
+            for handle in running + waiting:
+                self._fail(handle, "the engine stopped")
+
+    def _join(self, handle: GenerationHandle) -> None:
+        """Prefill one request alone, sample its first token, append it to the batch."""
+        if handle.cancelled:
+            self._finish_cancelled(handle, completion_tokens=0)
+            return
+        params = handle.params
+        seed = params.seed if params.seed is not None else secrets.randbits(63)
+        generator = None if params.temperature == 0.0 else new_generator(self.device, seed)
+        row = _Row(handle, IncrementalText(self.tokenizer, params.stop), generator)
+        try:
+            length = len(handle.prompt_ids)
+            cache = new_cache(self.model.config)
+            ids = torch.tensor([handle.prompt_ids], device=self.device)  # (1, L)
+            logits = self._forward(ids, torch.ones_like(ids), torch.arange(length, device=self.device)[None],
+                                   cache, [handle.slot])  # (1, vocab)
+            self._accept(row, logits[0])
+            if not row.finished:
+                self._batch.add(cache, length)
+                self._rows.append(row)
+        except Exception as error:  # the request fails with the reason, the engine goes on
+            log.exception("prefill failed")
+            self._fail(handle, f"prefill failed: {error}")
+
+    def _decode_step(self) -> None:
+        try:
+            ids = torch.tensor([[row.generated[-1]] for row in self._rows], device=self.device)  # (B, 1)
+            positions = self._batch.next_positions()  # (B, 1)
+            mask = self._batch.extend_mask()  # (B, T + 1)
+            logits = self._forward(ids, mask, positions, self._batch.cache, [row.handle.slot for row in self._rows])
+            for row, row_logits in zip(self._rows, logits, strict=True):
+                self._accept(row, row_logits)
+        except Exception as error:  # every row of the failed step fails with the reason
+            log.exception("decode step failed")
+            for row in self._rows:
+                if not row.finished:
+                    row.finished = True
+                    self._fail(row.handle, f"decode step failed: {error}")
+        self._leave()
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any,
+                 slots: list[int]) -> torch.Tensor:
+        """Last-position logits (batch, vocab) in fp32; the cache grows by the ids' length."""
+        slot_ids = None if all(s == BASE_SLOT for s in slots) else torch.tensor(slots, device=self.device)
+        with self.slots.lock, self.slots.context.rows(slot_ids):
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                             logits_to_keep=1, **{self._cache_argument: cache})
+        return out.logits[:, -1].float()
+
+    def _leave(self) -> None:
+        """Drop finished and cancelled rows from the batch."""
+        for row in self._rows:
+            if not row.finished and row.handle.cancelled:
+                row.finished = True
+                self._finish_cancelled(row.handle, completion_tokens=len(row.generated))
+        keep = [i for i, row in enumerate(self._rows) if not row.finished]
+        if len(keep) < len(self._rows):
+            left = [row for row in self._rows if row.finished]
+            self._rows = [self._rows[i] for i in keep]
+            self._batch.keep(keep)
+            for row in left:
+                self._done(row.handle)
+
+    # -- one token -----------------------------------------------------------------------------
+    def _accept(self, row: _Row, logits: torch.Tensor) -> None:  # logits: (vocab,) fp32
+        params = row.handle.params
+        token = choose_token(logits, params.temperature, params.top_p, row.generator)
+        row.generated.append(token)
+        if token in self.eos_ids:
+            self._finish(row, "stop", row.text.flush())
+            return
+        row.pending.append(self._token_logprob(token, logits, params))
+        text, stopped = row.text.add(token)
+        if stopped:
+            self._finish(row, "stop", text)
+        elif len(row.generated) >= params.max_tokens or self._context_full(row):
+            self._finish(row, "length", text + row.text.flush())
+        elif text:
+            row.handle.emit(TextDelta(text, tuple(row.pending)))
+            row.pending = []
+
+    def _context_full(self, row: _Row) -> bool:
+        return len(row.handle.prompt_ids) + len(row.generated) >= self.context_length
+
+    def _token_logprob(self, token: int, logits: torch.Tensor, params: GenerationParams) -> TokenLogprob:
+        text, raw = self._token_texts(token)
+        if not (params.logprobs or params.top_logprobs):
+            return TokenLogprob(token, text, raw)
+        logprobs = torch.log_softmax(logits, dim=-1)  # (vocab,): the raw distribution
+        top = []
+        if params.top_logprobs:
+            values, indices = torch.topk(logprobs, min(params.top_logprobs, logprobs.shape[0]))
+            for value, index in zip(values.tolist(), indices.tolist(), strict=True):
+                top_text, top_raw = self._token_texts(index)
+                top.append(TopLogprob(index, top_text, value, top_raw))
+        return TokenLogprob(token, text, raw, float(logprobs[token]), tuple(top))
+
+    def _finish(self, row: _Row, reason: str, text: str) -> None:
+        row.finished = True
+        if text or row.pending:
+            row.handle.emit(TextDelta(text, tuple(row.pending)))
+            row.pending = []
+        row.handle.emit(Finished(reason, len(row.handle.prompt_ids), len(row.generated)))
+        if row not in self._rows:  # finished at its first token: never joined the batch
+            self._done(row.handle)
+
+    def _finish_cancelled(self, handle: GenerationHandle, *, completion_tokens: int) -> None:
+        handle.emit(Finished("cancelled", len(handle.prompt_ids), completion_tokens))
+        if handle not in [row.handle for row in self._rows]:
+            self._done(handle)
+
+    def _fail(self, handle: GenerationHandle, message: str) -> None:
+        handle.emit(Failed(message))
+        if handle not in [row.handle for row in self._rows]:
+            self._done(handle)
+
+    def _done(self, handle: GenerationHandle) -> None:
+        if handle.on_done is not None:
+            try:
+                handle.on_done()
+            except Exception:  # a caller's callback must not stop the engine
+                log.exception("on_done callback failed")
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    """The tokenizer's eos_token_id and the generation config's eos ids."""
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if configured is not None:
+        ids.update(int(i) for i in (configured if isinstance(configured, list | tuple) else [configured]))
+    return frozenset(ids)
