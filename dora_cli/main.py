@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "dora_cli.train_commands",
     "dora_cli.service_commands",
     "dora_cli.worker_commands",
+    "dora_cli.serve_commands",
     "dora_cli.settings_doc",
 )
 

@@ -74,6 +74,20 @@ class ServeSettings(DatabaseSettings, StorageSettings, LogSettings, BaseModelSet
         return list(self.serve_base_models) or sorted(self.base_models)
 
 
+class MissingSecretError(RuntimeError):
+    """`dora serve` without DORA_INFERENCE_SECRET: anyone who reaches its port could generate."""
+
+
+def require_secret(settings: InferenceSettings) -> bytes:
+    """The exact `authorization` header value the API sends; MissingSecretError without a secret."""
+    if settings.inference_secret is None:
+        raise MissingSecretError(
+            "DORA_INFERENCE_SECRET is not set: the inference server accepts requests only from the API, which "
+            "sends this shared secret; set the same value (at least 16 characters, e.g. `openssl rand -hex 32`) "
+            "for `dora serve` and `dora api` (`dora up` makes one for its own processes)")
+    return f"Bearer {settings.inference_secret.get_secret_value()}".encode()
+
+
 @lru_cache
 def get_serve_settings() -> ServeSettings:
     """The inference server's settings, read once from the environment."""
