@@ -17,8 +17,8 @@ Formats and their fields (extra keys are ignored; `null` counts as absent):
 
 A row's format is recognised from its keys, first match wins: `preferred_output` or
 `non_preferred_output` -> preference, `messages` -> chat,
-`instruction` or `output` -> alpaca, `prompt` or `completion` -> prompt_completion,
-`text` -> text (Alpaca exports often carry a `text` column too, hence the order).
+`instruction` or `output` -> alpaca, an object `input` -> preference, `prompt` or `completion` ->
+prompt_completion, `text` -> text (Alpaca exports often carry a `text` column too, hence the order).
 """
 
 from __future__ import annotations
@@ -108,6 +108,8 @@ def detect_format(row: Mapping[str, Any]) -> str | None:
         return CHAT
     if "instruction" in row or "output" in row:
         return ALPACA
+    if isinstance(row.get("input"), Mapping):  # Alpaca's input is a string
+        return PREFERENCE
     if "prompt" in row or "completion" in row:
         return PROMPT_COMPLETION
     if "text" in row:
@@ -119,7 +121,8 @@ def unrecognised_row_message(row: Mapping[str, Any]) -> str:
     keys = ", ".join(repr(key) for key in list(row)[:10]) or "none"
     return (
         "row has none of the dataset fields: expected 'messages' (chat), 'prompt' and 'completion', "
-        f"'instruction' and 'output' (Alpaca), or 'text'; found keys: {keys}"
+        "'instruction' and 'output' (Alpaca), 'text', or 'input', 'preferred_output' and 'non_preferred_output' "
+        f"(preference); found keys: {keys}"
     )
 
 

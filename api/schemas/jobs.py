@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, create_model, field_validator, model_vali
 
 from api.schemas.common import StrictModel
 from api.schemas.run_fields import adapter_fields, contract_type, training_fields
-from dora_contract import DEFAULT_OUTPUTS, RunSettings, TrainingSettings
+from dora_contract import DEFAULT_OUTPUTS, AdapterSettings, DpoSettings, RunSettings, TrainingSettings
 from store.job_status import JobStatus
 
 Auto = Literal["auto"]
@@ -37,7 +37,7 @@ class SupervisedMethod(StrictModel):
 class _OneLearningRate(StrictModel):
     @model_validator(mode="after")
     def _one_learning_rate(self) -> _OneLearningRate:
-        if self.learning_rate is not None and self.learning_rate_multiplier is not None:
+        if self.learning_rate is not None and self.learning_rate_multiplier not in (None, "auto"):
             raise ValueError("give learning_rate or learning_rate_multiplier, not both")
         return self
 
@@ -60,6 +60,32 @@ AdapterMethod = create_model(
     **adapter_fields(),
     hyperparameters=(TrainingHyperparameters | None, None),
 )
+# `method.dpo` (OpenAI's shape): `hyperparameters` holds OpenAI's four DPO knobs (beta, n_epochs,
+# batch_size, learning_rate_multiplier; each may be "auto", the contract's default) and, as for
+# `dora`/`lora`, every training and adapter setting of the run contract; `adapter` picks the layer.
+DpoHyperparameters = create_model(
+    "DpoHyperparameters", __base__=_OneLearningRate, __module__=__name__,
+    __doc__="OpenAI's DPO knobs ('auto' = the default) and the run's settings; left out: the contract's default.",
+    **(training_fields() | adapter_fields() | {
+        "n_epochs": (Auto | contract_type(TrainingSettings, "epochs") | None, training_fields()["n_epochs"][1]),
+        "batch_size": (Auto | contract_type(TrainingSettings, "micro_batch_size") | None,
+                       training_fields()["batch_size"][1]),
+        "learning_rate_multiplier": (Auto | Multiplier | None,
+                                     Field(None, description="learning_rate = the default x this"))}),
+    beta=(Auto | contract_type(DpoSettings, "beta") | None,
+          Field(None, description=f"{DpoSettings.model_fields['beta'].description}. Default ('auto'): "
+                                  f"{DpoSettings.model_fields['beta'].default!r}")),
+)
+DpoMethod = create_model(
+    "DpoMethod", __base__=StrictModel, __module__=__name__,
+    __doc__="A DPO job: OpenAI's `hyperparameters` (plus the run's settings) and the adapter it trains.",
+    **adapter_fields(),
+    adapter=(contract_type(AdapterSettings, "method") | None,
+             Field(None, description="the adapter DPO trains: dora (the default) or lora")),
+    hyperparameters=(DpoHyperparameters | None, None),
+)
+# the method types a job may be created with (`reinforcement` is OpenAI's too, not run here yet)
+METHOD_TYPES = ("supervised", "dora", "lora", "dpo")
 Output = contract_type(RunSettings, "outputs")
 GgufType = contract_type(RunSettings, "gguf_type")
 GGUF_TYPE_FIELD = RunSettings.model_fields["gguf_type"]
@@ -70,13 +96,13 @@ class Method(StrictModel):
     supervised: SupervisedMethod | None = None
     dora: AdapterMethod | None = None
     lora: AdapterMethod | None = None
-    dpo: dict[str, Any] | None = None
+    dpo: DpoMethod | None = None
     reinforcement: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _matching_block(self) -> Method:
-        if self.type not in ("supervised", "dora", "lora"):
-            raise ValueError(f"method type '{self.type}' is not supported; use 'dora', 'lora' or 'supervised'")
+        if self.type not in METHOD_TYPES:
+            raise ValueError(f"method type '{self.type}' is not supported; use 'dora', 'lora', 'supervised' or 'dpo'")
         given = [name for name in ("supervised", "dora", "lora", "dpo", "reinforcement") if getattr(self, name)]
         others = [name for name in given if name != self.type]
         if others:

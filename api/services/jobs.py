@@ -23,6 +23,7 @@ from api.services.scope import check_limit, get_owned, owned, page
 from dora_contract import BaseModelRef, FileRef, JobSpec
 from dora_contract.architectures import gguf_unsupported_reason
 from dora_contract.training import MAX_SEED
+from dora_formats import PREFERENCE
 from store import jobs as job_store
 from store.base_models import public_id, registered_architecture, registration
 from store.job_queries import with_status
@@ -106,6 +107,7 @@ def create_job(*, session: Session, settings: Settings, tenant_id: str, request:
     shown, run = methods.resolve(request=request, settings=settings, seed=seed)
     check_fits_a_worker(settings=settings, request=request, run_config=run.model_dump(mode="json"))
     _check_split_leaves_rows(request, run.training.validation_split, training)
+    _check_objective(request, dpo=run.dpo is not None, files={"training_file": training, "validation_file": validation})
     _check_gguf_output(settings, request.model, run.outputs)
     spec = JobSpec(run=run, base_model=BaseModelRef(source=registered.source,
                                                     public_id=public_id(request.model, registered)),
@@ -126,6 +128,24 @@ def create_job(*, session: Session, settings: Settings, tenant_id: str, request:
             raise
         return _replay(existing, request_hash), False
     return job, True
+
+
+def _check_objective(request: JobCreate, *, dpo: bool, files: dict[str, FileRef | None]) -> None:
+    """A DPO job trains on preference files, on one GPU; any other job on anything but preference
+    files (the worker would fail either at once: dora_core/data/prepare.py checks the same)."""
+    for param, file in files.items():
+        if file is None or file.format is None:
+            continue
+        if dpo and file.format != PREFERENCE:
+            raise bad_request(f"File {file.id} is in {file.format} format; a dpo job trains on preference rows "
+                              "('input', 'preferred_output', 'non_preferred_output')", param=param,
+                              code="invalid_file_format")
+        if not dpo and file.format == PREFERENCE:
+            raise bad_request(f"File {file.id} holds preference rows, which only a dpo job trains on (method type "
+                              "'dpo')", param=param, code="invalid_file_format")
+    if dpo and request.gpus > 1:
+        raise bad_request("a dpo job runs on one GPU for now (its reference forward is not under DDP yet): "
+                          "use gpus: 1", param="gpus")
 
 
 def _check_split_leaves_rows(request: JobCreate, fraction: float, training: FileRef) -> None:

@@ -5,6 +5,9 @@ Every value a request leaves out takes the run contract's default (dora_contract
 method is a DoRA run: n_epochs and batch_size carry over, learning_rate = multiplier x the
 contract's default learning rate. A `dora` or `lora` method takes every setting, the adapter's
 either beside `hyperparameters` or (OpenAI's convention for a method's own knobs) inside it.
+OpenAI's `dpo` method is a DoRA (or, with `adapter: "lora"`, LoRA) run with `dpo` set: its
+hyperparameters are those of `dora` plus `beta`, and OpenAI's four may be "auto" (the contract's
+default; beta's is DEFAULT_DPO_BETA, 0.1).
 
 The resolved `RunSettings` is stored as the job spec's `run` (dora_contract/job_spec.py): the
 worker adds the local paths and hands it to dora_core unchanged. The job shows the same values
@@ -43,6 +46,8 @@ class _Request:
     def __init__(self) -> None:
         self.adapter: dict[str, Any] = {}
         self.training: dict[str, Any] = {}
+        self.dpo: dict[str, Any] | None = None  # a dpo method's settings (beta)
+        self.adapter_method = "dora"
         self.params: dict[tuple[str, str], str] = {}
         self.default_prefix = ""
 
@@ -76,11 +81,12 @@ def _from_supervised(request: JobCreate) -> _Request:
     return given
 
 
-def _from_adapter_method(request: JobCreate, kind: str) -> _Request:
+def _from_adapter_method(request: JobCreate, kind: str, *, hyperparameters: dict[str, Any] | None = None) -> _Request:
     block = getattr(request.method, kind)
     prefix = f"method.{kind}"
-    beside = _given(block, exclude={"hyperparameters"})
-    inside = _given(block.hyperparameters if block is not None else None)
+    beside = _given(block, exclude={"hyperparameters", "adapter"})
+    inside = hyperparameters if hyperparameters is not None else _given(
+        block.hyperparameters if block is not None else None)
     both = [name for name in ADAPTER_FIELDS if name in beside and name in inside]
     if both:
         name = both[0]
@@ -96,27 +102,48 @@ def _from_adapter_method(request: JobCreate, kind: str) -> _Request:
     return given
 
 
+def _from_dpo(request: JobCreate) -> _Request:
+    """OpenAI's dpo block: its knobs ("auto" = default) and beta, plus the dora method's settings."""
+    block = request.method.dpo
+    prefix = "method.dpo.hyperparameters"
+    hyperparameters = _auto(_given(block.hyperparameters if block is not None else None))
+    beta = hyperparameters.pop("beta", None)
+    given = _from_adapter_method(request, "dpo", hyperparameters=hyperparameters)
+    given.dpo = {} if beta is None else {"beta": beta}
+    given.params["dpo", "beta"] = f"{prefix}.beta"
+    if block is not None and block.adapter is not None:
+        given.adapter_method = block.adapter
+    return given
+
+
+def _from_request(request: JobCreate, kind: str) -> _Request:
+    if kind == "supervised":
+        return _from_supervised(request)
+    return _from_dpo(request) if kind == "dpo" else _from_adapter_method(request, kind)
+
+
 def param_of(request: JobCreate, section: str, name: str) -> str:
     """Where the request gives (or would give) a setting, for an error naming it:
     e.g. "method.dora.hyperparameters.batch_size" for ("training", "micro_batch_size")."""
     kind = request.method.type if request.method else "supervised"
-    given = _from_supervised(request) if kind == "supervised" else _from_adapter_method(request, kind)
-    return given.param(section, name)
+    return _from_request(request, kind).param(section, name)
 
 
 def resolve(*, request: JobCreate, settings: Settings, seed: int) -> tuple[dict[str, Any], RunSettings]:
     """(method as shown on the job, the resolved run its spec stores)."""
     kind = request.method.type if request.method else "supervised"
-    given = _from_supervised(request) if kind == "supervised" else _from_adapter_method(request, kind)
+    given = _from_request(request, kind)
     apply_operator_limits({"adapter": given.adapter, "training": given.training}, settings, given.param)
     try:
         check_one_validation_source(has_validation_file=request.validation_file is not None,
                                     validation_split=given.training.get("validation_split", 0.0))
+        adapter_method = kind if kind in ("dora", "lora") else given.adapter_method
         run = RunSettings.from_data({
-            "adapter": {"method": "dora" if kind == "supervised" else kind} | given.adapter,
+            "adapter": {"method": adapter_method} | given.adapter,
             "training": given.training | {"seed": seed},
             "outputs": request.outputs,
-        } | ({"gguf_type": request.gguf_type} if request.gguf_type is not None else {}))
+        } | ({"gguf_type": request.gguf_type} if request.gguf_type is not None else {})
+          | ({"dpo": given.dpo} if given.dpo is not None else {}))
     except SettingError as error:
         section, _, name = error.field.partition(".")
         raise bad_request(error.message, param=given.param(section, name) if name else error.field) from None
@@ -137,4 +164,8 @@ def shown_method(kind: str, run: RunSettings) -> dict[str, Any]:
     if kind == "supervised":
         return {"type": "supervised", "supervised": {"hyperparameters": openai_hyperparameters(run)},
                 "dora": {"hyperparameters": hyperparameters}}
+    if kind == "dpo":  # OpenAI's four knobs resolved; the learning rate as its multiplier only (one place)
+        hyperparameters.pop("learning_rate")
+        hyperparameters |= openai_hyperparameters(run) | {"beta": run.dpo.beta}
+        return {"type": "dpo", "dpo": {"adapter": run.adapter.method, "hyperparameters": hyperparameters}}
     return {"type": kind, kind: {"hyperparameters": hyperparameters}}
