@@ -23,8 +23,9 @@ from api.errors import AnswerUnexpected, RejectNulInUrl, install_error_handlers
 from api.observability import MetricsMiddleware, Observability
 from api.openapi import install_openapi
 from api.rate_limit import TokenBuckets
-from api.routes import artifacts, files, health, jobs, models, webhooks
+from api.routes import artifacts, completions, files, health, jobs, models, webhooks
 from api.schema_check import check_schema_until_reachable
+from api.services.inference_routing import Inference
 from api.streams import Streams
 from api.ui import PREFIX as UI_PREFIX
 from api.ui import mount_ui
@@ -55,7 +56,9 @@ async def lifespan(app: FastAPI):
         # SchemaOutdated stops the start ("... run `dora migrate`"); an unreachable database does
         # not: the API serves (503s until it is back) and checks again with backoff, logged.
         waiting = await check_schema_until_reachable(app.state.engine)
+    app.state.inference.client()  # the HTTP client to the inference servers, on this loop
     yield
+    await app.state.inference.aclose()
     await app.state.streams.aclose()  # the LISTEN connection of event streams
     if waiting is not None:
         waiting.cancel()
@@ -77,9 +80,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.observability = Observability()
     app.state.observability.watch_jobs(app.state.sessionmaker)
     app.state.publish = _publisher(settings, app.state.observability)
+    app.state.inference = Inference(settings, app.state.sessionmaker)  # completions (api/routes/completions.py)
     install_error_handlers(app)
     app.add_exception_handler(SQLAlchemyError, database_error_handler)  # unreachable: 503, Retry-After
-    for router in (files.router, jobs.router, artifacts.router, models.router, health.router, webhooks.router):
+    for router in (files.router, jobs.router, artifacts.router, models.router, health.router, webhooks.router,
+                   completions.router):
         app.include_router(router)
     mount_ui(app)  # the dashboard at /ui: static files, no key (each API call it makes sends one)
 
