@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import signal
 import time
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from dora_contract import DEFAULT_DPO_BETA, DPO_METRICS
 from tests.support import e2e_scenarios as scenarios
 from tests.support.jobs import dora_method, wait_for
 from tests.support.stack import E2E_RUN, running_stack
@@ -116,3 +119,39 @@ def test_a_worker_stopped_gracefully_checkpoints_and_the_next_worker_resumes_whe
     assert job["status"] == "succeeded" and job["attempt"] == 2 and job["resumed_from_step"] == stopped_at
     assert f"Attempt 2 resumed from the checkpoint at step {stopped_at}" in api.events(job["id"])
     assert api.steps(job["id"]) == list(range(1, 61))
+
+
+# a DPO job created by the official `openai` client: it shows its resolved hyperparameters, and its
+# per-step reward metrics land in the job's metric points, as the dashboard reads them
+PAIRS = "".join(json.dumps({
+    "input": {"messages": [{"role": "user", "content": f"What is {a} plus {b}?"}]},
+    "preferred_output": [{"role": "assistant", "content": str(a + b)}],
+    "non_preferred_output": [{"role": "assistant", "content": "I would rather not say."}],
+}) + "\n" for a in range(3) for b in range(3)).encode()
+
+
+def test_a_dpo_job_through_the_openai_client_succeeds(stack):
+    import openai
+
+    oai = openai.OpenAI(api_key=stack.api.key, base_url=f"{stack.api.url}/v1", max_retries=0, timeout=30)
+    training_file = oai.files.create(file=("pairs.jsonl", io.BytesIO(PAIRS)), purpose="fine-tune")
+    method = {"type": "dpo", "dpo": {"hyperparameters": {"beta": "auto", "batch_size": 3, "n_epochs": "auto",
+                                                         "learning_rate_multiplier": 20}}}
+    job = oai.fine_tuning.jobs.create(model="tiny-llama", training_file=training_file.id, method=method,
+                                      extra_body={"outputs": ["adapter"]})
+    hp = job.method.dpo.hyperparameters  # the client's own DpoHyperparameters type, resolved
+    assert (hp.beta, hp.batch_size, hp.n_epochs, hp.learning_rate_multiplier) == (DEFAULT_DPO_BETA, 3, 1.0, 20)
+    started = time.monotonic()
+    while job.status not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() - started < 90, job
+        time.sleep(0.1)
+        job = oai.fine_tuning.jobs.retrieve(job.id)
+    assert job.status == "succeeded", job.error
+    assert job.method.type == "dpo" and job.hyperparameters.batch_size == 3
+    points = stack.api.client.get(f"/v1/fine_tuning/jobs/{job.id}/metrics", params={"limit": 100}).json()["data"]
+    steps = [point for point in points if "loss" in point["values"]]
+    assert [point["step"] for point in steps] == [1, 2, 3]  # 9 pairs, 3 a step, one epoch
+    assert all(set(DPO_METRICS) <= set(point["values"]) for point in steps), steps
+    assert steps[0]["values"]["loss"] == pytest.approx(0.6931471805599453, rel=1e-4)  # policy = reference at step 1
+    assert steps[-1]["values"]["rewards/margins"] > 0  # the preferred answers gained on the others
+    assert job.result_files
