@@ -26,7 +26,24 @@ const PRIMARY = [
    series: [{key: "token_accuracy", label: "Train", color: "#15803d"},
             {key: "eval_token_accuracy", label: "Eval", color: "#b45309"}]},
 ];
-const CHART_OF = new Map(PRIMARY.flatMap((chart) => chart.series.map((series) => [series.key, chart.key])));
+// a DPO job's per-step metrics (dora_contract DPO_METRICS, TRL's names; eval_ before them at an
+// evaluation), charted beside the loss once a point has them: chosen and rejected rewards on one
+// chart, the margin, and the preference accuracy (in 0..1)
+const PREFERENCE = [
+  {key: "rewards", title: "Rewards (beta x log-ratio to the reference)",
+   series: [{key: "rewards/chosen", label: "Chosen", color: "#15803d"},
+            {key: "rewards/rejected", label: "Rejected", color: "#b91c1c"},
+            {key: "eval_rewards/chosen", label: "Eval chosen", color: "#65a30d"},
+            {key: "eval_rewards/rejected", label: "Eval rejected", color: "#f97316"}]},
+  {key: "rewards/margins", title: "Reward margin",
+   series: [{key: "rewards/margins", label: "Train", color: "#2f5fd0"},
+            {key: "eval_rewards/margins", label: "Eval", color: "#c2410c"}]},
+  {key: "rewards/accuracies", title: "Preference accuracy", floor: 0, ceiling: 1,
+   series: [{key: "rewards/accuracies", label: "Train", color: "#15803d"},
+            {key: "eval_rewards/accuracies", label: "Eval", color: "#b45309"}]},
+];
+const KNOWN = [...PRIMARY, ...PREFERENCE];
+const CHART_OF = new Map(KNOWN.flatMap((chart) => chart.series.map((series) => [series.key, chart.key])));
 const TITLES = {tokens_per_second: "Tokens / second", trained_tokens: "Trained tokens per step",
                 micro_batch_size: "Micro-batch size", gpu_memory_allocated_bytes: "GPU memory allocated (bytes)",
                 gpu_memory_peak_bytes: "GPU memory peak (bytes)"};
@@ -113,14 +130,14 @@ export function render(main, {id}) {
   const charts = new Map();
   let drawQueued = false;
 
-  function chartFor(key) { // key: a chart's (PRIMARY) or another metric's, charted alone
+  function chartFor(key) { // key: a chart's (PRIMARY, PREFERENCE) or another metric's, charted alone
     if (!charts.has(key)) {
-      const known = PRIMARY.find((chart) => chart.key === key);
+      const known = KNOWN.find((chart) => chart.key === key);
       const chart = new LineChart(known || {key, title: TITLES[key] || key, color: "#475569"});
       charts.set(key, chart);
       if (known) {
-        // keep PRIMARY's order
-        const order = PRIMARY.map((c) => c.key);
+        // keep PRIMARY's order, then PREFERENCE's
+        const order = KNOWN.map((c) => c.key);
         const after = [...chartsPrimary.children].find((el) => order.indexOf(el.dataset.metric) > order.indexOf(key));
         chartsPrimary.insertBefore(chart.element, after || null);
       } else {
