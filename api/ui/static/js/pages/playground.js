@@ -78,7 +78,7 @@ function modelPicker(side, onChange) {
   return {element, value, set, setGroups(next) { groups = next; fill(); }, known};
 }
 
-function bubble(role, who, text = "") {
+function bubble(role, who, text = null) {
   const body = h("div", {class: "message-text"}, text);
   const meta = h("div", {class: "message-meta"}, h("span", {class: "message-who"}, who));
   const node = h("li", {class: "message", dataset: {role}}, meta, body);
