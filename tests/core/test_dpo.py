@@ -208,3 +208,17 @@ def test_dpo_run_learns_keeps_one_base_copy_and_resumes(tiny_model_dir, tmp_path
                 for name in ("straight", "resumed"))
     for name, tensor in one.items():
         assert_close_to_reference(two[name], tensor, limit, what=name)
+
+
+def test_the_docs_example_is_a_valid_dpo_config_and_preference_row(tmp_path):
+    """docs/training.md's DPO example: its row validates as a preference row, its config as a DPO run."""
+    from dora_formats import PREFERENCE, validate_jsonl
+    from tests.support.doc_blocks import DOCS, fenced_blocks, page_section
+
+    blocks = dict(fenced_blocks(page_section(DOCS / "training.md", "## Preference tuning (DPO)")))
+    (tmp_path / "pairs.jsonl").write_text(blocks["json"])
+    result = validate_jsonl(tmp_path / "pairs.jsonl")
+    assert result.is_valid and result.format == PREFERENCE and result.rows == 1
+    (tmp_path / "run.yaml").write_text(blocks["yaml"])
+    config = RunConfig.from_file(tmp_path / "run.yaml")
+    assert config.dpo is not None and config.dpo.beta == 0.1 and config.train_file == str(tmp_path / "pairs.jsonl")
