@@ -222,3 +222,29 @@ def test_the_docs_example_is_a_valid_dpo_config_and_preference_row(tmp_path):
     (tmp_path / "run.yaml").write_text(blocks["yaml"])
     config = RunConfig.from_file(tmp_path / "run.yaml")
     assert config.dpo is not None and config.dpo.beta == 0.1 and config.train_file == str(tmp_path / "pairs.jsonl")
+
+
+def test_pairs_train_on_the_answers_only_and_each_objective_refuses_the_others_files(tiny_tokenizer, tmp_path):
+    from dora_core.data import IGNORE_INDEX, DataError, prepare_datasets
+
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", preference_rows(3))
+    data = prepare_datasets(pairs, tiny_tokenizer, max_seq_len=64, preference=True)
+    assert len(data.train) == 3 and data.report["train"]["pairs"] == 3
+    item = data.train[1]  # "What is 0 plus 1?" -> "1" / "I do not know 0, sorry"
+    for side, answer in (("", "1"), ("rejected_", "I do not know 0, sorry")):
+        ids, labels = item[f"{side}input_ids"], item[f"{side}labels"]
+        trained = [token for token, label in zip(ids, labels, strict=True) if label != IGNORE_INDEX]
+        assert tiny_tokenizer.decode(trained) == answer + "<|end|>"  # the answer and its end of turn, no prompt
+    prompt = [t for t, label in zip(item["input_ids"], item["labels"], strict=True) if label == IGNORE_INDEX]
+    assert prompt == item["rejected_input_ids"][: len(prompt)]  # both sides share the prompt's tokens
+    batch = data.collator([data.train[0], data.train[1]])
+    assert batch["input_ids"].shape[0] == 4 and batch["input_ids"][1].tolist()[: len(item["input_ids"])] == (
+        item["input_ids"])  # preferred rows first, then the non-preferred ones
+    chat = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "Hi"},
+                                                               {"role": "assistant", "content": "Hello"}]}])
+    with pytest.raises(DataError) as refused:
+        prepare_datasets(chat, tiny_tokenizer, max_seq_len=64, preference=True)
+    assert refused.value.field == "train_file" and "preference rows" in refused.value.message
+    with pytest.raises(DataError) as refused:
+        prepare_datasets(pairs, tiny_tokenizer, max_seq_len=64)
+    assert refused.value.field == "train_file" and "only DPO trains on" in refused.value.message
