@@ -17,7 +17,7 @@ import pytest
 from tests.support.browser import chromium, screenshot_path
 from tests.support.jobs import dora_method, wait_for
 from tests.support.services import free_port
-from tests.support.stack import make_stack
+from tests.support.stack import _healthy, make_stack
 
 PROMPT = "What is two plus two?"
 SYSTEM = "Answer in one short sentence."
@@ -38,10 +38,11 @@ def stack(tmp_path_factory, tiny_model_dir):
     try:
         stack.start_api()
         stack.job = stack.api.create(dora_method(max_steps=4, checkpoint_interval=2))  # trains meanwhile
-        serve = stack._spawn("serve", ["serve", "--port", str(free_port())], stack.env)
+        port = free_port()
+        serve = stack._spawn("serve", ["serve", "--port", str(port)], stack.env)
         stack.workers.append(serve)  # stopped with the stack
         stack.start_worker()
-        wait_for(lambda: "Application startup complete" in serve.text() or not serve.alive(), timeout=90,
+        wait_for(lambda: _healthy(f"http://127.0.0.1:{port}") or not serve.alive(), timeout=90,
                  what="dora serve to start")
         assert serve.alive(), serve.text()
         yield stack
