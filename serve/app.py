@@ -113,7 +113,11 @@ def create_app(settings: ServeSettings | None = None, *, models: dict[str, Serve
         return StreamingResponse(stream(generation), media_type=NDJSON)
 
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        """Up once every model is loaded (uvicorn answers nothing before); each model's load, which is no
+        secret: sequences in flight (running or queued) against the capacity that answers 503 beyond."""
+        return JSONResponse({"status": "ok", "models": {name: {"sequences": model.in_flight,
+                                                                "capacity": model.capacity}
+                                                         for name, model in served.items()}})
 
     return Starlette(routes=[Route(GENERATE_PATH, generate, methods=["POST"]),
                              Route("/healthz", healthz, methods=["GET"])], lifespan=lifespan)

@@ -93,12 +93,15 @@ PATH_NEEDS: dict[str, tuple[str, ...]] = {
     "tests/worker/test_reconciler.py::test_a_broker_that_lost_its_queue_gets_every_queued_job_republished_at_the_next_pass":
         ("redis",),
     "tests/worker/test_webhooks.py::test_the_sender_is_a_thread_pool_on_its_own_queue": ("processes",),
+    # a real `dora serve` (uvicorn, the models loaded) spoken to over HTTP
+    "tests/serve/test_serve_process.py": ("processes",),
     # slow: in this process, but over 10 s each on 2 busy cores (the real model: its first use in a
     # checkout also converts it, about 50 s)
     "tests/e2e/test_real_model.py": ("slow",),
     "tests/core/test_gguf_import.py::test_the_real_gguf_converts_once_into_a_bf16_folder": ("slow",),
     "tests/core/test_gguf_import.py::test_the_converted_folder_computes_what_the_gguf_computes": ("slow",),
     "tests/core/test_gguf_export.py::test_the_real_smollm2_round_trips_in_f16": ("slow",),
+    "tests/core/test_serving_real_model.py": ("slow",),
     "tests/core/test_samples.py::test_samples_change_nothing_about_training_and_are_deterministic": ("slow",),
     "tests/core/test_qdora.py::test_a_stopped_qdora_run_resumes_to_the_uninterrupted_adapter": ("slow",),
     "tests/core/test_dora_dropout.py::test_dora_dropout_backward_passes_gradcheck": ("slow",),

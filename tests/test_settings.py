@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from dora_cli.main import main
 from dora_cli.process_settings import PROCESSES, AllSettings
 from dora_cli.settings_doc import groups
+from serve.settings import ServeSettings
 from store.settings import ApiSettings, Settings, get_settings
 from worker.settings import WebhookSenderSettings, WorkerSettings
 
@@ -99,6 +100,7 @@ def _reads(paths: list[Path]) -> set[str]:
     (ApiSettings, ["api/**/*.py"]),
     (WorkerSettings, ["worker/*.py"]),
     (WebhookSenderSettings, ["worker/webhooks.py"]),
+    (ServeSettings, ["serve/*.py", "dora_cli/serve_commands.py"]),
 ])
 def test_what_a_process_reads_is_in_what_it_loads(cls, files):
     """Tests may run the whole stack on `AllSettings`; this keeps each process's code to its own."""
