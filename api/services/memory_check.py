@@ -49,9 +49,12 @@ def check_fits_a_worker(*, settings: Settings, request: JobCreate, run_config: d
     limit = int(max(settings.worker_gpu_memory_gib) * GIB)
     dtype_bytes = precision_bytes(training.precision, on_gpu=True)
     checkpointing = training.gradient_checkpointing is not False  # auto: the worker turns it on if needed
+    per_example = 2 if run.dpo is not None else 1  # sequences a batch_size of 1 runs: a DPO pair is two
 
     def plan(gpus: int = request.gpus, **changes):
         changed = training.model_copy(update={k: v for k, v in changes.items() if k != "gradient_checkpointing"})
+        if per_example > 1:  # a DPO micro-batch of B pairs is 2B sequences (suggestions stay in pairs)
+            changed = changed.model_copy(update={"micro_batch_size": per_example * changed.micro_batch_size})
         return plan_memory(config, adapter, changed, dtype_bytes=dtype_bytes,
                            gradient_checkpointing=changes.get("gradient_checkpointing", checkpointing),
                            **_spread(changed, gpus, config, adapter, dtype_bytes, limit))
@@ -63,7 +66,7 @@ def check_fits_a_worker(*, settings: Settings, request: JobCreate, run_config: d
     if estimate.total <= limit:
         return
     field, advice = _what_to_change(plan, training, checkpointing, limit, config, adapter, dtype_bytes,
-                                    gpus=request.gpus, max_gpus=settings.max_job_gpus)
+                                    gpus=request.gpus, max_gpus=settings.max_job_gpus, per_example=per_example)
     raise bad_request(
         f"This job needs an estimated {estimate.describe()} of GPU memory"
         f"{f' per GPU (gpus: {request.gpus})' if request.gpus > 1 else ''}, more than the largest worker's "
@@ -83,13 +86,13 @@ def _spread(training, gpus: int, config, adapter, dtype_bytes: int, limit: int) 
 
 
 def _what_to_change(plan, training, checkpointing: bool, limit: int, config, adapter, dtype_bytes: int, *,
-                    gpus: int, max_gpus: int) -> tuple[str, str]:
+                    gpus: int, max_gpus: int, per_example: int = 1) -> tuple[str, str]:
     """(the contract field to name, advice): the cheapest change that fits, in this order."""
     if not checkpointing and plan(gradient_checkpointing=True).total <= limit:
         return "gradient_checkpointing", "turn gradient_checkpointing on (true or auto)"
     batch = largest_fitting_micro_batch(config, adapter, training, dtype_bytes=dtype_bytes, memory_bytes=limit,
                                         gradient_checkpointing=True,
-                                        **_spread(training, gpus, config, adapter, dtype_bytes, limit))
+                                        **_spread(training, gpus, config, adapter, dtype_bytes, limit)) // per_example
     if batch >= 1:
         return "micro_batch_size", f"a batch_size of at most {batch} fits (gradient accumulation keeps the update)"
     if training.max_seq_len > SMALLEST_SEQ_LEN and plan(micro_batch_size=1, max_seq_len=SMALLEST_SEQ_LEN,

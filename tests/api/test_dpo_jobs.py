@@ -85,3 +85,33 @@ def test_dpo_refusals_name_the_field(tenant, body, param, words):
     assert refused.status_code == 400, refused.text
     error = refused.json()["error"]
     assert error["param"].startswith(param) and words in error["message"], error
+
+
+@pytest.fixture
+def one_24_gib_worker(settings, tmp_path):
+    from tests.api.test_memory_check import _workers_with_24_gib_gpus
+
+    yield from _workers_with_24_gib_gpus(settings, tmp_path)
+
+
+def test_the_memory_check_counts_a_dpo_micro_batch_as_two_sequences_a_pair(one_24_gib_worker):
+    """A DPO batch of B pairs runs 2B sequences: the largest batch_size that fits is about half SFT's."""
+    import re
+
+    tenant = one_24_gib_worker
+    shape = {"max_seq_len": 4096, "batch_size": 64}
+
+    def largest_fitting(method: dict, training_file: str) -> int:
+        refused = tenant.create_job({"model": "llama-3-8b", "training_file": training_file, "method": method})
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert error["param"] == f"method.{method['type']}.hyperparameters.batch_size", error
+        return int(re.search(r"a batch_size of at most (\d+) fits", error["message"])[1])
+
+    pairs = tenant.file_id(PAIRS)
+    sft = largest_fitting({"type": "dora", "dora": {"hyperparameters": shape}}, tenant.file_id(CHAT_ROW * 3))
+    dpo = largest_fitting(_dpo(shape), pairs)
+    assert 2 * dpo <= sft < 2 * (dpo + 1), (sft, dpo)
+    fits = tenant.create_job({"model": "llama-3-8b", "training_file": pairs,
+                              "method": _dpo(shape | {"batch_size": dpo})})
+    assert fits.status_code == 200, fits.text
