@@ -19,15 +19,16 @@ def load_tiny(model_dir: Path, dtype: torch.dtype = torch.float32):
 
 @torch.no_grad()
 def random_adapter(base, out: Path, *, method: str = "dora", rank: int = 8, seed: int = 0,
-                   targets: str | tuple[str, ...] = "all-linear", b_scale: float = 0.2) -> Path:
-    """Save an adapter with random A, B (and m moved off ||W||) for `base` (left unchanged)."""
+                   targets: str | tuple[str, ...] = "all-linear", b_scale: float = 0.2, in_place: bool = False) -> Path:
+    """Save an adapter with random A, B (and m moved off ||W||) for `base` (left unchanged, unless
+    `in_place`: then `base` keeps the adapter, e.g. to be merged as the reference without a second copy)."""
     import copy
 
     config = AdapterConfig(method=method, rank=rank, alpha=float(2 * rank), target_modules=targets)
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = apply_adapter(copy.deepcopy(base), config)
+        model = apply_adapter(base if in_place else copy.deepcopy(base), config)
     for module in model.modules():
         if isinstance(module, AdapterLinear):
             module.lora_B.copy_(torch.randn(module.lora_B.shape, generator=generator) * b_scale)
