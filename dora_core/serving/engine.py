@@ -45,7 +45,7 @@ from dora_core.serving.batch_cache import BatchCache, new_cache
 from dora_core.serving.detokenize import IncrementalText, TokenTexts
 from dora_core.serving.errors import RequestError
 from dora_core.serving.prompts import check_length, context_length
-from dora_core.serving.sampling import choose_token, new_generator
+from dora_core.serving.sampling import Choice, RowSampling, choose_tokens, new_generator
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class _Row:
 
     handle: GenerationHandle
     text: IncrementalText
-    generator: torch.Generator | None
+    sampling: RowSampling
     generated: list[int] = field(default_factory=list)
     pending: list[TokenLogprob] = field(default_factory=list)  # tokens not yet sent in a TextDelta
     finished: bool = False
@@ -251,14 +251,15 @@ class Engine:
         params = handle.params
         seed = params.seed if params.seed is not None else secrets.randbits(63)
         generator = None if params.temperature == 0.0 else new_generator(self.device, seed)
-        row = _Row(handle, IncrementalText(self.tokenizer, params.stop), generator)
+        sampling = RowSampling(params.temperature, params.top_p, generator, params.logprobs, params.top_logprobs)
+        row = _Row(handle, IncrementalText(self.tokenizer, params.stop), sampling)
         try:
             length = len(handle.prompt_ids)
             cache = new_cache(self.model.config)
             ids = torch.tensor([handle.prompt_ids], device=self.device)  # (1, L)
             logits = self._forward(ids, torch.ones_like(ids), torch.arange(length, device=self.device)[None],
                                    cache, [handle.slot])  # (1, vocab)
-            self._accept(row, logits[0])
+            self._accept(row, choose_tokens(logits, [row.sampling])[0])
             if not row.finished:
                 self._batch.add(cache, length)
                 self._rows.append(row)
@@ -272,8 +273,9 @@ class Engine:
             positions = self._batch.next_positions()  # (B, 1)
             mask = self._batch.extend_mask()  # (B, T + 1)
             logits = self._forward(ids, mask, positions, self._batch.cache, [row.handle.slot for row in self._rows])
-            for row, row_logits in zip(self._rows, logits, strict=True):
-                self._accept(row, row_logits)
+            choices = choose_tokens(logits, [row.sampling for row in self._rows])
+            for row, choice in zip(self._rows, choices, strict=True):
+                self._accept(row, choice)
         except Exception as error:  # every row of the failed step fails with the reason
             log.exception("decode step failed")
             for row in self._rows:
@@ -306,14 +308,14 @@ class Engine:
                 self._done(row.handle)
 
     # -- one token -----------------------------------------------------------------------------
-    def _accept(self, row: _Row, logits: torch.Tensor) -> None:  # logits: (vocab,) fp32
+    def _accept(self, row: _Row, choice: Choice) -> None:
         params = row.handle.params
-        token = choose_token(logits, params.temperature, params.top_p, row.generator)
+        token = choice.token
         row.generated.append(token)
         if token in self.eos_ids:
             self._finish(row, "stop", row.text.flush())
             return
-        row.pending.append(self._token_logprob(token, logits, params))
+        row.pending.append(self._token_logprob(choice, params))
         text, stopped = row.text.add(token)
         if stopped:
             self._finish(row, "stop", text)
@@ -326,18 +328,15 @@ class Engine:
     def _context_full(self, row: _Row) -> bool:
         return len(row.handle.prompt_ids) + len(row.generated) >= self.context_length
 
-    def _token_logprob(self, token: int, logits: torch.Tensor, params: GenerationParams) -> TokenLogprob:
-        text, raw = self._token_texts(token)
+    def _token_logprob(self, choice: Choice, params: GenerationParams) -> TokenLogprob:
+        text, raw = self._token_texts(choice.token)
         if not (params.logprobs or params.top_logprobs):
-            return TokenLogprob(token, text, raw)
-        logprobs = torch.log_softmax(logits, dim=-1)  # (vocab,): the raw distribution
+            return TokenLogprob(choice.token, text, raw)
         top = []
-        if params.top_logprobs:
-            values, indices = torch.topk(logprobs, min(params.top_logprobs, logprobs.shape[0]))
-            for value, index in zip(values.tolist(), indices.tolist(), strict=True):
-                top_text, top_raw = self._token_texts(index)
-                top.append(TopLogprob(index, top_text, value, top_raw))
-        return TokenLogprob(token, text, raw, float(logprobs[token]), tuple(top))
+        for token_id, value in choice.top:
+            top_text, top_raw = self._token_texts(token_id)
+            top.append(TopLogprob(token_id, top_text, value, top_raw))
+        return TokenLogprob(choice.token, text, raw, choice.logprob, tuple(top))
 
     def _finish(self, row: _Row, reason: str, text: str) -> None:
         row.finished = True
