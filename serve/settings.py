@@ -71,7 +71,7 @@ class ServeSettings(DatabaseSettings, StorageSettings, LogSettings, BaseModelSet
 
     def served_models(self) -> list[str]:
         """The names this server holds: DORA_SERVE_BASE_MODELS, or every registered base model."""
-        return list(self.serve_base_models) or sorted(self.base_models)
+        return list(self.serve_base_models) or list(self.base_models)
 
 
 class MissingSecretError(RuntimeError):

@@ -1,7 +1,8 @@
 """`dora up` (what `make run` runs) as the README starts it, in this process: its own steps run for
-real (settings, port check, migrations, the demo model and key, the environment and log files it
-gives each process, the banner); the three processes it would start are stand-ins, which is what
-keeps this cheap (tests/e2e runs the real API and worker processes)."""
+real (settings, port checks, migrations, the demo model and key, the environment and log files it
+gives each process, the inference secret, the banner); the four processes it would start are
+stand-ins, which is what keeps this cheap (tests/e2e runs the real API and worker processes,
+tests/serve a real `dora serve`)."""
 
 from __future__ import annotations
 
@@ -64,25 +65,63 @@ def test_dora_up_demo_starts_quiet_and_prints_where_everything_is(checkout, monk
     if max_job_gpus:
         monkeypatch.setenv("DORA_MAX_JOB_GPUS", max_job_gpus)
     port = os.environ["DORA_PORT"]
+    monkeypatch.setenv("DORA_SERVE_PORT", str(free_port()))  # else the API's port + 100, which may be taken
     assert main(["up", "--demo"]) == 0
     key = Path("var/demo-api-key").read_text().strip()
     banner = capsys.readouterr().out
     url = f"http://127.0.0.1:{port}"
     for shown in (f"dashboard  {url}/ui/", f"API        {url}/v1", f"API docs   {url}/docs",
                   f"API key    {key}   (saved in var/demo-api-key)",
-                  "logs       var/logs/api.log, var/logs/worker.log, var/logs/webhooks.log",
+                  f"inference  http://127.0.0.1:{os.environ['DORA_SERVE_PORT']}   (dora serve",
+                  "logs       var/logs/api.log, var/logs/worker.log, var/logs/webhooks.log, var/logs/serve.log",
                   "`dora up --verbose` shows them here",
                   f'curl -s {url}/v1/models -H "Authorization: Bearer $(cat var/demo-api-key)"'):
         assert shown in banner, banner
     children = checkout["children"]
-    assert sorted(children) == ["api", "webhooks", "worker"] == checkout["supervised"]["children"]
+    assert sorted(children) == ["api", "serve", "webhooks", "worker"] == checkout["supervised"]["children"]
     assert {name: str(child["log"]) for name, child in children.items()} == {
-        name: f"var/logs/{name}.log" for name in ("api", "worker", "webhooks")}
+        name: f"var/logs/{name}.log" for name in ("api", "worker", "webhooks", "serve")}
     for child in children.values():
         assert child["env"]["DORA_MAX_JOB_GPUS"] == (max_job_gpus or "1")
         assert json.loads(child["env"]["DORA_BASE_MODELS"])["tiny-llama"] == str(Path("var/models/tiny-llama")
                                                                                 .resolve())
     assert children["api"]["command"][-4:] == ["--host", "127.0.0.1", "--port", port]
+    assert children["serve"]["command"][3:] == ["serve"]
+    assert children["serve"]["env"]["DORA_SERVE_PORT"] == os.environ["DORA_SERVE_PORT"]
+
+
+def test_dora_up_makes_an_inference_secret_for_the_api_and_the_inference_server_only(checkout):
+    assert main(["up"]) == 0
+    children = checkout["children"]
+    secret = children["api"]["env"]["DORA_INFERENCE_SECRET"]
+    assert len(secret) >= 32 and children["serve"]["env"]["DORA_INFERENCE_SECRET"] == secret
+    assert "DORA_INFERENCE_SECRET" not in children["worker"]["env"] | children["webhooks"]["env"]
+    assert children["serve"]["env"]["DORA_SERVE_PORT"] == str(int(os.environ["DORA_PORT"]) + 100)
+    checkout["children"].clear()
+    assert main(["up"]) == 0  # a new one each run
+    assert checkout["children"]["api"]["env"]["DORA_INFERENCE_SECRET"] != secret
+
+
+def test_dora_up_passes_the_operators_inference_secret_as_it_is(checkout, monkeypatch):
+    monkeypatch.setenv("DORA_INFERENCE_SECRET", "s" * 20)
+    assert main(["up"]) == 0
+    children = checkout["children"]
+    assert children["api"]["env"]["DORA_INFERENCE_SECRET"] == children["serve"]["env"]["DORA_INFERENCE_SECRET"] == \
+        "s" * 20
+    assert "DORA_INFERENCE_SECRET" not in children["worker"]["env"]
+
+
+def test_the_inference_servers_port_in_use_stops_dora_up_naming_its_setting(checkout, monkeypatch, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setenv("DORA_SERVE_PORT", str(port))
+        assert main(["up"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: port {port} on 127.0.0.1 is already in use" in err, err
+    assert f"with DORA_SERVE_PORT, e.g. DORA_SERVE_PORT={port + 1} make run" in err, err
+    assert checkout["children"] == {}
 
 
 def test_dora_up_verbose_leaves_the_logs_on_the_terminal(checkout, capsys):
@@ -110,12 +149,16 @@ def test_a_port_in_use_stops_dora_up_at_once_naming_the_port_and_the_setting(che
     assert checkout["children"] == {} and not Path("var/dora.db").exists()  # nothing migrated, nothing started
 
 
-@pytest.mark.parametrize("command", ["up", "worker", "api"])
+@pytest.mark.parametrize("command", ["up", "worker", "api", "serve"])
 def test_a_base_model_path_that_does_not_exist_stops_the_start(checkout, monkeypatch, capsys, command):
-    """`dora up` and `dora worker` refuse; `dora api` only warns: it never loads a model, and in a split
-    deployment (docker-compose.yml) its host does not hold them."""
+    """`dora up`, `dora worker` and `dora serve` refuse; `dora api` only warns: it never loads a model, and in
+    a split deployment (docker-compose.yml) its host does not hold them."""
+    from serve.settings import get_serve_settings
     from store.settings import get_settings
     from worker.settings import get_worker_settings
+
+    monkeypatch.setenv("DORA_INFERENCE_SECRET", "s" * 20)  # else `dora serve` stops before, for want of it
+    monkeypatch.setattr("dora_cli.serve_commands._schema_problem", lambda settings: pytest.fail("serve started"))
 
     monkeypatch.setenv("DORA_BASE_MODELS", json.dumps({
         "mine": "/no/such/model", "gguf": "./no-such.gguf", "hub": "org/name", "packaged": "package:no-such",
@@ -126,11 +169,11 @@ def test_a_base_model_path_that_does_not_exist_stops_the_start(checkout, monkeyp
     served = []
     monkeypatch.setattr("store.migrate.check_schema", lambda engine: None)
     monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: served.append(args))
-    get_settings.cache_clear(), get_worker_settings.cache_clear()
+    get_settings.cache_clear(), get_worker_settings.cache_clear(), get_serve_settings.cache_clear()
     try:
         assert main([command]) == (0 if command == "api" else 2)
     finally:
-        get_settings.cache_clear(), get_worker_settings.cache_clear()
+        get_settings.cache_clear(), get_worker_settings.cache_clear(), get_serve_settings.cache_clear()
     level, after = ("warning", " (on this host; the workers must have it)") if command == "api" else ("error", "")
     assert capsys.readouterr().err.splitlines() == [
         f"{level}: DORA_BASE_MODELS: base model 'mine': no such folder '/no/such/model' (/no/such/model); build or "
