@@ -35,10 +35,13 @@ def _unsupported(param: str, what: str) -> Exception:
     return bad_request(f"'{param}' is not supported: {what}", param=param, code="unsupported_parameter")
 
 
-def _max_tokens(value: int | None, param: str, settings: Settings) -> int:
-    """The request's bound, or the operator's when it does not say (the server caps it by the context)."""
+def _max_tokens(value: int | None, param: str, settings: Settings) -> int | None:
+    """The request's bound, checked against the operator's. None when it does not say: the server then
+    generates up to what the model's context leaves (the API does not know the context; sending the
+    operator's bound instead made the server refuse every such request to a model whose context is
+    shorter, as it must refuse a max_tokens that does not fit)."""
     if value is None:
-        return settings.max_completion_tokens
+        return None
     if value > settings.max_completion_tokens:
         raise bad_request(f"Invalid value for '{param}': {value} is more than this server allows "
                           f"({settings.max_completion_tokens}, DORA_MAX_COMPLETION_TOKENS)", param=param,
@@ -82,7 +85,7 @@ def _common(body: SamplingFields) -> None:
                           code="invalid_value")
 
 
-def _sampling(body: SamplingFields, *, max_tokens: int, logprobs: bool, top_logprobs: int) -> SamplingParams:
+def _sampling(body: SamplingFields, *, max_tokens: int | None, logprobs: bool, top_logprobs: int) -> SamplingParams:
     return SamplingParams(max_tokens=max_tokens, temperature=1.0 if body.temperature is None else body.temperature,
                           top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed, stop=_stop(body.stop),
                           logprobs=logprobs, top_logprobs=top_logprobs)

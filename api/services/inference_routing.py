@@ -204,7 +204,7 @@ class Inference:
         if isinstance(event, PromptAccepted) and response.status_code == 200:
             return Upstream(server=server, accepted=event, response=response, lines=lines)
         await response.aclose()
-        if isinstance(event, GenerationError):
+        if isinstance(event, GenerationError) and event.status not in (401, 403):  # those: the secret (below)
             if event.status == 503:
                 raise _ServerBusyError()
             status = event.status if 400 <= event.status < 500 else 503

@@ -65,7 +65,7 @@ def standin_app() -> Starlette:
         top = sampling.top_logprobs if sampling.logprobs else 0
 
         async def events():
-            yield encode_event(PromptAccepted(prompt_tokens=len(text.split()), max_tokens=sampling.max_tokens))
+            yield encode_event(PromptAccepted(prompt_tokens=len(text.split()), max_tokens=sampling.max_tokens or 2048))
             if command == "die":
                 yield encode_event(TextDelta(index=0, text="Hi", tokens=[_token("Hi", top)] if top or
                                              sampling.logprobs else []))

@@ -136,6 +136,7 @@ class Stack:
     api_process: Process = None
     workers: list[Process] = field(default_factory=list)
     more_apis: list[Process] = field(default_factory=list)  # API processes beside the first
+    servers: list[Process] = field(default_factory=list)  # `dora serve` processes
 
     @property
     def settings(self):
@@ -178,6 +179,23 @@ class Stack:
         assert worker.alive(), worker.text()
         return worker
 
+    def start_servers(self, count: int = 1) -> list[tuple[Process, str]]:
+        """`count` more `dora serve` processes (every base model, on the CPU, heartbeat every 0.5 s), started
+        together; (process, url) of each once it answers /healthz (its models loaded, its row registered).
+        The stack's environment must hold DORA_INFERENCE_SECRET, as the API's must."""
+        started = []
+        for _ in range(count):
+            port = free_port()
+            env = self.env | {"DORA_SERVE_DEVICE": "cpu", "DORA_SERVE_HEARTBEAT_SECONDS": "0.5",
+                              "DORA_MODEL_CACHE_DIR": str(self.root / "model-cache")}
+            process = self._spawn(f"serve-{len(self.servers) + 1}", ["serve", "--port", str(port)], env)
+            self.servers.append(process)
+            started.append((process, f"http://127.0.0.1:{port}"))
+        for process, url in started:
+            wait_for(lambda p=process, u=url: _healthy(u) or not p.alive(), timeout=90, what=f"{process.name} at {url}")
+            assert process.alive(), process.text()
+        return started
+
     def publish(self, job_id: str) -> bool:
         from store.queue import publish_job
 
@@ -194,7 +212,7 @@ class Stack:
         """SIGKILL every process group of the stack: a teardown, not a test of the shutdown (the tests
         that stop a worker gracefully call Process.stop themselves). A warm shutdown of an idle
         worker takes 6-9 s on this machine, a teardown's worth of waiting per stack."""
-        for process in [*self.workers, self.api_process, *self.more_apis]:
+        for process in [*self.workers, self.api_process, *self.more_apis, *self.servers]:
             if process is not None:
                 process.kill()
 
