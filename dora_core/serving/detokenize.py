@@ -1,9 +1,15 @@
 """Incremental detokenisation: the text a stream may show after each generated token.
 
-Each step decodes the whole generated id list and emits what is new, but holds back a tail that
-may still change or must not be shown: an incomplete UTF-8 character (decoded as U+FFFD until its
-last byte arrives) and any tail that could be the start of a stop string. A stop string ends the
-text just before it.
+Each step decodes the generated ids and emits what is new, but holds back a tail that may still
+change or must not be shown: an incomplete UTF-8 character (decoded as U+FFFD until its last byte
+arrives) and any tail that could be the start of a stop string. A stop string ends the text just
+before it.
+
+Decoding the whole list every step would cost O(n) per token. Instead the text of the ids up to an
+anchor (the last point where the text ended on a whole character) is kept, and only the ids after
+it are decoded, with a few ids before it as context (a SentencePiece word's leading space and a
+tokenizer's space clean-up depend on the neighbours) whose own text is then cut off (vLLM's way).
+When the context's text is not a prefix of the window's, the whole list is decoded.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from functools import cache
 from typing import Any
 
 REPLACEMENT = "\ufffd"
+CONTEXT_TOKENS = 6  # ids decoded before the anchor, for the neighbours' sake
 
 
 class IncrementalText:
@@ -22,6 +29,9 @@ class IncrementalText:
         self.stop = tuple(s for s in stop if s)
         self.ids: list[int] = []
         self.emitted = 0  # characters of the decoded text already emitted
+        self.anchor = 0  # ids[:anchor] decode to anchor_text, which ends on a whole character
+        self.anchor_text = ""
+        self.context_text = ""  # the text of ids[anchor - CONTEXT_TOKENS:anchor]
 
     def add(self, token_id: int) -> tuple[str, bool]:
         """(new text that is safe to emit, whether a stop string was reached)."""
@@ -46,7 +56,19 @@ class IncrementalText:
         return delta
 
     def _decode(self) -> str:
-        return self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        start = max(0, self.anchor - CONTEXT_TOKENS)
+        window = self._decode_ids(self.ids[start:])
+        if window.startswith(self.context_text):
+            text = self.anchor_text + window[len(self.context_text):]
+        else:
+            text = self._decode_ids(self.ids)
+        if not text.endswith(REPLACEMENT) and len(self.ids) > self.anchor:
+            self.anchor, self.anchor_text = len(self.ids), text
+            self.context_text = self._decode_ids(self.ids[max(0, self.anchor - CONTEXT_TOKENS):])
+        return text
+
+    def _decode_ids(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
 @cache

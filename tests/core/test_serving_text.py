@@ -4,6 +4,7 @@ token bytes, prompt rendering and the request errors that name their field."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from dora_core.serving import AdapterSlots, Engine, GenerationParams, RequestError, render_chat, render_text
 from dora_core.serving.detokenize import IncrementalText, TokenTexts
@@ -101,3 +102,12 @@ def test_submit_refuses_prompts_it_cannot_run(tiny_model_dir, tiny_tokenizer):
             engine.submit([1], 2, GenerationParams(max_tokens=1))
     finally:
         engine.stop()
+
+
+def test_the_windowed_decoding_gives_the_whole_lists_text(tiny_tokenizer):
+    """Any ids, special tokens and broken characters included: the pieces add up to decode(all ids)."""
+    ids = torch.randint(0, len(tiny_tokenizer), (400,), generator=torch.Generator().manual_seed(0)).tolist()
+    stream = IncrementalText(tiny_tokenizer, ())
+    text = "".join(stream.add(token)[0] for token in ids) + stream.flush()
+    assert text == tiny_tokenizer.decode(ids, skip_special_tokens=True)
+    assert stream.anchor > len(ids) - 10  # the window moved along: it did not decode everything each time
