@@ -94,9 +94,10 @@ def tour_blocks() -> list[tuple[str, str]]:
 
 
 def banner_pattern(text_block: str, url: str) -> re.Pattern:
-    """The tour's picture of make run's banner as a pattern for the real one: its URL, key and the
+    """The tour's picture of make run's banner as a pattern for the real one: its URLs, key and the
     demo model's path (a link here) stand for what this run has."""
     pattern = re.escape(text_block.strip()).replace(re.escape("http://127.0.0.1:8000"), re.escape(url))
+    pattern = pattern.replace(re.escape("http://127.0.0.1:8100"), r"http://127\.0\.0\.1:\d+")  # dora serve's
     pattern = pattern.replace(re.escape("sk-dora-..."), r"sk-dora-\S+")
     return re.compile(pattern.replace(re.escape("/path/to/dora-tuner/var/models/tiny-llama"), r"\S+"))
 

@@ -39,18 +39,31 @@ def _compose(tmp_path: Path) -> tuple[list[str], dict]:
 
 def test_docker_compose_config_passes(tmp_path):
     command, env = _compose(tmp_path)
+    env.pop("DORA_INFERENCE_SECRET", None)
+    refused = subprocess.run([*command, "config", "--format", "json"], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode != 0 and "set DORA_INFERENCE_SECRET" in refused.stderr, refused.stderr  # no default
+    env["DORA_INFERENCE_SECRET"] = "s" * 32
     result = subprocess.run([*command, "config", "--format", "json"], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     import json
 
     services = json.loads(result.stdout)["services"]
-    assert {"postgres", "redis", "migrate", "api", "worker"} <= set(services)
+    assert {"postgres", "redis", "migrate", "api", "worker", "serve"} <= set(services)
     devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
     assert services["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert services["worker"]["environment"]["DORA_BROKER_URL"] == "redis://redis:6379/0"
     assert any(v["target"] == "/data/artifacts" for v in services["worker"]["volumes"])
+    serve = services["serve"]  # the worker image, `dora serve`, reachable by the API at the URL it registers
+    assert serve["image"] == "dora-tuner-worker" and serve["command"] == ["dora", "serve"]
+    assert serve["environment"]["DORA_SERVE_URL"] == "http://serve:8100"
+    assert serve["environment"]["DORA_SERVE_HOST"] == "0.0.0.0" and serve["environment"]["DORA_SERVE_PORT"] == "8100"
+    for name in ("api", "serve"):
+        assert services[name]["environment"]["DORA_INFERENCE_SECRET"] == "s" * 32
+    assert any(v["target"] == "/data/artifacts" for v in serve["volumes"])
+    assert serve["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
 
 
 def test_the_api_image_has_no_torch_and_the_worker_image_a_cuda_build():
@@ -61,5 +74,6 @@ def test_the_api_image_has_no_torch_and_the_worker_image_a_cuda_build():
     api, worker = instructions("Dockerfile.api"), instructions("Dockerfile.worker")
     assert "torch" not in api and "dora_core" not in api and 'pip install ".[s3]"' in api  # no `ml` extra
     assert "FROM ${CUDA_IMAGE}" in worker and "nvidia/cuda:" in worker and "download.pytorch.org/whl/cu" in worker
+    assert "COPY serve ./serve" in worker and "COPY serve ./serve" in api  # `dora` imports serve/settings.py
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     assert compose["services"]["api"]["image"] == "dora-tuner-api"
