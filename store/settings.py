@@ -119,7 +119,8 @@ class BaseModelSettings(DoraSettings):
         "`{\"source\": ..., \"public_id\": <hub id>}` (store/base_models.py)"))
     model_cache_dir: str | None = Field(None, description=(
         "where GGUF base models are converted to safetensors once, by the worker and `dora serve` "
-        "(dora_core/gguf_import.py reads the same variable); unset: `~/.cache/dora-tuner/models`"))
+        "(dora_core/gguf_import.py reads the same variable), and where `dora serve` keeps the adapters it "
+        "downloaded (`adapters/`); unset: `~/.cache/dora-tuner/models`"))
 
 
 # -- the API's ----------------------------------------------------------------------------------------
