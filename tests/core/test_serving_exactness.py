@@ -161,3 +161,29 @@ def test_slot_layers_match_peft_in_float64(adapters, tiny_model_dir):
         with torch.no_grad():
             expected = oracle(input_ids=ids[row:row + 1]).logits[0]
         assert_close_to_reference(logits[row], expected, budget, what=f"{name} vs PEFT")
+
+
+def test_a_bfloat16_model_serves_within_bfloat16s_budget(adapters, tiny_model_dir, tiny_tokenizer):
+    """What a GPU runs: bf16 activations and slot tensors (the gain multiplies in fp32). Adapter rows are
+    within bf16's rounding budget of the fp32 merged model, base rows equal the bf16 base bit for bit."""
+    model = load_tiny(tiny_model_dir, torch.bfloat16)
+    slots = AdapterSlots.install(model, slots=2, max_rank=8)
+    slots.load(1, adapters["dora"])
+    assert slots.layers["model.layers.0.self_attn.q_proj"].slot_B.dtype == torch.bfloat16
+    ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad(), slots.context.rows(torch.tensor([1, 0])):
+        logits = model(ids).logits
+    with torch.no_grad():
+        expected = merged(lambda: load_tiny(tiny_model_dir), adapters["dora"])(ids[:1]).logits[0]
+        base = load_tiny(tiny_model_dir, torch.bfloat16)(ids[1:]).logits[0]
+    budget = model_budget(model, torch.bfloat16, accumulate=torch.float32)
+    assert_close_to_reference(logits[0], expected, budget, what="bf16 adapter row vs fp32 merged")
+    assert torch.equal(logits[1], base)
+    engine = Engine(model, tiny_tokenizer, slots)
+    engine.start()
+    try:
+        stream = collect(engine.submit(ids[0].tolist(), 1, GenerationParams(max_tokens=4, temperature=0.0,
+                                                                            logprobs=True)))
+    finally:
+        engine.stop()
+    assert stream.finish.completion_tokens >= 1 and all(t.logprob <= 0.0 for t in stream.tokens)
