@@ -20,7 +20,7 @@ from api.services.inference_routing import rendezvous
 from store.db import session_scope
 from store.inference_servers import live_servers
 from tests.support.jobs import dora_method, wait_for
-from tests.support.stack import running_stack
+from tests.support.stack import make_stack
 
 SECRET = "e2e-serve-openai-inference-secret"
 HI = [{"role": "user", "content": "Say hello"}]
@@ -31,18 +31,30 @@ LONG = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hello"}
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, tiny_model_dir):
+def services(tmp_path_factory, tiny_model_dir):
+    """The stack and (process, url) of its two `dora serve` processes."""
     root = tmp_path_factory.mktemp("serve-openai")
-    with running_stack(root, database_url=f"sqlite:///{root / 'dora.db'}",
+    stack = make_stack(root, database_url=f"sqlite:///{root / 'dora.db'}",
                        broker_url=f"sqla+sqlite:///{root / 'broker.db'}", tiny_model_dir=tiny_model_dir,
-                       extra_env={"DORA_INFERENCE_SECRET": SECRET}) as stack:
-        yield stack
+                       extra_env={"DORA_INFERENCE_SECRET": SECRET})
+    try:
+        servers = stack.start_servers(2, wait=False)  # loading while the API and the worker start
+        stack.start_api()
+        stack.start_worker()
+        stack.wait_for_servers(servers)
+        yield stack, servers
+    finally:
+        stack.stop()
 
 
 @pytest.fixture(scope="module")
-def servers(stack) -> list:
-    """(process, url) of two `dora serve` processes."""
-    return stack.start_servers(2)
+def stack(services):
+    return services[0]
+
+
+@pytest.fixture(scope="module")
+def servers(services) -> list:
+    return services[1]
 
 
 @pytest.fixture(scope="module")

@@ -179,10 +179,11 @@ class Stack:
         assert worker.alive(), worker.text()
         return worker
 
-    def start_servers(self, count: int = 1) -> list[tuple[Process, str]]:
+    def start_servers(self, count: int = 1, *, wait: bool = True) -> list[tuple[Process, str]]:
         """`count` more `dora serve` processes (every base model, on the CPU, heartbeat every 0.5 s), started
-        together; (process, url) of each once it answers /healthz (its models loaded, its row registered).
-        The stack's environment must hold DORA_INFERENCE_SECRET, as the API's must."""
+        together; (process, url) of each once it answers /healthz (its models loaded, its row registered),
+        or at once without `wait` (then `wait_for_servers`). The stack's environment must hold
+        DORA_INFERENCE_SECRET, as the API's must."""
         started = []
         for _ in range(count):
             port = free_port()
@@ -191,10 +192,14 @@ class Stack:
             process = self._spawn(f"serve-{len(self.servers) + 1}", ["serve", "--port", str(port)], env)
             self.servers.append(process)
             started.append((process, f"http://127.0.0.1:{port}"))
+        if wait:
+            self.wait_for_servers(started)
+        return started
+
+    def wait_for_servers(self, started: list[tuple[Process, str]]) -> None:
         for process, url in started:
             wait_for(lambda p=process, u=url: _healthy(u) or not p.alive(), timeout=90, what=f"{process.name} at {url}")
             assert process.alive(), process.text()
-        return started
 
     def publish(self, job_id: str) -> bool:
         from store.queue import publish_job
