@@ -187,3 +187,46 @@ def test_a_bfloat16_model_serves_within_bfloat16s_budget(adapters, tiny_model_di
     finally:
         engine.stop()
     assert stream.finish.completion_tokens >= 1 and all(t.logprob <= 0.0 for t in stream.tokens)
+
+
+def test_gpt2_conv1d_layers_with_biases_serve_exactly(tiny_tokenizer, tmp_path):
+    """GPT-2 stores its linears transposed (Conv1D) and has biases: the slot layer's other branch."""
+    import copy
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from dora_core import merge_adapter
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tiny_tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=128,
+                        bos_token_id=tiny_tokenizer.bos_token_id, eos_token_id=tiny_tokenizer.eos_token_id,
+                        initializer_range=0.2)
+    base = GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for name, parameter in base.named_parameters():
+            if name.endswith("bias"):
+                parameter.normal_(0, 0.1)  # zero biases would hide a bias applied twice
+    reference = copy.deepcopy(base)
+    adapter = random_adapter(reference, tmp_path / "gpt2", method="dora", rank=4, seed=1, in_place=True)
+    merge_adapter(reference)
+    model = copy.deepcopy(base)
+    slots = AdapterSlots.install(model, slots=2, max_rank=4)
+    slots.load(1, adapter)
+    prompt = _ids(tiny_tokenizer, PROMPTS[1])
+    with torch.no_grad(), slots.context.rows(torch.tensor([0, 1])):
+        logits = model(torch.tensor([prompt, prompt])).logits
+    with torch.no_grad():
+        assert torch.equal(logits[0], base(torch.tensor([prompt, prompt])).logits[0])  # same batch shape, same BLAS
+        assert_close_to_reference(logits[1], reference(torch.tensor([prompt])).logits[0],
+                                  model_budget(base, torch.float32), what="gpt2 DoRA row vs merged")
+    engine = Engine(model, tiny_tokenizer, slots)
+    engine.start()
+    try:
+        with slots.lock:
+            adapted = engine.submit(prompt, 1, GenerationParams(max_tokens=NEW_TOKENS, temperature=0.0))
+            plain = engine.submit(prompt[:4], 0, GenerationParams(max_tokens=NEW_TOKENS, temperature=0.0))
+        adapted, plain = collect(adapted), collect(plain)
+    finally:
+        engine.stop()
+    assert adapted.token_ids == greedy_reference(reference, prompt, NEW_TOKENS)[0]
+    assert plain.token_ids == greedy_reference(base, prompt[:4], NEW_TOKENS)[0]
