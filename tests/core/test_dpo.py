@@ -82,7 +82,7 @@ def _trl_step(base, ours, tokenizer, tmp_path):
     metrics = {name: values[-1] for name, values in trainer._metrics["train"].items()}
     ours_batch = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
                   "labels": batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)}
-    return twin, float(loss), metrics, ours_batch
+    return twin, float(loss.detach()), metrics, ours_batch
 
 
 def test_loss_rewards_and_gradients_equal_trl(tiny_model_dir, tiny_tokenizer, tmp_path):
