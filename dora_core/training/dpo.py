@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from dora_contract import DPO_METRICS
 from dora_core.reference import adapter_disabled
 from dora_core.training.loss import IGNORE_INDEX, model_inputs
 
@@ -34,8 +35,8 @@ class DpoSums:
     def metrics(self, pairs: int, prefix: str = "") -> dict[str, float]:
         """Means over `pairs` under TRL's names (dora_contract.DPO_METRICS), loss excluded."""
         chosen, rejected = self.chosen_rewards / pairs, self.rejected_rewards / pairs
-        return {f"{prefix}rewards/chosen": chosen, f"{prefix}rewards/rejected": rejected,
-                f"{prefix}rewards/margins": chosen - rejected, f"{prefix}rewards/accuracies": self.correct / pairs}
+        values = (chosen, rejected, chosen - rejected, self.correct / pairs)  # in DPO_METRICS' order
+        return {f"{prefix}{name}": value for name, value in zip(DPO_METRICS, values, strict=True)}
 
 
 def count_pairs(batch: dict[str, torch.Tensor]) -> int:
