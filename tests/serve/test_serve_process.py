@@ -229,3 +229,23 @@ def test_dora_serve_refuses_to_start_without_the_secret(server):
                             text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.startswith("error: DORA_INFERENCE_SECRET is not set"), result.stderr
+
+
+def test_a_second_server_holds_only_its_models_and_leaves_the_registry_when_stopped(server, root, database_url,
+                                                                                     tiny_model_dir,
+                                                                                     endless_model_dir):
+    engine = get_engine(DatabaseSettings(database_url=database_url))
+    with serve_process(root / "second", database_url=database_url,
+                       base_models={"tiny-llama": str(tiny_model_dir), "endless": str(endless_model_dir)},
+                       extra_env={"DORA_SERVE_BASE_MODELS": '["endless"]'}) as second:
+        assert second.health()["models"].keys() == {"endless"}
+        assert second.generate({"base_model": "tiny-llama", "prompt": "hi"})[0] == 404  # registered, not held here
+        with Session(engine) as session:
+            endless = live_servers(session, base_model="endless", ttl_seconds=15)
+            assert sorted(s.url for s in endless) == sorted([server.url, second.url])
+            assert [s.url for s in live_servers(session, base_model="tiny-llama", ttl_seconds=15)] == [server.url]
+        assert second.stop() in (0, -15)  # SIGTERM: uvicorn shuts down gracefully, then re-raises the signal
+        assert "Application shutdown complete" in second.text()
+    with Session(engine) as session:
+        assert session.scalars(select(InferenceServer.url)).all() == [server.url]  # the row left with it
+
