@@ -123,6 +123,7 @@ class GenerationHandle:
         self.prompt_ids, self.slot, self.params, self.on_done = prompt_ids, slot, params, on_done
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._cancelled = threading.Event()
+        self.closed = False  # the final event (Finished or Failed) was emitted
 
     def cancel(self) -> None:
         self._cancelled.set()
@@ -143,7 +144,10 @@ class GenerationHandle:
                 return
 
     def emit(self, event: Event) -> None:
-        """Engine side: queue an event for the reader."""
+        """Engine side: queue an event for the reader (nothing after the final one)."""
+        if self.closed:
+            return
+        self.closed = isinstance(event, Finished | Failed)
         self._events.put(event)
 
 
@@ -179,6 +183,7 @@ class Engine:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._rows: list[_Row] = []
+        self._joining: list[GenerationHandle] = []  # taken from _waiting, not yet in _rows
         self._batch = BatchCache()
 
     # -- control ------------------------------------------------------------------------------
@@ -207,7 +212,7 @@ class Engine:
             raise ValueError(f"slot must be in 0..{self.slots.num_slots - 1}, got {slot}")
         handle = GenerationHandle(list(prompt_ids), slot, params, on_done)
         with self._wake:
-            if self._stopping or self._thread is None:
+            if not self.alive:
                 raise RuntimeError("the engine is not running")
             self._waiting.append(handle)
             self._wake.notify_all()
@@ -218,30 +223,53 @@ class Engine:
         """Rows in the batch now (for metrics; read without a lock)."""
         return len(self._rows)
 
+    @property
+    def waiting(self) -> int:
+        """Requests queued for a place in the batch."""
+        return len(self._waiting)
+
+    @property
+    def alive(self) -> bool:
+        """The engine thread runs and takes requests."""
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
+
     # -- the loop (engine thread) -------------------------------------------------------------------
     def _run(self) -> None:
         try:
-            while True:
-                with self._wake:
-                    while not (self._stopping or self._waiting or self._rows):
-                        self._wake.wait()
-                    if self._stopping:
-                        break
-                    joining = []
-                    while self._waiting and len(self._rows) + len(joining) < self.max_batch:
-                        joining.append(self._waiting.popleft())
-                with torch.inference_mode():
-                    for handle in joining:
-                        self._join(handle)
-                    self._leave()
-                    if self._rows:
-                        self._decode_step()
+            self._loop()
+        except Exception:  # the requests still in it fail below, and submit refuses new ones
+            log.exception("the serving engine's loop failed")
         finally:
             with self._wake:
+                self._stopping = True
                 waiting, self._waiting = list(self._waiting), deque()
             running, self._rows, self._batch = [row.handle for row in self._rows], [], BatchCache()
-            for handle in running + waiting:
-                self._fail(handle, "the engine stopped")
+            for handle in running:  # rows never had their on_done: _leave runs it
+                if handle.closed:
+                    self._done(handle)
+                else:
+                    self._fail(handle, "the engine stopped")
+            for handle in self._joining + waiting:
+                if not handle.closed:
+                    self._fail(handle, "the engine stopped")
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not (self._stopping or self._waiting or self._rows):
+                    self._wake.wait()
+                if self._stopping:
+                    return
+                self._joining = []
+                while self._waiting and len(self._rows) + len(self._joining) < self.max_batch:
+                    self._joining.append(self._waiting.popleft())
+            with torch.inference_mode():
+                for handle in self._joining:
+                    self._join(handle)
+                self._joining = []
+                self._leave()
+                if self._rows:
+                    self._decode_step()
 
     def _join(self, handle: GenerationHandle) -> None:
         """Prefill one request alone, sample its first token, append it to the batch."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+import torch
 
 from dora_core.serving import AdapterSlots, Engine, Finished, GenerationParams, UnsupportedModelError
 from tests.support.serving import collect, greedy_reference, load_tiny, merged, random_adapter
@@ -187,13 +188,45 @@ def test_a_stopped_engine_fails_what_it_still_runs(tiny_model_dir, tiny_tokenize
     model = load_tiny(tiny_model_dir)
     engine = Engine(model, tiny_tokenizer, AdapterSlots.install(model, slots=2, max_rank=4), max_batch=1)
     engine.start()
+    done = Counter()
     with engine.slots.lock:
-        running = engine.submit([1, 2, 3], 0, GenerationParams(max_tokens=2000, **GREEDY))
-        waiting = engine.submit([1, 2, 3], 0, GenerationParams(max_tokens=5, **GREEDY))
+        running = engine.submit([1, 2, 3], 0, GenerationParams(max_tokens=2000, **GREEDY), on_done=done("running"))
+        waiting = engine.submit([1, 2, 3], 0, GenerationParams(max_tokens=5, **GREEDY), on_done=done("waiting"))
         stopper = threading.Thread(target=engine.stop)
         stopper.start()
     stopper.join(30)
     assert collect(running).finish.message == "the engine stopped"
     assert collect(waiting).finish.message == "the engine stopped"
+    assert done.calls == {"running": 1, "waiting": 1}
+    assert not engine.alive
     with pytest.raises(RuntimeError, match="not running"):
         engine.submit([1, 2, 3], 0, GenerationParams(max_tokens=5))
+
+
+def test_the_batch_cache_left_pads_joining_rows_and_trims_what_no_row_needs(tiny_model_dir):
+    from transformers import DynamicCache
+
+    from dora_core.serving.batch_cache import BatchCache
+
+    config = load_tiny(tiny_model_dir).config
+    heads, dim = config.num_key_value_heads, config.hidden_size // config.num_attention_heads
+    batch, rows = BatchCache(), []
+    for length in (3, 7, 5):
+        cache = DynamicCache(config=config)
+        for index in range(config.num_hidden_layers):
+            keys = torch.randn(1, heads, length, dim)
+            cache.update(keys, keys + 1.0, index)
+        rows.append(cache.layers[0].keys.clone())
+        batch.add(cache, length)
+    assert batch.mask.tolist() == [[0] * 4 + [1] * 3, [1] * 7, [0] * 2 + [1] * 5]
+    assert torch.equal(batch.cache.layers[0].keys[0, :, 4:], rows[0][0])
+    assert torch.equal(batch.cache.layers[0].keys[0, :, :4], torch.zeros(heads, 4, dim))
+    assert torch.equal(batch.cache.layers[1].values[2, :, 2:], batch.cache.layers[1].keys[2, :, 2:] + 1.0)
+    assert batch.next_positions().squeeze(1).tolist() == [3, 7, 5]
+    batch.keep([2, 0])  # the longest row leaves: two columns are padding in every remaining row
+    assert batch.mask.tolist() == [[1] * 5, [0] * 2 + [1] * 3]
+    assert batch.cache.layers[0].keys.shape == (2, heads, 5, dim)
+    assert torch.equal(batch.cache.layers[0].keys[1, :, 2:], rows[0][0])
+    assert torch.equal(batch.cache.layers[0].keys[0], rows[2][0])
+    batch.keep([])
+    assert batch.rows == 0 and batch.cache is None
