@@ -28,6 +28,10 @@ PREFIXES = {
     "webhook_event": "evt_",
     "webhook_delivery": "whdel_",
     "webhook_attempt": "whatt_",
+    # evals (issue #24, OpenAI's prefixes)
+    "eval": "eval_",
+    "eval_run": "evalrun_",
+    "eval_output_item": "outputitem_",
 }
 
 _lock = threading.Lock()

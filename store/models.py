@@ -27,6 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from store.eval_status import EvalRunStatus
 from store.job_status import JobStatus
 
 NAMING = {
@@ -288,3 +289,74 @@ class InferenceServer(Base):
     max_batch: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Eval(Base):
+    """An eval (issue #24): what an item looks like (`data_source_config`, as OpenAI returns it: type
+    custom, schema {item, sample}) and the graders every run applies (`testing_criteria`)."""
+
+    __tablename__ = "evals"
+    __table_args__ = (Index("ix_evals_tenant_id_id", "tenant_id", "id"),)
+    id: Mapped[str] = mapped_column(IdString(), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str | None] = mapped_column(String(255), default=None)
+    data_source_config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    testing_criteria: Mapped[list[Any]] = mapped_column(default=list)  # grader specs, each with a unique name
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EvalRun(Base):
+    """One run of an eval over a data source: its status (store/eval_status.py), the counts the
+    lease holder keeps up to date, and the lease that fences its worker (as jobs have)."""
+
+    __tablename__ = "eval_runs"
+    __table_args__ = (
+        Index("ix_eval_runs_eval_id_id", "eval_id", "id"),
+        Index("ix_eval_runs_tenant_id_status", "tenant_id", "status"),
+        Index("ix_eval_runs_status_lease_expires_at", "status", "lease_expires_at"),
+    )
+    id: Mapped[str] = mapped_column(IdString(), primary_key=True)
+    eval_id: Mapped[str] = mapped_column(ForeignKey("evals.id", ondelete="CASCADE"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str | None] = mapped_column(String(255), default=None)
+    status: Mapped[str] = mapped_column(String(24), default=EvalRunStatus.QUEUED.value)  # an EvalRunStatus value
+    data_source: Mapped[dict[str, Any]] = mapped_column(default=dict)  # as given, the model resolved
+    model: Mapped[str | None] = mapped_column(String(255), default=None)  # requested model id; None for jsonl
+    result_counts: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {total, passed, failed, errored}
+    per_testing_criteria_results: Mapped[list[Any]] = mapped_column(default=list)
+    per_model_usage: Mapped[list[Any]] = mapped_column(default=list)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)  # {code, message}
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, default=None)
+    # execution: lease + fencing
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    lease_owner: Mapped[str | None] = mapped_column(String(255), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    # times
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class EvalOutputItem(Base):
+    """One data source item of a run, sampled and graded. UNIQUE (run_id, datasource_item_id) is
+    the exactly-once guarantee: the lease holder inserts an item once, with its grade."""
+
+    __tablename__ = "eval_output_items"
+    __table_args__ = (
+        UniqueConstraint("run_id", "datasource_item_id"),
+        Index("ix_eval_output_items_run_id_id", "run_id", "id"),
+    )
+    id: Mapped[str] = mapped_column(IdString(), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("eval_runs.id", ondelete="CASCADE"))
+    eval_id: Mapped[str] = mapped_column(IdString())
+    tenant_id: Mapped[str] = mapped_column(IdString())
+    datasource_item_id: Mapped[int] = mapped_column(Integer)  # the item's 0-based index in the data source
+    datasource_item: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    sample: Mapped[dict[str, Any]] = mapped_column(default=dict)  # input, output, finish_reason, usage, model, error
+    results: Mapped[list[Any]] = mapped_column(default=list)  # per grader: name, type, score, passed, sample/error
+    status: Mapped[str] = mapped_column(String(8))  # store/eval_status.py ITEM_STATUSES
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

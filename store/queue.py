@@ -25,6 +25,9 @@ QUEUE = "gpu"  # one-GPU jobs; N GPUs: QUEUE-xN
 # never by a GPU worker: a busy GPU never delays a delivery
 WEBHOOK_TASK_NAME = "webhooks.deliver"
 WEBHOOK_QUEUE = "webhooks"
+# eval runs (issue #24): their own queue, so a long training job never delays an eval's wake-up
+EVAL_TASK_NAME = "worker.run_eval"
+EVAL_QUEUE = "evals"
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -87,6 +90,17 @@ def publish_delivery(delivery_id: str, *, broker_url: str) -> bool:
         _celery_app(broker_url).send_task(WEBHOOK_TASK_NAME, args=[delivery_id], queue=WEBHOOK_QUEUE, retry=False)
     except Exception as error:  # noqa: BLE001 - any broker problem leaves the delivery due in SQL
         log.warning("could not publish webhook delivery %s (the sweeper will retry): %s", delivery_id, error)
+        return False
+    return True
+
+
+def publish_eval_run(run_id: str, *, broker_url: str) -> bool:
+    """Send `worker.run_eval(run_id)` to the `evals` queue; False (and a log line) if the broker
+    failed: the run stays queued in SQL and the reconciler publishes it again."""
+    try:
+        _celery_app(broker_url).send_task(EVAL_TASK_NAME, args=[run_id], queue=EVAL_QUEUE, retry=False)
+    except Exception as error:  # noqa: BLE001 - any broker problem leaves the run queued in SQL
+        log.warning("could not publish eval run %s (the reconciler will retry): %s", run_id, error)
         return False
     return True
 
