@@ -12,6 +12,10 @@ saves a multiply per layer and step. LoRA slots keep g = 1 and slot 0 (the base 
 and g = 1, so its rows give exactly the base layer's output. An adapter of rank r < r_max is
 zero-padded (B A is unchanged), a layer the adapter does not target keeps zeros for that slot.
 
+Memory: slots x r_max x (in + out) values of the model's dtype per adapted linear, plus an fp32 gain
+per slot and output row (SmolLM2-135M with 9 slots, 8 adapters and the base, of rank 64 in bf16:
+about 360 MB, more than its own 270 MB of weights).
+
 Loading is split so the engine can keep decoding: `prepare(directory)` reads and validates the
 PEFT folder and computes the gains (the heavy part, any thread), `write(slot, prepared)` copies into
 the slot tensors under `lock`, which the engine holds during each forward.

@@ -11,6 +11,8 @@
 
 Thread safety: submit, cancel and events may be called from any thread; only the engine thread runs
 the model. A step holds `slots.lock`, so an adapter copy (AdapterSlots.write) lands between steps.
+`submit(..., on_done=...)` runs on_done once the row has left the batch (finished, cancelled or
+failed): the place to release an AdapterCache slot, which must not be reused while a row reads it.
 
 The loop: requests that wait join between decode steps (up to max_batch rows); each is prefilled
 alone (batch 1, its own slot), its first token sampled, and its cache appended to the running
