@@ -14,10 +14,12 @@ it wrote) is measured and printed.
    started above. Every later ```bash block goes, in order, into one bash (`-e -o pipefail`: a
    failing command fails the test), as pasted into one terminal, so the variables of one block
    are there in the next; each ```python block runs in this process, in the clone's folder, but
-   the openai client's, which is only compiled: it trains a second job the same way, and the
-   client itself is covered by tests/api/test_openai_client.py and tests/e2e/test_redis_postgres.py.
-   The tour ends with PEFT loading the downloaded adapter onto the tiny base model; its logits
-   must be the merged model's, and differ from the base model's.
+   the openai client's training block, which is only compiled: it trains a second job the same
+   way, and the client's job calls are covered by tests/api/test_openai_client.py and
+   tests/e2e/test_redis_postgres.py. The openai client's chat block ("Talk to it") runs against
+   the inference server `make run` started: the base, the fine-tuned model and a checkpoint
+   answer. PEFT loads the downloaded adapter onto the tiny base model; its logits must be the
+   merged model's, and differ from the base model's.
 2. The real model (docs/service.md, "## A real model"): its ```bash block runs unchanged through
    bash against the same `make run`; then, through the API: the validation loss went down, the
    samples changed from the base model's answers, the adapter names the model's public id, and
@@ -188,6 +190,7 @@ def test_the_readme_tour_pasted_block_by_block_ends_with_the_adapter_loaded_by_p
         "DORA_PORT": running.url.rsplit(":", 1)[1], "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     shell = Shell(running.clone, env)
     monkeypatch.chdir(running.clone)
+    monkeypatch.setenv("DORA_PORT", env["DORA_PORT"])  # the chat block's client reads it, as a reader's shell has it
     ran: dict[str, int] = {"bash": 0, "text": 0, "python": 0, "compiled": 0}
     namespace: dict = {}
     try:
@@ -206,20 +209,23 @@ def test_the_readme_tour_pasted_block_by_block_ends_with_the_adapter_loaded_by_p
                 ran["text"] += 1
             elif language == "python":
                 code = compile(block, f"{README.name}, {TOUR[1]}, python block", "exec")
-                if "from openai import" in block:
+                if "fine_tuning.jobs.create" in block:  # the openai client's training block
                     ran["compiled"] += 1
                     continue
                 exec(code, namespace)  # the README's own code, as a reader pastes it
                 ran["python"] += 1
     finally:
         shell.close()
-    assert ran["bash"] >= 4 and ran["text"] == 1 and ran["python"] >= 1 and ran["compiled"] == 1, ran
+    assert ran["bash"] >= 5 and ran["text"] == 1 and ran["python"] >= 2 and ran["compiled"] == 1, ran
     TIMINGS["README tour (its tiny-llama job, curl, PEFT)"] = {"seconds": round(time.monotonic() - started, 1)}
 
     (job,) = [job for job in running.api().get("/v1/fine_tuning/jobs").json()["data"] if job["model"] == "tiny-llama"]
     assert job["status"] == "succeeded", job
     samples = running.api().get(f"/v1/fine_tuning/jobs/{job['id']}/samples", params={"limit": 100}).json()["data"]
     assert {sample["step"] for sample in samples} >= {0, job["progress"]["step"]}, samples  # before and after
+    # "Talk to it": the base, the fine-tune and a checkpoint answered through the inference server
+    assert namespace["answer"].choices[0].finish_reason in ("stop", "length"), namespace["answer"]
+    assert namespace["checkpoint"].startswith(job["fine_tuned_model"] + ":ckpt-step-"), namespace["checkpoint"]
     assert namespace["model"].peft_config["default"].use_dora
     assert namespace["gap"] < 1e-3, namespace["gap"]
     # the downloaded adapter on the base model computes what the downloaded merged model computes
