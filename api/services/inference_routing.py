@@ -1,12 +1,11 @@
 """Which inference server gets a generation, and the forwarding of it (`Inference`, one per API process).
 
-Routing: the live servers of the base (store/inference_servers.py, read in a short session of its
-own that is closed before anything is sent: a stream holds no database connection) are ordered by
-rendezvous hashing on the adapter's key (or the base name), so requests for one adapter prefer the
-same server, whose adapter cache then has it, and a server that leaves moves only its own share.
-The first is tried; one that cannot be connected to (refused, timed out, died before its first
-event) has its row dropped and the next is tried; a server that answers 503 (busy) is skipped,
-not dropped. None left: 503 `no_inference_server` with Retry-After.
+Routing and the first event's judgement are shared with the worker (store/inference_client.py):
+the live servers of the base, read in a short session closed before anything is sent (a stream
+holds no database connection), ordered by rendezvous hashing on the adapter's key (or the base
+name). The first is tried; one that cannot be connected to (refused, timed out, died before its
+first event) has its row dropped and the next is tried; a server that answers 503 (busy) is
+skipped, not dropped. None left: 503 `no_inference_server` with Retry-After.
 
 Forwarding: one `httpx.AsyncClient` per event loop (the lifespan's, made when the app starts),
 `authorization: Bearer <DORA_INFERENCE_SECRET>` (unset: 503 saying the operator must set it). The
@@ -19,7 +18,6 @@ generations are bounded per tenant in each API process (DORA_MAX_GENERATIONS_PER
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -31,25 +29,30 @@ from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError
 from api.streams import StreamSlots
-from dora_contract.serving import (
-    GENERATE_PATH,
-    SECRET_HEADER,
-    GenerationError,
-    GenerationEvent,
-    GenerationRequest,
-    PromptAccepted,
-    decode_event,
+from dora_contract.serving import GenerationEvent, GenerationRequest, PromptAccepted, decode_event
+from store import inference_client
+from store.inference_client import (
+    LOST,
+    FirstEventTimeoutError,
+    GenerationRefusedError,
+    InferenceError,
+    NoInferenceServerError,
+    ServerBusyError,
+    ServerUnreachableError,
+    accept,
+    auth_headers,
+    generate_url,
+    lost_why,
+    rendezvous,
 )
-from store import inference_servers
 from store.inference_servers import LiveServer
 from store.settings import Settings
+
+__all__ = ["Inference", "Upstream", "UpstreamLostError", "rendezvous", "unavailable"]
 
 log = logging.getLogger("api.inference")
 
 RETRY_AFTER_SECONDS = 5
-# a server that died or vanished under us: the connection broke, or it never answered
-LOST = (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError,
-        httpx.PoolTimeout)
 
 
 def unavailable(message: str, *, code: str = "no_inference_server") -> ApiError:
@@ -62,12 +65,15 @@ def too_many_generations(limit: int) -> ApiError:
                     type="requests", code="rate_limit_exceeded", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
-def rendezvous(servers: list[LiveServer], key: str) -> list[LiveServer]:
-    """Highest random weight first: each (server, key) pair has its own stable score."""
-    def score(server: LiveServer) -> bytes:
-        return hashlib.sha256(f"{server.id}\x00{key}".encode()).digest()
-
-    return sorted(servers, key=score, reverse=True)
+def api_error(error: InferenceError) -> ApiError:
+    """A generation that did not start, as the API answers it: the server's 4xx as its own (with
+    `param`), anything else a 503 with Retry-After."""
+    if isinstance(error, GenerationRefusedError) and error.client_error:
+        return ApiError(error.status, error.message, param=error.param, code=error.code)
+    if isinstance(error, GenerationRefusedError):
+        return ApiError(503, error.message, param=error.param, code=error.code, type="server_error",
+                        headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    return unavailable(str(error), code=error.code)
 
 
 class UpstreamLostError(Exception):
@@ -137,92 +143,54 @@ class Inference:
         if client is not None:
             await client.aclose()
 
-    # -- the registry, in short sessions of their own
-    def _live(self, base_model: str) -> list[LiveServer]:
-        with self.sessionmaker() as session:
-            return inference_servers.live_servers(session, base_model=base_model,
-                                                  ttl_seconds=self.settings.inference_server_ttl_seconds)
-
-    def _drop(self, server: LiveServer) -> None:
-        with self.sessionmaker() as session:
-            inference_servers.drop(session, server_id=server.id)
-            session.commit()
-
+    # -- the registry, in short sessions of their own (store/inference_client.py)
     async def drop(self, server: LiveServer, why: str) -> None:
-        log.warning("inference server %s (%s) dropped: %s", server.id, server.url, why)
-        try:
-            await run_in_threadpool(self._drop, server)
-        except Exception as error:  # noqa: BLE001 - the row ages out by itself; the request goes on
-            log.warning("could not drop inference server %s: %s", server.id, error)
+        await run_in_threadpool(inference_client.drop, self.sessionmaker, server, why)
 
     # -- one generation
     async def start(self, request: GenerationRequest, *, route_key: str) -> Upstream:
-        secret = self.settings.inference_secret
-        if secret is None:
-            raise unavailable("Completions are not configured on this server: the operator must set "
-                              "DORA_INFERENCE_SECRET (shared with the inference servers, `dora serve`)",
-                              code="inference_not_configured")
-        servers = rendezvous(await run_in_threadpool(self._live, request.base_model), route_key)
-        headers = {SECRET_HEADER: f"Bearer {secret.get_secret_value()}"}
-        body = request.model_dump(mode="json")
-        busy = False
-        for server in servers:
-            try:
-                upstream = await self._try(server, body, headers)
-            except _ServerBusyError:
-                busy = True
-                continue
-            except _ServerLostError as lost:
-                await self.drop(server, str(lost))
-                continue
-            if upstream is not None:
-                return upstream
-        what = "busy" if busy else "running"
-        raise unavailable(f"No inference server for '{request.base_model}' is {what} now; try again shortly")
+        try:
+            headers = auth_headers(self.settings.inference_secret)
+            servers = await run_in_threadpool(inference_client.live, self.sessionmaker, self.settings,
+                                              request.base_model, route_key)
+            body = request.model_dump(mode="json")
+            busy = False
+            for server in servers:
+                try:
+                    return await self._try(server, body, headers)
+                except ServerBusyError:
+                    busy = True
+                except ServerUnreachableError as lost:
+                    await self.drop(server, str(lost))
+            raise NoInferenceServerError(request.base_model, busy=busy)
+        except InferenceError as error:
+            raise api_error(error) from None
 
-    async def _try(self, server: LiveServer, body: dict[str, Any], headers: dict[str, str]) -> Upstream | None:
-        url = server.url.rstrip("/") + GENERATE_PATH
+    async def _try(self, server: LiveServer, body: dict[str, Any], headers: dict[str, str]) -> Upstream:
         client = self.client()
         try:
-            response = await client.send(client.build_request("POST", url, json=body, headers=headers), stream=True)
+            response = await client.send(client.build_request("POST", generate_url(server), json=body,
+                                                              headers=headers), stream=True)
         except LOST as error:
-            raise _ServerLostError(f"{type(error).__name__}: {error}") from error
+            raise ServerUnreachableError(lost_why(error)) from error
         lines = response.aiter_lines()
         try:
             first = await asyncio.wait_for(_first_line(lines), self.settings.inference_first_event_timeout_seconds)
             event = decode_event(first) if first is not None else None
         except (TimeoutError, httpx.ReadTimeout):
             await response.aclose()
-            raise unavailable("The inference server did not start the generation in time "
-                              f"({self.settings.inference_first_event_timeout_seconds:g} s); try again shortly",
-                              code="inference_timeout") from None
+            raise FirstEventTimeoutError(self.settings.inference_first_event_timeout_seconds) from None
         except LOST as error:
             await response.aclose()
-            raise _ServerLostError(f"{type(error).__name__}: {error}") from error
+            raise ServerUnreachableError(lost_why(error)) from error
         except ValidationError:
             event = None
-        if isinstance(event, PromptAccepted) and response.status_code == 200:
-            return Upstream(server=server, accepted=event, response=response, lines=lines)
-        await response.aclose()
-        if isinstance(event, GenerationError) and event.status not in (401, 403):  # those: the secret (below)
-            if event.status == 503:
-                raise _ServerBusyError()
-            status = event.status if 400 <= event.status < 500 else 503
-            raise ApiError(status, event.message, param=event.param, code=event.code,
-                           type="invalid_request_error" if status < 500 else "server_error",
-                           headers={"Retry-After": str(RETRY_AFTER_SECONDS)} if status >= 500 else None)
-        # a server that does not speak the contract (a wrong secret: 401, another service on the port)
-        log.error("inference server %s (%s) answered %s without a generation event; is DORA_INFERENCE_SECRET the "
-                  "same on the API and the server?", server.id, server.url, response.status_code)
-        raise _ServerBusyError()
-
-
-class _ServerBusyError(Exception):
-    """Skip this server for this request (keep its row)."""
-
-
-class _ServerLostError(Exception):
-    """This server cannot be reached: drop its row."""
+        try:
+            accepted = accept(server, response.status_code, event)
+        except BaseException:
+            await response.aclose()
+            raise
+        return Upstream(server=server, accepted=accepted, response=response, lines=lines)
 
 
 async def _first_line(lines: AsyncIterator[str]) -> str | None:
