@@ -123,6 +123,16 @@ class BaseModelSettings(DoraSettings):
         "downloaded (`adapters/`); unset: `~/.cache/dora-tuner/models`"))
 
 
+
+class EvalSettings(DoraSettings):
+    """Eval runs (issue #24): read by the API when a run is created and by the executor that runs it."""
+
+    max_eval_items: PositiveInt = Field(10_000, description=(
+        "most items an eval run's data source may hold (a file's rows or inline content); more is a 400 naming "
+        "data_source.source"))
+    max_active_eval_runs_per_tenant: int = Field(10, ge=0, description=(
+        "queued + in_progress eval runs a tenant may have; one more is a 429 (0: no cap)"))
+
 # -- the API's ----------------------------------------------------------------------------------------
 class RequestLimits(DoraSettings):
     """What users may ask for: the operator's limits on top of the run contract's own bounds
@@ -341,8 +351,9 @@ class ApiServerSettings(DoraSettings):
 
 # Shared groups come first and in the same order in every composite (worker/settings.py too),
 # so that a union of composites (`dora up`) has a consistent method resolution order.
-class ApiSettings(SessionSettings, StorageSettings, LogSettings, BaseModelSettings, RequestLimits, TenantQuotas,
-                  StreamSettings, AuthSettings, WebhookTargetSettings, ApiServerSettings, InferenceSettings):
+class ApiSettings(SessionSettings, StorageSettings, LogSettings, BaseModelSettings, EvalSettings, RequestLimits,
+                  TenantQuotas, StreamSettings, AuthSettings, WebhookTargetSettings, ApiServerSettings,
+                  InferenceSettings):
     """What the API process loads (`dora api`, `create_app`)."""
 
 

@@ -14,6 +14,7 @@ from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 from store.settings import (
     BaseModelSettings,
     DoraSettings,
+    EvalSettings,
     LogSettings,
     SessionSettings,
     StorageSettings,
@@ -118,8 +119,8 @@ class WebhookDeliverySettings(DoraSettings):
         "failure opens it once more"))
 
 
-class WorkerSettings(SessionSettings, StorageSettings, LogSettings, BaseModelSettings, JobHostSettings,
-                     LeaseSettings, ReconcilerSettings, CelerySettings):
+class WorkerSettings(SessionSettings, StorageSettings, LogSettings, BaseModelSettings, EvalSettings,
+                     JobHostSettings, LeaseSettings, ReconcilerSettings, CelerySettings):
     """What the GPU worker loads: `dora worker`, its job processes and reconciler, `dora reconcile`."""
 
 
