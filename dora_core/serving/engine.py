@@ -73,6 +73,8 @@ class GenerationParams:
             raise RequestError("top_p", f"must be in (0, 1], got {self.top_p}")
         if self.top_logprobs < 0:
             raise RequestError("top_logprobs", f"must be >= 0, got {self.top_logprobs}")
+        if self.seed is not None and not -(2**63) <= self.seed < 2**64:  # what torch.Generator takes
+            raise RequestError("seed", f"must be in [-2**63, 2**64), got {self.seed}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise RequestError("stop", "stop strings must be non-empty strings")
 

@@ -82,7 +82,8 @@ def test_a_template_that_fails_is_the_requests_error(tiny_tokenizer):
 
 
 @pytest.mark.parametrize(("field", "value"), [("max_tokens", 0), ("temperature", -0.5), ("top_p", 0.0),
-                                              ("top_p", 1.5), ("top_logprobs", -1), ("stop", ("",))])
+                                              ("top_p", 1.5), ("top_logprobs", -1), ("stop", ("",)),
+                                              ("seed", 2**64), ("temperature", float("nan"))])
 def test_bad_generation_params_name_their_field(field, value):
     with pytest.raises(RequestError) as error:
         GenerationParams(**{"max_tokens": 4, field: value})
