@@ -24,6 +24,7 @@ from api.observability import MetricsMiddleware, Observability
 from api.openapi import install_openapi
 from api.rate_limit import TokenBuckets
 from api.routes import artifacts, completions, files, health, jobs, models, webhooks
+from api.routes.graders import router as graders_router
 from api.schema_check import check_schema_until_reachable
 from api.services.inference_routing import Inference
 from api.streams import Streams
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (files.router, jobs.router, artifacts.router, models.router, health.router, webhooks.router,
                    completions.router):
         app.include_router(router)
+    app.include_router(graders_router)  # /v1/fine_tuning/alpha/graders/run|validate
     mount_ui(app)  # the dashboard at /ui: static files, no key (each API call it makes sends one)
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)

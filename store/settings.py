@@ -134,6 +134,14 @@ class EvalSettings(DoraSettings):
         "queued + in_progress eval runs a tenant may have; one more is a 429 (0: no cap)"))
 
 # -- the API's ----------------------------------------------------------------------------------------
+class GraderSettings(DoraSettings):
+    """The graders (dora_graders): read by the API (`graders/run|validate`) and by the worker (evals, RFT)."""
+
+    python_grader_enabled: bool = Field(False, description=(
+        "run `python` graders (user code, in a confined process: no network, no service files, CPU/memory/time "
+        "limits; needs util-linux `unshare` with user namespaces); off: a python grader is a 400 naming its type"))
+
+
 class RequestLimits(DoraSettings):
     """What users may ask for: the operator's limits on top of the run contract's own bounds
     (api/services/limits.py), and the sizes of request bodies."""
@@ -351,8 +359,8 @@ class ApiServerSettings(DoraSettings):
 
 # Shared groups come first and in the same order in every composite (worker/settings.py too),
 # so that a union of composites (`dora up`) has a consistent method resolution order.
-class ApiSettings(SessionSettings, StorageSettings, LogSettings, BaseModelSettings, EvalSettings, RequestLimits,
-                  TenantQuotas, StreamSettings, AuthSettings, WebhookTargetSettings, ApiServerSettings,
+class ApiSettings(SessionSettings, StorageSettings, LogSettings, BaseModelSettings, EvalSettings, GraderSettings,
+                  RequestLimits, TenantQuotas, StreamSettings, AuthSettings, WebhookTargetSettings, ApiServerSettings,
                   InferenceSettings):
     """What the API process loads (`dora api`, `create_app`)."""
 

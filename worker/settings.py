@@ -15,6 +15,7 @@ from store.settings import (
     BaseModelSettings,
     DoraSettings,
     EvalSettings,
+    GraderSettings,
     LogSettings,
     SessionSettings,
     StorageSettings,
@@ -119,7 +120,7 @@ class WebhookDeliverySettings(DoraSettings):
         "failure opens it once more"))
 
 
-class WorkerSettings(SessionSettings, StorageSettings, LogSettings, BaseModelSettings, EvalSettings,
+class WorkerSettings(SessionSettings, StorageSettings, LogSettings, BaseModelSettings, EvalSettings, GraderSettings,
                      JobHostSettings, LeaseSettings, ReconcilerSettings, CelerySettings):
     """What the GPU worker loads: `dora worker`, its job processes and reconciler, `dora reconcile`."""
 
