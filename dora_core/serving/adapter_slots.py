@@ -99,9 +99,10 @@ class MultiAdapterLinear(nn.Module):
         slot_ids = self.context.slot_ids
         if slot_ids is None:
             return y
-        a = self.slot_A[slot_ids].to(x.dtype)  # (batch, r_max, in)
-        b = self.slot_B[slot_ids].to(x.dtype)  # (batch, out, r_max)
-        gain = self.slot_gain[slot_ids].unsqueeze(1)  # (batch, 1, out), fp32
+        # index_select, not tensor[ids]: the same gather, several times faster on CPUs
+        a = torch.index_select(self.slot_A, 0, slot_ids).to(x.dtype)  # (batch, r_max, in)
+        b = torch.index_select(self.slot_B, 0, slot_ids).to(x.dtype)  # (batch, out, r_max)
+        gain = torch.index_select(self.slot_gain, 0, slot_ids).unsqueeze(1)  # (batch, 1, out), fp32
         flat = x.reshape(x.shape[0], -1, x.shape[-1])  # (batch, seq, in)
         delta = torch.bmm(torch.bmm(flat, a.transpose(1, 2)), b.transpose(1, 2)).view(y.shape)  # (batch, seq, out)
         bias = self.base_layer.bias
