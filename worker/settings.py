@@ -16,6 +16,7 @@ from store.settings import (
     DoraSettings,
     EvalSettings,
     GraderSettings,
+    InferenceSettings,
     LogSettings,
     SessionSettings,
     StorageSettings,
@@ -120,6 +121,38 @@ class WebhookDeliverySettings(DoraSettings):
         "failure opens it once more"))
 
 
+class EvalExecutionSettings(DoraSettings):
+    """How `dora evals` executes eval runs (worker/evals.py, worker/eval_run.py): each run under a
+    lease, its items in batches, their completions sent to the inference servers at once."""
+
+    eval_concurrency: int = Field(4, ge=1, description="eval runs at once in one `dora evals` (a thread each)")
+    eval_completion_concurrency: int = Field(8, ge=1, description=(
+        "completions one run has in flight at once (the inference server batches them)"))
+    eval_batch_items: int = Field(32, ge=1, description=(
+        "items sampled and graded together, then stored in one transaction; a cancel request is seen, and a "
+        "shutdown gives the run back, between batches; a killed executor redoes at most one batch"))
+    eval_lease_seconds: float = Field(60.0, gt=0, description=(
+        "an eval run's lease: when its executor stops renewing it (killed), the run is taken again after this "
+        "and resumes with the items not stored yet"))
+    eval_heartbeat_seconds: float = Field(10.0, gt=0, description=(
+        "how often a running eval run renews its lease and rewrites its counts; at most half of "
+        "DORA_EVAL_LEASE_SECONDS"))
+    eval_sweep_interval_seconds: float = Field(10.0, gt=0, description=(
+        "how often `dora evals` publishes runs again whose executor died (lease expired) or whose message was "
+        "lost, and settles the ones that may not run again"))
+    eval_requeue_after_seconds: float = Field(60.0, gt=0, description=(
+        "a queued eval run nobody claimed this long is published again"))
+    eval_server_wait_seconds: float = Field(60.0, ge=0, description=(
+        "how long a run waits for an inference server of its model (none running, busy or lost) before it "
+        "fails with that error"))
+
+    @model_validator(mode="after")
+    def _check_eval_lease(self) -> EvalExecutionSettings:
+        if self.eval_heartbeat_seconds * 2 > self.eval_lease_seconds:
+            raise ValueError("DORA_EVAL_HEARTBEAT_SECONDS must be at most half of DORA_EVAL_LEASE_SECONDS")
+        return self
+
+
 class WorkerSettings(SessionSettings, StorageSettings, LogSettings, BaseModelSettings, EvalSettings, GraderSettings,
                      JobHostSettings, LeaseSettings, ReconcilerSettings, CelerySettings):
     """What the GPU worker loads: `dora worker`, its job processes and reconciler, `dora reconcile`."""
@@ -127,6 +160,10 @@ class WorkerSettings(SessionSettings, StorageSettings, LogSettings, BaseModelSet
 
 class WebhookSenderSettings(SessionSettings, LogSettings, WebhookTargetSettings, WebhookDeliverySettings):
     """What the webhook sender loads (`dora webhooks`)."""
+
+
+class EvalRunnerSettings(SessionSettings, StorageSettings, LogSettings, InferenceSettings, EvalExecutionSettings):
+    """What the eval executor loads (`dora evals`): no GPU, no model, HTTP to the inference servers."""
 
 
 @lru_cache

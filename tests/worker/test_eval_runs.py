@@ -1,0 +1,242 @@
+"""Eval runs executed against a real `dora serve` (the tiny model): counts equal to the ones worked
+out by hand from the server's own answers, every item graded exactly once through a SIGKILL of the
+`dora evals` process, a cancel between batches, and a run with no server for its model failed.
+
+The model is `endless`: the tiny model unable to choose an EOS token, so every completion is
+exactly `max_completion_tokens` long (its usage is known without asking) and takes long enough
+for the executor to be killed mid-run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from sqlalchemy import func, select
+
+from dora_contract.serving import TextDelta
+from store import evals as eval_store
+from store.db import session_scope
+from store.eval_status import EvalRunStatus
+from store.inference_client import InferenceClient
+from store.migrate import upgrade
+from store.models import EvalOutputItem, EvalRun
+from store.queue import publish_eval_run
+from store.storage import open_storage
+from store.tenants import create_api_key
+from tests.support.jobs import wait_for
+from tests.support.serve_process import ROOT, serve_process
+from tests.support.serving import load_tiny
+from worker.eval_grading import grade_item
+from worker.eval_items import RESOLVED_KEY
+from worker.eval_run import run_eval
+from worker.settings import EvalRunnerSettings
+
+MAX_TOKENS = 6
+TEMPLATE = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "{{item.question}}"}]
+CRITERION = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
+             "reference": "{{item.expected}}", "operation": "eq"}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("evals")
+
+
+@pytest.fixture(scope="module")
+def endless_dir(root) -> Path:
+    from dora_core.model_loading import load_tokenizer
+    from dora_core.tiny_model import make_tiny_model
+
+    tiny = make_tiny_model(root / "tiny")
+    model = load_tiny(tiny)
+    eos = model.generation_config.eos_token_id
+    with torch.no_grad():  # their logits are 0, below the greedy choice (the largest of 500 random ones)
+        model.lm_head.weight[[model.config.eos_token_id, *(eos if isinstance(eos, list) else [eos])]] = 0.0
+    model.save_pretrained(root / "endless")
+    load_tokenizer(tiny).save_pretrained(root / "endless")
+    return root / "endless"
+
+
+@pytest.fixture(scope="module")
+def server(root, endless_dir):
+    url = f"sqlite:///{root / 'dora.db'}"
+    upgrade(EvalRunnerSettings(database_url=url))
+    with serve_process(root / "serve", database_url=url, base_models={"endless": str(endless_dir)}) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def settings(root, server) -> EvalRunnerSettings:
+    return EvalRunnerSettings(database_url=f"sqlite:///{root / 'dora.db'}", storage_url=str(root / "artifacts"),
+                              broker_url=f"sqla+sqlite:///{root / 'broker.db'}", inference_secret=server.secret,
+                              eval_batch_items=4, eval_lease_seconds=4, eval_heartbeat_seconds=1,
+                              eval_server_wait_seconds=0)
+
+
+@pytest.fixture(scope="module")
+def tenant_id(settings) -> str:
+    with session_scope(settings) as session:
+        return create_api_key(session, tenant_name="t-evals").tenant_id
+
+
+def greedy(server, question: str) -> str:
+    """The server's own answer to the item's chat (what the run must get)."""
+    messages = [TEMPLATE[0], {"role": "user", "content": question}]
+    status, events = server.generate({"base_model": "endless", "messages": messages,
+                                      "sampling": {"max_tokens": MAX_TOKENS, "temperature": 0}})
+    assert status == 200, events
+    return "".join(event.text for event in events if isinstance(event, TextDelta))
+
+
+def make_run(settings, tenant_id: str, content: list[dict], *, base_model: str = "endless") -> str:
+    with session_scope(settings) as session:
+        eval_row = eval_store.create_eval(session, tenant_id=tenant_id, name="exact answers", metadata=None,
+                                          data_source_config={"type": "custom"}, testing_criteria=[CRITERION])
+        data_source = {"type": "completions", "model": base_model,
+                       "input_messages": {"type": "template", "template": TEMPLATE},
+                       "sampling_params": {"temperature": 0, "max_completion_tokens": MAX_TOKENS},
+                       "source": {"type": "file_content", "content": content},
+                       RESOLVED_KEY: {"base_model": base_model, "adapter": None}}
+        return eval_store.create_run(session, eval_row=eval_row, name=None, data_source=data_source,
+                                     model=base_model, metadata=None).id
+
+
+def run_in_process(settings, run_id: str, grade=grade_item) -> str:
+    with InferenceClient(settings, lambda: session_scope(settings)) as client:
+        return run_eval(run_id, settings=settings, client=client, storage=open_storage(settings.storage_url),
+                        owner="test", grade=grade)
+
+
+def run_row(settings, run_id: str) -> EvalRun:
+    with session_scope(settings) as session:
+        return session.get(EvalRun, run_id)
+
+
+def items_per_index(settings, run_id: str) -> Counter:
+    with session_scope(settings) as session:
+        rows = session.execute(select(EvalOutputItem.datasource_item_id, func.count())
+                               .where(EvalOutputItem.run_id == run_id).group_by(EvalOutputItem.datasource_item_id))
+        return Counter(dict(rows.all()))
+
+
+def questions(n: int) -> list[str]:
+    return [f"What is {i} plus {i}?" for i in range(n)]
+
+
+def test_a_run_over_ten_items_completes_with_the_hand_computed_counts(server, settings, tenant_id):
+    asked = questions(8)
+    answers = [greedy(server, question) for question in asked]
+    # 0-3: the expected answer is the model's own (pass); 4-7: another one (fail); 8-9: no question (error)
+    content = ([{"item": {"question": q, "expected": a}} for q, a in zip(asked[:4], answers[:4], strict=True)]
+               + [{"item": {"question": q, "expected": "not " + a}} for q, a in zip(asked[4:], answers[4:],
+                                                                                  strict=True)]
+               + [{"item": {"expected": "x"}}, {"item": {"prompt": "no question field"}}])
+    run_id = make_run(settings, tenant_id, content)
+
+    assert run_in_process(settings, run_id) == "completed"
+
+    run = run_row(settings, run_id)
+    assert (run.status, run.error, run.attempt) == ("completed", None, 1)
+    assert run.result_counts == {"total": 10, "passed": 4, "failed": 4, "errored": 2}
+    assert run.per_testing_criteria_results == [{"testing_criteria": "exact", "passed": 4, "failed": 4}]
+    [usage] = run.per_model_usage
+    assert (usage["model_name"], usage["invocation_count"], usage["completion_tokens"]) == ("endless", 8,
+                                                                                            8 * MAX_TOKENS)
+    with session_scope(settings) as session:
+        items = {i.datasource_item_id: i for i in session.scalars(select(EvalOutputItem).where(
+            EvalOutputItem.run_id == run_id))}
+    assert [items[i].status for i in range(10)] == ["pass"] * 4 + ["fail"] * 4 + ["error"] * 2
+    assert [items[i].sample["output"][0]["content"] for i in range(8)] == answers
+    assert {items[i].sample["finish_reason"] for i in range(8)} == {"length"}
+    assert items[0].sample["input"] == [TEMPLATE[0], {"role": "user", "content": asked[0]}]
+    assert items[0].results == [{"name": "exact", "type": "string_check", "score": 1.0, "passed": True,
+                                 "sample": None, "error": None}]
+    assert items[4].results[0]["score"] == 0.0 and items[4].results[0]["passed"] is False
+    assert "question" in items[8].sample["error"]["message"] and items[8].results == []
+    assert usage["prompt_tokens"] == sum(items[i].sample["usage"]["prompt_tokens"] for i in range(8)) > 0
+
+
+def test_cancel_between_batches_ends_the_run_canceled_with_the_graded_items(server, settings, tenant_id):
+    run_id = make_run(settings, tenant_id, [{"item": {"question": q, "expected": ""}} for q in questions(12)])
+    graded = []
+
+    def grade_then_cancel(*args):
+        graded.append(args)
+        if len(graded) == 2:  # during the first batch (4 items): seen before the second
+            with session_scope(settings) as session:
+                assert eval_store.cancel_run(session, run_id=run_id).cancel_requested
+        return grade_item(*args)
+
+    assert run_in_process(settings, run_id, grade=grade_then_cancel) == "canceled"
+    run = run_row(settings, run_id)
+    assert (run.status, run.result_counts["total"]) == ("canceled", 4)
+    assert sorted(items_per_index(settings, run_id)) == [0, 1, 2, 3]
+
+
+def test_a_run_whose_model_no_server_holds_fails_saying_so(settings, tenant_id):
+    run_id = make_run(settings, tenant_id, [{"item": {"question": "hi", "expected": ""}}], base_model="absent")
+
+    assert run_in_process(settings, run_id) == "failed"
+    run = run_row(settings, run_id)
+    assert run.error["code"] == "no_inference_server" and "'absent'" in run.error["message"]
+    assert run.result_counts["total"] == 0
+
+
+def _start_evals(settings, root: Path, name: str) -> subprocess.Popen:
+    env = os.environ | {"DORA_DATABASE_URL": settings.database_url, "DORA_BROKER_URL": settings.broker_url,
+                        "DORA_STORAGE_URL": settings.storage_url,
+                        "DORA_INFERENCE_SECRET": settings.inference_secret.get_secret_value(),
+                        "DORA_EVAL_BATCH_ITEMS": "1", "DORA_EVAL_COMPLETION_CONCURRENCY": "1",
+                        "DORA_EVAL_LEASE_SECONDS": "2", "DORA_EVAL_HEARTBEAT_SECONDS": "0.5",
+                        "DORA_EVAL_SWEEP_INTERVAL_SECONDS": "0.5", "PYTHONUNBUFFERED": "1"}
+    log = root / f"{name}.log"
+    with open(log, "wb") as handle:
+        process = subprocess.Popen([sys.executable, "-m", "dora_cli.main", "evals"], cwd=ROOT, env=env,
+                                   stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_for(lambda: " ready." in log.read_text() or process.poll() is not None, timeout=60,
+             what="`dora evals` to start")
+    assert process.poll() is None, log.read_text()
+    return process
+
+
+def test_a_sigkilled_executor_resumes_and_grades_every_item_exactly_once(server, settings, tenant_id, root):
+    run_id = make_run(settings, tenant_id, [{"item": {"question": q, "expected": ""}} for q in questions(10)])
+    first = _start_evals(settings, root, "evals-1")
+    try:
+        assert publish_eval_run(run_id, broker_url=settings.broker_url)
+        wait_for(lambda: sum(items_per_index(settings, run_id).values()) >= 3, timeout=60, what="3 items graded")
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=10)
+    stored = sum(items_per_index(settings, run_id).values())
+    assert stored < 10 and run_row(settings, run_id).status == "in_progress"  # killed mid-run
+
+    second = _start_evals(settings, root, "evals-2")  # its sweeper publishes the run once the lease expired
+    try:
+        wait_for(lambda: run_row(settings, run_id).status == "completed", timeout=60, what="the run to complete")
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=20)
+    run = run_row(settings, run_id)
+    assert run.attempt == 2
+    assert items_per_index(settings, run_id) == Counter(dict.fromkeys(range(10), 1))
+    assert run.result_counts == {"total": 10, "passed": 0, "failed": 10, "errored": 0}
+
+
+def test_the_executor_process_imports_no_torch():
+    code = "import sys, worker.evals; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+def test_a_duplicate_message_is_dropped_by_the_claim(settings, tenant_id):
+    run_id = make_run(settings, tenant_id, [{"item": {"question": "hi", "expected": ""}}], base_model="absent")
+    run_in_process(settings, run_id)
+    assert run_in_process(settings, run_id) == "dropped"
+    assert run_row(settings, run_id).status == EvalRunStatus.FAILED
