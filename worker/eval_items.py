@@ -21,11 +21,9 @@ from typing import Any
 
 from dora_contract.serving import CHAT_ROLES, AdapterRef, ChatMessage, SamplingParams
 from dora_graders.templates import lookup, render
+from store.eval_execution import RESOLVED_KEY
 from store.models import File
 from store.storage import Storage
-
-# where the API writes the resolved model in the run's data source (api/services/evals: run creation)
-RESOLVED_KEY = "_resolved_model"
 
 
 class ItemInputError(ValueError):

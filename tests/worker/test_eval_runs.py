@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 from dora_contract.serving import TextDelta
 from store import evals as eval_store
 from store.db import session_scope
+from store.eval_execution import RESOLVED_KEY
 from store.eval_status import EvalRunStatus
 from store.inference_client import InferenceClient
 from store.migrate import upgrade
@@ -34,7 +35,6 @@ from tests.support.jobs import wait_for
 from tests.support.serve_process import ROOT, serve_process
 from tests.support.serving import load_tiny
 from worker.eval_grading import grade_item
-from worker.eval_items import RESOLVED_KEY
 from worker.eval_run import run_eval
 from worker.settings import EvalRunnerSettings
 

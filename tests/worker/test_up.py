@@ -73,14 +73,16 @@ def test_dora_up_demo_starts_quiet_and_prints_where_everything_is(checkout, monk
     for shown in (f"dashboard  {url}/ui/", f"API        {url}/v1", f"API docs   {url}/docs",
                   f"API key    {key}   (saved in var/demo-api-key)",
                   f"inference  http://127.0.0.1:{os.environ['DORA_SERVE_PORT']}   (dora serve",
-                  "logs       var/logs/api.log, var/logs/worker.log, var/logs/webhooks.log, var/logs/serve.log",
+                  "logs       var/logs/api.log, var/logs/worker.log, var/logs/webhooks.log, var/logs/evals.log, "
+                  "var/logs/serve.log",
                   "`dora up --verbose` shows them here",
                   f'curl -s {url}/v1/models -H "Authorization: Bearer $(cat var/demo-api-key)"'):
         assert shown in banner, banner
     children = checkout["children"]
-    assert sorted(children) == ["api", "serve", "webhooks", "worker"] == checkout["supervised"]["children"]
+    assert sorted(children) == ["api", "evals", "serve", "webhooks", "worker"] == checkout["supervised"]["children"]
     assert {name: str(child["log"]) for name, child in children.items()} == {
-        name: f"var/logs/{name}.log" for name in ("api", "worker", "webhooks", "serve")}
+        name: f"var/logs/{name}.log" for name in ("api", "worker", "webhooks", "evals", "serve")}
+    assert children["evals"]["command"][3:] == ["evals"]
     for child in children.values():
         assert child["env"]["DORA_MAX_JOB_GPUS"] == (max_job_gpus or "1")
         assert json.loads(child["env"]["DORA_BASE_MODELS"])["tiny-llama"] == str(Path("var/models/tiny-llama")
@@ -90,11 +92,12 @@ def test_dora_up_demo_starts_quiet_and_prints_where_everything_is(checkout, monk
     assert children["serve"]["env"]["DORA_SERVE_PORT"] == os.environ["DORA_SERVE_PORT"]
 
 
-def test_dora_up_makes_an_inference_secret_for_the_api_and_the_inference_server_only(checkout):
+def test_dora_up_makes_an_inference_secret_for_the_api_the_eval_executor_and_the_inference_server_only(checkout):
     assert main(["up"]) == 0
     children = checkout["children"]
     secret = children["api"]["env"]["DORA_INFERENCE_SECRET"]
     assert len(secret) >= 32 and children["serve"]["env"]["DORA_INFERENCE_SECRET"] == secret
+    assert children["evals"]["env"]["DORA_INFERENCE_SECRET"] == secret
     assert "DORA_INFERENCE_SECRET" not in children["worker"]["env"] | children["webhooks"]["env"]
     assert children["serve"]["env"]["DORA_SERVE_PORT"] == str(int(os.environ["DORA_PORT"]) + 100)
     checkout["children"].clear()
