@@ -23,7 +23,7 @@ from api.errors import AnswerUnexpected, RejectNulInUrl, install_error_handlers
 from api.observability import MetricsMiddleware, Observability
 from api.openapi import install_openapi
 from api.rate_limit import TokenBuckets
-from api.routes import artifacts, completions, files, health, jobs, models, webhooks
+from api.routes import artifacts, completions, evals, files, health, jobs, models, webhooks
 from api.routes.graders import router as graders_router
 from api.schema_check import check_schema_until_reachable
 from api.services.inference_routing import Inference
@@ -32,7 +32,7 @@ from api.ui import PREFIX as UI_PREFIX
 from api.ui import mount_ui
 from api.unavailable import database_error_handler
 from store.db import get_engine
-from store.queue import publish_job
+from store.queue import publish_eval_run, publish_job
 from store.settings import Settings, get_settings
 from store.storage import open_storage
 
@@ -81,11 +81,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.observability = Observability()
     app.state.observability.watch_jobs(app.state.sessionmaker)
     app.state.publish = _publisher(settings, app.state.observability)
+    app.state.publish_eval_run = lambda run_id: publish_eval_run(run_id, broker_url=settings.broker_url)
     app.state.inference = Inference(settings, app.state.sessionmaker)  # completions (api/routes/completions.py)
     install_error_handlers(app)
     app.add_exception_handler(SQLAlchemyError, database_error_handler)  # unreachable: 503, Retry-After
     for router in (files.router, jobs.router, artifacts.router, models.router, health.router, webhooks.router,
-                   completions.router):
+                   completions.router, evals.router):
         app.include_router(router)
     app.include_router(graders_router)  # /v1/fine_tuning/alpha/graders/run|validate
     mount_ui(app)  # the dashboard at /ui: static files, no key (each API call it makes sends one)

@@ -12,7 +12,7 @@ from pydantic import WithJsonSchema
 from api.deps import JobViewDep, OwnedJobDep, PublisherDep, SessionDep, SettingsDep, TenantDep
 from api.errors import bad_request
 from api.present import checkpoint_out, event_out, job_out, metric_out, sample_out
-from api.schemas.common import ListPage
+from api.schemas.common import MAX_METADATA_VALUE, ListPage
 from api.schemas.errors import error_responses
 from api.schemas.jobs import CheckpointOut, FineTuningJob, JobCreate, JobEventOut, JobSampleOut, MetricPage
 from api.schemas.params import MAX_STEP, Cursor, Limit, limit_param
@@ -22,7 +22,6 @@ from store.jobs import JobStatus
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 _METADATA_PARAM = re.compile(r"^metadata\[(.{1,64})\]$")
-MAX_METADATA_VALUE = 512  # as a job's metadata values (api/schemas/jobs.py)
 # documented as the JobStatus enum; checked by the service, whose 400 names the wrong value
 StatusFilter = Annotated[str | None, WithJsonSchema({"type": "string", "enum": [s.value for s in JobStatus]})]
 # ?stream=true: the list as a text/event-stream instead (api/streams.py)

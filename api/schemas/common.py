@@ -54,6 +54,25 @@ def find_invalid_json(value: Any, path: str = "", depth: int = 1) -> tuple[str, 
     return None
 
 
+# OpenAI's metadata: up to 16 string pairs, keys of 1-64 characters, values of up to 512
+MAX_METADATA_KEYS = 16
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 512
+
+
+def check_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
+    """OpenAI's bounds on `metadata` (jobs, evals, eval runs), as a pydantic validator's ValueError."""
+    if value is not None:
+        if len(value) > MAX_METADATA_KEYS:
+            raise ValueError(f"at most {MAX_METADATA_KEYS} metadata keys")
+        for key, item in value.items():
+            if not key or len(key) > MAX_METADATA_KEY:
+                raise ValueError(f"metadata key '{key[:70]}' must be 1-{MAX_METADATA_KEY} characters")
+            if len(item) > MAX_METADATA_VALUE:
+                raise ValueError(f"metadata value for '{key}' is longer than {MAX_METADATA_VALUE} characters")
+    return value
+
+
 class StrictModel(BaseModel):
     """Request bodies reject unknown fields, so a typo (`rnak`) is a 400 naming it, not ignored,
     and non-finite numbers (`Infinity`, `NaN`: Python's JSON reads them, PostgreSQL's JSON does not).

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-# an upload, or a job's result (a tar of one output)
-FilePurpose = Literal["fine-tune", "fine-tune-results"]
+# an upload (training data, eval data), or a job's result (a tar of one output)
+FilePurpose = Literal["fine-tune", "evals", "fine-tune-results"]
 
 
 class FileObject(BaseModel):
@@ -21,7 +21,7 @@ class FileObject(BaseModel):
     status_details: str | None = None
     expires_at: int | None = None
     # additions
-    format: str | None = None  # chat | prompt_completion | alpaca | text
+    format: str | None = None  # chat | prompt_completion | alpaca | text | preference | eval
     rows: int | None = None
     sha256: str | None = None
 

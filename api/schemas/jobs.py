@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, create_model, field_validator, model_validator
 
-from api.schemas.common import StrictModel
+from api.schemas.common import StrictModel, check_metadata
 from api.schemas.run_fields import adapter_fields, contract_type, training_fields
 from dora_contract import DEFAULT_OUTPUTS, AdapterSettings, DpoSettings, RunSettings, TrainingSettings
 from store.job_status import JobStatus
@@ -130,15 +130,7 @@ class JobCreate(StrictModel):
     @field_validator("metadata")
     @classmethod
     def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        if value is not None:
-            if len(value) > 16:
-                raise ValueError("at most 16 metadata keys")
-            for key, item in value.items():
-                if not key or len(key) > 64:
-                    raise ValueError(f"metadata key '{key[:70]}' must be 1-64 characters")
-                if len(item) > 512:
-                    raise ValueError(f"metadata value for '{key}' is longer than 512 characters")
-        return value
+        return check_metadata(value)
 
     @field_validator("integrations")
     @classmethod

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from api.datasets import validate_dataset
 from api.errors import ApiError, bad_request
+from api.eval_files import EVAL_FORMAT, EVAL_PURPOSE, EvalRowError, check_upload
 from api.quotas import check_storage
 from api.services.scope import owned, page
 from api.uploads import Upload
@@ -21,7 +22,7 @@ from store.models import File
 from store.settings import Settings
 from store.storage import Storage, file_key
 
-PURPOSES = ("fine-tune",)  # what may be uploaded (the other FilePurpose is a job's result)
+PURPOSES = ("fine-tune", EVAL_PURPOSE)  # what may be uploaded (the other FilePurpose is a job's result)
 MAX_LIST_LIMIT = 10_000  # OpenAI's files list takes up to 10,000 per page
 
 
@@ -40,7 +41,8 @@ def _check_purpose(upload: Upload) -> str:
         raise bad_request("Missing required parameter: 'purpose' (use 'fine-tune')", param="purpose",
                           code="missing_required_parameter")
     if purpose not in PURPOSES:
-        raise bad_request(f"Invalid purpose '{purpose[:64]}': this server accepts 'fine-tune'", param="purpose")
+        raise bad_request(f"Invalid purpose '{purpose[:64]}': this server accepts 'fine-tune' or '{EVAL_PURPOSE}'",
+                          param="purpose")
     return purpose
 
 
@@ -58,12 +60,22 @@ def _check_dataset(upload: Upload) -> tuple[str | None, int]:
     return report.format, report.rows
 
 
+def _check_eval_file(upload: Upload, settings: Settings) -> tuple[str, int]:
+    """An eval data file (api/eval_files.py): JSONL objects; its items are checked against an eval's
+    item_schema when a run names it."""
+    try:
+        return EVAL_FORMAT, check_upload(upload.path, max_rows=settings.max_eval_items)
+    except EvalRowError as error:
+        raise bad_request(f"Invalid eval data in '{upload.filename}': {error}", param="file",
+                          code="invalid_file_format") from None
+
+
 def create_from_upload(*, session: Session, storage: Storage, settings: Settings, tenant_id: str,
                        upload: Upload) -> File:
     """Validate, then store the object, then check the quota and commit the row (the object is
     removed if either fails)."""
     purpose = _check_purpose(upload)
-    fmt, rows = _check_dataset(upload)
+    fmt, rows = _check_eval_file(upload, settings) if purpose == EVAL_PURPOSE else _check_dataset(upload)
     file_id = new_id("file")
     key = file_key(tenant_id, file_id)
     storage.put_file(key, upload.path)

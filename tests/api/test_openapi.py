@@ -90,11 +90,15 @@ def test_enums_are_documented(document):
     assert _parameter(document, "/v1/fine_tuning/jobs", "status")["enum"] == statuses
     assert _parameter(document, "/v1/files", "order")["enum"] == ["asc", "desc"]
     upload = document["paths"]["/v1/files"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert upload["properties"]["purpose"]["enum"] == ["fine-tune"]
+    assert upload["properties"]["purpose"]["enum"] == ["fine-tune", "evals"]
     schemas = document["components"]["schemas"]
     assert schemas["FineTuningJob"]["properties"]["status"] == {"$ref": "#/components/schemas/JobStatus"}
     assert schemas["JobStatus"]["enum"] == statuses
-    assert schemas["FileObject"]["properties"]["purpose"]["enum"] == ["fine-tune", "fine-tune-results"]
+    assert schemas["FileObject"]["properties"]["purpose"]["enum"] == ["fine-tune", "evals", "fine-tune-results"]
+    runs = "/v1/evals/{eval_id}/runs"
+    assert _parameter(document, runs, "status")["enum"] == ["queued", "in_progress", "completed", "failed",
+                                                            "canceled"]
+    assert _parameter(document, runs + "/{run_id}/output_items", "status")["enum"] == ["pass", "fail", "error"]
 
 
 LIMITS = {"/v1/files": 10_000, "/v1/fine_tuning/jobs": 100, "/v1/fine_tuning/jobs/{job_id}/events": 100,

@@ -37,6 +37,8 @@ def recording_app(settings):
         return True
 
     app.state.publish = publish
+    app.state.published_eval_runs = []  # eval run ids, in publish order
+    app.state.publish_eval_run = lambda run_id: app.state.published_eval_runs.append(run_id) is None
     return app
 
 
