@@ -48,7 +48,10 @@ class AdapterRef(ContractModel):
 class SamplingParams(ContractModel):
     """Per request; the API has applied OpenAI's defaults and the operator's bounds."""
 
-    max_tokens: int | None = Field(None, ge=1, description="None: up to the model's context")
+    max_tokens: int | None = Field(None, ge=1, description="None: up to max_tokens_default, within the context")
+    max_tokens_default: int | None = Field(None, ge=1, description=(
+        "the operator's bound (DORA_MAX_COMPLETION_TOKENS) for a request that sets no max_tokens: the server "
+        "generates up to this many or what the context leaves, the smaller; None: what the context leaves"))
     temperature: float = Field(1.0, ge=0.0, le=MAX_TEMPERATURE)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = None

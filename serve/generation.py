@@ -104,11 +104,13 @@ def prompt_ids(served: ServedModel, request: GenerationRequest) -> list[int]:
     return ids
 
 
-def completion_budget(served: ServedModel, prompt_tokens: int, max_tokens: int | None) -> int:
-    """max_tokens, or all the context the prompt leaves; RejectedError (400, max_tokens) when they do not fit."""
+def completion_budget(served: ServedModel, prompt_tokens: int, max_tokens: int | None,
+                      default: int | None = None) -> int:
+    """max_tokens; unset, the operator's default or all the context the prompt leaves, the smaller;
+    RejectedError (400, max_tokens) when a given max_tokens does not fit."""
     room = served.context_length - prompt_tokens
     if max_tokens is None:
-        return room
+        return room if default is None else min(room, default)
     if max_tokens > room:
         raise RejectedError(400, CONTEXT_LENGTH_EXCEEDED,
                        f"max_tokens is {max_tokens}, but the prompt's {prompt_tokens} tokens leave {room} of this "
@@ -119,7 +121,7 @@ def completion_budget(served: ServedModel, prompt_tokens: int, max_tokens: int |
 def prepare(served: ServedModel, request: GenerationRequest, adapter_files: AdapterFiles) -> Generation:
     """Check, reserve and submit every choice (blocking: a first use of an adapter downloads it)."""
     ids = prompt_ids(served, request)
-    max_tokens = completion_budget(served, len(ids), request.sampling.max_tokens)
+    max_tokens = completion_budget(served, len(ids), request.sampling.max_tokens, request.sampling.max_tokens_default)
     sampling = request.sampling
     try:
         params = [GenerationParams(max_tokens=max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,

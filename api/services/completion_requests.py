@@ -37,9 +37,9 @@ def _unsupported(param: str, what: str) -> Exception:
 
 def _max_tokens(value: int | None, param: str, settings: Settings) -> int | None:
     """The request's bound, checked against the operator's. None when it does not say: the server then
-    generates up to what the model's context leaves (the API does not know the context; sending the
-    operator's bound instead made the server refuse every such request to a model whose context is
-    shorter, as it must refuse a max_tokens that does not fit)."""
+    generates up to the operator's bound or what the model's context leaves, the smaller (sent as
+    `max_tokens_default`: the API does not know the context, and a max_tokens that does not fit it is
+    refused by the server, as it must be when a client sets it)."""
     if value is None:
         return None
     if value > settings.max_completion_tokens:
@@ -85,8 +85,10 @@ def _common(body: SamplingFields) -> None:
                           code="invalid_value")
 
 
-def _sampling(body: SamplingFields, *, max_tokens: int | None, logprobs: bool, top_logprobs: int) -> SamplingParams:
-    return SamplingParams(max_tokens=max_tokens, temperature=1.0 if body.temperature is None else body.temperature,
+def _sampling(body: SamplingFields, *, max_tokens: int | None, logprobs: bool, top_logprobs: int,
+              settings: Settings) -> SamplingParams:
+    return SamplingParams(max_tokens=max_tokens, max_tokens_default=settings.max_completion_tokens,
+                          temperature=1.0 if body.temperature is None else body.temperature,
                           top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed, stop=_stop(body.stop),
                           logprobs=logprobs, top_logprobs=top_logprobs)
 
@@ -141,7 +143,7 @@ def check_chat(body: ChatCompletionRequest, settings: Settings) -> Checked:
     max_tokens = _max_tokens(body.max_completion_tokens or body.max_tokens, param, settings)
     n = _n(body.n, settings)
     sampling = _sampling(body, max_tokens=max_tokens, logprobs=bool(body.logprobs),
-                         top_logprobs=body.top_logprobs or 0)
+                         top_logprobs=body.top_logprobs or 0, settings=settings)
     return Checked(n=n, sampling=sampling, messages=_messages(body), stream=bool(body.stream),
                    include_usage=bool(body.stream_options and body.stream_options.include_usage))
 
@@ -167,6 +169,7 @@ def check_completion(body: CompletionRequest, settings: Settings) -> Checked:
         raise _unsupported("best_of", "only equal to n (every generated choice is returned)")
     max_tokens = _max_tokens(body.max_tokens, "max_tokens", settings)
     legacy = body.logprobs  # None: no logprobs; k: each token's logprob and its k most likely alternatives
-    sampling = _sampling(body, max_tokens=max_tokens, logprobs=legacy is not None, top_logprobs=legacy or 0)
+    sampling = _sampling(body, max_tokens=max_tokens, logprobs=legacy is not None, top_logprobs=legacy or 0,
+                         settings=settings)
     return Checked(n=n, sampling=sampling, prompt=_prompt(body.prompt), stream=bool(body.stream),
                    include_usage=bool(body.stream_options and body.stream_options.include_usage))

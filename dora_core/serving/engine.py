@@ -63,6 +63,7 @@ class GenerationParams:
     stop: tuple[str, ...] = ()
     logprobs: bool = False
     top_logprobs: int = 0
+    ignore_eos: bool = False  # decode exactly max_tokens (benchmarks, as vLLM's SamplingParams.ignore_eos)
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -344,7 +345,7 @@ class Engine:
         params = row.handle.params
         token = choice.token
         row.generated.append(token)
-        if token in self.eos_ids:
+        if token in self.eos_ids and not params.ignore_eos:
             self._finish(row, "stop", row.text.flush())
             return
         row.pending.append(self._token_logprob(choice, params))

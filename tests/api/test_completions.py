@@ -192,6 +192,7 @@ def test_the_openai_client_reads_chat_and_text_completions_streamed_and_not(serv
     sent = served[2].state.received[-1]
     assert (sent.n, sent.adapter, sent.messages[0].content, sent.sampling.max_tokens, sent.sampling.stop,
             sent.sampling.seed, sent.sampling.top_logprobs) == (2, None, "hello", 9, ["END"], 7, 2)
+    assert sent.sampling.max_tokens_default == settings.max_completion_tokens  # the bound of a request without one
 
     chunks = list(oai.chat.completions.create(model="tiny-llama", messages=HI, stream=True, n=2,
                                               stream_options={"include_usage": True}))

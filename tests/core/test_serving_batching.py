@@ -126,6 +126,7 @@ def test_finish_reasons_length_stop_string_and_eos(tiny_model_dir, tiny_tokenize
         by_length = collect(engine.submit(prompt, 0, GenerationParams(max_tokens=3, **GREEDY)))
         by_stop = collect(engine.submit(prompt, 0, GenerationParams(max_tokens=20, stop=("zzz", stop), **GREEDY)))
         engine_eos = collect(engine.submit(prompt, 0, GenerationParams(max_tokens=20, **GREEDY)))
+        ignoring_eos = collect(engine.submit(prompt, 0, GenerationParams(max_tokens=20, ignore_eos=True, **GREEDY)))
     finally:
         engine.stop()
     assert by_length.finish == Finished("length", len(prompt), 3)
@@ -135,6 +136,8 @@ def test_finish_reasons_length_stop_string_and_eos(tiny_model_dir, tiny_tokenize
     assert engine_eos.finish == Finished("stop", len(prompt), first_eos + 1)  # the EOS token counts
     assert engine_eos.token_ids == expected[:first_eos]
     assert engine_eos.text == before_eos
+    assert ignoring_eos.finish == Finished("length", len(prompt), 20)  # decodes through the EOS (benchmarks)
+    assert ignoring_eos.token_ids == expected
 
 
 def test_seeded_sampling_ignores_the_rest_of_the_batch(engine, tiny_tokenizer):

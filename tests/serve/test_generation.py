@@ -81,3 +81,18 @@ def test_a_full_queue_and_busy_adapter_slots_are_503_and_cancelled_choices_free_
     assert served.adapters.slot_of("ft:b@adapters/b") is not None and served.adapters.slot_of("ft:a@adapters/a") is None
     other.cancel()
     wait_for(lambda: served.in_flight == 0, timeout=10, what="the last choice to leave")
+
+
+def test_an_unset_max_tokens_gets_the_operators_bound_within_the_context():
+    from types import SimpleNamespace
+
+    from serve.generation import completion_budget
+
+    served = SimpleNamespace(context_length=100)
+    assert completion_budget(served, 30, None) == 70  # no bound: what the context leaves
+    assert completion_budget(served, 30, None, 16) == 16  # the operator's DORA_MAX_COMPLETION_TOKENS
+    assert completion_budget(served, 90, None, 16) == 10  # the smaller of the two
+    assert completion_budget(served, 30, 70, 16) == 70  # a client's own max_tokens is checked by the API, not cut
+    with pytest.raises(RejectedError) as refused:
+        completion_budget(served, 30, 71, 16)
+    assert refused.value.error.param == "max_tokens"
