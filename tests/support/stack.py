@@ -137,6 +137,7 @@ class Stack:
     workers: list[Process] = field(default_factory=list)
     more_apis: list[Process] = field(default_factory=list)  # API processes beside the first
     servers: list[Process] = field(default_factory=list)  # `dora serve` processes
+    executors: list[Process] = field(default_factory=list)  # `dora evals` processes
 
     @property
     def settings(self):
@@ -201,6 +202,18 @@ class Stack:
             wait_for(lambda p=process, u=url: _healthy(u) or not p.alive(), timeout=90, what=f"{process.name} at {url}")
             assert process.alive(), process.text()
 
+    def start_evals(self) -> Process:
+        """One more `dora evals` (the eval executor) on the stack's backends, with a short lease and sweep.
+        The stack's environment must hold DORA_INFERENCE_SECRET."""
+        env = self.env | {"DORA_EVAL_LEASE_SECONDS": "4", "DORA_EVAL_HEARTBEAT_SECONDS": "1",
+                          "DORA_EVAL_SWEEP_INTERVAL_SECONDS": "1", "DORA_EVAL_REQUEUE_AFTER_SECONDS": "2"}
+        process = self._spawn(f"evals-{len(self.executors) + 1}", ["evals"], env)
+        self.executors.append(process)
+        wait_for(lambda: " ready." in process.text() or not process.alive(), timeout=60,
+                 what=f"{process.name} to start")
+        assert process.alive(), process.text()
+        return process
+
     def publish(self, job_id: str) -> bool:
         from store.queue import publish_job
 
@@ -217,7 +230,7 @@ class Stack:
         """SIGKILL every process group of the stack: a teardown, not a test of the shutdown (the tests
         that stop a worker gracefully call Process.stop themselves). A warm shutdown of an idle
         worker takes 6-9 s on this machine, a teardown's worth of waiting per stack."""
-        for process in [*self.workers, self.api_process, *self.more_apis, *self.servers]:
+        for process in [*self.workers, self.api_process, *self.more_apis, *self.servers, *self.executors]:
             if process is not None:
                 process.kill()
 
