@@ -71,7 +71,7 @@ def job_out(job: Job) -> FineTuningJob:
         validation_file=job.validation_file, estimated_finish=estimated, metadata=job.meta, method=job.method,
         suffix=job.suffix, outputs=list(spec.run.outputs), progress=prog, attempt=job.attempt,
         max_attempts=job.max_attempts, gpus=job.gpus, resumed_from_step=job.resumed_from_step,
-        cancel_requested=job.cancel_requested,
+        cancel_requested=job.cancel_requested, pause_requested=job.pause_requested,
     )
 
 

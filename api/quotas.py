@@ -48,7 +48,7 @@ def check_active_jobs(session: Session, *, settings: Settings, tenant_id: str) -
     if active >= cap:
         session.rollback()
         raise quota_exceeded(f"Quota exceeded: this tenant already has {active} queued or running fine-tuning jobs "
-                             f"and the limit is {cap}. Wait for one to finish, or cancel one, then try again.")
+                             f"and the limit is {cap}. Wait for one to finish, or cancel or pause one, then try again.")
 
 
 def check_creation_rate(session: Session, *, settings: Settings, tenant_id: str) -> None:

@@ -43,8 +43,9 @@ def no_live_lease(now: datetime) -> ColumnElement[bool]:
 
 
 def may_run_again() -> ColumnElement[bool]:
-    """Another attempt is allowed: attempts left and no cancel requested."""
-    return and_(Job.attempt < Job.max_attempts, Job.cancel_requested.is_(False))
+    """Another attempt is allowed: attempts left, and neither a cancel nor a pause requested (a job
+    whose worker died with a pause asked is settled paused, not claimed again)."""
+    return and_(Job.attempt < Job.max_attempts, Job.cancel_requested.is_(False), Job.pause_requested.is_(False))
 
 
 def claimable(now: datetime) -> ColumnElement[bool]:
@@ -83,6 +84,31 @@ def finish_status(status: JobStatus) -> ColumnElement[str]:
     a cancel committed just before it is seen (on PostgreSQL the UPDATE waits for the cancel's row
     lock and re-reads the row), and a cancel just after it finds the job ended (409)."""
     return case((cancel_asked(), JobStatus.CANCELLED.value), else_=JobStatus(status).value)
+
+
+def pause_asked() -> ColumnElement[bool]:
+    """A user asked to pause the job while a worker had it (the API answered 200, `running`)."""
+    return Job.pause_requested.is_(True)
+
+
+def release_status() -> ColumnElement[str]:
+    """The status a release writes: paused when a pause was asked (the worker checkpointed the step
+    it reached for it), else queued for another attempt. In the UPDATE itself, like finish_status."""
+    return case((pause_asked(), JobStatus.PAUSED.value), else_=JobStatus.QUEUED.value)
+
+
+def pausable() -> ColumnElement[bool]:
+    """Paused at once: no worker has it."""
+    return leaves(Event.PAUSE)
+
+
+def pause_requestable() -> ColumnElement[bool]:
+    """A worker has it: the pause is asked of it (once, and not of a job being cancelled)."""
+    return and_(leaves(Event.REQUEST_PAUSE), Job.pause_requested.is_(False), Job.cancel_requested.is_(False))
+
+
+def resumable() -> ColumnElement[bool]:
+    return leaves(Event.RESUME)
 
 
 def cancellable() -> ColumnElement[bool]:

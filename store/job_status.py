@@ -23,6 +23,7 @@ class JobStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PAUSED = "paused"  # asked by the user; its newest checkpoint waits for a resume (not in openai's Literal)
 
 
 INITIAL = JobStatus.QUEUED  # what create_job inserts (files are validated at upload)
@@ -39,6 +40,9 @@ class Event(StrEnum):
     REQUEST_CANCEL = "request cancel"  # cancel_job on a running job: its worker stops and finishes it
     REPUBLISH = "republish"  # mark_republished: only updated_at changes, so one reconciler publishes it
     SETTLE = "settle"  # settle_abandoned: a job no attempt works on and none may take
+    PAUSE = "pause"  # pause_job, before any worker took the job
+    REQUEST_PAUSE = "request pause"  # pause_job on a running job: its worker checkpoints and releases it paused
+    RESUME = "resume"  # resume_job: back to the queue, to resume from its newest checkpoint on any worker
 
 
 class Actor(StrEnum):
@@ -53,7 +57,7 @@ class Actor(StrEnum):
 @dataclass(frozen=True)
 class Transition:
     """`event`, made by `by`, takes a job in any of `sources` to one of `targets` when `when` holds
-    ("may run again": attempts left and no cancel asked)."""
+    ("may run again": attempts left, and neither a cancel nor a pause asked)."""
 
     sources: tuple[JobStatus, ...]
     event: Event
@@ -63,20 +67,25 @@ class Transition:
 
 
 _Q, _R = JobStatus.QUEUED, JobStatus.RUNNING  # the table's shorthand
-_OK, _FAILED, _CANCELLED = JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED
+_OK, _FAILED, _CANCELLED, _P = JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.PAUSED
 TRANSITIONS: tuple[Transition, ...] = (
     #          sources   event                 targets                    by                  when
     Transition((_Q, _R), Event.CLAIM,          (_R,),                     Actor.WORKER,       "may run again"),
     Transition((_R,),    Event.PROGRESS,       (_R,),                     Actor.LEASE_HOLDER),
     Transition((_R,),    Event.FINISH,         (_OK, _FAILED),            Actor.LEASE_HOLDER, "no cancel asked"),
     Transition((_R,),    Event.FINISH,         (_CANCELLED,),             Actor.LEASE_HOLDER),
-    Transition((_R,),    Event.RELEASE,        (_Q,),                     Actor.LEASE_HOLDER),
-    Transition((_Q,),    Event.CANCEL,         (_CANCELLED,),             Actor.API),
+    Transition((_R,),    Event.RELEASE,        (_Q,),                     Actor.LEASE_HOLDER, "no pause asked"),
+    Transition((_R,),    Event.RELEASE,        (_P,),                     Actor.LEASE_HOLDER, "pause asked"),
+    Transition((_Q, _P), Event.CANCEL,         (_CANCELLED,),             Actor.API),
     Transition((_R,),    Event.REQUEST_CANCEL, (_R,),                     Actor.API,          "not asked yet"),
     Transition((_Q,),    Event.REPUBLISH,      (_Q,),                     Actor.RECONCILER,   "may run again"),
     Transition((_R,),    Event.REPUBLISH,      (_R,),                     Actor.RECONCILER,   "may run again"),
     Transition((_Q, _R), Event.SETTLE,         (_FAILED,),                Actor.RECONCILER,   "at the attempt cap"),
     Transition((_Q, _R), Event.SETTLE,         (_CANCELLED,),             Actor.RECONCILER,   "cancel asked"),
+    Transition((_Q, _R), Event.SETTLE,         (_P,),                     Actor.RECONCILER,   "pause asked"),
+    Transition((_Q,),    Event.PAUSE,          (_P,),                     Actor.API),
+    Transition((_R,),    Event.REQUEST_PAUSE,  (_R,),                     Actor.API,          "neither asked yet"),
+    Transition((_P,),    Event.RESUME,         (_Q,),                     Actor.API),
 )  # fmt: skip
 
 
@@ -99,6 +108,9 @@ def actor(event: Event) -> Actor:
 
 TERMINAL = frozenset(JobStatus) - {source for row in TRANSITIONS for source in row.sources}  # no event leaves them
 ACTIVE = frozenset(JobStatus) - TERMINAL
+# what a tenant's cap on active jobs counts (store/quotas.py): a paused job holds no GPU and waits
+# for no worker, so pausing makes room for another job; resuming one is checked against the cap
+COUNTED_AS_ACTIVE = ACTIVE - {JobStatus.PAUSED}
 
 
 def diagram() -> str:

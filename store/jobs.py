@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
 from store.archive import tar_size
@@ -33,7 +33,12 @@ from store.job_predicates import (
     finish_status,
     fits,
     holds_lease,
+    pausable,
+    pause_asked,
+    pause_requestable,
+    release_status,
     republishable,
+    resumable,
 )
 from store.job_status import ACTIVE, INITIAL, TERMINAL, Event, JobStatus, targets  # noqa: F401 - re-exported
 from store.models import Artifact, Checkpoint, File, Job, JobEvent, MetricPoint, Tenant, utcnow
@@ -255,21 +260,27 @@ def cancel_job(session: Session, *, job_id: str) -> Job:
 
 
 def settle_abandoned(session: Session, *, now: datetime | None = None) -> list[str]:
-    """Abandoned jobs (unattended, must not run again): cancel asked -> cancelled; at the attempt cap -> failed."""
+    """Abandoned jobs (unattended, must not run again): cancel asked -> cancelled; pause asked -> paused (its
+    worker died before it could pause it); at the attempt cap -> failed."""
     now = now or utcnow()
     ids = list(session.scalars(select(Job.id).where(abandoned(now))))
     settled = []
     for job_id in ids:
         job = session.get(Job, job_id)
+        lost = "worker lost" if job.status == JobStatus.RUNNING else "given back"
         status, error = (JobStatus.CANCELLED, None) if job.cancel_requested else (
-            JobStatus.FAILED, {"code": "attempts_exhausted", "param": None,
-                               "message": f"the job did not finish after {job.attempt} attempts "
-                                          f"({'worker lost' if job.status == JobStatus.RUNNING else 'given back'})"})
+            (JobStatus.PAUSED, None) if job.pause_requested else (
+                JobStatus.FAILED, {"code": "attempts_exhausted", "param": None,
+                                   "message": f"the job did not finish after {job.attempt} attempts ({lost})"}))
+        ended = {} if status == JobStatus.PAUSED else {"finished_at": now}  # a paused job may resume
         done = update(Job).where(Job.id == job_id, abandoned(now)).values(
-            status=status, error=error, finished_at=now, updated_at=now, lease_owner=None, lease_expires_at=None)
+            status=status, error=error, updated_at=now, lease_owner=None, lease_expires_at=None, pause_requested=False,
+            **ended)
         if _changed(session, done) == 1:
-            _add_events(session, job_id, _event(job_id, _final_message(status, JobError(**error) if error else None),
-                                                level="error" if error else "info", now=now))
+            job = session.get(Job, job_id, populate_existing=True)
+            _add_events(session, job_id, _paused_event(session, job, now=now) if status == JobStatus.PAUSED else
+                        _event(job_id, _final_message(status, JobError(**error) if error else None),
+                               level="error" if error else "info", now=now))
             job_event(session, session.get(Job, job_id, populate_existing=True), now=now)
             settled.append(job_id)
     session.commit()
@@ -282,14 +293,81 @@ def release_job(session: Session, *, job_id: str, owner: str, attempt: int, reas
 
     For a failure that may not repeat (a worker shut down, a storage or database blip): the
     next attempt resumes from the newest checkpoint. `reason` is shown in the job's events.
+    When a pause was asked, the job is released `paused` instead (the worker checkpointed the step it
+    reached for it): it waits for a resume, and the attempt it used does not count against its
+    cap (max_attempts grows by one), since nothing failed.
     """
     now = utcnow()
-    values = dict(status=JobStatus.QUEUED, lease_owner=None, lease_expires_at=None, updated_at=now)
+    values = dict(status=release_status(), pause_requested=False, lease_owner=None, lease_expires_at=None,
+                  updated_at=now, max_attempts=case((pause_asked(), Job.max_attempts + 1), else_=Job.max_attempts))
     if not _fenced_update(session, Event.RELEASE, job_id=job_id, owner=owner, attempt=attempt, **values):
         return False
-    _add_events(session, job_id, _event(job_id, reason, level="warning", now=now))
+    job = session.get(Job, job_id, populate_existing=True)
+    if job.status == JobStatus.PAUSED:
+        _add_events(session, job_id, _paused_event(session, job, now=now))
+    else:
+        _add_events(session, job_id, _event(job_id, reason, level="warning", now=now))
     session.commit()
     return True
+
+
+def _paused_event(session: Session, job: Job, *, now: datetime) -> JobEvent:
+    """"Paused at step n": where the job stopped, and the checkpoint a resume continues from."""
+    checkpoint = latest_checkpoint(session, job_id=job.id)
+    since = f"from its checkpoint at step {checkpoint.step}" if checkpoint else "from the start (no checkpoint yet)"
+    return _event(job.id, f"The job was paused at step {job.step}; a resume continues {since}", now=now,
+                  data={"step": job.step, "checkpoint_step": checkpoint.step if checkpoint else None})
+
+
+def pause_job(session: Session, *, job_id: str) -> Job:
+    """queued -> paused now; running -> pause requested (its worker checkpoints at the next step
+    boundary and releases the job paused). InvalidTransition, saying why, for any other job."""
+    now = utcnow()
+    pause = update(Job).where(Job.id == job_id, pausable())
+    if _changed(session, pause.values(status=JobStatus.PAUSED, updated_at=now)) == 1:
+        job = session.get(Job, job_id, populate_existing=True)
+        _add_events(session, job_id, _paused_event(session, job, now=now))
+    elif _changed(session, update(Job).where(Job.id == job_id, pause_requestable())
+                  .values(pause_requested=True, updated_at=now)) == 1:
+        _add_events(session, job_id, _event(job_id, "Pause requested; the job checkpoints at its next step boundary "
+                                                    "and then pauses, freeing its GPU", now=now))
+    else:
+        job = session.get(Job, job_id, populate_existing=True)
+        session.rollback()
+        raise InvalidTransition(_why_not_paused(job))
+    session.commit()
+    return session.get(Job, job_id, populate_existing=True)
+
+
+def _why_not_paused(job: Job) -> str:
+    if job.status == JobStatus.PAUSED:
+        return f"job {job.id} is already paused"
+    if job.pause_requested:
+        return f"a pause of job {job.id} was already requested; it pauses at its next step boundary"
+    if job.cancel_requested:
+        return f"job {job.id} is being cancelled and cannot be paused"
+    return f"job {job.id} has already {job.status} and cannot be paused"
+
+
+def resume_job(session: Session, *, job_id: str, commit: bool = True) -> Job:
+    """paused -> queued: any worker claims it and resumes from its newest checkpoint (the caller
+    publishes it after the commit). InvalidTransition for a job that is not paused."""
+    now = utcnow()
+    resume = update(Job).where(Job.id == job_id, resumable()).values(status=JobStatus.QUEUED, pause_requested=False,
+                                                                     updated_at=now)
+    if _changed(session, resume) != 1:
+        job = session.get(Job, job_id, populate_existing=True)
+        session.rollback()
+        pending = "; its pause was requested and is not done yet" if job.pause_requested else ""
+        raise InvalidTransition(f"job {job.id} is {job.status}, not paused{pending}: only a paused job can be "
+                                "resumed")
+    checkpoint = latest_checkpoint(session, job_id=job_id)
+    since = f"its checkpoint at step {checkpoint.step}" if checkpoint else "the start"
+    _add_events(session, job_id, _event(job_id, f"The job was resumed; it is queued and continues from {since}",
+                                        now=now, data={"checkpoint_step": checkpoint.step if checkpoint else None}))
+    if commit:
+        session.commit()
+    return session.get(Job, job_id, populate_existing=True)
 
 
 def mark_republished(session: Session, *, job_id: str, not_since: datetime, now: datetime | None = None) -> bool:

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -132,6 +133,8 @@ class Job(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(255), default=None)
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # a pause asked of the worker running it (migration 0008); cleared when it is paused
+    pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     # progress
     step: Mapped[int] = mapped_column(Integer, default=0)

@@ -33,6 +33,7 @@ from store.notify import job_changed
 class Heartbeat:
     held: bool  # False: the lease is gone (another attempt owns the job): stop at once
     cancel_requested: bool
+    pause_requested: bool = False  # checkpoint at the step reached, then release the job paused
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def write_progress(session: Session, *, job_id: str, owner: str, attempt: int, l
                    epoch: float | None = None, now: datetime | None = None) -> Heartbeat:
     """Renew the lease, store the progress values given (None ones are left as they are) and `metrics`,
     `events` and `samples`, in one transaction, only for the lease's holder (Heartbeat.held False:
-    nothing was written); report whether a cancel was asked. Commits."""
+    nothing was written); report whether a cancel or a pause was asked. Commits."""
     now = now or utcnow()
     if step is None and metrics:
         step = max(point.step for point in metrics)
@@ -91,7 +92,7 @@ def write_progress(session: Session, *, job_id: str, owner: str, attempt: int, l
     renew = (update(Job).where(holds_lease(job_id, owner, attempt, Event.PROGRESS))
              .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now,
                      **{name: value for name, value in progress.items() if value is not None})
-             .returning(Job.cancel_requested))
+             .returning(Job.cancel_requested, Job.pause_requested))
     row = session.execute(renew, execution_options={"synchronize_session": False}).first()
     if row is None:
         session.rollback()
@@ -111,7 +112,7 @@ def write_progress(session: Session, *, job_id: str, owner: str, attempt: int, l
     if samples:
         _add_samples(session, job_id, samples)
     session.commit()
-    return Heartbeat(held=True, cancel_requested=bool(row[0]))
+    return Heartbeat(held=True, cancel_requested=bool(row[0]), pause_requested=bool(row[1]))
 
 
 def _add_samples(session: Session, job_id: str, samples: Sequence[PendingSample]) -> None:

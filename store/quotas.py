@@ -20,7 +20,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from store.ids import PREFIXES, _encode
-from store.job_status import ACTIVE
+from store.job_status import COUNTED_AS_ACTIVE
 from store.models import File, Job, Tenant
 
 
@@ -34,8 +34,10 @@ def lock_tenant(session: Session, *, tenant_id: str) -> None:
 
 
 def active_jobs(session: Session, *, tenant_id: str) -> int:
-    """The tenant's queued and running jobs."""
-    query = select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE))
+    """The tenant's queued and running jobs (a paused one holds no GPU: not counted, and resuming it
+    is checked against the cap like creating a job)."""
+    query = select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id,
+                                                        Job.status.in_(sorted(COUNTED_AS_ACTIVE)))
     return int(session.scalar(query) or 0)
 
 

@@ -5,6 +5,8 @@
              the message was a duplicate or stale, and is simply acknowledged
   succeeded / failed / cancelled   the final status this attempt wrote while holding the lease
   released   the job went back to the queue for another attempt (a retryable error, a shutdown)
+  paused     a user paused it: a checkpoint at the step reached, the job released `paused` (not
+             published; POST .../resume queues it again). The work folder stays, as for a release
   lost       another attempt took the job over, or the database was unreachable for most of the
              lease; this one wrote nothing more
   deferred   the worker stopped while waiting for an unreachable database to claim the job;
@@ -243,6 +245,8 @@ class JobAttempt:
                 return "lost"
             self.remove_work_folder()
             return "cancelled"
+        if self.lease.pause_requested:  # checkpointed at the step reached; waits for a resume, unpublished
+            return "paused" if self.lease.release("paused by the user") else "lost"
         return self.release("The worker is shutting down; the job will resume from its newest checkpoint")
 
     def fail(self, error: Exception) -> str:

@@ -2,7 +2,7 @@
 
 `Lease` wraps store/ with a session per call and remembers what the last heartbeat said:
 `held` turns False when another attempt took the job (stop at once, write nothing more),
-`cancel_requested` when a user asked to cancel.
+`cancel_requested` when a user asked to cancel, `pause_requested` when one asked to pause.
 
 Progress is buffered. Metric points, events, samples, the "resumed" marker and checkpoint rows
 go into a buffer that every heartbeat writes in one fenced transaction (store/progress.py), so a
@@ -66,6 +66,7 @@ class Lease:
     attempt: int
     held: bool = True
     cancel_requested: bool = False
+    pause_requested: bool = False  # a user asked to pause: checkpoint, then release the job (paused)
     last_renewed: float = field(default_factory=time.monotonic)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)  # one write at a time
     _buffer_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -185,6 +186,7 @@ class Lease:
                         del self._samples[sample.step, sample.index]
             self.last_renewed = time.monotonic()
             self.cancel_requested = self.cancel_requested or beat.cancel_requested
+            self.pause_requested = self.pause_requested or beat.pause_requested
             if len(metrics) < WRITE_BATCH:
                 break
         while self._checkpoints:

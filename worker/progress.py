@@ -7,7 +7,7 @@ also when cancellation is read, so a cancelled job stops within one step.
 Checkpoints are uploaded to storage before they are registered in SQL, so a registered
 checkpoint is always whole and another host can resume from it. A worker shutting down
 (`stop_requested`) has the run write a checkpoint at the step it reached before it stops
-(`checkpoint_on_stop`), so the next attempt resumes from there.
+(`checkpoint_on_stop`), so the next attempt resumes from there; so does a job a user paused.
 """
 
 from __future__ import annotations
@@ -103,12 +103,14 @@ class JobProgress(TrainingCallback):
             self._beat()
 
     def should_stop(self) -> bool:
-        return not self.lease.held or self.lease.cancel_requested or self.stop_requested()
+        return (not self.lease.held or self.lease.cancel_requested or self.lease.pause_requested
+                or self.stop_requested())
 
     def checkpoint_on_stop(self) -> bool:
-        """Only a shutdown is worth a checkpoint: a cancelled job never runs again, and an attempt
-        that lost its lease must not write (another attempt may be using the same work folder)."""
-        return self.lease.held and not self.lease.cancel_requested and self.stop_requested()
+        """Only a shutdown or a pause is worth a checkpoint: a cancelled job never runs again, and an
+        attempt that lost its lease must not write (another attempt may be using the same work folder)."""
+        return (self.lease.held and not self.lease.cancel_requested
+                and (self.lease.pause_requested or self.stop_requested()))
 
     # -- helpers ---------------------------------------------------------------------------
     def _backfill(self, up_to: int) -> None:

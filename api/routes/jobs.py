@@ -1,4 +1,4 @@
-"""`/v1/fine_tuning/jobs`: create, list, get, cancel, events, checkpoints, metrics, samples."""
+"""`/v1/fine_tuning/jobs`: create, list, get, cancel, pause, resume, events, checkpoints, metrics, samples."""
 
 from __future__ import annotations
 
@@ -97,6 +97,24 @@ async def get_job(job: JobViewDep) -> FineTuningJob:  # no I/O left here: run in
              responses=error_responses(409, d409="The job has already finished"))
 def cancel_job(job: OwnedJobDep, session: SessionDep) -> FineTuningJob:
     return job_out(job_service.cancel_job(session=session, job=job))
+
+
+@router.post("/{job_id}/pause", response_model=FineTuningJob,
+             responses=error_responses(400, d400="The job cannot be paused: it ended, is paused or pausing already, "
+                                                 "or is being cancelled"))
+def pause_job(job: OwnedJobDep, session: SessionDep) -> FineTuningJob:
+    """A queued job is paused at once; a running one is asked to pause (`pause_requested`): its
+    worker checkpoints at the next step boundary, frees its GPU and the job becomes `paused`."""
+    return job_out(job_service.pause_job(session=session, job=job))
+
+
+@router.post("/{job_id}/resume", response_model=FineTuningJob, responses=error_responses(
+    400, 429, d400="The job is not paused", d429="At the tenant's cap on queued+running jobs"))
+def resume_job(job: OwnedJobDep, session: SessionDep, settings: SettingsDep, publish: PublisherDep) -> FineTuningJob:
+    """Back to `queued`: any worker resumes it from its newest checkpoint."""
+    job = job_service.resume_job(session=session, settings=settings, job=job)
+    publish(job.id, job.gpus)  # after the commit; a broker failure leaves the job queued for the reconciler
+    return job_out(job)
 
 
 @router.get("/{job_id}/events", response_model=ListPage[JobEventOut], responses=stream_responses("events"))

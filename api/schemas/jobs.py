@@ -189,6 +189,7 @@ class FineTuningJob(BaseModel):
     gpus: int = 1
     resumed_from_step: int | None = None
     cancel_requested: bool = False
+    pause_requested: bool = False  # POST .../pause on a running job: it pauses at its next step boundary
 
 
 class JobEventOut(BaseModel):

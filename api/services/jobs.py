@@ -191,6 +191,28 @@ def cancel_job(*, session: Session, job: Job) -> Job:
         raise ApiError(409, str(error), param="fine_tuning_job_id", code="job_not_cancellable") from None
 
 
+def pause_job(*, session: Session, job: Job) -> Job:
+    """queued: paused at once; running: its worker checkpoints at the next step boundary and releases
+    it paused. Anything else (ended, already paused or pausing, being cancelled) is a 400."""
+    try:
+        return job_store.pause_job(session, job_id=job.id)
+    except job_store.InvalidTransition as error:
+        raise bad_request(str(error), param="fine_tuning_job_id", code="job_not_pausable") from None
+
+
+def resume_job(*, session: Session, settings: Settings, job: Job) -> Job:
+    """paused -> queued (the caller publishes it after the commit). A paused job is not counted
+    against the tenant's cap on active jobs, so resuming one is checked like creating one (429)."""
+    if job.status != JobStatus.PAUSED:  # said before the quota check, which would hide it
+        raise bad_request(f"job {job.id} is {job.status}, not paused: only a paused job can be resumed",
+                          param="fine_tuning_job_id", code="job_not_resumable")
+    check_active_jobs(session, settings=settings, tenant_id=job.tenant_id)  # holds the lock until the commit
+    try:
+        return job_store.resume_job(session, job_id=job.id)
+    except job_store.InvalidTransition as error:
+        raise bad_request(str(error), param="fine_tuning_job_id", code="job_not_resumable") from None
+
+
 def list_events(*, session: Session, job: Job, after: str | None, limit: int) -> tuple[list[JobEvent], bool]:
     query = select(JobEvent).where(JobEvent.job_id == job.id)
     return page(session, query, id_column=JobEvent.id, after=after, limit=limit)

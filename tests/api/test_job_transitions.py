@@ -58,6 +58,24 @@ def _cancel(session, job_id):
         pass  # an ended job: refused, and nothing changed
 
 
+def _pause(session, job_id):
+    try:
+        job_store.pause_job(session, job_id=job_id)
+    except job_store.InvalidTransition:
+        pass  # not pausable: refused, and nothing changed
+
+
+def _resume(session, job_id):
+    try:
+        job_store.resume_job(session, job_id=job_id)
+    except job_store.InvalidTransition:
+        pass
+
+
+def _release(session, job_id):
+    return job_store.release_job(session, job_id=job_id, owner=OWNER, attempt=ATTEMPT, reason="given back")
+
+
 def _finish(status):
     return lambda session, job_id: job_store.finish_job(session, job_id=job_id, owner=OWNER, attempt=ATTEMPT,
                                                         status=status)
@@ -77,10 +95,12 @@ CASES = (
     # a cancel the API accepted while the job ran wins over the worker's last write (N9)
     *(Case(f"finish_job-{status}-cancel-asked", (Event.FINISH,), _finish(status), target=JobStatus.CANCELLED,
            setup={"cancel_requested": True}) for status in sorted(targets(Event.FINISH) - {JobStatus.CANCELLED})),
-    Case("release_job", (Event.RELEASE,),
-         lambda session, job_id: job_store.release_job(session, job_id=job_id, owner=OWNER, attempt=ATTEMPT,
-                                                       reason="given back")),
+    Case("release_job", (Event.RELEASE,), _release, target=JobStatus.QUEUED),
+    Case("release_job-pause-asked", (Event.RELEASE,), _release, target=JobStatus.PAUSED,
+         setup={"pause_requested": True}),
     Case("cancel_job", (Event.CANCEL, Event.REQUEST_CANCEL), _cancel),
+    Case("pause_job", (Event.PAUSE, Event.REQUEST_PAUSE), _pause),
+    Case("resume_job", (Event.RESUME,), _resume, target=JobStatus.QUEUED),
     Case("mark_republished", (Event.REPUBLISH,),
          lambda session, job_id: job_store.mark_republished(session, job_id=job_id,
                                                             not_since=utcnow() - timedelta(minutes=1))),
@@ -88,6 +108,8 @@ CASES = (
          target=JobStatus.FAILED, setup={"attempt": MAX_ATTEMPTS}),
     Case("settle_abandoned-cancel-asked", (Event.SETTLE,), lambda session, _: job_store.settle_abandoned(session),
          target=JobStatus.CANCELLED, setup={"cancel_requested": True}),
+    Case("settle_abandoned-pause-asked", (Event.SETTLE,), lambda session, _: job_store.settle_abandoned(session),
+         target=JobStatus.PAUSED, setup={"pause_requested": True}),
 )
 
 
@@ -107,7 +129,7 @@ def _job_in(settings, tenant, status: JobStatus, **columns) -> str:
         job_id = job_store.create_job(session, tenant_id=tenant.tenant_id, model="tiny-llama", training_file="file-x",
                                       validation_file=None, method={}, settings={}, seed=0, suffix=None,
                                       metadata=None, max_attempts=MAX_ATTEMPTS).id
-        values = {"status": status, "attempt": ATTEMPT, "cancel_requested": False,
+        values = {"status": status, "attempt": ATTEMPT, "cancel_requested": False, "pause_requested": False,
                   "updated_at": utcnow() - timedelta(hours=1)} | columns
         session.execute(update(Job).where(Job.id == job_id).values(**values))
         session.commit()
@@ -118,7 +140,7 @@ def _row(settings, job_id: str) -> tuple:
     with session_scope(settings) as session:
         job = session.get(Job, job_id)
         return (job.status, job.lease_owner, job.lease_expires_at, job.attempt, job.cancel_requested,
-                job.updated_at, job.step)
+                job.pause_requested, job.updated_at, job.step)
 
 
 def _call(settings, case: Case, job_id: str) -> None:
