@@ -95,6 +95,7 @@ PATH_NEEDS: dict[str, tuple[str, ...]] = {
     "tests/worker/test_webhooks.py::test_the_sender_is_a_thread_pool_on_its_own_queue": ("processes",),
     # a real `dora serve` (uvicorn, the models loaded) spoken to over HTTP
     "tests/serve/test_serve_process.py": ("processes",),
+    "tests/serve/test_benchmark.py": ("processes",),  # benchmarks/serve.py as a script
     "tests/worker/test_eval_runs.py": ("processes",),  # `dora serve` and `dora evals` processes
     "tests/graders/test_sandbox.py": ("processes",),  # the python grader's sandboxed processes
     # slow: in this process, but over 10 s each on 2 busy cores (the real model: its first use in a
