@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from store.eval_status import EvalEvent, EvalRunStatus, sources
 from store.ids import new_id
-from store.models import Eval, EvalOutputItem, EvalRun, utcnow
+from store.models import Eval, EvalOutputItem, EvalRun, Tenant, utcnow
 
 ATTEMPTS_EXHAUSTED = "attempts_exhausted"  # the error code of a run settled at its attempt cap
 # where the API writes, in the run's data source, the base and adapter its model names when it creates the run
@@ -49,6 +49,7 @@ class RunWork:
     fence: Fence
     eval_id: str
     tenant_id: str
+    tenant_name: str  # a judge's `ft:` model names its tenant (store/served_models.py)
     data_source: dict[str, Any]
     testing_criteria: list[dict[str, Any]]
     model: str | None
@@ -109,8 +110,9 @@ def claim_run(session: Session, *, run_id: str, owner: str, lease_seconds: float
         return None
     run = session.get(EvalRun, run_id, populate_existing=True)
     criteria = session.scalar(select(Eval.testing_criteria).where(Eval.id == run.eval_id))
+    tenant_name = session.scalar(select(Tenant.name).where(Tenant.id == run.tenant_id)) or ""
     work = RunWork(fence=Fence(run_id=run.id, owner=owner, attempt=run.attempt), eval_id=run.eval_id,
-                   tenant_id=run.tenant_id, data_source=dict(run.data_source or {}),
+                   tenant_id=run.tenant_id, tenant_name=tenant_name, data_source=dict(run.data_source or {}),
                    testing_criteria=list(criteria or []), model=run.model)
     session.commit()
     return work
@@ -170,7 +172,8 @@ def insert_items(session: Session, *, fence: Fence, work: RunWork, items: list[N
 
 def tally(session: Session, *, run_id: str, criteria_names: list[str], batch: int = 1000) -> Tally:
     """The run's counts from its stored items: statuses, each criterion's passed/failed, and the
-    usage of each model (the sampled one, and judges of model graders that report theirs)."""
+    usage of each model: the sampled one (the item's sample) and the judges of model graders (each
+    result's `usage`, {model: {invocations, prompt_tokens, completion_tokens}}: worker/eval_grading.py)."""
     result = Tally()
     statuses = dict(session.execute(select(EvalOutputItem.status, func.count()).where(
         EvalOutputItem.run_id == run_id).group_by(EvalOutputItem.status)).all())
@@ -187,7 +190,8 @@ def tally(session: Session, *, run_id: str, criteria_names: list[str], batch: in
                 passed[entry.get("name")] += 1
             elif entry.get("passed") is False:
                 failed[entry.get("name")] += 1
-            _add_usage(usage, entry.get("model"), entry.get("usage"))
+            for judge, used in (entry.get("usage") or {}).items():  # the judges a criterion asked
+                _add_usage(usage, judge, used)
         _add_usage(usage, (sample or {}).get("model"), (sample or {}).get("usage"))
     result.per_testing_criteria_results = [{"testing_criteria": name, "passed": passed[name], "failed": failed[name]}
                                            for name in criteria_names]

@@ -4,7 +4,9 @@
 indices already stored (an earlier attempt's: skipped), then works in batches of
 DORA_EVAL_BATCH_ITEMS: each item's chat is rendered, completed by an inference server
 (store/inference_client.py; DORA_EVAL_COMPLETION_CONCURRENCY at once, which the server batches)
-and graded by every testing criterion; the batch is inserted in one fenced transaction. Between
+and graded by every testing criterion (worker/eval_grading.py: a model grader's judge resolved for
+the run's tenant by `Judges`, a python grader in its sandboxed process where enabled); the batch is
+inserted in one fenced transaction. Between
 batches the lease is renewed (a thread renews it during a long batch too), the counts are written
 from SQL, and a cancel request ends the run `canceled`; a shutdown gives the run back (queued)
 after the batch. An item the server refuses (400: too long for the model, say) or whose template
@@ -26,21 +28,25 @@ from typing import Any
 
 from sqlalchemy import select
 
-from dora_contract.serving import GenerationRequest
+from dora_contract.serving import ChatMessage, GenerationRequest, SamplingParams
+from dora_graders import PythonSandbox
 from store import eval_execution as runs
 from store.db import session_scope
 from store.eval_execution import Beat, NewItem, RunWork, Tally
 from store.eval_status import EvalRunStatus
 from store.inference_client import (
+    Collected,
     GenerationRefusedError,
     InferenceClient,
     InferenceError,
     InferenceNotConfiguredError,
 )
 from store.models import File
+from store.served_models import MalformedModelIdError, ModelNotFoundError, ModelNotServableError, resolve_model
+from store.served_models import ServedModel as ServedJudge
 from store.storage import Storage
 from worker.database import Backoff
-from worker.eval_grading import Grade, grade_item
+from worker.eval_grading import Grade, Graders, JudgeAnswer, grade_item
 from worker.eval_items import ItemInputError, Row, ServedModel, input_messages, read_rows, sampling, served_model
 from worker.settings import EvalRunnerSettings
 
@@ -98,11 +104,13 @@ class Executor:
     """The run's items, sampled and graded; one per attempt."""
 
     def __init__(self, settings: EvalRunnerSettings, work: RunWork, lease: RunLease, client: InferenceClient,
-                 grade: Grade, stopping: Callable[[], bool]) -> None:
+                 storage: Storage, grade: Grade, stopping: Callable[[], bool]) -> None:
         self.settings, self.work, self.lease, self.client = settings, work, lease, client
         self.grade, self.stopping = grade, stopping
         self.served: ServedModel | None = served_model(work.data_source)
         self.sampling = sampling(work.data_source) if self.served is not None else None
+        self.graders = Graders(judge=Judges(settings, work, storage, self._generate),
+                               python=PythonSandbox() if settings.python_grader_enabled else None)
 
     # -- one item
     def item(self, row: Row) -> NewItem:
@@ -114,7 +122,7 @@ class Executor:
             return NewItem(datasource_item_id=row.index, datasource_item=row.item, sample=sample, results=[],
                            status="error")
         output_text = sample["output"][0]["content"] if sample.get("output") else ""
-        results, status = self.grade(self.work.testing_criteria, row.item, output_text, self.judge)
+        results, status = self.grade(self.work.testing_criteria, row.item, output_text, self.graders)
         return NewItem(datasource_item_id=row.index, datasource_item=row.item, sample=sample, results=results,
                        status=status)
 
@@ -157,13 +165,49 @@ class Executor:
                 raise RunFailedError(error.code, f"{error} (waited {waited:.0f} s for an inference server)")
             time.sleep(backoff.next())
 
-    def judge(self, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
-        """A model grader's judge: a base model served by the inference servers."""
-        from dora_contract.serving import ChatMessage, SamplingParams
 
-        request = GenerationRequest(base_model=model, messages=[ChatMessage(**m) for m in messages],
+
+class Judges:
+    """Model graders' judges for one run: each model id resolved once for the run's tenant (a base,
+    an `ft:` model or a checkpoint: store/served_models.py, the API's resolution), then completed
+    by the inference servers as the run's own samples are (waiting for a server as long). A judge
+    that cannot be resolved, or had no server that long, errors each criterion asking it (its
+    `model_grader_server_error`), at once after the first time: the run goes on."""
+
+    def __init__(self, settings: EvalRunnerSettings, work: RunWork, storage: Storage,
+                 generate: Callable[[GenerationRequest, str], Collected]) -> None:
+        self.settings, self.work, self.storage, self.generate = settings, work, storage, generate
+        self._known: dict[str, ServedJudge | Exception] = {}
+        self._lock = threading.Lock()
+
+    def resolve(self, model: str) -> ServedJudge:
+        with self._lock:
+            if model not in self._known:
+                try:
+                    with session_scope(self.settings) as session:
+                        self._known[model] = resolve_model(
+                            session, self.storage, base_models=self.settings.base_models, model=model,
+                            tenant_id=self.work.tenant_id, tenant_name=self.work.tenant_name)
+                except (ModelNotFoundError, MalformedModelIdError, ModelNotServableError) as error:
+                    self._known[model] = error
+            known = self._known[model]
+        if isinstance(known, Exception):
+            raise known
+        return known
+
+    def __call__(self, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> JudgeAnswer:
+        served = self.resolve(model)
+        request = GenerationRequest(base_model=served.base_model, adapter=served.adapter,
+                                    messages=[ChatMessage(**message) for message in messages],
                                     sampling=SamplingParams(**params))
-        return self.client.generate(request, route_key=model).texts[0]
+        try:
+            collected = self.generate(request, served.route_key)
+        except RunFailedError as failure:  # no server for the judge: the criterion's error, not the run's
+            with self._lock:
+                self._known[model] = failure
+            raise
+        return JudgeAnswer(model=model, messages=messages, text=collected.texts[0],
+                           finish_reason=collected.finish_reasons[0], usage=collected.usage)
 
 
 def _given_sample(sample: dict[str, Any] | None) -> dict[str, Any]:
@@ -239,7 +283,7 @@ def _work(settings: EvalRunnerSettings, work: RunWork, lease: RunLease, client: 
     todo = [row for row in rows if row.index not in done]
     if done:
         log.info("eval run %s: resuming, %d of %d items already graded", run_id, len(done), len(rows))
-    executor = Executor(settings, work, lease, client, grade, stopping)
+    executor = Executor(settings, work, lease, client, storage, grade, stopping)
     size = settings.eval_batch_items
     with ThreadPoolExecutor(settings.eval_completion_concurrency, thread_name_prefix=f"eval-{run_id[-6:]}") as pool:
         for start in range(0, len(todo), size):

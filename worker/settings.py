@@ -162,8 +162,10 @@ class WebhookSenderSettings(SessionSettings, LogSettings, WebhookTargetSettings,
     """What the webhook sender loads (`dora webhooks`)."""
 
 
-class EvalRunnerSettings(SessionSettings, StorageSettings, LogSettings, InferenceSettings, EvalExecutionSettings):
-    """What the eval executor loads (`dora evals`): no GPU, no model, HTTP to the inference servers."""
+class EvalRunnerSettings(SessionSettings, StorageSettings, LogSettings, BaseModelSettings, GraderSettings,
+                         InferenceSettings, EvalExecutionSettings):
+    """What the eval executor loads (`dora evals`): no GPU, no model, HTTP to the inference servers; the
+    registered base names (a judge's model resolved as the API does) and whether python graders run."""
 
 
 @lru_cache

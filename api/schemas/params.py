@@ -12,13 +12,13 @@ from typing import Annotated, Any
 
 from fastapi import Path, Query
 
+from store.served_models import MAX_STEP as MAX_STEP  # steps are SQL INTEGER columns; written once there
+
 # a page of jobs, events or checkpoints (OpenAI's bound). Here, with the parameter it bounds, so
 # the services (api/services/scope.py) import it from the schemas and never the other way round
 MAX_LIMIT = 100
 # longer than any object id (`ftsample-` and 26 characters, 35, is the longest), short enough to cost nothing
 MAX_ID_LENGTH = 64
-# steps are SQL INTEGER columns (metric points, samples)
-MAX_STEP = 2**31 - 1
 
 
 def limit_param(maximum: int = MAX_LIMIT) -> Any:
