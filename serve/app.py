@@ -64,12 +64,13 @@ def create_app(settings: ServeSettings | None = None, *, models: dict[str, Serve
     storage = open_storage(settings.storage_url, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
     adapter_files = AdapterFiles(storage, adapter_cache_dir(settings))
     served: dict[str, ServedModel] = dict(models or {})
+    failed: dict[str, str] = {}  # models that could not be loaded, with the reason (shown by /healthz)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         owned = models is None
         if owned:
-            served.update(await anyio.to_thread.run_sync(load_models, settings))
+            served.update(await anyio.to_thread.run_sync(load_models, settings, failed))
         heartbeat = Heartbeat(settings, base_models=list(served)) if register else None
         if heartbeat is not None:
             await anyio.to_thread.run_sync(heartbeat.start)
@@ -117,7 +118,8 @@ def create_app(settings: ServeSettings | None = None, *, models: dict[str, Serve
         secret: sequences in flight (running or queued) against the capacity that answers 503 beyond."""
         return JSONResponse({"status": "ok", "models": {name: {"sequences": model.in_flight,
                                                                 "capacity": model.capacity}
-                                                         for name, model in served.items()}})
+                                                         for name, model in served.items()},
+                             "not_loaded": failed})
 
     return Starlette(routes=[Route(GENERATE_PATH, generate, methods=["POST"]),
                              Route("/healthz", healthz, methods=["GET"])], lifespan=lifespan)

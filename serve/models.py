@@ -88,12 +88,22 @@ def load_model(settings: ServeSettings, name: str) -> ServedModel:
                        engine=engine, capacity=settings.serve_max_batch * (1 + QUEUED_BATCHES))
 
 
-def load_models(settings: ServeSettings) -> dict[str, ServedModel]:
-    """Every model this server serves (DORA_SERVE_BASE_MODELS, or all registered), loaded in turn."""
+def load_models(settings: ServeSettings, failed: dict[str, str] | None = None) -> dict[str, ServedModel]:
+    """Every model this server serves (DORA_SERVE_BASE_MODELS, or all registered), loaded in turn.
+
+    A model that cannot be loaded (a hub id not cached while offline, a broken file) is logged, put in
+    `failed` with the reason, and not registered: the others are served, the API answers 503 for that
+    base alone, and a server beside the worker and the API (`dora up`) does not take them down with it,
+    as a job on that model fails alone at the worker."""
     loaded: dict[str, ServedModel] = {}
     try:
         for name in settings.served_models():
-            loaded[name] = load_model(settings, name)
+            try:
+                loaded[name] = load_model(settings, name)
+            except Exception as error:  # noqa: BLE001 - any loading failure leaves this one model out
+                log.error("base model %s is not served: it could not be loaded: %s", name, error)
+                if failed is not None:
+                    failed[name] = str(error)[:500]
     except BaseException:
         stop_models(loaded)
         raise

@@ -231,19 +231,24 @@ def test_dora_serve_refuses_to_start_without_the_secret(server):
     assert result.stderr.startswith("error: DORA_INFERENCE_SECRET is not set"), result.stderr
 
 
-def test_a_second_server_holds_only_its_models_and_leaves_the_registry_when_stopped(server, root, database_url,
+def test_a_second_server_holds_only_its_loadable_models_and_leaves_the_registry_when_stopped(server, root, database_url,
                                                                                      tiny_model_dir,
                                                                                      endless_model_dir):
     engine = get_engine(DatabaseSettings(database_url=database_url))
+    # a model it cannot load (a hub id, offline, not cached) is left out with its reason; the others are served
     with serve_process(root / "second", database_url=database_url,
-                       base_models={"tiny-llama": str(tiny_model_dir), "endless": str(endless_model_dir)},
-                       extra_env={"DORA_SERVE_BASE_MODELS": '["endless"]'}) as second:
-        assert second.health()["models"].keys() == {"endless"}
+                       base_models={"tiny-llama": str(tiny_model_dir), "endless": str(endless_model_dir),
+                                    "unreachable": "acme/not-in-any-cache"},
+                       extra_env={"DORA_SERVE_BASE_MODELS": '["endless", "unreachable"]'}) as second:
+        health = second.health()
+        assert health["models"].keys() == {"endless"} and health["not_loaded"].keys() == {"unreachable"}, health
+        assert "acme/not-in-any-cache" in health["not_loaded"]["unreachable"], health
         assert second.generate({"base_model": "tiny-llama", "prompt": "hi"})[0] == 404  # registered, not held here
         with Session(engine) as session:
             endless = live_servers(session, base_model="endless", ttl_seconds=15)
             assert sorted(s.url for s in endless) == sorted([server.url, second.url])
             assert [s.url for s in live_servers(session, base_model="tiny-llama", ttl_seconds=15)] == [server.url]
+            assert live_servers(session, base_model="unreachable", ttl_seconds=15) == []
         assert second.stop() in (0, -15)  # SIGTERM: uvicorn shuts down gracefully, then re-raises the signal
         assert "Application shutdown complete" in second.text()
     with Session(engine) as session:
