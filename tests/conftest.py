@@ -53,6 +53,7 @@ PATH_NEEDS: dict[str, tuple[str, ...]] = {
     "tests/e2e": ("e2e", "processes"),
     "tests/e2e/test_dashboard.py": ("browser",),
     "tests/e2e/test_playground.py": ("browser",),  # and a `dora serve` process
+    "tests/e2e/test_evals_dashboard.py": ("browser",),  # and `dora serve` and `dora evals` processes
     "tests/e2e/test_broker_lost_queue.py": ("postgres", "redis"),
     "tests/e2e/test_broker_outages.py": ("postgres", "redis"),  # a redis-server of its own
     "tests/e2e/test_database_outage.py": ("postgres", "redis"),

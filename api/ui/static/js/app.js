@@ -2,10 +2,15 @@
 //   #/jobs[?status=...]   jobs          #/jobs/<id>   one job
 //   #/new                 new job       #/files       files
 //   #/playground[?model=<id>&compare=<id>&job=<id>]   chat with a model, or compare two
+//   #/evals               evals         #/evals/<id>  an eval's runs compared
+//   #/evals/<id>/runs/<run id>[?status=pass|fail|error]   one run's report (its report_url)
 // Each page's render(main, params) returns a function that stops its timers and streams.
 
 import {checkKey, clearKey, getKey, onUnauthorized, setKey} from "./api.js";
 import {clear, h} from "./dom.js";
+import * as evalPage from "./pages/eval.js";
+import * as evalRunPage from "./pages/eval_run.js";
+import * as evalsPage from "./pages/evals.js";
 import * as filesPage from "./pages/files.js";
 import * as jobPage from "./pages/job.js";
 import * as jobsPage from "./pages/jobs.js";
@@ -30,6 +35,11 @@ function route() {
   if (parts[0] === "new") return {name: "new", page: newJobPage, params: {query}};
   if (parts[0] === "files") return {name: "files", page: filesPage, params: {}};
   if (parts[0] === "playground") return {name: "playground", page: playgroundPage, params: {query}};
+  if (parts[0] === "evals" && parts[1] && parts[2] === "runs" && parts[3]) {
+    return {name: "evals", page: evalRunPage, params: {evalId: parts[1], runId: parts[3], query}};
+  }
+  if (parts[0] === "evals" && parts[1]) return {name: "evals", page: evalPage, params: {id: parts[1]}};
+  if (parts[0] === "evals") return {name: "evals", page: evalsPage, params: {}};
   return {name: "jobs", page: jobsPage, params: {query}};
 }
 

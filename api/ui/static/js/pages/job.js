@@ -1,6 +1,6 @@
 // One job: status and progress, live metric charts (from the metrics stream), the newest evaluation's
-// samples, the events log (from the events stream), checkpoints, artifacts with downloads, the
-// resolved settings, the error.
+// samples, the events log (from the events stream), checkpoints, the eval runs of its model and
+// checkpoints (linking their comparison pages), artifacts with downloads, the resolved settings, the error.
 
 import {download, getJson} from "../api.js";
 import {LineChart} from "../chart.js";
@@ -8,6 +8,7 @@ import {
   TERMINAL, clear, formatBytes, formatDuration, formatNumber, formatTime, h, jobDuration, jobMethod, progressBar,
   statusBadge,
 } from "../dom.js";
+import {evalRunsTable, fineTunedOf, runsOfModels} from "../evals.js";
 import {follow} from "../stream.js";
 import {cancelButton} from "./jobs.js";
 import {playgroundHref} from "./playground.js";
@@ -106,6 +107,7 @@ export function render(main, {id}) {
   const checkpointsBody = h("tbody");
   const artifactsBody = h("div", {id: "artifacts"});
   const samplesBox = h("div", {id: "samples"});
+  const evalsBox = h("div", {id: "job-evals"}, h("p", {class: "muted"}, "Looking for eval runs…"));
   const settingsBox = h("div", {id: "settings"});
   const message = h("p", {class: "error", role: "alert"});
 
@@ -122,6 +124,7 @@ export function render(main, {id}) {
         h("table", {class: "table", id: "checkpoints"},
           h("thead", {}, h("tr", {}, ["Step", "Checkpoint", "Metrics", "Created", ""].map((t) => h("th", {}, t)))),
           checkpointsBody))),
+    section("Evals", evalsBox),
     section("Artifacts", artifactsBody),
     section("Resolved settings", settingsBox));
 
@@ -306,8 +309,10 @@ export function render(main, {id}) {
     clear(progressBox, progressBar(job, {metricStep: newestStep}));
   }
 
+  let checkpointIds = [];
   async function loadCheckpoints() {
     const page = await getJson(`${jobPath}/checkpoints`, {query: {limit: 100}});
+    checkpointIds = page.data.map((checkpoint) => checkpoint.fine_tuned_model_checkpoint);
     clear(checkpointsBody, page.data.length ? page.data.map((checkpoint) => {
       const metrics = Object.entries(checkpoint.metrics || {}).filter(([name]) => name !== "step")
         .map(([name, value]) => `${name} ${formatNumber(value)}`).join(" · ");
@@ -359,6 +364,19 @@ export function render(main, {id}) {
             h("td", {class: "sample-text sample-answer"}, sample.answer))))));
   }
 
+  // the eval runs of this job's model and checkpoints (their ids are what a run names as its model);
+  // read when the job's status changes, never in the way of the rest of the page
+  async function loadEvalRuns() {
+    const models = new Set([job.fine_tuned_model, ...checkpointIds].filter(Boolean));
+    const byModel = new Map([...models].map((model) => [fineTunedOf(model), job])); // labels the runs' models
+    try {
+      const entries = await runsOfModels(models);
+      if (!stopped) clear(evalsBox, evalRunsTable(entries, byModel));
+    } catch (error) {
+      if (!stopped) clear(evalsBox, h("p", {class: "error"}, `Could not read the eval runs: ${error.message}`));
+    }
+  }
+
   async function loadArtifacts() {
     const page = await getJson(`${jobPath}/artifacts`);
     if (!page.data.length) {
@@ -390,6 +408,7 @@ export function render(main, {id}) {
       if (job.status === "running" || changed) await loadCheckpoints();
       if (job.status === "running" || changed) await loadSamples();
       if (changed) await loadArtifacts();
+      if (changed) loadEvalRuns();
       await reconcileMetrics(TERMINAL.has(job.status));
       lastDrawnStatus = job.status;
       if (!streams.length) startStreams();
