@@ -72,6 +72,7 @@ def job_out(job: Job) -> FineTuningJob:
         suffix=job.suffix, outputs=list(spec.run.outputs), progress=prog, attempt=job.attempt,
         max_attempts=job.max_attempts, gpus=job.gpus, resumed_from_step=job.resumed_from_step,
         cancel_requested=job.cancel_requested, pause_requested=job.pause_requested,
+        evals=[e.eval_id for e in spec.evals],
     )
 
 

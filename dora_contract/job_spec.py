@@ -25,6 +25,7 @@ from dora_contract.base import ContractModel
 from dora_contract.run import RunSettings, check_one_validation_source
 
 JOB_SPEC_VERSION = 1
+MAX_JOB_EVALS = 8  # evals one job may name (each runs on every checkpoint: a run per eval and checkpoint)
 
 
 class FileRef(ContractModel):
@@ -45,6 +46,18 @@ class BaseModelRef(ContractModel):
                                   "stored before registrations had one (the worker derives it then)")
 
 
+class JobEval(ContractModel):
+    """An eval the job runs on each checkpoint it saves and on its final model (issue #24).
+
+    An eval has no data source of its own, so the job copies one when it is created: the
+    `completions` data source of the eval's most recent completions run (its prompt template,
+    sampling params and items), without its model; the worker adds each checkpoint's model."""
+
+    eval_id: str = Field(min_length=1)
+    template_run_id: str = Field(min_length=1, description="the run whose data source was copied")
+    data_source: dict[str, Any] = Field(description="a completions data source without `model`")
+
+
 class JobSpec(ContractModel):
     """One job's settings as the worker runs them (jobs.settings holds its JSON dump)."""
 
@@ -53,6 +66,7 @@ class JobSpec(ContractModel):
     base_model: BaseModelRef
     training_file: FileRef
     validation_file: FileRef | None = None
+    evals: tuple[JobEval, ...] = Field((), max_length=MAX_JOB_EVALS)  # absent in rows stored before #24
 
     @model_validator(mode="before")
     @classmethod

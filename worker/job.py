@@ -104,6 +104,13 @@ class JobAttempt:
         self.owner = owner
         self.folder = Path(settings.work_dir) / job.id
 
+    @cached_property
+    def evals(self):
+        """The job's evals, run on each checkpoint and on the fine-tuned model (None: it names none)."""
+        from worker.job_evals import job_evals
+
+        return job_evals(self.settings, self.job, self.spec.evals)
+
     def run(self) -> str:
         try:
             with LeaseKeeper(self.lease, self.settings.heartbeat_seconds):
@@ -113,7 +120,7 @@ class JobAttempt:
             return self.fail(error)
         if result.status == "stopped":
             return self.stopped()
-        return self.succeed(artifacts)
+        return self.succeed(artifacts, step=result.step)
 
     # -- before training ---------------------------------------------------------------------
     def train(self):
@@ -127,7 +134,7 @@ class JobAttempt:
                                     heartbeat_seconds=self.settings.heartbeat_seconds,
                                     keep_checkpoints=config.training.keep_checkpoints,
                                     stop_requested=self.stop_requested,
-                                    metrics_file=self.folder / "run" / "metrics.jsonl")
+                                    metrics_file=self.folder / "run" / "metrics.jsonl", evals=self.evals)
         return run_training(config, self.folder / "run", callbacks=[self.progress], device=self.settings.device)
 
     def train_in_ranks(self, config):
@@ -143,7 +150,8 @@ class JobAttempt:
             factory = RankProgress(settings=self.settings, job_id=self.job.id, owner=self.owner,
                                    attempt=self.job.attempt, tenant_id=self.job.tenant_id,
                                    keep_checkpoints=config.training.keep_checkpoints,
-                                   metrics_file=self.folder / "run" / "metrics.jsonl", stop_file=stop_file)
+                                   metrics_file=self.folder / "run" / "metrics.jsonl", stop_file=stop_file,
+                                   evals=self.evals)
             try:
                 result = train_in_processes(self.job.gpus, config, self.folder / "run", device=self.settings.device,
                                             callbacks=factory)
@@ -215,7 +223,7 @@ class JobAttempt:
 
     # Each write from here on waits for an unreachable database, within the lease (worker/lease.py);
     # False from one means the lease is gone and nothing was written.
-    def succeed(self, artifacts: list[ArtifactSpec]) -> str:
+    def succeed(self, artifacts: list[ArtifactSpec], *, step: int) -> str:
         tokens = self.lease.trained_tokens()
         if tokens is None or not self.lease.finish(JobStatus.SUCCEEDED, trained_tokens=tokens, artifacts=artifacts):
             self.remove_outputs(self.job.attempt)
@@ -226,7 +234,20 @@ class JobAttempt:
         for attempt in range(1, self.job.attempt):  # what earlier attempts may have half-uploaded
             self.remove_outputs(attempt)
         self.remove_work_folder()
+        if ended == JobStatus.SUCCEEDED and self.evals is not None:
+            adapter = next((a.storage_prefix for a in artifacts if a.name == "adapter"), None)
+            self.evals.for_fine_tuned_model(step=step, adapter_prefix=adapter, event=self.finished_event)
         return str(ended)
+
+    def finished_event(self, message: str, *, level: str = "info", data: dict | None = None) -> None:
+        """An event of the finished job (no lease fences it any more); logged when the database is away."""
+        from store.job_evals import add_job_event
+
+        try:
+            with session_scope(self.settings) as session:
+                add_job_event(session, job_id=self.job.id, message=message, level=level, data=data)
+        except Exception as error:  # noqa: BLE001 - the job has succeeded whatever happens here
+            log.warning("job %s: could not record the event %r: %s", self.job.id, message, error)
 
     def ended_as(self, meant: JobStatus) -> JobStatus:
         """What the final write wrote: `meant`, or cancelled when a cancel was asked before it

@@ -8,6 +8,8 @@ Checkpoints are uploaded to storage before they are registered in SQL, so a regi
 checkpoint is always whole and another host can resume from it. A worker shutting down
 (`stop_requested`) has the run write a checkpoint at the step it reached before it stops
 (`checkpoint_on_stop`), so the next attempt resumes from there; so does a job a user paused.
+A registered checkpoint gets a run of each of the job's evals (worker/job_evals.py); one that
+those runs still read is not pruned yet.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dora_core.training import TrainingCallback
 from store.progress import stored_samples, stored_steps
 from store.storage import Storage, job_key
 from store.transfer import upload_folder
+from worker.job_evals import JobEvals
 from worker.lease import Lease, LeaseGone
 
 log = logging.getLogger(__name__)
@@ -32,8 +35,10 @@ CHECKPOINT_METRICS = {"loss": "train_loss", "token_accuracy": "train_mean_token_
 
 class JobProgress(TrainingCallback):
     def __init__(self, *, lease: Lease, storage: Storage, tenant_id: str, heartbeat_seconds: float,
-                 keep_checkpoints: int, stop_requested=lambda: False, metrics_file: Path | None = None) -> None:
+                 keep_checkpoints: int, stop_requested=lambda: False, metrics_file: Path | None = None,
+                 evals: JobEvals | None = None) -> None:
         self.lease, self.storage, self.tenant_id = lease, storage, tenant_id
+        self.evals = evals  # the job's evals, run on each registered checkpoint
         self.metrics_file = metrics_file  # the run's metrics.jsonl on this host
         self.heartbeat_seconds, self.keep_checkpoints = heartbeat_seconds, keep_checkpoints
         self.stop_requested = stop_requested  # the worker is shutting down
@@ -91,7 +96,12 @@ class JobProgress(TrainingCallback):
         # "pending": the database is away; the row is written when it is back, so the files stay
         outcome = self.lease.add_checkpoint(step=step, storage_key=prefix, metrics=metrics)
         if outcome == "registered":
+            if self.evals is not None:
+                self.evals.for_checkpoint(step=step, storage_key=prefix, event=self.on_event)
             self._prune_checkpoints()
+        elif outcome == "pending" and self.evals is not None:
+            self.on_event(f"No eval runs of the checkpoint at step {step}: the database is unreachable",
+                          level="warning", data={"step": step})
         elif outcome == "lost":
             self._quietly(self.storage.delete_prefix, prefix)
 
@@ -172,11 +182,15 @@ class JobProgress(TrainingCallback):
         """Keep the newest `keep_checkpoints` in storage (their rows stay, as the job's history)."""
         from store import jobs as job_store
         from store.db import session_scope
+        from store.job_evals import busy_storage_keys
 
         try:
             with session_scope(self.lease.settings) as session:
                 keys = job_store.checkpoint_keys(session, job_id=self.lease.job_id)
+                busy = (busy_storage_keys(session, tenant_id=self.tenant_id, job_id=self.lease.job_id)
+                        if self.evals is not None else set())
             for _, key in keys[self.keep_checkpoints:]:
-                self.storage.delete_prefix(key)
+                if key not in busy:
+                    self.storage.delete_prefix(key)
         except Exception as error:  # noqa: BLE001 - pruning is housekeeping
             log.warning("job %s: could not prune old checkpoints: %s", self.lease.job_id, error)

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from worker.job_evals import JobEvals
 from worker.progress import JobProgress
 from worker.settings import WorkerSettings
 
@@ -94,6 +95,7 @@ class RankProgress:
     keep_checkpoints: int
     metrics_file: Path
     stop_file: Path
+    evals: JobEvals | None = None  # the job's evals (worker/job_evals.py), run on rank 0's checkpoints
 
     def __call__(self) -> list:
         if int(os.environ.get("RANK", "0")) != 0:
@@ -106,7 +108,7 @@ class RankProgress:
         return [RankZeroProgress(lease=lease, storage=storage, tenant_id=self.tenant_id,
                                  heartbeat_seconds=self.settings.heartbeat_seconds,
                                  keep_checkpoints=self.keep_checkpoints, stop_requested=self.stop_file.exists,
-                                 metrics_file=self.metrics_file)]
+                                 metrics_file=self.metrics_file, evals=self.evals)]
 
 
 class RankZeroProgress(JobProgress):

@@ -14,8 +14,17 @@ from api.errors import bad_request
 from api.present import checkpoint_out, event_out, job_out, metric_out, sample_out
 from api.schemas.common import MAX_METADATA_VALUE, ListPage
 from api.schemas.errors import error_responses
-from api.schemas.jobs import CheckpointOut, FineTuningJob, JobCreate, JobEventOut, JobSampleOut, MetricPage
+from api.schemas.jobs import (
+    CheckpointOut,
+    FineTuningJob,
+    JobCreate,
+    JobEvalScorePage,
+    JobEventOut,
+    JobSampleOut,
+    MetricPage,
+)
 from api.schemas.params import MAX_STEP, Cursor, Limit, limit_param
+from api.services import job_evals
 from api.services import jobs as job_service
 from api.streams import stream_responses
 from store.jobs import JobStatus
@@ -160,3 +169,11 @@ def list_samples(job: OwnedJobDep, session: SessionDep, after: Cursor = None, li
     `sample_prompts`): the newest evaluation first, each in index order; `after` a sample id."""
     rows, has_more = job_service.list_samples(session=session, job=job, after=after, limit=limit, step=step)
     return _page([sample_out(r) for r in rows], rows, has_more)
+
+
+@router.get("/{job_id}/eval_scores", response_model=JobEvalScorePage)
+def list_eval_scores(job: OwnedJobDep, session: SessionDep, limit: MetricsLimit = 1000) -> JobEvalScorePage:
+    """The runs of the job's `evals` on each checkpoint and on its fine-tuned model, by step, each with its
+    pass rate and each grader's: the score-over-steps curve beside the loss (an addition to OpenAI's API)."""
+    rows, has_more = job_evals.scores(session, job=job, limit=limit)
+    return JobEvalScorePage(data=rows, has_more=has_more)

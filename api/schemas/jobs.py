@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, create_model, field_validator, model_vali
 from api.schemas.common import StrictModel, check_metadata
 from api.schemas.run_fields import adapter_fields, contract_type, training_fields
 from dora_contract import DEFAULT_OUTPUTS, AdapterSettings, DpoSettings, RunSettings, TrainingSettings
+from dora_contract.job_spec import MAX_JOB_EVALS
 from store.job_status import JobStatus
 
 Auto = Literal["auto"]
@@ -126,6 +127,10 @@ class JobCreate(StrictModel):
     max_attempts: int | None = Field(default=None, ge=1, le=10)
     gpus: int = Field(1, ge=1, description="GPUs of one worker the job runs on, as one torch.distributed run "
                                            "(training.parallelism: DDP or FSDP2); at most DORA_MAX_JOB_GPUS")
+    evals: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        None, max_length=MAX_JOB_EVALS, description=(
+            "an addition: ids of the caller's evals to run on each checkpoint and on the fine-tuned model, with the "
+            "completions data source of each eval's most recent completions run (its model replaced)"))
 
     @field_validator("metadata")
     @classmethod
@@ -190,6 +195,7 @@ class FineTuningJob(BaseModel):
     resumed_from_step: int | None = None
     cancel_requested: bool = False
     pause_requested: bool = False  # POST .../pause on a running job: it pauses at its next step boundary
+    evals: list[str] = Field(default_factory=list)  # the evals run on each checkpoint (GET .../eval_scores)
 
 
 class JobEventOut(BaseModel):
@@ -238,6 +244,35 @@ class MetricPage(BaseModel):
     data: list[MetricPointOut]
     has_more: bool
     next_after: int | None = None  # pass as `after` for the next page
+
+
+class EvalScoreCriterion(BaseModel):
+    testing_criteria: str
+    passed: int
+    failed: int
+    pass_rate: float | None  # passed / (passed + failed); null before any item is graded
+
+
+class JobEvalScore(BaseModel):
+    """One eval run the job made: of a checkpoint at `step`, or of its fine-tuned model (the last step)."""
+
+    object: Literal["fine_tuning.job.eval_score"] = "fine_tuning.job.eval_score"
+    run_id: str
+    eval_id: str
+    eval_name: str | None = None
+    step: int
+    evaluated: str  # "checkpoint" or "fine_tuned_model"
+    model: str
+    status: str  # the run's: queued, in_progress, completed, failed, canceled
+    result_counts: dict[str, int]
+    pass_rate: float | None  # passed / total items (an errored item is no pass); null while none is graded
+    per_testing_criteria_results: list[EvalScoreCriterion]
+
+
+class JobEvalScorePage(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobEvalScore]
+    has_more: bool
 
 
 class ArtifactFileOut(BaseModel):

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from api.errors import ApiError, bad_request, not_found
 from api.quotas import check_active_jobs, check_creation_rate
 from api.schemas.jobs import JobCreate
-from api.services import methods
+from api.services import job_evals, methods
 from api.services.limits import check_gpus
 from api.services.memory_check import check_fits_a_worker
 from api.services.scope import check_limit, get_owned, owned, page
@@ -109,9 +109,10 @@ def create_job(*, session: Session, settings: Settings, tenant_id: str, request:
     _check_split_leaves_rows(request, run.training.validation_split, training)
     _check_objective(request, dpo=run.dpo is not None, files={"training_file": training, "validation_file": validation})
     _check_gguf_output(settings, request.model, run.outputs)
+    evals = job_evals.resolve(session, tenant_id=tenant_id, eval_ids=request.evals)
     spec = JobSpec(run=run, base_model=BaseModelRef(source=registered.source,
                                                     public_id=public_id(request.model, registered)),
-                   training_file=training, validation_file=validation)
+                   training_file=training, validation_file=validation, evals=evals)
     try:
         check_active_jobs(session, settings=settings, tenant_id=tenant_id)  # holds the lock until the commit
         check_creation_rate(session, settings=settings, tenant_id=tenant_id)  # cancelled jobs count here

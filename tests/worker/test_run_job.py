@@ -216,7 +216,7 @@ def test_a_cancel_asked_while_outputs_upload_ends_the_job_cancelled_and_removes_
     (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
     artifacts = attempt.store_outputs({name: str(tmp_path / "adapter") for name in attempt.spec.run.outputs})
     assert service.cancel(job_id)["status"] == "running"  # accepted: 200, running, cancel requested
-    assert attempt.succeed(artifacts) == "cancelled"
+    assert attempt.succeed(artifacts, step=6) == "cancelled"
     job = service.get(job_id)
     assert job["status"] == "cancelled" and job["result_files"] == [] and job["error"] is None
     assert service.artifacts(job_id) == [] and not storage.list(artifacts[0].storage_prefix)
