@@ -98,6 +98,15 @@ def test_a_bad_eval_is_a_400_naming_the_field(oai, change, param):
         assert "answr" in message
 
 
+def test_a_python_grader_is_accepted_where_the_operator_enabled_it(oai, app, monkeypatch):
+    python = {"type": "python", "name": "py", "source": "def grade(s, i): return 1.0", "pass_threshold": 1}
+    monkeypatch.setattr(app.state, "settings", app.state.settings.model_copy(update={"python_grader_enabled": True}))
+
+    created = _eval(oai, testing_criteria=[python])  # off, the same body is the 400 above
+
+    assert oai.evals.retrieve(created.id).testing_criteria[0].type == "python"
+
+
 def test_runs_create_list_retrieve_cancel_delete(oai, tenant, app):
     ev = _eval(oai)
     run = oai.evals.runs.create(ev.id, name="first", data_source=_completions(), metadata={"k": "v"})
