@@ -59,6 +59,7 @@ PATH_NEEDS: dict[str, tuple[str, ...]] = {
     "tests/e2e/test_database_outage.py": ("postgres", "redis"),
     "tests/e2e/test_redis_postgres.py": ("postgres", "redis"),
     "tests/api/test_app.py::test_the_api_process_never_imports_torch_or_dora_core": ("processes",),
+    "tests/api/test_job_evals_api.py::test_the_job_pages_score_chart_series_come_from_eval_scores": ("processes",),
     "tests/api/test_app.py::test_cli_migrate_keys_create_and_api_refusal": ("processes",),
     "tests/api/test_app.py::test_dora_migrate_from_an_installed_wheel_in_another_directory": ("processes",),
     "tests/api/test_app.py::test_alembic_ini_in_the_checkout_still_migrates": ("processes",),

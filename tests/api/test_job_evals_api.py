@@ -2,9 +2,15 @@
 caller's and has a completions run whose data source the job copies (the 400s name `evals.<i>`;
 another tenant's eval is the same 400 as a missing one), the job object lists them, old job rows
 without them stay readable, and GET .../eval_scores answers the runs the worker made for the job
-(written here with the worker's own SQL, store/job_evals.py) by step, with their pass rates."""
+(written here with the worker's own SQL, store/job_evals.py) by step, with their pass rates; the
+job page's chart series are made from that answer (its js/eval_scores.js, run under node)."""
 
 from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
@@ -22,6 +28,7 @@ CRITERIA = [{"type": "string_check", "name": "exact", "input": "{{sample.output_
              "reference": "{{item.answer}}", "operation": "eq"},
             {"type": "string_check", "name": "not empty", "input": "{{sample.output_text}}", "reference": "",
              "operation": "ne"}]
+EVAL_SCORES_JS = Path(__file__).resolve().parents[2] / "api" / "ui" / "static" / "js" / "eval_scores.js"
 ITEMS = [{"item": {"question": f"q{i}", "answer": f"a{i}"}} for i in range(4)]
 
 
@@ -165,3 +172,40 @@ def test_eval_scores_list_the_jobs_runs_by_step_with_pass_rates(tenant, other_te
     assert other_tenant.get(f"/v1/fine_tuning/jobs/{job['id']}/eval_scores").status_code == 404
     limited = tenant.get(f"/v1/fine_tuning/jobs/{job['id']}/eval_scores", params={"limit": 2}).json()
     assert limited["has_more"] and len(limited["data"]) == 2
+
+
+def _made_runs(tenant, settings, job_id: str, runs: list[tuple[int, str]]) -> dict:
+    [job_eval] = _stored_spec(settings, job_id).evals
+    made = {}
+    for step, kind in runs:
+        with session_scope(settings) as session:
+            made[step, kind] = create_job_run(
+                session, tenant_id=tenant.tenant_id, job_id=job_id, job_eval=job_eval, model=f"ft:m-{step}-{kind}",
+                base_model="tiny-llama", adapter=None, step=step, kind=kind, cap=0).id
+    return made
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node runs the dashboard's module")
+def test_the_job_pages_score_chart_series_come_from_eval_scores(tenant, settings):
+    eval_id = _eval(tenant)
+    _run(tenant, eval_id)
+    job = tenant.job({"evals": [eval_id]})
+    made = _made_runs(tenant, settings, job["id"], [(2, CHECKPOINT), (4, CHECKPOINT), (4, FINE_TUNED_MODEL),
+                                                    (6, CHECKPOINT)])
+    _grade(settings, made[2, CHECKPOINT], passed=(1, 4), total=4)
+    _grade(settings, made[4, CHECKPOINT], passed=(2, 4), total=4)
+    _grade(settings, made[4, FINE_TUNED_MODEL], passed=(3, 4), total=4)  # same step as a checkpoint: not drawn
+    # (6, checkpoint) stays queued: pending, no point yet
+    page = tenant.get(f"/v1/fine_tuning/jobs/{job['id']}/eval_scores").json()
+    script = (f"import {{scoreSeries}} from {json.dumps(EVAL_SCORES_JS.as_uri())};\n"
+              "import {readFileSync} from 'node:fs';\n"
+              "console.log(JSON.stringify(scoreSeries(JSON.parse(readFileSync(0, 'utf8')))));")
+    done = subprocess.run(["node", "--input-type=module", "-e", script], input=json.dumps(page["data"]),
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    chart = json.loads(done.stdout)
+    assert [(s["key"], s["label"]) for s in chart["series"]] == [
+        (f"{eval_id}/exact", "exact"), (f"{eval_id}/not empty", "not empty")]
+    assert chart["data"] == {f"{eval_id}/exact": [{"x": 2, "y": 0.25}, {"x": 4, "y": 0.5}],
+                             f"{eval_id}/not empty": [{"x": 2, "y": 1.0}, {"x": 4, "y": 1.0}]}
+    assert chart["pending"] == 1

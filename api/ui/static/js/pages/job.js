@@ -8,6 +8,7 @@ import {
   TERMINAL, clear, formatBytes, formatDuration, formatNumber, formatTime, h, jobDuration, jobMethod, progressBar,
   statusBadge,
 } from "../dom.js";
+import {scoreSeries} from "../eval_scores.js";
 import {evalRunsTable, fineTunedOf, runsOfModels} from "../evals.js";
 import {follow} from "../stream.js";
 import {cancelButton} from "./jobs.js";
@@ -151,6 +152,34 @@ export function render(main, {id}) {
     return charts.get(key);
   }
   for (const chart of PRIMARY) chartFor(chart.key);
+
+  // the job's `evals`: each grader's pass rate at each checkpoint (GET .../eval_scores), beside the
+  // loss; read while the job runs and after, until its runs are finished (they end after the job)
+  let scoreChart = null, scoreKeys = null, scoreTimer = null;
+  async function loadScores() {
+    clearTimeout(scoreTimer);
+    if (!job || !(job.evals || []).length) return;
+    let pending = 1;
+    try {
+      const page = await getJson(`${jobPath}/eval_scores`, {query: {limit: 10000}});
+      if (stopped) return;
+      const scores = scoreSeries(page.data);
+      pending = scores.pending;
+      const keys = scores.series.map((s) => s.key).join("\n");
+      if (scores.series.length && keys !== scoreKeys) { // a new eval or grader: a chart with its series
+        const chart = new LineChart({key: "eval_scores", title: "Eval pass rate", series: scores.series, floor: 0,
+                                     ceiling: 1});
+        if (scoreChart) scoreChart.element.replaceWith(chart.element);
+        else chartsPrimary.insertBefore(chart.element, chartsPrimary.children[1] || null); // after the loss
+        scoreChart = chart;
+        scoreKeys = keys;
+      }
+      if (scoreChart) scoreChart.setData(scores.data);
+    } catch (error) {
+      // the chart keeps what it had; the next read tries again
+    }
+    if (!stopped && (pending || !TERMINAL.has(job.status))) scoreTimer = setTimeout(loadScores, REFRESH_MS);
+  }
 
   // the newest step any metric has: the progress bar follows it (the job's own step comes with
   // the page's next read of the job, every REFRESH_MS; the metrics stream is live)
@@ -409,6 +438,7 @@ export function render(main, {id}) {
       if (job.status === "running" || changed) await loadSamples();
       if (changed) await loadArtifacts();
       if (changed) loadEvalRuns();
+      if (lastDrawnStatus === null) loadScores(); // then on its own timer
       await reconcileMetrics(TERMINAL.has(job.status));
       lastDrawnStatus = job.status;
       if (!streams.length) startStreams();
@@ -437,6 +467,7 @@ export function render(main, {id}) {
   return () => {
     stopped = true;
     clearTimeout(timer);
+    clearTimeout(scoreTimer);
     for (const stream of streams) stream.stop();
   };
 }
