@@ -186,12 +186,14 @@ def test_the_comparison_shows_the_apis_counts_wilson_intervals_and_the_items_the
         [Number(n.dataset.item), n.dataset.grade, n.querySelector(".answer").textContent])""")
     assert sorted(items) == [[i, "pass" if passes[tuned][i] else "fail", answers[tuned][i]]
                              for i in range(len(QUESTIONS))]
+    page.screenshot(path=str(screenshot_path(f"{request.node.name}-report")), full_page=True)
 
     # the job's page lists the runs of its model and its checkpoint (not the base's) and links the comparison
     page.goto(f"/ui/#/jobs/{job['id']}")
     page.wait_for_selector("#job-eval-runs")
     listed = page.eval_on_selector_all("#job-eval-runs tbody tr", "nodes => nodes.map((n) => n.dataset.run)")
     assert sorted(listed) == sorted([runs[tuned].id, runs[checkpoint].id])
+    page.locator("#job-evals").screenshot(path=str(screenshot_path(f"{request.node.name}-job")))
     page.click(f"#job-eval-runs tr[data-run='{runs[tuned].id}'] [data-action=compare]")
     page.wait_for_selector("#comparison")
 
