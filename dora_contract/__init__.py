@@ -11,6 +11,7 @@ from dora_contract.base import ContractModel
 from dora_contract.errors import SettingError
 from dora_contract.job_spec import JOB_SPEC_VERSION, BaseModelRef, FileRef, JobSpec
 from dora_contract.preference import DEFAULT_DPO_BETA, DPO_METRICS, DpoSettings
+from dora_contract.reinforcement import DEFAULT_GRPO_BETA, RFT_METRICS, ReinforcementSettings
 from dora_contract.run import (
     DEFAULT_OUTPUTS,
     GGUF_TYPES,
@@ -24,6 +25,7 @@ from dora_contract.training import PRECISIONS, SCHEDULERS, TrainingSettings
 __all__ = [
     "ALL_LINEAR",
     "DEFAULT_DPO_BETA",
+    "DEFAULT_GRPO_BETA",
     "DEFAULT_OUTPUTS",
     "DPO_METRICS",
     "GGUF_TYPES",
@@ -32,6 +34,7 @@ __all__ = [
     "METHODS",
     "OUTPUTS",
     "PRECISIONS",
+    "RFT_METRICS",
     "SCHEDULERS",
     "AdapterSettings",
     "BaseModelRef",
@@ -39,6 +42,7 @@ __all__ = [
     "DpoSettings",
     "FileRef",
     "JobSpec",
+    "ReinforcementSettings",
     "RunContract",
     "RunSettings",
     "SettingError",

@@ -15,6 +15,7 @@ from pydantic_core import PydanticCustomError
 from dora_contract.adapter import AdapterSettings
 from dora_contract.base import ContractModel, distinct
 from dora_contract.preference import DpoSettings
+from dora_contract.reinforcement import ReinforcementSettings
 from dora_contract.training import TrainingSettings
 
 # Every output a run can write; each becomes a downloadable artifact of the same name. gguf is the
@@ -45,15 +46,26 @@ class RunSettings(ContractModel):
     dpo: DpoSettings | None = Field(
         None, description="preference tuning: DPO on preference rows, the reference being the model with the "
                           "adapter off; null (the default) is supervised fine-tuning")
+    reinforcement: ReinforcementSettings | None = Field(
+        None, description="reinforcement fine-tuning: GRPO on prompts, each sampled answer rewarded by a grader; "
+                          "null (the default) is supervised fine-tuning")
 
     @model_validator(mode="after")
     def _dpo_trains_on_pairs(self) -> RunSettings:
-        """DPO scores whole completions of unpacked pairs: packing and prompt-token training have no meaning."""
-        if self.dpo is not None:
+        """DPO scores whole completions of unpacked pairs, reinforcement its own sampled answers: packing
+        and prompt-token training have no meaning for either."""
+        if self.dpo is not None and self.reinforcement is not None:
+            raise PydanticCustomError("conflict", "a run is dpo or reinforcement, not both", {"field": "reinforcement"})
+        for method, settings in (("DPO", self.dpo), ("reinforcement", self.reinforcement)):
+            if settings is None:
+                continue
             for name in ("packing", "train_on_inputs"):
                 if getattr(self.training, name):
-                    raise PydanticCustomError("conflict", "DPO runs on whole preference pairs, completions only: "
+                    raise PydanticCustomError("conflict", f"{method} trains on whole answers, completions only: "
                                               f"{name} must be false", {"field": f"training.{name}"})
+        if self.reinforcement is not None and self.training.quantization != "none":
+            raise PydanticCustomError("conflict", "reinforcement fine-tuning runs on an unquantized base for now: "
+                                      "quantization must be none", {"field": "training.quantization"})
         return self
 
 
@@ -68,6 +80,10 @@ class RunContract(RunSettings):
                     "the folder's or file's name (a local path is never written into adapter_config.json)")
     train_file: str = Field(min_length=1, pattern=r"\S", description="JSONL, CSV or Parquet")
     validation_file: str | None = Field(None, description="held-out data; or training.validation_split")
+    init_adapter: str | None = Field(
+        None, min_length=1, description="folder of a PEFT adapter (adapter_config.json, adapter_model.safetensors) "
+        "the adapter starts from, its factors and magnitudes as trained (continued training); it must have this "
+        "run's method, rank and target modules; null: a fresh adapter")
 
     @model_validator(mode="after")
     def _one_validation_source(self) -> RunContract:

@@ -16,7 +16,8 @@ PROMPT_COMPLETION = "prompt_completion"
 ALPACA = "alpaca"
 TEXT = "text"
 PREFERENCE = "preference"  # OpenAI's DPO rows: input.messages, preferred_output, non_preferred_output
-FORMATS = (CHAT, PROMPT_COMPLETION, ALPACA, TEXT, PREFERENCE)
+PROMPTS = "prompts"  # OpenAI's reinforcement rows: messages ending before the answer, plus the grader's fields
+FORMATS = (CHAT, PROMPT_COMPLETION, ALPACA, TEXT, PREFERENCE, PROMPTS)
 SFT_FORMATS = (CHAT, PROMPT_COMPLETION, ALPACA, TEXT)  # what a supervised run trains on
 
 ROLES = ("system", "user", "assistant")
@@ -49,6 +50,7 @@ class Example:
     format: str
     segments: tuple[Segment, ...]
     rejected: tuple[Segment, ...] | None = None  # preference rows only: the prompt + the non-preferred answer
+    item: Any = None  # prompts rows only: the whole row, the `item` a reinforcement grader's templates read
 
 
 @dataclass(frozen=True, slots=True)

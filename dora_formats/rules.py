@@ -14,9 +14,13 @@ Formats and their fields (extra keys are ignored; `null` counts as absent):
 - preference (OpenAI's DPO format): `input` an object whose `messages` are chat messages (as
   above, none needs to be an assistant's), `preferred_output` and `non_preferred_output` each an
   array of exactly one assistant message with non-empty string content. Only DPO trains on it.
+- prompts (OpenAI's reinforcement format): `messages` as chat's, but the last message is not an
+  assistant's (the model writes the answer); every other key is the item a grader reads
+  (`{{item.reference_answer}}`). Only reinforcement fine-tuning trains on it.
 
 A row's format is recognised from its keys, first match wins: `preferred_output` or
-`non_preferred_output` -> preference, `messages` -> chat,
+`non_preferred_output` -> preference, `messages` ending with a non-assistant message -> prompts,
+`messages` -> chat,
 `instruction` or `output` -> alpaca, an object `input` -> preference, `prompt` or `completion` ->
 prompt_completion, `text` -> text (Alpaca exports often carry a `text` column too, hence the order).
 """
@@ -33,6 +37,7 @@ from dora_formats.records import (
     MAX_JSON_DEPTH,
     PREFERENCE,
     PROMPT_COMPLETION,
+    PROMPTS,
     ROLES,
     TEXT,
     TEXT_ROLE,
@@ -105,7 +110,7 @@ def detect_format(row: Mapping[str, Any]) -> str | None:
     if "preferred_output" in row or "non_preferred_output" in row:
         return PREFERENCE
     if "messages" in row:
-        return CHAT
+        return PROMPTS if _ends_before_an_answer(row["messages"]) else CHAT
     if "instruction" in row or "output" in row:
         return ALPACA
     if isinstance(row.get("input"), Mapping):  # Alpaca's input is a string
@@ -115,6 +120,14 @@ def detect_format(row: Mapping[str, Any]) -> str | None:
     if "text" in row:
         return TEXT
     return None
+
+
+def _ends_before_an_answer(messages: object) -> bool:
+    """A message list whose last message is an object with a role other than assistant's."""
+    if not isinstance(messages, (list, tuple)) or not messages or not isinstance(messages[-1], Mapping):
+        return False
+    role = messages[-1].get("role")
+    return isinstance(role, str) and role != "assistant"
 
 
 def unrecognised_row_message(row: Mapping[str, Any]) -> str:
@@ -138,6 +151,9 @@ def check_row(row: Mapping[str, Any], fmt: str) -> list[Problem]:
         return _required_text(row, "text")
     if fmt == PREFERENCE:
         return _check_preference(row)
+    if fmt == PROMPTS:
+        return [problem for index, message in enumerate(row["messages"])
+                for problem in _check_message(message, f"messages[{index}]")]
     raise ValueError(f"unknown dataset format {fmt!r}")
 
 
@@ -157,6 +173,9 @@ def to_example(row: Mapping[str, Any], fmt: str, *, line: int) -> Example:
         prompt = tuple(Segment(m["role"], m["content"], False) for m in row["input"]["messages"])
         chosen, rejected = (Segment("assistant", row[name][0]["content"], True) for name in _PREFERENCE_OUTPUTS)
         return Example(line=line, format=fmt, segments=(*prompt, chosen), rejected=(*prompt, rejected))
+    elif fmt == PROMPTS:
+        segments = tuple(Segment(m["role"], m["content"], False) for m in row["messages"])
+        return Example(line=line, format=fmt, segments=segments, item=dict(row))
     else:
         raise ValueError(f"unknown dataset format {fmt!r}")
     return Example(line=line, format=fmt, segments=segments)

@@ -26,12 +26,13 @@ from dora_core.data.collator import DataCollator
 from dora_core.data.errors import DataError
 from dora_core.data.packing import pack_examples
 from dora_core.data.preference import PreferenceCollator, pair_up, rejected_examples
-from dora_core.data.report import rendered_example, split_report, warnings_for
+from dora_core.data.prompts import PromptCollator, tokenize_prompts
+from dora_core.data.report import MAX_LISTED_DROPS, rendered_example, split_report, warnings_for
 from dora_core.data.sources import file_sha256, read_examples
 from dora_core.data.split import split_examples
 from dora_core.data.templates import RenderedExample, RenderError, chat_template_for, render_example
 from dora_core.data.tokenization import DroppedRow, TokenizedExample, TokenizerError, tokenize_examples
-from dora_formats import PREFERENCE, DatasetFormatError, Example, ValidationIssue
+from dora_formats import PREFERENCE, PROMPTS, DatasetFormatError, Example, ValidationIssue
 
 
 class TokenizedDataset(torch.utils.data.Dataset):
@@ -52,9 +53,11 @@ class PreparedData:
     train: TokenizedDataset
     validation: TokenizedDataset | None
     report: dict[str, Any]  # JSON-serialisable; see dora_core.data.report
-    collator: DataCollator | PreferenceCollator
+    collator: DataCollator | PreferenceCollator | PromptCollator
     # the validation rows as read (file order), for the prompts samples are generated from
     validation_examples: list[Example] = field(default_factory=list)
+    # the training rows as read: a reinforcement item's `row` indexes them (the grader's item)
+    train_examples: list[Example] = field(default_factory=list)
 
 
 @dataclass
@@ -79,11 +82,13 @@ def prepare_datasets(
     packing: bool = False,
     seed: int = 0,
     preference: bool = False,
+    reinforcement: bool = False,
 ) -> PreparedData:
     """Read, validate, tokenise and (optionally) pack the datasets of one run.
 
     preference=True (a DPO run): the files must be preference rows, and the sets hold pairs
-    (dora_core/data/preference.py); False: they must not be (only DPO trains on pairs)."""
+    (dora_core/data/preference.py); False: they must not be (only DPO trains on pairs).
+    reinforcement=True: the files must be prompts rows (dora_core/data/prompts.py); False: they must not be."""
     if max_seq_len < 2:
         raise DataError(f"max_seq_len must be at least 2, got {max_seq_len}", field="training.max_seq_len")
     if validation_path is not None and validation_split:
@@ -91,7 +96,10 @@ def prepare_datasets(
     train, validation = _read_splits(train_path, validation_path, validation_split, seed)
     for split, setting in ((train, "train_file"), (validation, "validation_file")):
         if split is not None:
-            _check_objective(split, preference=preference, setting=setting)
+            _check_objective(split, preference=preference, reinforcement=reinforcement, setting=setting)
+    if reinforcement:
+        return _prepare_prompts(train, validation, tokenizer, max_seq_len=max_seq_len, train_path=train_path,
+                                validation_path=validation_path, validation_split=validation_split, seed=seed)
     if preference:
         return _prepare_pairs(train, validation, tokenizer, max_seq_len=max_seq_len, train_path=train_path,
                               validation_path=validation_path, validation_split=validation_split, seed=seed)
@@ -123,7 +131,15 @@ def prepare_datasets(
                         validation_examples=list(validation.examples) if validation is not None else [])
 
 
-def _check_objective(split: _Split, *, preference: bool, setting: str) -> None:
+def _check_objective(split: _Split, *, preference: bool, reinforcement: bool, setting: str) -> None:
+    if reinforcement and split.format != PROMPTS:
+        raise DataError(f"{split.source} is in {split.format} format; reinforcement fine-tuning trains on prompts "
+                        "rows ('messages' ending before the answer, plus the fields the grader reads)", field=setting)
+    if not reinforcement and split.format == PROMPTS:
+        raise DataError(f"{split.source} holds prompts without answers, which only reinforcement fine-tuning "
+                        "trains on (set reinforcement, or method type 'reinforcement')", field=setting)
+    if reinforcement:
+        return
     if preference and split.format != PREFERENCE:
         raise DataError(f"{split.source} is in {split.format} format; DPO trains on preference rows ('input', "
                         "'preferred_output', 'non_preferred_output')", field=setting)
@@ -168,6 +184,42 @@ def _prepare_pairs(train: _Split, validation: _Split | None, tokenizer: Any, *, 
     ]
     return PreparedData(sets["train"], sets.get("validation"), report, PreferenceCollator(tokenizer.pad_token_id),
                         validation_examples=list(validation.examples) if validation is not None else [])
+
+
+def _prepare_prompts(train: _Split, validation: _Split | None, tokenizer: Any, *, max_seq_len: int,
+                     train_path: str | os.PathLike[str], validation_path: str | os.PathLike[str] | None,
+                     validation_split: float, seed: int) -> PreparedData:
+    """Every prompts row's prompt tokenised with the generation prompt; never packed."""
+    template, template_source = chat_template_for(tokenizer)
+    report: dict[str, Any] = {
+        "template": template_source, "max_seq_len": max_seq_len, "train_on_inputs": False, "packing": False,
+        "seed": seed, "validation_split": validation_split, "prompts": True,
+        "train_sha256": file_sha256(train_path),
+        "validation_sha256": file_sha256(validation_path) if validation_path is not None else None,
+        "validation": None,
+    }
+    sets = {}
+    for split in (train, validation):
+        if split is None:
+            continue
+        items, dropped = tokenize_prompts(split.examples, tokenizer, template=template, max_seq_len=max_seq_len)
+        if not items:
+            raise DatasetFormatError([ValidationIssue(row.line, row.reason, unit=split.unit) for row in dropped],
+                                     source=f"{split.source} ({split.name}: no usable prompts)")
+        lengths = [len(item["input_ids"]) for item in items]
+        report[split.name] = {
+            "source": split.source, "format": split.format, "unit": split.unit, "rows": len(split.examples),
+            "examples": len(items), "tokens": sum(lengths), "trainable_tokens": 0, "max_tokens": max(lengths),
+            "mean_tokens": round(sum(lengths) / len(lengths), 2), "truncated_rows": 0, "dropped_rows": len(dropped),
+            "dropped": [{"line": row.line, "reason": row.reason} for row in dropped[:MAX_LISTED_DROPS]],
+            "mask_methods": {}, "packed_blocks": None}
+        sets[split.name] = TokenizedDataset(items)
+    report["warnings"] = [
+        warning for name in ("train", "validation") if report[name] for warning in warnings_for(name, report[name])
+    ]
+    return PreparedData(sets["train"], sets.get("validation"), report, PromptCollator(),
+                        validation_examples=list(validation.examples) if validation is not None else [],
+                        train_examples=list(train.examples))
 
 
 def _read_splits(

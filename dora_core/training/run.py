@@ -14,6 +14,11 @@ pairs (2B rows), its loss the summed sigmoid DPO loss against the adapter-off re
 resume, cancel and OOM halving are unchanged. It runs in one process (DDP's wrapped forward is
 the next-token loss).
 
+A reinforcement run (config.reinforcement set) is the same loop too: a step first samples
+samples_per_prompt answers to each of its prompts from the model itself and grades them, then
+takes one update on the GRPO loss over their tokens (training/grpo.py); its evaluations are the
+mean reward of greedy answers to validation prompts, written as samples with their rewards.
+
 Order of work: tokenizer and data first (a bad dataset fails in seconds, before the model
 loads), then model + adapter, then resume from the newest checkpoint if one exists.
 """
@@ -42,6 +47,7 @@ from dora_core.model_loading import (
     resolve_device,
     saved_dtype,
 )
+from dora_core.peft_format import start_from_adapter
 from dora_core.training.callbacks import CallbackList, TrainingCallback
 from dora_core.training.checkpoints import (
     RunState,
@@ -55,6 +61,7 @@ from dora_core.training.checkpoints import (
 from dora_core.training.distributed import Parallelism
 from dora_core.training.dpo import DpoSums, count_pairs, dpo_sums
 from dora_core.training.errors import TrainingError
+from dora_core.training.grpo import GroupSampler, grpo_sums, rollout_batch, step_metrics, validation_rewards
 from dora_core.training.loss import count_trained_tokens, summed_loss
 from dora_core.training.memory import device_memory_bytes, recommended_gradient_checkpointing
 from dora_core.training.outputs import (
@@ -69,6 +76,7 @@ from dora_core.training.outputs import (
 from dora_core.training.samples import SamplesLog, ValidationSamples
 from dora_core.training.schedule import BatchSchedule, micro_batches
 from dora_core.training.settings import RunConfig
+from dora_graders import GradingContext
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +92,14 @@ class RunResult:
 
 
 def run_training(config: RunConfig, out_dir: str | Path, *, callbacks: list[TrainingCallback] = (),
-                 device: str | None = None, resume: bool = True) -> RunResult:
+                 device: str | None = None, resume: bool = True, grading: GradingContext | None = None) -> RunResult:
     """Train, checkpoint and write outputs; resume from out_dir/checkpoints when present.
 
-    resume=False starts over: checkpoints and metrics already in out_dir are deleted.
+    resume=False starts over: checkpoints and metrics already in out_dir are deleted. `grading`
+    lends a reinforcement run's grader a judge and a python sandbox (default: neither).
     """
-    return TrainingRun(config, Path(out_dir), CallbackList(callbacks), device).execute(resume=resume)
+    return TrainingRun(config, Path(out_dir), CallbackList(callbacks), device,
+                       grading=grading).execute(resume=resume)
 
 
 def _precision_dtype(precision: str, device: torch.device) -> torch.dtype:
@@ -104,7 +114,8 @@ def _precision_dtype(precision: str, device: torch.device) -> torch.dtype:
 class TrainingRun:
     """The state of one run; each method does one phase."""
 
-    def __init__(self, config: RunConfig, out_dir: Path, callbacks: CallbackList, device: str | None) -> None:
+    def __init__(self, config: RunConfig, out_dir: Path, callbacks: CallbackList, device: str | None,
+                 grading: GradingContext | None = None) -> None:
         self.config, self.settings = config, config.training
         self.out_dir = out_dir
         self.device = resolve_device(device)
@@ -115,7 +126,13 @@ class TrainingRun:
         self.dpo = config.dpo  # None: supervised fine-tuning
         if self.dpo is not None and self.parallel.world_size > 1:
             raise TrainingError("DPO runs in one process for now: run it without --nproc (a job with gpus: 1)")
+        self.reinforcement = config.reinforcement  # None: not reinforcement fine-tuning
+        self.grading = grading or GradingContext()
+        if self.reinforcement is not None and self.parallel.world_size > 1:
+            raise TrainingError("reinforcement fine-tuning runs in one process for now: run it without --nproc "
+                                "(a job with gpus: 1)")
         self.checkpoint_dir = out_dir / "checkpoints"
+        self.validated: tuple[int | None, dict] = (None, {})  # (step, numbers) of this attempt's latest evaluation
         self.samples_log = SamplesLog(out_dir / "samples.jsonl")
         self.metrics = MetricsLog(out_dir / "metrics.jsonl", companions=(self.samples_log,))
         self.state = RunState(micro_batch_size=self.settings.micro_batch_size,
@@ -144,9 +161,11 @@ class TrainingRun:
             self.config.train_file, self.tokenizer, max_seq_len=self.settings.max_seq_len,
             validation_path=self.config.validation_file, validation_split=self.settings.validation_split,
             train_on_inputs=self.settings.train_on_inputs, packing=self.settings.packing, seed=self.settings.seed,
-            preference=self.dpo is not None,
+            preference=self.dpo is not None, reinforcement=self.reinforcement is not None,
         )
         self.report = self.data.report
+        if self.reinforcement is not None:
+            self.sampler = GroupSampler(self.reinforcement, self.tokenizer, self.grading)
         self.state.fingerprint = self.config.fingerprint(
             (self.report.get("train_sha256"), self.report.get("validation_sha256")))
         if self.parallel.is_main:
@@ -179,6 +198,8 @@ class TrainingRun:
                                              device=host if sharded or staged else self.device)
             apply_adapter(self.model, self.config.adapter, quantization=quantization,
                           layer_device=self.device if staged else None)
+            if self.config.init_adapter and not (from_rank0 and not self.parallel.is_main):
+                start_from_adapter(self.model, self.config.init_adapter)  # continued training: as trained
         if "gguf" in self.config.outputs:  # refused now rather than after training, when it would fail
             from dora_core.gguf_export import gguf_export_problem
 
@@ -210,14 +231,19 @@ class TrainingRun:
             return setting
         sharding = "fsdp" if self.parallel.strategy == "fsdp" else "none"
         config = self.config
+        longest_answer = 0
         if self.dpo is not None:  # a micro-batch of B pairs is 2B sequences
             config = config.with_changes(training=self.settings.with_changes(
                 micro_batch_size=2 * self.settings.micro_batch_size))
+        if self.reinforcement is not None:  # B prompts are B x G sampled sequences
+            config = config.with_changes(training=self.settings.with_changes(
+                micro_batch_size=self.reinforcement.samples_per_prompt * self.settings.micro_batch_size))
+            longest_answer = self.reinforcement.max_completion_tokens
         on, why = recommended_gradient_checkpointing(
             self.model.config.to_dict(), config, dtype_bytes=self.dtype.itemsize,
             memory_bytes=device_memory_bytes(self.device), processes=self.parallel.world_size, sharding=sharding,
-            longest_sequence=max(len(item[key]) for item in self.data.train
-                                 for key in ("input_ids", "rejected_input_ids") if key in item))
+            longest_sequence=longest_answer + max(len(item[key]) for item in self.data.train
+                                                  for key in ("input_ids", "rejected_input_ids") if key in item))
         self.callbacks.on_event(why)
         return on
 
@@ -340,8 +366,9 @@ class TrainingRun:
                 self.save_checkpoint()
                 return "early_stopped"
             if self.state.step % self.settings.checkpoint_interval == 0 or self.state.step == self.schedule.total_steps:
+                self.validate_for_checkpoint()
                 self.save_checkpoint()  # the last one lets a crash while writing outputs skip retraining
-        if self.data.validation is not None and not self.evaluation_due():
+        if self.data.validation is not None and not self.evaluation_due() and self.validated[0] != self.state.step:
             self.evaluate()
         return "completed"
 
@@ -357,6 +384,8 @@ class TrainingRun:
 
     def optimizer_step(self) -> dict | None:
         """One update over the global batch; None if should_stop fired between micro-batches."""
+        if self.reinforcement is not None:
+            return self.reinforcement_step()
         started = time.perf_counter()
         batches = [self.data.collator([self.data.train[i] for i in chunk]) for chunk in
                    micro_batches(self.schedule.indices(self.state.step), self.state.micro_batch_size)]
@@ -396,6 +425,42 @@ class TrainingRun:
                 "tokens_per_second": seen_tokens / elapsed, "micro_batch_size": self.state.micro_batch_size,
                 **self.memory_metrics()}
 
+    def reinforcement_step(self) -> dict | None:
+        """Sample and grade every prompt's group with the current policy, then one update on the GRPO
+        loss normalised by the step's completion tokens (TRL's dapo); None if should_stop fired."""
+        started = time.perf_counter()
+        chunks = list(micro_batches(self.schedule.indices(self.state.step), self.state.micro_batch_size))
+        groups = []
+        for chunk in chunks:
+            self.callbacks.on_micro_batch(step=self.state.step + 1, micro_batch_size=self.state.micro_batch_size)
+            if self.callbacks.should_stop():
+                return None
+            items = [self.data.train[i] for i in chunk]
+            groups.append(self.sampler.rollouts(self.model, items, self.data.train_examples, device=self.device))
+            self.callbacks.heartbeat()
+        total = max(1, sum(len(r.completion_ids) for rollouts in groups for r in rollouts))
+        loss_sum, kl_sum, seen_tokens = 0.0, 0.0, 0
+        for rollouts in groups:
+            if self.callbacks.should_stop():
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
+            batch = {k: v.to(self.device) for k, v in rollout_batch(rollouts, self.tokenizer.pad_token_id).items()}
+            sums = grpo_sums(self.model, batch, beta=self.reinforcement.beta)
+            scaled = sums.loss_sum / total
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            loss_sum, kl_sum = loss_sum + float(sums.loss_sum.detach()), kl_sum + sums.kl_sum
+            seen_tokens += int(batch["attention_mask"].sum())
+        grad_norm = self.clip_and_step()
+        self.state.step += 1
+        elapsed = time.perf_counter() - started
+        rollouts = [r for group in groups for r in group]
+        return {"step": self.state.step, "epoch": round(self.schedule.epoch_of(self.state.step), 4),
+                "loss": loss_sum / total,
+                **step_metrics(rollouts, self.reinforcement.samples_per_prompt, kl_sum=kl_sum, tokens=total),
+                "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm, "trained_tokens": total,
+                "tokens_per_second": seen_tokens / elapsed, "micro_batch_size": self.state.micro_batch_size,
+                **self.memory_metrics()}
+
     def micro_batch_sums(self, batch: dict[str, torch.Tensor]):
         """The micro-batch's summed loss: next-token (LossSums) or DPO over its pairs (DpoSums)."""
         if self.dpo is None:
@@ -426,10 +491,39 @@ class TrainingRun:
         interval = self.settings.eval_interval
         return self.data.validation is not None and interval is not None and self.state.step % interval == 0
 
+    def validate_for_checkpoint(self) -> None:
+        """The whole validation set's loss at a checkpoint step, sent as `full_eval_*` (the checkpoint's
+        full_valid_* metrics, worker/progress.py): the numbers of an evaluation at this step when one
+        ran, else measured now. The last step's is the run's final evaluation (samples too), done
+        before its checkpoint. Measured-only ones are not evaluations: not in metrics.jsonl, no samples,
+        no early-stopping count, so eval_interval's curve is what it was."""
+        if self.data.validation is None or self.reinforcement is not None:
+            return
+        if self.state.step == self.schedule.total_steps and not self.evaluation_due():
+            self.evaluate()  # the final evaluation; its early-stopping verdict does not matter at the last step
+        step, measured = self.validated
+        if step != self.state.step:
+            measured = self.validation_loss()
+        self.callbacks.on_evaluate({"step": self.state.step, **{f"full_{k}": v for k, v in measured.items()}})
+        self.callbacks.heartbeat()
+
     @torch.no_grad()
     def evaluate(self) -> str | None:
         """Eval loss and token accuracy (DPO: eval loss and rewards) on the validation set; returns
-        "early_stopped" when patience ran out."""
+        "early_stopped" when patience ran out; a reinforcement run's: the validation mean reward."""
+        if self.reinforcement is not None:
+            self.write_samples()  # measures eval_reward as it samples
+            return None
+        measured = self.validation_loss()
+        self.validated = (self.state.step, measured)
+        self.record({"step": self.state.step, **measured}, self.callbacks.on_evaluate)
+        self.write_samples()
+        return self.update_early_stopping(measured["eval_loss"])
+
+    @torch.no_grad()
+    def validation_loss(self) -> dict[str, float]:
+        """eval_loss and eval_token_accuracy (DPO: eval_loss and its eval_rewards/*) over the whole
+        validation set, every rank's share summed."""
         self.model.eval()
         loss_sum, count, correct, chosen, rejected = 0.0, 0, 0, 0.0, 0.0
         items = self.data.validation
@@ -453,9 +547,7 @@ class TrainingRun:
         else:
             quality = DpoSums(loss_sum=torch.zeros(()), pairs=count, chosen_rewards=chosen, rejected_rewards=rejected,
                               correct=correct).metrics(max(count, 1), prefix="eval_")
-        self.record({"step": self.state.step, "eval_loss": eval_loss, **quality}, self.callbacks.on_evaluate)
-        self.write_samples()
-        return self.update_early_stopping(eval_loss)
+        return {"eval_loss": eval_loss, **quality}
 
     @functools.cached_property
     def samples(self) -> ValidationSamples:
@@ -466,9 +558,29 @@ class TrainingRun:
     def write_samples(self) -> None:
         """Greedy answers to the first `sample_prompts` validation prompts, after each evaluation."""
         self.callbacks.heartbeat()
+        if self.reinforcement is not None:
+            return self.write_reward_samples()
         samples = self.samples.generate(self.model, step=self.state.step, batch_size=self.state.micro_batch_size,
                                         device=self.device)
         if samples and self.parallel.is_main:  # every rank generates (FSDP's forwards gather shards); rank 0 writes
+            self.samples_log.write(self.state.step, samples)
+            self.callbacks.on_samples(step=self.state.step, samples=samples)
+            self.callbacks.heartbeat()
+
+    def write_reward_samples(self) -> None:
+        """A reinforcement run's evaluation: greedy answers to the first eval_samples validation prompts,
+        their mean reward recorded as eval_reward, the first sample_prompts written as samples with
+        their rewards. Step 0's is the model before training (the reward curve's start)."""
+        if self.data.validation is None:
+            return
+        items = [self.data.validation[i] for i in range(min(self.reinforcement.eval_samples,
+                                                             len(self.data.validation)))]
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            mean, samples = validation_rewards(self.model, self.sampler, items, self.data.validation_examples,
+                                               step=self.state.step, batch_size=self.state.micro_batch_size,
+                                               sample_count=self.settings.sample_prompts, device=self.device)
+        self.record({"step": self.state.step, "eval_reward": mean}, self.callbacks.on_evaluate)
+        if samples and self.parallel.is_main:
             self.samples_log.write(self.state.step, samples)
             self.callbacks.on_samples(step=self.state.step, samples=samples)
             self.callbacks.heartbeat()
@@ -512,7 +624,8 @@ class TrainingRun:
         final: dict = {"steps": self.state.step}
         for record in self.metrics.records():
             final.update({k: record[k] for k in ("loss", "token_accuracy", "eval_loss", "eval_token_accuracy",
-                                                 "rewards/accuracies", "eval_rewards/accuracies") if k in record})
+                                                 "rewards/accuracies", "eval_rewards/accuracies", "reward",
+                                                 "eval_reward") if k in record})
         return final
 
     def write_outputs(self, result: RunResult) -> dict[str, str]:

@@ -82,6 +82,11 @@ class RunConfig(RunContract):
                     "training": training, "datasets": list(dataset_hashes)}
         if self.dpo is not None:  # only then: an SFT run's fingerprint stays what its checkpoints hold
             identity["dpo"] = self.dpo.model_dump(mode="json")
+        if self.reinforcement is not None:
+            identity["reinforcement"] = self.reinforcement.model_dump(mode="json")
+        if self.init_adapter is not None:  # a continued run: the adapter it started from, by content (not path)
+            weights = Path(self.init_adapter) / "adapter_model.safetensors"
+            identity["init_adapter"] = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
         return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
