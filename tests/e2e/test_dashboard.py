@@ -274,6 +274,30 @@ def test_cancel_a_running_job_from_the_jobs_list(page, stack):
     assert page.locator(".page-head [data-action=cancel]").count() == 0  # nothing left to cancel
 
 
+def test_pause_and_resume_a_running_job_from_its_page(page, stack):
+    """Pause: the worker checkpoints and frees the job (paused, a Resume button); Resume: a worker
+    takes it again and it continues from that checkpoint."""
+    api = stack.api
+    job = api.create(dora_method(max_steps=2000, checkpoint_interval=1000))
+    wait_for(lambda: api.job(job["id"])["status"] == "running" and api.job(job["id"])["progress"]["step"] >= 2,
+             timeout=90, what="a running job past step 2")
+    sign_in(page, api.key)
+    page.goto(f"/ui/#/jobs/{job['id']}")
+    page.wait_for_selector("#job-status:text-is('running')")
+    page.click(".page-head [data-action=pause]")
+    page.wait_for_selector("#job-status:text-is('paused')", timeout=60_000)
+    paused = api.job(job["id"])
+    assert paused["status"] == "paused" and api.checkpoints(job["id"]) == [paused["progress"]["step"]]
+    assert page.locator(".page-head [data-action=pause]").count() == 0
+    page.screenshot(path=str(screenshot_path("test_pause_and_resume_a_running_job_from_its_page-paused")),
+                    full_page=True)
+    page.click(".page-head [data-action=resume]")
+    wait_for(lambda: api.job(job["id"])["resumed_from_step"] == paused["progress"]["step"], timeout=90,
+             what="the resumed attempt")
+    page.wait_for_selector("#job-status:text-is('running')", timeout=60_000)
+    api.cancel(job["id"])
+
+
 def test_a_failed_job_shows_its_error(page, stack):
     job = stack.api.wait(stack.api.create(dora_method(**E2E_RUN, max_seq_len=8))["id"])
     assert job["status"] == "failed"

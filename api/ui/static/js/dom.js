@@ -86,8 +86,9 @@ export function formatNumber(value) {
 
 export const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 
-export function statusBadge(status, cancelRequested = false) {
-  const text = cancelRequested && !TERMINAL.has(status) ? `${status} (cancelling)` : status;
+export function statusBadge(status, cancelRequested = false, pauseRequested = false) {
+  const asked = TERMINAL.has(status) ? null : (cancelRequested ? "cancelling" : (pauseRequested ? "pausing" : null));
+  const text = asked ? `${status} (${asked})` : status;
   return h("span", {class: `badge status-${status}`, dataset: {status}}, text);
 }
 

@@ -11,7 +11,7 @@ import {
 import {scoreSeries} from "../eval_scores.js";
 import {evalRunsTable, fineTunedOf, runsOfModels} from "../evals.js";
 import {follow} from "../stream.js";
-import {cancelButton} from "./jobs.js";
+import {cancelButton, pauseButton} from "./jobs.js";
 import {playgroundHref} from "./playground.js";
 
 const REFRESH_MS = 2000;
@@ -292,12 +292,13 @@ export function render(main, {id}) {
     const method = jobMethod(job);
     clear(head,
       h("h1", {}, "Job ", h("span", {class: "mono"}, job.id)),
-      h("div", {class: "actions"}, statusBadge(job.status, job.cancel_requested),
+      h("div", {class: "actions"}, statusBadge(job.status, job.cancel_requested, job.pause_requested),
         job.fine_tuned_model ? [
           h("a", {class: "button small", id: "try-it", href: playgroundHref({model: job.fine_tuned_model})}, "Try it"),
           h("a", {class: "button secondary small", id: "compare-base",
                   href: playgroundHref({model: job.fine_tuned_model, compare: job.model})}, "Compare with the base model"),
         ] : null,
+        pauseButton(job, (updated) => { job = updated; drawJob(); }),
         cancelButton(job, (updated) => { job = updated; drawJob(); })));
     drawProgress();
     clear(summary,

@@ -1,29 +1,42 @@
 // Jobs: the tenant's fine-tuning jobs, newest first, refreshed every few seconds; filter by
-// status (kept in the URL's hash), cancel a queued or running job.
+// status (kept in the URL's hash), cancel a queued or running job, pause or resume one.
 
 import {getJson, postJson} from "../api.js";
 import {
   TERMINAL, clear, formatDuration, formatTime, h, jobDuration, jobMethod, progressBar, statusBadge, timeAgo,
 } from "../dom.js";
 
-const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"];
+const STATUSES = ["queued", "running", "paused", "succeeded", "failed", "cancelled"];
 const REFRESH_MS = 2500;
 const PAGE = 100;
 
-export function cancelButton(job, after) {
-  if (TERMINAL.has(job.status) || job.cancel_requested) return null;
-  return h("button", {type: "button", class: "danger small", dataset: {action: "cancel", job: job.id},
+// A button that POSTs /v1/fine_tuning/jobs/{id}/{action} and hands the updated job to `after`.
+function jobAction(job, action, label, className, after, question = null) {
+  return h("button", {type: "button", class: className, dataset: {action, job: job.id},
                       onclick: async (event) => {
                         const button = event.currentTarget;
-                        if (!window.confirm(`Cancel job ${job.id}?`)) return;
+                        if (question && !window.confirm(question)) return;
                         button.disabled = true;
                         try {
-                          after(await postJson(`/v1/fine_tuning/jobs/${encodeURIComponent(job.id)}/cancel`, {}));
+                          after(await postJson(`/v1/fine_tuning/jobs/${encodeURIComponent(job.id)}/${action}`, {}));
                         } catch (error) {
                           button.disabled = false;
-                          window.alert(`Could not cancel: ${error.message}`);
+                          window.alert(`Could not ${action}: ${error.message}`);
                         }
-                      }}, "Cancel");
+                      }}, label);
+}
+
+export function cancelButton(job, after) {
+  if (TERMINAL.has(job.status) || job.cancel_requested) return null;
+  return jobAction(job, "cancel", "Cancel", "danger small", after, `Cancel job ${job.id}?`);
+}
+
+// Pause a queued or running job (a running one checkpoints at its next step and frees its GPU);
+// resume a paused one (it continues from that checkpoint on any worker).
+export function pauseButton(job, after) {
+  if (job.status === "paused") return jobAction(job, "resume", "Resume", "small", after);
+  if (TERMINAL.has(job.status) || job.cancel_requested || job.pause_requested) return null;
+  return jobAction(job, "pause", "Pause", "secondary small", after);
 }
 
 export function render(main, {query}) {
@@ -55,7 +68,7 @@ export function render(main, {query}) {
   function row(job) {
     const method = jobMethod(job);
     return h("tr", {dataset: {job: job.id, status: job.status}},
-      h("td", {}, statusBadge(job.status, job.cancel_requested)),
+      h("td", {}, statusBadge(job.status, job.cancel_requested, job.pause_requested)),
       h("td", {}, h("a", {href: `#/jobs/${encodeURIComponent(job.id)}`, class: "mono"}, job.id),
         job.suffix ? h("div", {class: "muted small"}, job.suffix) : null),
       h("td", {}, job.model),
@@ -63,7 +76,8 @@ export function render(main, {query}) {
       h("td", {class: "progress-cell"}, progressBar(job)),
       h("td", {title: formatTime(job.created_at)}, timeAgo(job.created_at)),
       h("td", {}, formatDuration(jobDuration(job))),
-      h("td", {}, cancelButton(job, (updated) => { merge([updated]); draw(); })));
+      h("td", {class: "actions"}, pauseButton(job, (updated) => { merge([updated]); draw(); }),
+        cancelButton(job, (updated) => { merge([updated]); draw(); })));
   }
 
   function draw() {
