@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import openai
 import pytest
 from sqlalchemy import select, update
 
@@ -78,6 +79,18 @@ def test_a_job_copies_the_data_source_of_each_evals_latest_completions_run(tenan
 
     plain = tenant.job()
     assert plain["evals"] == [] and _stored_spec(settings, plain["id"]).evals == ()
+
+
+def test_the_openai_client_names_evals_with_extra_body_and_reads_the_scores(tenant, server_url):
+    """As docs/service.md shows it: `extra_body={"evals": [...]}`, then `client.get(.../eval_scores)`."""
+    eval_id = _eval(tenant)
+    _run(tenant, eval_id)
+    client = openai.OpenAI(api_key=tenant.key, base_url=f"{server_url}/v1", max_retries=0, timeout=30)
+    job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=tenant.file_id(),
+                                         extra_body={"evals": [eval_id]})
+    assert job.model_extra["evals"] == [eval_id]
+    scores = client.get(f"/fine_tuning/jobs/{job.id}/eval_scores", cast_to=object)
+    assert scores == {"object": "list", "data": [], "has_more": False}
 
 
 def test_an_old_job_spec_without_evals_is_read_with_none():
