@@ -81,6 +81,22 @@ def load_adapter_weights(model: nn.Module, directory: str | Path) -> None:
     _copy_tensors_into(model, adapted_module_names(model), _read_tensors(Path(directory)), use_dora=config.use_dora)
 
 
+def start_from_adapter(model: nn.Module, directory: str | Path) -> None:
+    """Continued training: the model's fresh adapter takes the factors (and magnitudes) saved in
+    `directory`, as trained. Its method and rank must be the run's (AdapterFormatError naming what
+    differs); other target modules are refused by the tensor names."""
+    directory = Path(directory)
+    saved = read_peft_config(directory)
+    config = adapter_config_of(model)
+    differs = [f"{what} {theirs!r} (this run: {ours!r})" for what, theirs, ours in (
+        ("method", "dora" if saved.get("use_dora") else "lora", config.method), ("rank", int(saved["r"]), config.rank))
+        if theirs != ours]
+    if differs:
+        raise AdapterFormatError(f"the adapter to start from has {' and '.join(differs)}")
+    with torch.no_grad():
+        load_adapter_weights(model, directory)
+
+
 def read_peft_config(directory: Path) -> dict:
     path = directory / CONFIG_NAME
     if not path.is_file():
