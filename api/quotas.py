@@ -1,4 +1,5 @@
-"""Per-tenant quotas: queued+running jobs, jobs created per window, and bytes of uploaded files.
+"""Per-tenant quotas: queued+running jobs, jobs created per window, and stored bytes (uploaded files
+and job results, store/quotas.py stored_bytes).
 
 Over a quota the answer is a 429 in OpenAI's error shape with `type` "insufficient_quota" (the
 type OpenAI gives its own quota errors) and code "quota_exceeded", `Retry-After:
@@ -81,8 +82,9 @@ def storage_full(*, cap: int, left: int, size: int | None = None) -> ApiError:
     """The 429 for an upload that does not fit; `size` when its size is known."""
     what = f"This file ({size} bytes)" if size is not None else "This upload"
     return quota_exceeded(f"Quota exceeded: {what} is larger than the {left} bytes left of this tenant's storage "
-                          f"quota ({cap} bytes of uploaded files). Delete files you no longer need "
-                          "(DELETE /v1/files/{file_id}), then try again.", param="file")
+                          f"quota ({cap} bytes of uploaded files and job results). Delete files "
+                          "(DELETE /v1/files/{file_id}) or fine-tuned models (DELETE /v1/models/{model}) you no "
+                          "longer need, then try again.", param="file")
 
 
 def check_storage(session: Session, *, settings: Settings, tenant_id: str, size: int) -> None:

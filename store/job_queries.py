@@ -58,9 +58,9 @@ def active_job_using_file(session: Session, *, tenant_id: str, file_id: str) -> 
 
 
 def fine_tuned_models(session: Session, *, tenant_id: str) -> list[Job]:
-    """The tenant's succeeded jobs that have a model to serve, oldest first."""
+    """The tenant's succeeded jobs that have a model to serve (not deleted), oldest first."""
     query = select(Job).where(Job.tenant_id == tenant_id, Job.status == JobStatus.SUCCEEDED,
-                              Job.fine_tuned_model.is_not(None))
+                              Job.fine_tuned_model.is_not(None), Job.model_deleted_at.is_(None))
     return list(session.scalars(query.order_by(Job.id)))
 
 

@@ -145,6 +145,8 @@ class Job(Base):
     # outputs
     fine_tuned_model: Mapped[str | None] = mapped_column(String(255), default=None, index=True)
     result_files: Mapped[list[Any]] = mapped_column(default=list)
+    # DELETE /v1/models/{id} removed the model, its outputs and checkpoints (store/model_deletion.py)
+    model_deleted_at: Mapped[datetime | None] = mapped_column(default=None)
     # times
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -55,9 +55,11 @@ def jobs_created_since(session: Session, *, tenant_id: str, since: datetime) -> 
 
 
 def stored_bytes(session: Session, *, tenant_id: str) -> int:
-    """Bytes of the files the tenant uploaded. Job results (`fine-tune-results`, rows with an
-    artifact) are not counted: no API call deletes them, so counting them could lock a tenant
-    out for good."""
-    query = select(func.coalesce(func.sum(File.bytes), 0)).where(File.tenant_id == tenant_id,
-                                                                  File.artifact_id.is_(None))
+    """Bytes of the tenant's files: those it uploaded and its jobs' results (`fine-tune-results`,
+    each an artifact's tar size). Results count because the tenant can free them: deleting the
+    model (`DELETE /v1/models/{id}`, store/model_deletion.py) removes them. A job is never refused
+    or stopped for storage, so its results may take a tenant over the cap; uploads are then
+    refused until it deletes files or models. Checkpoints are not counted: their sizes are not
+    kept in rows, at most `keep_checkpoints` of a job are stored, and they go with the model."""
+    query = select(func.coalesce(func.sum(File.bytes), 0)).where(File.tenant_id == tenant_id)
     return int(session.scalar(query) or 0)

@@ -192,8 +192,9 @@ class TenantQuotas(DoraSettings):
         "still counts, so a create-then-cancel loop is bounded where the active-jobs cap is not"))
     job_creation_window_seconds: PositiveInt = Field(600, description=(
         "the sliding window DORA_MAX_JOBS_CREATED_PER_TENANT counts over"))
-    max_stored_bytes_per_tenant: int = Field(10 * 1024**3, description="bytes of uploaded files (job outputs are "
-                                                                       "not counted)")
+    max_stored_bytes_per_tenant: int = Field(10 * 1024**3, description=(
+        "bytes of uploaded files and job results (deleting the model frees its results; checkpoints are not "
+        "counted); a job's results may go over it, then uploads are refused"))
     rate_limit_per_minute: int = Field(600, description="the bucket's refill rate: requests per minute")
     rate_limit_burst: int = Field(100, description="the bucket's size: requests a tenant may send at once (>= 1)")
     webhook_max_per_tenant: int = Field(20, ge=0, description="webhooks a tenant may register")

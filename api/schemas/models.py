@@ -1,4 +1,4 @@
-"""`/v1/models`: OpenAI's model object."""
+"""`/v1/models`: OpenAI's model object, and what deleting one answers."""
 
 from __future__ import annotations
 
@@ -17,3 +17,11 @@ class ModelObject(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelObject]
+
+
+class ModelDeleted(BaseModel):
+    """OpenAI's `ModelDeleted` (the openai client's `client.models.delete`)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    deleted: bool

@@ -95,8 +95,8 @@ def create_from_upload(*, session: Session, storage: Storage, settings: Settings
 def delete_file(*, session: Session, storage: Storage, file: File) -> None:
     """Delete an uploaded file not used by an active job (results go with their job)."""
     if file.artifact_id is not None:
-        raise ApiError(409, f"File {file.id} is a job result and is kept with its job", param="file_id",
-                       code="file_in_use")
+        raise ApiError(409, f"File {file.id} is a job result and is kept with its job; deleting the job's model "
+                            "(DELETE /v1/models/{model}) deletes it", param="file_id", code="file_in_use")
     job_id = active_job_using_file(session, tenant_id=file.tenant_id, file_id=file.id)
     if job_id is not None:
         raise ApiError(409, f"File {file.id} is used by active job {job_id}; cancel it first", param="file_id",

@@ -189,10 +189,14 @@ def test_an_upload_over_the_storage_quota_is_a_429_and_nothing_is_stored(capped)
     assert tenant.upload(DATASET).status_code == 200
 
 
-def test_job_results_do_not_count_against_the_storage_quota(capped, worker):
+def test_job_results_count_against_the_storage_quota_until_the_model_is_deleted(capped, worker):
+    """A job is never refused for storage, so its results may go over the quota: uploads are then
+    refused until the tenant deletes the model (store/quotas.py stored_bytes)."""
     client, settings = capped
     tenant = make_tenant(client, settings)
-    finish_with_artifacts(tenant, worker, settings)  # a 300 kB result, far over the quota
+    job = finish_with_artifacts(tenant, worker, settings)  # a 300 kB result, far over the quota
+    _assert_quota_error(tenant.upload(DATASET), param="file")
+    assert tenant.delete(f"/v1/models/{job['fine_tuned_model']}").status_code == 200
     assert tenant.upload(DATASET).status_code == 200
 
 

@@ -114,3 +114,24 @@ def test_large_download_streams_from_s3_without_holding_the_file(s3_tenant, work
     assert digest == hashlib.sha256(block * (size // MIB)).hexdigest()
     assert peak < 16 * MIB, f"peak Python allocation {peak / MIB:.1f} MiB while streaming from S3"
     assert piece.status_code == 206 and piece.content == block[-10:]
+
+
+def test_deleting_a_model_removes_its_outputs_and_checkpoints_from_the_bucket(s3_tenant, s3_client, s3_settings,
+                                                                               worker, s3_app):
+    storage: S3Storage = s3_app.state.storage
+    job_id = s3_tenant.job()["id"]
+    worker.claim(job_id)
+    checkpoint = job_key(s3_tenant.tenant_id, job_id, "checkpoints", f"attempt-{worker.attempt}", "step-1")
+    storage.put_stream(f"{checkpoint}/adapter_model.safetensors", [b"weights"])
+    worker.call(job_store.add_checkpoint, job_id=job_id, step=1, storage_key=checkpoint)
+    job = finish_with_stored_files(s3_tenant, worker, storage, ADAPTER_FILES, job_id=job_id)
+    # a sibling whose key begins with the job's id must survive a prefix deletion
+    sibling = job_key(s3_tenant.tenant_id, f"{job_id}0", "keep.bin")
+    storage.put_stream(sibling, [b"keep"])
+    assert len(storage.list(job_key(s3_tenant.tenant_id, job_id))) == 1 + len(ADAPTER_FILES)
+    deleted = s3_tenant.delete(f"/v1/models/{job['fine_tuned_model']}")
+    assert deleted.json() == {"id": job["fine_tuned_model"], "object": "model", "deleted": True}
+    assert storage.list(job_key(s3_tenant.tenant_id, job_id)) == []
+    assert storage.list(f"tenants/{s3_tenant.tenant_id}") == sorted([
+        sibling, file_key(s3_tenant.tenant_id, job["training_file"])])
+    assert s3_tenant.delete(f"/v1/models/{job['fine_tuned_model']}").status_code == 404

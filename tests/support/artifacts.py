@@ -13,10 +13,12 @@ ADAPTER_FILES = {"adapter_config.json": b'{"use_dora": true, "r": 8}',
 
 
 def finish_with_stored_files(tenant, worker, storage, files: dict[str, bytes] = ADAPTER_FILES,
-                             name: str = "adapter", **finish) -> dict:
-    """A job of `tenant` finished by `worker` with one artifact whose files are put in `storage`."""
-    job_id = tenant.job()["id"]
-    worker.claim(job_id)
+                             name: str = "adapter", *, job_id: str | None = None, **finish) -> dict:
+    """A job of `tenant` finished by `worker` with one artifact whose files are put in `storage`
+    (`job_id`: that job, already claimed by `worker`; else a new one)."""
+    if job_id is None:
+        job_id = tenant.job()["id"]
+        worker.claim(job_id)
     prefix = job_key(tenant.tenant_id, job_id, "attempts", str(worker.attempt), name)
     entries = []
     for path, data in files.items():
