@@ -23,7 +23,7 @@ from api.errors import AnswerUnexpected, RejectNulInUrl, install_error_handlers
 from api.observability import MetricsMiddleware, Observability
 from api.openapi import install_openapi
 from api.rate_limit import TokenBuckets
-from api.routes import artifacts, completions, evals, files, health, jobs, models, webhooks
+from api.routes import artifacts, checkpoint_files, completions, evals, files, health, jobs, models, webhooks
 from api.routes.graders import router as graders_router
 from api.schema_check import check_schema_until_reachable
 from api.services.inference_routing import Inference
@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_exception_handler(SQLAlchemyError, database_error_handler)  # unreachable: 503, Retry-After
     for router in (files.router, jobs.router, artifacts.router, models.router, health.router, webhooks.router,
-                   completions.router, evals.router):
+                   completions.router, evals.router, checkpoint_files.router):
         app.include_router(router)
     app.include_router(graders_router)  # /v1/fine_tuning/alpha/graders/run|validate
     mount_ui(app)  # the dashboard at /ui: static files, no key (each API call it makes sends one)
