@@ -13,7 +13,14 @@ from pydantic import BaseModel, Field, create_model, field_validator, model_vali
 
 from api.schemas.common import StrictModel, check_metadata
 from api.schemas.run_fields import adapter_fields, contract_type, training_fields
-from dora_contract import DEFAULT_OUTPUTS, AdapterSettings, DpoSettings, RunSettings, TrainingSettings
+from dora_contract import (
+    DEFAULT_OUTPUTS,
+    AdapterSettings,
+    DpoSettings,
+    ReinforcementSettings,
+    RunSettings,
+    TrainingSettings,
+)
 from dora_contract.job_spec import MAX_JOB_EVALS
 from store.job_status import JobStatus
 
@@ -85,8 +92,44 @@ DpoMethod = create_model(
              Field(None, description="the adapter DPO trains: dora (the default) or lora")),
     hyperparameters=(DpoHyperparameters | None, None),
 )
-# the method types a job may be created with (`reinforcement` is OpenAI's too, not run here yet)
-METHOD_TYPES = ("supervised", "dora", "lora", "dpo")
+# `method.reinforcement` (OpenAI's shape): `grader` (any grader of dora_contract.graders, parsed in
+# services/methods.py so that its errors name `method.reinforcement.grader.<field>`) and OpenAI's
+# RFT knobs ("auto" = the contract's default), plus every training and adapter setting as for `dpo`.
+ReinforcementHyperparameters = create_model(
+    "ReinforcementHyperparameters", __base__=_OneLearningRate, __module__=__name__,
+    __doc__="OpenAI's RFT knobs ('auto' = the default) and the run's settings; left out: the contract's default.",
+    **(training_fields() | adapter_fields() | {
+        "n_epochs": (Auto | contract_type(TrainingSettings, "epochs") | None, training_fields()["n_epochs"][1]),
+        "batch_size": (Auto | contract_type(TrainingSettings, "micro_batch_size") | None,
+                       training_fields()["batch_size"][1]),
+        "learning_rate_multiplier": (Auto | Multiplier | None,
+                                     Field(None, description="learning_rate = the default x this")),
+        "eval_interval": (Auto | contract_type(TrainingSettings, "eval_interval") | None,
+                          training_fields()["eval_interval"][1])}),
+    eval_samples=(Auto | contract_type(ReinforcementSettings, "eval_samples") | None,
+                  Field(None, description=ReinforcementSettings.model_fields["eval_samples"].description)),
+    # OpenAI types it a number; here it is the whole count of answers sampled per prompt (4.0 is 4)
+    compute_multiplier=(Auto | float | None,
+                        Field(None, description=ReinforcementSettings.model_fields["samples_per_prompt"].description)),
+    reasoning_effort=(str | None, Field(None, description="accepted only as 'default': no model here reasons")),
+    beta=(Auto | contract_type(ReinforcementSettings, "beta") | None,
+          Field(None, description=ReinforcementSettings.model_fields["beta"].description)),
+    max_completion_tokens=(contract_type(ReinforcementSettings, "max_completion_tokens") | None,
+                           Field(None, description=ReinforcementSettings.model_fields["max_completion_tokens"]
+                                 .description)),
+)
+ReinforcementMethod = create_model(
+    "ReinforcementMethod", __base__=StrictModel, __module__=__name__,
+    __doc__="A reinforcement job: its grader, OpenAI's `hyperparameters` (plus the run's settings), the adapter.",
+    **adapter_fields(),
+    grader=(dict[str, Any], Field(description="the reward: any grader (string_check, text_similarity, "
+                                              "python where enabled, multi of those)")),
+    adapter=(contract_type(AdapterSettings, "method") | None,
+             Field(None, description="the adapter trained: dora (the default) or lora")),
+    hyperparameters=(ReinforcementHyperparameters | None, None),
+)
+# the method types a job may be created with
+METHOD_TYPES = ("supervised", "dora", "lora", "dpo", "reinforcement")
 Output = contract_type(RunSettings, "outputs")
 GgufType = contract_type(RunSettings, "gguf_type")
 GGUF_TYPE_FIELD = RunSettings.model_fields["gguf_type"]
@@ -98,12 +141,13 @@ class Method(StrictModel):
     dora: AdapterMethod | None = None
     lora: AdapterMethod | None = None
     dpo: DpoMethod | None = None
-    reinforcement: dict[str, Any] | None = None
+    reinforcement: ReinforcementMethod | None = None
 
     @model_validator(mode="after")
     def _matching_block(self) -> Method:
         if self.type not in METHOD_TYPES:
-            raise ValueError(f"method type '{self.type}' is not supported; use 'dora', 'lora', 'supervised' or 'dpo'")
+            raise ValueError(f"method type '{self.type}' is not supported; use 'dora', 'lora', 'supervised', 'dpo' or "
+                             "'reinforcement'")
         given = [name for name in ("supervised", "dora", "lora", "dpo", "reinforcement") if getattr(self, name)]
         others = [name for name in given if name != self.type]
         if others:

@@ -7,7 +7,10 @@ contract's default learning rate. A `dora` or `lora` method takes every setting,
 either beside `hyperparameters` or (OpenAI's convention for a method's own knobs) inside it.
 OpenAI's `dpo` method is a DoRA (or, with `adapter: "lora"`, LoRA) run with `dpo` set: its
 hyperparameters are those of `dora` plus `beta`, and OpenAI's four may be "auto" (the contract's
-default; beta's is DEFAULT_DPO_BETA, 0.1).
+default; beta's is DEFAULT_DPO_BETA, 0.1). OpenAI's `reinforcement` method is the same with
+`reinforcement` set: its grader (checked here: api/services/reinforcement.py) and OpenAI's RFT knobs
+(compute_multiplier = answers sampled per prompt, eval_samples, eval_interval; reasoning_effort
+only "default"), plus beta and max_completion_tokens of the contract.
 
 The resolved `RunSettings` is stored as the job spec's `run` (dora_contract/job_spec.py): the
 worker adds the local paths and hands it to dora_core unchanged. The job shows the same values
@@ -27,6 +30,7 @@ from api.present import DEFAULT_LEARNING_RATE, openai_hyperparameters
 from api.schemas.jobs import JobCreate, SupervisedMethod
 from api.schemas.run_fields import ADAPTER_FIELDS, API_NAMES, CONTRACT_NAMES, TRAINING_FIELDS
 from api.services.limits import apply_operator_limits
+from api.services.reinforcement import GRADER_PARAM, reinforcement_settings
 from dora_contract import RunSettings, SettingError, check_one_validation_source
 from store.settings import Settings
 
@@ -47,6 +51,7 @@ class _Request:
         self.adapter: dict[str, Any] = {}
         self.training: dict[str, Any] = {}
         self.dpo: dict[str, Any] | None = None  # a dpo method's settings (beta)
+        self.reinforcement: dict[str, Any] | None = None  # a reinforcement method's settings (grader, ...)
         self.adapter_method = "dora"
         self.params: dict[tuple[str, str], str] = {}
         self.default_prefix = ""
@@ -84,7 +89,7 @@ def _from_supervised(request: JobCreate) -> _Request:
 def _from_adapter_method(request: JobCreate, kind: str, *, hyperparameters: dict[str, Any] | None = None) -> _Request:
     block = getattr(request.method, kind)
     prefix = f"method.{kind}"
-    beside = _given(block, exclude={"hyperparameters", "adapter"})
+    beside = _given(block, exclude={"hyperparameters", "adapter", "grader"})
     inside = hyperparameters if hyperparameters is not None else _given(
         block.hyperparameters if block is not None else None)
     both = [name for name in ADAPTER_FIELDS if name in beside and name in inside]
@@ -116,9 +121,26 @@ def _from_dpo(request: JobCreate) -> _Request:
     return given
 
 
-def _from_request(request: JobCreate, kind: str) -> _Request:
+def _from_reinforcement(request: JobCreate, settings: Settings | None) -> _Request:
+    """OpenAI's reinforcement block: the grader, its knobs ("auto" = default), plus the dora method's settings."""
+    block = request.method.reinforcement
+    if block is None:
+        raise bad_request("a reinforcement job needs method.reinforcement.grader (the reward)", param=GRADER_PARAM)
+    hyperparameters = _auto(_given(block.hyperparameters))
+    reinforcement, params = reinforcement_settings(block.grader, hyperparameters, settings)
+    given = _from_adapter_method(request, "reinforcement", hyperparameters=hyperparameters)
+    given.reinforcement = reinforcement
+    given.params |= {("reinforcement", name): param for name, param in params.items()}
+    if block.adapter is not None:
+        given.adapter_method = block.adapter
+    return given
+
+
+def _from_request(request: JobCreate, kind: str, settings: Settings | None = None) -> _Request:
     if kind == "supervised":
         return _from_supervised(request)
+    if kind == "reinforcement":
+        return _from_reinforcement(request, settings)
     return _from_dpo(request) if kind == "dpo" else _from_adapter_method(request, kind)
 
 
@@ -132,7 +154,7 @@ def param_of(request: JobCreate, section: str, name: str) -> str:
 def resolve(*, request: JobCreate, settings: Settings, seed: int) -> tuple[dict[str, Any], RunSettings]:
     """(method as shown on the job, the resolved run its spec stores)."""
     kind = request.method.type if request.method else "supervised"
-    given = _from_request(request, kind)
+    given = _from_request(request, kind, settings)
     apply_operator_limits({"adapter": given.adapter, "training": given.training}, settings, given.param)
     try:
         check_one_validation_source(has_validation_file=request.validation_file is not None,
@@ -143,7 +165,8 @@ def resolve(*, request: JobCreate, settings: Settings, seed: int) -> tuple[dict[
             "training": given.training | {"seed": seed},
             "outputs": request.outputs,
         } | ({"gguf_type": request.gguf_type} if request.gguf_type is not None else {})
-          | ({"dpo": given.dpo} if given.dpo is not None else {}))
+          | ({"dpo": given.dpo} if given.dpo is not None else {})
+          | ({"reinforcement": given.reinforcement} if given.reinforcement is not None else {}))
     except SettingError as error:
         section, _, name = error.field.partition(".")
         raise bad_request(error.message, param=given.param(section, name) if name else error.field) from None
@@ -168,4 +191,13 @@ def shown_method(kind: str, run: RunSettings) -> dict[str, Any]:
         hyperparameters.pop("learning_rate")
         hyperparameters |= openai_hyperparameters(run) | {"beta": run.dpo.beta}
         return {"type": "dpo", "dpo": {"adapter": run.adapter.method, "hyperparameters": hyperparameters}}
+    if kind == "reinforcement":  # OpenAI's RFT knobs resolved, as for dpo
+        rl = run.reinforcement
+        hyperparameters.pop("learning_rate")
+        hyperparameters |= openai_hyperparameters(run) | {
+            "compute_multiplier": rl.samples_per_prompt, "eval_samples": rl.eval_samples,
+            "reasoning_effort": "default", "beta": rl.beta, "max_completion_tokens": rl.max_completion_tokens}
+        return {"type": "reinforcement", "reinforcement": {
+            "grader": rl.grader.model_dump(mode="json", exclude_none=True), "adapter": run.adapter.method,
+            "hyperparameters": hyperparameters}}
     return {"type": kind, kind: {"hyperparameters": hyperparameters}}

@@ -19,6 +19,10 @@ class Ctx:
     other_file_id: str
 
 
+STRING_CHECK = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
+                "reference": "{{item.answer}}", "operation": "eq"}
+
+
 def job(extra: dict | None = None, drop: tuple = ()) -> Callable[[Ctx], dict]:
     def body(ctx: Ctx) -> dict:
         value = {"model": "tiny-llama", "training_file": ctx.file_id} | (extra or {})
@@ -120,8 +124,18 @@ CASES = [
         "model": "tiny-llama", "training_file": ctx.file_id, "validation_file": ctx.file_id,
         "method": {"type": "dora", "dora": {"hyperparameters": {"validation_split": 0.1}}}}}, 400, "not both",
          "method.dora.hyperparameters.validation_split"),
-    Case("method-type-reinforcement", "POST", JOBS, job({"method": {"type": "reinforcement", "reinforcement": {}}}),
-         400, "not supported", "method"),
+    Case("method-reinforcement-without-grader", "POST", JOBS,
+         job({"method": {"type": "reinforcement", "reinforcement": {}}}), 400, "grader",
+         "method.reinforcement.grader"),
+    Case("method-reinforcement-on-a-chat-file", "POST", JOBS, job({"method": {
+        "type": "reinforcement", "reinforcement": {"grader": STRING_CHECK}}}), 400,
+        "a reinforcement job trains on prompts rows", "training_file"),
+    Case("method-reinforcement-reasoning-effort", "POST", JOBS, job({"method": {"type": "reinforcement",
+         "reinforcement": {"grader": STRING_CHECK, "hyperparameters": {"reasoning_effort": "high"}}}}), 400,
+         "only 'default' is accepted", "method.reinforcement.hyperparameters.reasoning_effort"),
+    Case("method-reinforcement-bad-grader", "POST", JOBS, job({"method": {"type": "reinforcement", "reinforcement": {
+        "grader": {**STRING_CHECK, "operation": "sounds_like"}}}}), 400, "operation",
+         "method.reinforcement.grader.operation"),
     Case("method-dpo-on-a-chat-file", "POST", JOBS, job({"method": {"type": "dpo", "dpo": {}}}), 400,
          "a dpo job trains on preference rows", "training_file"),
     Case("method-block-mismatch", "POST", JOBS, job({"method": {"type": "dora", "lora": {"rank": 4}}}), 400,

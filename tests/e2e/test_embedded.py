@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dora_contract import DEFAULT_DPO_BETA, DPO_METRICS
+from dora_contract import DEFAULT_DPO_BETA, DEFAULT_GRPO_BETA, DPO_METRICS, RFT_METRICS
 from tests.support import e2e_scenarios as scenarios
 from tests.support.jobs import dora_method, wait_for
 from tests.support.stack import E2E_RUN, running_stack
@@ -155,3 +155,46 @@ def test_a_dpo_job_through_the_openai_client_succeeds(stack):
     assert steps[0]["values"]["loss"] == pytest.approx(0.6931471805599453, rel=1e-4)  # policy = reference at step 1
     assert steps[-1]["values"]["rewards/margins"] > 0  # the preferred answers gained on the others
     assert job.result_files
+
+
+# reinforcement: prompts rows with the field the grader reads; exact match of the answer
+PROMPTS = "".join(json.dumps({"messages": [{"role": "user", "content": f"What is {a} plus {b}?"}],
+                              "answer": str(a + b)}) + "\n" for a in range(3) for b in range(2)).encode()
+EXACT = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}", "reference": "{{item.answer}}",
+         "operation": "eq"}
+
+
+def test_a_reinforcement_job_through_the_openai_client_succeeds(stack):
+    """A string_check grader rewards each sampled answer; the job shows its hyperparameters resolved
+    (the client's ReinforcementHyperparameters), its steps carry the reward metrics, its samples a reward."""
+    import openai
+
+    oai = openai.OpenAI(api_key=stack.api.key, base_url=f"{stack.api.url}/v1", max_retries=0, timeout=30)
+    training_file = oai.files.create(file=("prompts.jsonl", io.BytesIO(PROMPTS)), purpose="fine-tune")
+    method = {"type": "reinforcement", "reinforcement": {"grader": EXACT, "hyperparameters": {
+        "batch_size": 2, "n_epochs": "auto", "compute_multiplier": 2, "eval_interval": 3, "eval_samples": 2,
+        "reasoning_effort": "default", "learning_rate_multiplier": "auto", "max_completion_tokens": 4}}}
+    job = oai.fine_tuning.jobs.create(model="tiny-llama", training_file=training_file.id,
+                                      validation_file=training_file.id, method=method,
+                                      extra_body={"outputs": ["adapter"]})
+    hp = job.method.reinforcement.hyperparameters  # the client's own type, resolved
+    assert (hp.batch_size, hp.n_epochs, hp.compute_multiplier, hp.eval_interval, hp.eval_samples,
+            hp.reasoning_effort, hp.learning_rate_multiplier) == (2, 1, 2, 3, 2, "default", 1.0)
+    assert job.method.reinforcement.grader.type == "string_check"
+    started = time.monotonic()
+    while job.status not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() - started < 120, job
+        time.sleep(0.1)
+        job = oai.fine_tuning.jobs.retrieve(job.id)
+    assert job.status == "succeeded", job.error
+    raw = stack.api.client.get(f"/v1/fine_tuning/jobs/{job.id}").json()["method"]["reinforcement"]
+    assert raw["hyperparameters"]["beta"] == DEFAULT_GRPO_BETA and raw["adapter"] == "dora"
+    points = stack.api.client.get(f"/v1/fine_tuning/jobs/{job.id}/metrics", params={"limit": 100}).json()["data"]
+    steps = [point for point in points if "loss" in point["values"]]
+    assert [point["step"] for point in steps] == [1, 2, 3]  # 6 prompts, 2 a step, one epoch
+    assert all(set(RFT_METRICS) <= set(point["values"]) for point in steps), steps
+    assert all(0.0 <= point["values"]["reward"] <= 1.0 for point in steps)
+    evaluations = [point for point in points if "eval_reward" in point["values"]]
+    assert [point["step"] for point in evaluations] == [0, 3]  # before training and at eval_interval
+    samples = stack.api.client.get(f"/v1/fine_tuning/jobs/{job.id}/samples", params={"limit": 100}).json()["data"]
+    assert samples and all(sample["expected"].startswith("reward ") for sample in samples), samples

@@ -1,0 +1,125 @@
+"""A reinforcement job's checks at creation: its grader, OpenAI's RFT knobs, and its prompts against the grader.
+
+The grader is parsed and checked (dora_graders.check) with errors naming
+`method.reinforcement.grader.<field>`. Graders the training worker cannot run yet are a 400 now,
+not a failed job later: score_model and label_model (the worker lends no judge to the training
+loop yet) and python (no sandbox in the training process yet). `reasoning_effort` is accepted only
+as "default" (no model here reasons), `compute_multiplier` is the whole number of answers sampled
+per prompt. Every training (and validation) row is checked with dora_graders.check_item, so a
+template that references a field a row lacks is a 400 naming the file's line and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from api.errors import bad_request
+from api.eval_files import lines_of
+from dora_contract.errors import error_field
+from dora_contract.graders import GRADER_TYPES, Grader, MultiGrader
+from dora_contract.job_spec import FileRef
+from dora_contract.reinforcement import MAX_SAMPLES_PER_PROMPT
+from dora_formats import PROMPTS
+from dora_graders import GraderSpecError, GradingContext, ItemError, check, check_item
+from store.storage import Storage
+
+RL_PREFIX = "method.reinforcement"
+GRADER_PARAM = f"{RL_PREFIX}.grader"
+HYPER = f"{RL_PREFIX}.hyperparameters"
+GRADER = TypeAdapter(Grader)
+NOT_IN_TRAINING = {
+    "score_model": "model graders need a judge, which the training worker has no route to yet",
+    "label_model": "model graders need a judge, which the training worker has no route to yet",
+    "python": "the python sandbox does not run inside the training worker yet",
+}
+# OpenAI's knob -> the contract's name in ReinforcementSettings
+RL_KNOBS = {"eval_samples": "eval_samples", "beta": "beta", "max_completion_tokens": "max_completion_tokens",
+            "compute_multiplier": "samples_per_prompt"}
+
+
+def parse_grader(data: Any) -> Any:
+    try:
+        grader = GRADER.validate_python(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        loc = [part for part in first["loc"] if part not in GRADER_TYPES]
+        field = error_field(first | {"loc": tuple(loc)}) if loc else "type"
+        message = first["msg"].removeprefix("Value error, ")
+        raise bad_request(f"{GRADER_PARAM}.{field}: {message}", param=f"{GRADER_PARAM}.{field}") from None
+    subs = grader.graders.items() if isinstance(grader, MultiGrader) else [("", grader)]
+    for name, sub in subs:
+        if sub.type in NOT_IN_TRAINING:
+            where = f"{GRADER_PARAM}.graders.{name}.type" if name else f"{GRADER_PARAM}.type"
+            raise bad_request(f"a reinforcement job cannot use a {sub.type} grader yet: {NOT_IN_TRAINING[sub.type]}; "
+                              "use string_check, text_similarity or a multi grader of those", param=where)
+    try:
+        check(grader, GradingContext())
+    except GraderSpecError as error:
+        raise bad_request(f"{GRADER_PARAM}.{error.field}: {error.message}", param=f"{GRADER_PARAM}.{error.field}") \
+            from None
+    return grader
+
+
+def reinforcement_settings(grader_data: Any, hyperparameters: dict[str, Any],
+                           settings: Any = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """(ReinforcementSettings data, where each came from); pops OpenAI's RFT knobs from `hyperparameters`."""
+    grader = parse_grader(grader_data)
+    effort = hyperparameters.pop("reasoning_effort", None)
+    if effort is not None and effort != "default":
+        raise bad_request(f"reasoning_effort '{effort}' is not available: the models fine-tuned here do not reason, "
+                          "so only 'default' is accepted", param=f"{HYPER}.reasoning_effort")
+    values: dict[str, Any] = {"grader": grader.model_dump(mode="json", exclude_none=True)}
+    params = {"grader": GRADER_PARAM}
+    for knob, name in RL_KNOBS.items():
+        if knob in hyperparameters:
+            values[name] = hyperparameters.pop(knob)
+            params[name] = f"{HYPER}.{knob}"
+    multiplier = values.get("samples_per_prompt")
+    if multiplier is not None:
+        if float(multiplier) != int(multiplier) or not 2 <= multiplier <= MAX_SAMPLES_PER_PROMPT:
+            raise bad_request(f"compute_multiplier is the number of answers sampled per prompt: a whole number from "
+                              f"2 to {MAX_SAMPLES_PER_PROMPT}, got {multiplier!r}", param=f"{HYPER}.compute_multiplier")
+        values["samples_per_prompt"] = int(multiplier)
+    return values, params
+
+
+def check_prompt_rows(storage: Storage, grader_data: dict[str, Any], files: dict[str, FileRef | None]) -> None:
+    """Every row of the job's files has what the grader's templates reference (a 400 naming line and field)."""
+    grader = GRADER.validate_python(grader_data)
+    for param, file in files.items():
+        if file is None:
+            continue
+        for number, line in enumerate(lines_of(storage.open_range(file.storage_key)), start=1):
+            if not line.strip():
+                continue
+            try:
+                check_item(grader, json.loads(line))
+            except ItemError as error:
+                raise bad_request(f"File {file.id} line {number}: {error.message}", param=param) from None
+            except ValueError:
+                return  # not JSONL (CSV/Parquet): the worker checks each row as it grades
+
+
+def check_files(request: Any, run: Any, files: dict[str, FileRef | None], storage: Storage) -> None:
+    """A reinforcement job trains on prompts files, on one GPU, each row holding what its grader reads; any
+    other job refuses prompts files (the worker would fail either at once: dora_core/data/prepare.py)."""
+    for param, file in files.items():
+        if file is None or file.format is None:
+            continue
+        if run.reinforcement is None and file.format == PROMPTS:
+            raise bad_request(f"File {file.id} holds prompts without answers, which only a reinforcement job trains "
+                              "on (method type 'reinforcement')", param=param, code="invalid_file_format")
+        if run.reinforcement is not None and file.format != PROMPTS:
+            raise bad_request(f"File {file.id} is in {file.format} format; a reinforcement job trains on prompts rows "
+                              "('messages' ending before the answer, plus the fields its grader reads)", param=param,
+                              code="invalid_file_format")
+    if run.reinforcement is None:
+        return
+    if request.gpus > 1:
+        raise bad_request("a reinforcement job runs on one GPU for now (its sampling is not under DDP yet): "
+                          "use gpus: 1",
+                          param="gpus")
+    check_prompt_rows(storage, run.reinforcement.grader.model_dump(mode="json", exclude_none=True), files)
