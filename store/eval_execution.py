@@ -29,7 +29,8 @@ from store.models import Eval, EvalOutputItem, EvalRun, Tenant, utcnow
 
 ATTEMPTS_EXHAUSTED = "attempts_exhausted"  # the error code of a run settled at its attempt cap
 # where the API writes, in the run's data source, the base and adapter its model names when it creates the run
-# ({"base_model": ..., "adapter": AdapterRef | None}); the executor samples that (worker/eval_items.py)
+# ({"base_model": ..., "adapter": AdapterRef | None, "max_tokens_default": DORA_MAX_COMPLETION_TOKENS then});
+# the executor samples that (worker/eval_items.py)
 RESOLVED_KEY = "_resolved_model"
 
 

@@ -84,10 +84,17 @@ def served_model(data_source: dict[str, Any]) -> ServedModel | None:
                        adapter=AdapterRef.model_validate(adapter) if adapter else None)
 
 
+def max_tokens_default(data_source: dict[str, Any]) -> int | None:
+    """The operator's bound (DORA_MAX_COMPLETION_TOKENS when the API created the run) on a completion
+    that sets no max tokens: the run's samples' and its judges'; None: what the context leaves."""
+    return (data_source.get(RESOLVED_KEY) or {}).get("max_tokens_default")
+
+
 def sampling(data_source: dict[str, Any]) -> SamplingParams:
     params = data_source.get("sampling_params") or {}
     chosen = {"max_tokens": params.get("max_completion_tokens"), "temperature": params.get("temperature"),
-              "top_p": params.get("top_p"), "seed": params.get("seed")}
+              "top_p": params.get("top_p"), "seed": params.get("seed"),
+              "max_tokens_default": max_tokens_default(data_source)}
     return SamplingParams(**{key: value for key, value in chosen.items() if value is not None})
 
 

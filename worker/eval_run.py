@@ -47,7 +47,16 @@ from store.served_models import ServedModel as ServedJudge
 from store.storage import Storage
 from worker.database import Backoff
 from worker.eval_grading import Grade, Graders, JudgeAnswer, grade_item
-from worker.eval_items import ItemInputError, Row, ServedModel, input_messages, read_rows, sampling, served_model
+from worker.eval_items import (
+    ItemInputError,
+    Row,
+    ServedModel,
+    input_messages,
+    max_tokens_default,
+    read_rows,
+    sampling,
+    served_model,
+)
 from worker.settings import EvalRunnerSettings
 
 log = logging.getLogger("worker.evals")
@@ -177,6 +186,7 @@ class Judges:
     def __init__(self, settings: EvalRunnerSettings, work: RunWork, storage: Storage,
                  generate: Callable[[GenerationRequest, str], Collected]) -> None:
         self.settings, self.work, self.storage, self.generate = settings, work, storage, generate
+        self.bound = max_tokens_default(work.data_source)  # what the API's judges get (a jsonl run has none)
         self._known: dict[str, ServedJudge | Exception] = {}
         self._lock = threading.Lock()
 
@@ -199,7 +209,7 @@ class Judges:
         served = self.resolve(model)
         request = GenerationRequest(base_model=served.base_model, adapter=served.adapter,
                                     messages=[ChatMessage(**message) for message in messages],
-                                    sampling=SamplingParams(**params))
+                                    sampling=SamplingParams(**params, max_tokens_default=self.bound))
         try:
             collected = self.generate(request, served.route_key)
         except RunFailedError as failure:  # no server for the judge: the criterion's error, not the run's

@@ -192,7 +192,8 @@ def _resolved(session: Session, storage: Storage, settings: Settings, *, source:
     except ApiError as error:  # a field of the body: a 400 naming it, whatever the completions route says
         raise bad_request(error.message, param="data_source.model", code=error.code) from None
     adapter = served.adapter.model_dump(mode="json") if served.adapter is not None else None
-    return {"base_model": served.base_model, "adapter": adapter}
+    # the operator's bound on a completion that sets no max tokens (the run's, its judges'), as completions get it
+    return {"base_model": served.base_model, "adapter": adapter, "max_tokens_default": settings.max_completion_tokens}
 
 
 def _check_prompt(source: CompletionsDataSource, item_schema: dict[str, Any], settings: Settings) -> None:

@@ -98,11 +98,14 @@ def test_a_bad_eval_is_a_400_naming_the_field(oai, change, param):
         assert "answr" in message
 
 
-def test_a_python_grader_is_accepted_where_the_operator_enabled_it(oai, app, monkeypatch):
+def test_a_python_grader_is_accepted_where_the_operator_enabled_it(oai, app):
     python = {"type": "python", "name": "py", "source": "def grade(s, i): return 1.0", "pass_threshold": 1}
-    monkeypatch.setattr(app.state, "settings", app.state.settings.model_copy(update={"python_grader_enabled": True}))
-
-    created = _eval(oai, testing_criteria=[python])  # off, the same body is the 400 above
+    settings = app.state.settings
+    app.state.settings = settings.model_copy(update={"python_grader_enabled": True})
+    try:
+        created = _eval(oai, testing_criteria=[python])  # off, the same body is the 400 above
+    finally:
+        app.state.settings = settings
 
     assert oai.evals.retrieve(created.id).testing_criteria[0].type == "python"
 
@@ -117,8 +120,8 @@ def test_runs_create_list_retrieve_cancel_delete(oai, tenant, app):
     assert "_resolved_model" not in run.data_source.model_dump() and run.data_source.type == "completions"
     assert app.state.published_eval_runs[-1] == run.id  # published after the commit
     with session_scope(tenant.settings) as session:  # what the executor reads: the resolved base model
-        assert session.get(EvalRun, run.id).data_source["_resolved_model"] == {"base_model": "tiny-llama",
-                                                                               "adapter": None}
+        assert session.get(EvalRun, run.id).data_source["_resolved_model"] == {
+            "base_model": "tiny-llama", "adapter": None, "max_tokens_default": tenant.settings.max_completion_tokens}
 
     jsonl = oai.evals.runs.create(ev.id, data_source={"type": "jsonl", "source": {
         "type": "file_content", "content": [{"item": ITEMS[0]["item"], "sample": {"output_text": "a0"}}]}})

@@ -97,7 +97,7 @@ def greedy(server, question: str) -> str:
 
 
 def make_run(settings, tenant_id: str, content: list[dict], *, base_model: str = "endless",
-             criteria: list[dict] | None = None) -> str:
+             criteria: list[dict] | None = None, bound: int | None = None) -> str:
     with session_scope(settings) as session:
         eval_row = eval_store.create_eval(session, tenant_id=tenant_id, name="exact answers", metadata=None,
                                           data_source_config={"type": "custom"},
@@ -107,6 +107,9 @@ def make_run(settings, tenant_id: str, content: list[dict], *, base_model: str =
                        "sampling_params": {"temperature": 0, "max_completion_tokens": MAX_TOKENS},
                        "source": {"type": "file_content", "content": content},
                        RESOLVED_KEY: {"base_model": base_model, "adapter": None}}
+        if bound is not None:  # no max_completion_tokens: the operator's bound the API wrote applies
+            data_source["sampling_params"].pop("max_completion_tokens")
+            data_source[RESOLVED_KEY]["max_tokens_default"] = bound
         return eval_store.create_run(session, eval_row=eval_row, name=None, data_source=data_source,
                                      model=base_model, metadata=None).id
 
@@ -181,6 +184,14 @@ def test_cancel_between_batches_ends_the_run_canceled_with_the_graded_items(serv
     run = run_row(settings, run_id)
     assert (run.status, run.result_counts["total"]) == ("canceled", 4)
     assert sorted(items_per_index(settings, run_id)) == [0, 1, 2, 3]
+
+
+def test_items_that_set_no_max_tokens_get_the_operators_bound_as_completions_do(settings, tenant_id):
+    run_id = make_run(settings, tenant_id, [{"item": {"question": "hi", "expected": ""}}], bound=MAX_TOKENS - 2)
+
+    assert run_in_process(settings, run_id) == "completed"
+    [usage] = run_row(settings, run_id).per_model_usage
+    assert usage["completion_tokens"] == MAX_TOKENS - 2  # the endless model stops only at a bound
 
 
 def test_a_run_whose_model_no_server_holds_fails_saying_so(settings, tenant_id):
