@@ -4,6 +4,7 @@ rewards, checkpoint/resume)."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from types import SimpleNamespace
@@ -76,3 +77,63 @@ def test_the_loss_equals_trl_grpo_trainers_dapo_loss():
     (our_grad,) = torch.autograd.grad(ours, logits)
     assert float(ours.detach()) == pytest.approx(float(theirs.detach()), rel=1e-12)
     torch.testing.assert_close(our_grad, their_grad, rtol=1e-12, atol=1e-15)
+
+
+def _prompt_rows(count: int) -> list[dict]:
+    return [{"messages": [{"role": "user", "content": f"say something {i}"}], "target": "e"} for i in range(count)]
+
+
+def _rft_config(model_dir, train_file, *, steps: int, **training):
+    from dora_core.training import RunConfig
+
+    defaults = {"max_steps": steps, "micro_batch_size": 2, "gradient_accumulation_steps": 2, "learning_rate": 2e-2,
+                "warmup_ratio": 0.0, "lr_scheduler": "constant", "max_seq_len": 64, "checkpoint_interval": 2,
+                "validation_split": 0.25, "eval_interval": steps, "sample_prompts": 2}
+    grader = {"type": "string_check", "name": "has_e", "input": "{{sample.output_text}}",
+              "reference": "{{item.target}}", "operation": "like"}
+    return RunConfig.from_dict({"base_model": str(model_dir), "train_file": str(train_file), "outputs": ["adapter"],
+                                "reinforcement": {"grader": grader, "samples_per_prompt": 4,
+                                                  "max_completion_tokens": 4, "eval_samples": 2},
+                                "adapter": {"method": "dora", "rank": 4, "alpha": 8},
+                                "training": defaults | training})
+
+
+def test_a_short_run_reports_rewards_keeps_one_base_copy_and_resumes(tiny_model_dir, tmp_path):
+    """Mechanics on the tiny model: each step's reward metrics (KL 0 at step 1: adapter off = on at
+    init), eval_reward before and after with samples carrying their rewards, one storage per 2-D base
+    weight while sampling and training, and a run stopped at step 3 and resumed from its step-2
+    checkpoint ending with the same adapter (sampling draws from the checkpointed generators)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from dora_contract import RFT_METRICS
+    from dora_core.training import run_training
+    from tests.core.test_dpo import BaseWeightCopies, StopAt
+    from tests.support.training_helpers import write_jsonl
+
+    train = write_jsonl(tmp_path / "prompts.jsonl", _prompt_rows(8))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    shapes = {tuple(p.shape) for p in base.parameters() if p.ndim == 2}
+    base_storages = len({p.untyped_storage().data_ptr() for p in base.parameters() if p.ndim == 2})
+    del base
+    copies = BaseWeightCopies(shapes)
+    config = _rft_config(tiny_model_dir, train, steps=4)
+    straight = run_training(config, tmp_path / "straight", callbacks=[copies], resume=False)
+    assert straight.status == "completed" and straight.step == 4
+    assert copies.counts and set(copies.counts) == {base_storages}, (copies.counts, base_storages)
+    records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4] and all(set(RFT_METRICS) <= set(r) for r in steps)
+    assert steps[0]["kl"] == 0.0 and all(0.0 <= r["reward"] <= 1.0 for r in steps)
+    assert [r["step"] for r in records if "eval_reward" in r] == [0, 4]
+    samples = [json.loads(line) for line in (tmp_path / "straight" / "samples.jsonl").read_text().splitlines()]
+    assert {s["step"] for s in samples} == {0, 4} and all(s["expected"].startswith("reward ") for s in samples)
+
+    stopped = run_training(config, tmp_path / "resumed", callbacks=[StopAt(3)], resume=False)
+    assert stopped.status == "stopped"
+    resumed = run_training(config, tmp_path / "resumed")
+    assert resumed.resumed_from_step == 2 and resumed.step == 4
+    one, two = (load_file(str(tmp_path / name / "adapter" / "adapter_model.safetensors"))
+                for name in ("straight", "resumed"))
+    for name, tensor in one.items():
+        torch.testing.assert_close(two[name], tensor, rtol=0, atol=0)  # same ops, same order on one CPU
