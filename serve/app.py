@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from dora_contract.serving import GENERATE_PATH, SECRET_HEADER, GenerationError, GenerationRequest, encode_event
-from serve.adapter_files import AdapterFiles
+from serve.adapter_files import AdapterFiles, DeletedAdapterSweep
 from serve.generation import (
     INVALID_REQUEST,
     MODEL_NOT_FOUND,
@@ -76,9 +76,12 @@ def create_app(settings: ServeSettings | None = None, *, models: dict[str, Serve
             await anyio.to_thread.run_sync(heartbeat.start)
             log.info("inference server %s at %s serves %s", heartbeat.server_id, settings.advertised_url,
                      ", ".join(served) or "no model")
+        sweep = DeletedAdapterSweep(adapter_files)  # local copies of deleted models' adapters go
+        sweep.start()
         try:
             yield
         finally:
+            await anyio.to_thread.run_sync(sweep.stop)
             if heartbeat is not None:
                 await anyio.to_thread.run_sync(heartbeat.stop)
             if owned:

@@ -96,3 +96,22 @@ def test_an_unset_max_tokens_gets_the_operators_bound_within_the_context():
     with pytest.raises(RejectedError) as refused:
         completion_budget(served, 30, 71, 16)
     assert refused.value.error.param == "max_tokens"
+
+
+def test_a_deleted_adapters_local_copy_is_forgotten_and_the_others_kept(tmp_path):
+    """A model deleted from storage (DELETE /v1/models) leaves this server's cache at the next sweep."""
+    from dora_contract.serving import ADAPTER_FILES, AdapterRef
+
+    storage = LocalStorage(tmp_path / "artifacts")
+    for name in ("gone", "kept"):
+        for path in ADAPTER_FILES:
+            storage.put_stream(f"sweep/{name}/{path}", [f"{name} {path}".encode()])
+    files = AdapterFiles(storage, tmp_path / "adapters")
+    gone, kept = (files.local_dir(AdapterRef(key=f"ft:{n}", storage_prefix=f"sweep/{n}")) for n in ("gone", "kept"))
+    assert files.forget_deleted() == [] and gone.is_dir()
+    storage.delete_prefix("sweep/gone")
+    assert files.forget_deleted() == ["sweep/gone"]
+    assert not gone.exists() and sorted(p.name for p in (tmp_path / "adapters").iterdir()) == sorted(
+        [kept.name, f"{kept.name}.prefix"])
+    assert {p.name: p.read_bytes() for p in kept.iterdir()} == {p: f"kept {p}".encode() for p in ADAPTER_FILES}
+    assert files.forget_deleted() == []
