@@ -137,3 +137,22 @@ def test_a_short_run_reports_rewards_keeps_one_base_copy_and_resumes(tiny_model_
                 for name in ("straight", "resumed"))
     for name, tensor in one.items():
         torch.testing.assert_close(two[name], tensor, rtol=0, atol=0)  # same ops, same order on one CPU
+
+
+def test_the_docs_example_is_a_valid_reinforcement_config_and_prompts_row(tmp_path):
+    """docs/training.md's example: its row validates as a prompts row the grader can read, its config
+    as a reinforcement run with the documented defaults."""
+    from dora_contract import DEFAULT_GRPO_BETA
+    from dora_core.training import RunConfig
+    from dora_formats import PROMPTS, read_jsonl_examples
+    from dora_graders import check_item
+    from tests.support.doc_blocks import DOCS, fenced_blocks, page_section
+
+    blocks = dict(fenced_blocks(page_section(DOCS / "training.md", "## Reinforcement fine-tuning (GRPO)")))
+    (tmp_path / "prompts.jsonl").write_text(blocks["json"])
+    examples, result = read_jsonl_examples(tmp_path / "prompts.jsonl")
+    assert result.is_valid and result.format == PROMPTS and result.rows == 1
+    (tmp_path / "run.yaml").write_text(blocks["yaml"])
+    config = RunConfig.from_file(tmp_path / "run.yaml")
+    assert config.reinforcement.beta == DEFAULT_GRPO_BETA and config.reinforcement.samples_per_prompt == 4
+    check_item(config.reinforcement.grader, examples[0].item)  # the row has what the grader reads
