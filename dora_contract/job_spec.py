@@ -58,6 +58,16 @@ class JobEval(ContractModel):
     data_source: dict[str, Any] = Field(description="a completions data source without `model`")
 
 
+class ParentRef(ContractModel):
+    """The adapter a continued job starts from (issue #26): a fine-tuned model or a checkpoint of the
+    same tenant, on the same base (the job's `model` is that base, so its `ft:` name shows it)."""
+
+    model: str = Field(min_length=1, description="the id the job was created with: ft:... or ft:...:ckpt-step-<n>")
+    job_id: str = Field(min_length=1, description="the job that trained it")
+    step: int | None = Field(None, ge=0, description="the checkpoint's step; null: that job's final adapter")
+    storage_prefix: str = Field(min_length=1, description="the folder of its PEFT files in the artifact storage")
+
+
 class JobSpec(ContractModel):
     """One job's settings as the worker runs them (jobs.settings holds its JSON dump)."""
 
@@ -67,6 +77,7 @@ class JobSpec(ContractModel):
     training_file: FileRef
     validation_file: FileRef | None = None
     evals: tuple[JobEval, ...] = Field((), max_length=MAX_JOB_EVALS)  # absent in rows stored before #24
+    parent: ParentRef | None = None  # continued training; absent in rows stored before #26
 
     @model_validator(mode="before")
     @classmethod

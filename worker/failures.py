@@ -40,6 +40,7 @@ def describe(error: BaseException, *, training_file: str | None = None, time_lim
 
     from dora_core.config import AdapterConfigError
     from dora_core.model_loading import ModelLoadError, ModelNotFoundError
+    from dora_core.peft_format import AdapterFormatError
     from dora_core.training.errors import DataError, TrainingError
     from dora_formats import DatasetFormatError
 
@@ -60,6 +61,8 @@ def describe(error: BaseException, *, training_file: str | None = None, time_lim
                            False, "training_file")
         return Failure("invalid_hyperparameters", _clip(f"Invalid setting '{error.field}': {error.message}"), False,
                        "method")
+    if isinstance(error, AdapterFormatError):  # a continued job's starting adapter does not fit
+        return Failure("invalid_model", _clip(f"The adapter to continue from cannot be used: {error}"), False, "model")
     if isinstance(error, TrainingError):
         return Failure("training_failed", _clip(str(error)), False)
     if isinstance(error, SoftTimeLimitExceeded):

@@ -33,6 +33,8 @@ from functools import cached_property
 from pathlib import Path
 
 from dora_contract import BaseModelRef, FileRef, JobSpec
+from dora_contract.job_spec import ParentRef
+from dora_contract.serving import ADAPTER_FILES
 from store import jobs as job_store
 from store.base_models import BaseModelSource, public_id, registration
 from store.db import session_scope
@@ -40,7 +42,7 @@ from store.jobs import ArtifactSpec, JobError, JobStatus
 from store.models import Job
 from store.queue import publish_job
 from store.storage import Storage, job_key, open_storage
-from store.transfer import download_file, download_folder, upload_folder
+from store.transfer import download_file, download_folder, download_named_files, upload_folder
 from worker.database import call_when_reachable, unreachable
 from worker.failures import Failure, describe, exhausted
 from worker.gpus import worker_gpus
@@ -177,7 +179,23 @@ class JobAttempt:
         base_model, public = self.base_model_source(spec.base_model)
         return RunConfig.from_dict(spec.run.model_dump() | {
             "base_model": base_model, "base_model_id": public, "train_file": str(train),
-            "validation_file": str(validation) if validation else None})
+            "validation_file": str(validation) if validation else None,
+            "init_adapter": str(self.fetch_parent(spec.parent)) if spec.parent else None})
+
+    def fetch_parent(self, parent: ParentRef) -> Path:
+        """A continued job's starting adapter: only its PEFT files (not a checkpoint's optimizer state).
+        Gone from storage (the model deleted, the checkpoint pruned) is an error naming the parent."""
+        try:
+            folder = download_named_files(self.storage, parent.storage_prefix, ADAPTER_FILES,
+                                          self.folder / "inputs" / "parent")
+        except FileNotFoundError:
+            from dora_core.training.errors import TrainingError
+
+            raise TrainingError(f"the adapter of '{parent.model}', which this job continues, is no longer in storage "
+                                "(its model was deleted or the checkpoint pruned)") from None
+        self.lease.event(f"Starting from the adapter of {parent.model}", data={"parent_job": parent.job_id,
+                                                                               "parent_step": parent.step})
+        return folder
 
     def base_model_source(self, stored: BaseModelRef) -> tuple[str, str]:
         """(local folder or hub id to load, public id for the adapter). The operator's current

@@ -9,7 +9,7 @@ from urllib.parse import unquote_to_bytes
 from fastapi import APIRouter, Header, Query, Request
 from pydantic import WithJsonSchema
 
-from api.deps import JobViewDep, OwnedJobDep, PublisherDep, SessionDep, SettingsDep, TenantDep
+from api.deps import JobViewDep, OwnedJobDep, PublisherDep, SessionDep, SettingsDep, StorageDep, TenantDep
 from api.errors import bad_request
 from api.present import checkpoint_out, event_out, job_out, metric_out, sample_out
 from api.schemas.common import MAX_METADATA_VALUE, ListPage
@@ -73,11 +73,14 @@ def _page(items: list, rows: list, has_more: bool) -> ListPage:
     409, 429, d409="The Idempotency-Key was used with another body",
     d429="At the tenant's cap on queued+running jobs (type `insufficient_quota`, code `quota_exceeded`) or its rate"))
 def create_job(body: JobCreate, caller: TenantDep, session: SessionDep, settings: SettingsDep,
-               publish: PublisherDep,
+               publish: PublisherDep, storage: StorageDep,
                idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1,
                                                              max_length=255)] = None) -> FineTuningJob:
-    job, created = job_service.create_job(session=session, settings=settings, tenant_id=caller.tenant_id,
-                                          request=body, idempotency_key=idempotency_key)
+    """`model` is a base model, or a fine-tuned model or checkpoint of the caller's to train further
+    (on its base, from its adapter as trained: api/services/parents.py)."""
+    job, created = job_service.create_job(session=session, settings=settings, storage=storage,
+                                          tenant_id=caller.tenant_id, tenant_name=caller.tenant_name, request=body,
+                                          idempotency_key=idempotency_key)
     if created:
         publish(job.id, job.gpus)  # after the commit; a broker failure leaves the job queued for the reconciler
     return job_out(job)

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from api.errors import ApiError, bad_request, not_found
 from api.quotas import check_active_jobs, check_creation_rate
 from api.schemas.jobs import JobCreate
-from api.services import job_evals, methods
+from api.services import job_evals, methods, parents
 from api.services.limits import check_gpus
 from api.services.memory_check import check_fits_a_worker
 from api.services.scope import check_limit, get_owned, owned, page
@@ -30,6 +30,7 @@ from store.job_queries import with_status
 from store.jobs import ACTIVE, JobStatus
 from store.models import Artifact, Checkpoint, File, Job, JobEvent, JobSample, MetricPoint
 from store.settings import Settings
+from store.storage import Storage
 
 MAX_METRICS_LIMIT = 10_000  # metric points per page
 MAX_MODELS_NAMED = 20  # base models named in a model_not_found message
@@ -60,10 +61,9 @@ def _as_client_error(error: ApiError) -> ApiError:
     return bad_request(error.message, param=error.param, code=error.code) if error.status_code == 404 else error
 
 
-def _model_not_found(session: Session, settings: Settings, *, tenant_id: str, model: str) -> ApiError:
+def _model_not_found(settings: Settings, *, model: str) -> ApiError:
     """The 400 for a `model` that is no registered base model, naming the ones there are (the first
-    MAX_MODELS_NAMED); a fine-tuned model of the caller's (listed by GET /v1/models) is told that
-    fine-tuning it again is not supported yet, and what its base model is."""
+    MAX_MODELS_NAMED). An `ft:` id is resolved before (api/services/parents.py)."""
     names = sorted(settings.base_models)
     if names:
         more = f" and {len(names) - MAX_MODELS_NAMED} more" if len(names) > MAX_MODELS_NAMED else ""
@@ -71,20 +71,12 @@ def _model_not_found(session: Session, settings: Settings, *, tenant_id: str, mo
                    "(GET /v1/models lists them)")
     else:
         choices = "this server has no base models registered (the operator sets DORA_BASE_MODELS)"
-    tuned = None
-    if model.startswith("ft:"):
-        tuned = session.scalars(owned(Job, tenant_id=tenant_id).where(Job.fine_tuned_model == model)).first()
-    if tuned is not None:
-        base = f"'{tuned.model}'" + ("" if tuned.model in settings.base_models else " (no longer registered here)")
-        return bad_request(f"'{model}' is a fine-tuned model of base model {base}: fine-tuning a fine-tuned model is "
-                           f"not supported yet; fine-tune the base model instead (e.g. on both datasets); {choices}",
-                           param="model", code="model_not_supported")
     return bad_request(f"The model '{model}' does not exist or is not available for fine-tuning here: {choices}",
                        param="model", code="model_not_found")
 
 
-def create_job(*, session: Session, settings: Settings, tenant_id: str, request: JobCreate,
-               idempotency_key: str | None) -> tuple[Job, bool]:
+def create_job(*, session: Session, settings: Settings, storage: Storage, tenant_id: str, tenant_name: str,
+               request: JobCreate, idempotency_key: str | None) -> tuple[Job, bool]:
     """(job, created). The same Idempotency-Key and body return the first job, created=False.
 
     At the tenant's cap on queued+running jobs this is a 429 (api/quotas.py): the count and the
@@ -93,9 +85,13 @@ def create_job(*, session: Session, settings: Settings, tenant_id: str, request:
     request_hash = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
     if idempotency_key and (existing := _find_by_key(session, tenant_id=tenant_id, key=idempotency_key)):
         return _replay(existing, request_hash), False
-    registered = registration(settings, request.model)
+    base, parent_job, parent = request.model, None, None
+    if parents.is_continuation(request.model):  # continued training: the adapter of an ft: model or checkpoint
+        base, parent_job, parent = parents.resolve_parent(session, storage, settings, model=request.model,
+                                                          tenant_id=tenant_id, tenant_name=tenant_name)
+    registered = registration(settings, base)
     if registered is None:
-        raise _model_not_found(session, settings, tenant_id=tenant_id, model=request.model)
+        raise _model_not_found(settings, model=request.model)
     try:
         training = _training_input(session, tenant_id=tenant_id, file_id=request.training_file, param="training_file")
         validation = _training_input(session, tenant_id=tenant_id, file_id=request.validation_file,
@@ -106,18 +102,19 @@ def create_job(*, session: Session, settings: Settings, tenant_id: str, request:
     seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
     shown, run = methods.resolve(request=request, settings=settings, seed=seed)
     check_fits_a_worker(settings=settings, request=request, run_config=run.model_dump(mode="json"))
+    if parent_job is not None:
+        parents.check_same_adapter(request, run, parent_job)
     _check_split_leaves_rows(request, run.training.validation_split, training)
     _check_objective(request, dpo=run.dpo is not None, files={"training_file": training, "validation_file": validation})
-    _check_gguf_output(settings, request.model, run.outputs)
+    _check_gguf_output(settings, base, run.outputs)
     evals = job_evals.resolve(session, tenant_id=tenant_id, eval_ids=request.evals)
-    spec = JobSpec(run=run, base_model=BaseModelRef(source=registered.source,
-                                                    public_id=public_id(request.model, registered)),
-                   training_file=training, validation_file=validation, evals=evals)
+    spec = JobSpec(run=run, base_model=BaseModelRef(source=registered.source, public_id=public_id(base, registered)),
+                   training_file=training, validation_file=validation, evals=evals, parent=parent)
     try:
         check_active_jobs(session, settings=settings, tenant_id=tenant_id)  # holds the lock until the commit
         check_creation_rate(session, settings=settings, tenant_id=tenant_id)  # cancelled jobs count here
         job = job_store.create_job(
-            session, tenant_id=tenant_id, model=request.model, training_file=request.training_file,
+            session, tenant_id=tenant_id, model=base, training_file=request.training_file,
             validation_file=request.validation_file, method=shown, settings=spec.model_dump(mode="json"), seed=seed,
             suffix=request.suffix, metadata=request.metadata,
             max_attempts=request.max_attempts or settings.default_max_attempts,

@@ -118,14 +118,15 @@ def test_the_status_filter_accepts_exactly_the_job_status_names(tenant, client):
     openapi = client.get("/openapi.json").json()
     param = next(p for p in openapi["paths"]["/v1/fine_tuning/jobs"]["get"]["parameters"] if p["name"] == "status")
     documented = param["schema"]["enum"]
-    assert documented == [s.value for s in JobStatus] == ["queued", "running", "succeeded", "failed", "cancelled"]
+    assert documented == [s.value for s in JobStatus] == ["queued", "running", "succeeded", "failed", "cancelled",
+                                                          "paused"]
     assert JobStatus.QUEUED in ACTIVE and ACTIVE | TERMINAL == set(JobStatus) and not ACTIVE & TERMINAL
     for status in documented:
         assert tenant.get("/v1/fine_tuning/jobs", params={"status": status}).status_code == 200
     for wrong in ("validating_files", "QUEUED", ""):
         refused = tenant.get("/v1/fine_tuning/jobs", params={"status": wrong})
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "status", refused.text
-        assert refused.json()["error"]["message"].endswith("one of queued, running, succeeded, failed, cancelled")
+        assert refused.json()["error"]["message"].endswith("one of queued, running, succeeded, failed, cancelled, paused")
 
 
 def test_a_validation_split_that_leaves_no_training_rows_is_a_400_naming_it(tenant):
@@ -265,7 +266,7 @@ def test_stored_run_config_is_accepted_by_dora_core(tenant, settings):
             assert config.training.seed == 5 and config.training.validation_split == 0.1
 
 
-def test_an_unknown_model_names_the_base_models_and_a_fine_tuned_one_says_why_it_is_refused(tenant, worker):
+def test_an_unknown_model_names_the_base_models_and_a_fine_tuned_one_without_adapter_says_why(tenant, worker):
     unknown = tenant.create_job({"model": "gpt-9"})
     assert unknown.status_code == 400, unknown.text
     error = unknown.json()["error"]
@@ -281,5 +282,5 @@ def test_an_unknown_model_names_the_base_models_and_a_fine_tuned_one_says_why_it
     assert refused.status_code == 400, refused.text
     error = refused.json()["error"]
     assert (error["param"], error["code"]) == ("model", "model_not_supported")
-    assert error["message"].startswith(f"'{tuned}' is a fine-tuned model of base model 'tiny-llama': fine-tuning a "
-                                       "fine-tuned model is not supported yet"), error
+    assert error["message"].startswith(f"The model '{tuned}' cannot be trained further: its job kept no 'adapter' "
+                                       "output (its outputs: none)"), error

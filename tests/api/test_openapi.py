@@ -86,7 +86,7 @@ def _parameter(document, path, name, method="get"):
 
 
 def test_enums_are_documented(document):
-    statuses = ["queued", "running", "succeeded", "failed", "cancelled"]
+    statuses = ["queued", "running", "succeeded", "failed", "cancelled", "paused"]
     assert _parameter(document, "/v1/fine_tuning/jobs", "status")["enum"] == statuses
     assert _parameter(document, "/v1/files", "order")["enum"] == ["asc", "desc"]
     upload = document["paths"]["/v1/files"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
