@@ -186,7 +186,8 @@ class TenantQuotas(DoraSettings):
     to P times this rate in all.
     """
 
-    max_active_jobs_per_tenant: int = Field(20, description="queued + running jobs")
+    max_active_jobs_per_tenant: int = Field(20, description="queued + running jobs (a paused one is not counted; "
+                                                         "its resume is checked against the cap)")
     max_jobs_created_per_tenant: int = Field(120, description=(
         "jobs a tenant may create per DORA_JOB_CREATION_WINDOW_SECONDS, whatever became of them: a cancelled job "
         "still counts, so a create-then-cancel loop is bounded where the active-jobs cap is not"))
