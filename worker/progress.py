@@ -28,9 +28,13 @@ from worker.lease import Lease, LeaseGone
 
 log = logging.getLogger(__name__)
 
-# metric names in OpenAI's checkpoint shape (train_loss, ...) from dora_core's per-step names
+# metric names in OpenAI's checkpoint shape (train_loss, ...) from dora_core's per-step names. valid_*
+# come from an evaluation at the checkpoint's step (eval_interval); full_valid_* from the whole
+# validation set measured at every checkpoint step (dora_core/training/run.py validate_for_checkpoint).
+# dora's evaluations are of the whole set too, so where both are present they are the same numbers.
 CHECKPOINT_METRICS = {"loss": "train_loss", "token_accuracy": "train_mean_token_accuracy",
-                      "eval_loss": "valid_loss", "eval_token_accuracy": "valid_mean_token_accuracy"}
+                      "eval_loss": "valid_loss", "eval_token_accuracy": "valid_mean_token_accuracy",
+                      "full_eval_loss": "full_valid_loss", "full_eval_token_accuracy": "full_valid_mean_token_accuracy"}
 
 
 class JobProgress(TrainingCallback):

@@ -179,6 +179,40 @@ def test_validation_split_gives_eval_metrics(tmp_path, tiny_model_dir):
     assert manifest["dataset"]["train_sha256"] and manifest["seed"] == 0 and "torch" in manifest["library_versions"]
 
 
+class EvaluationRecorder(TrainingCallback):
+    def __init__(self):
+        self.evaluations = []
+
+    def on_evaluate(self, metrics):
+        self.evaluations.append(metrics)
+
+
+def test_every_checkpoint_step_measures_the_whole_validation_set(tmp_path, tiny_model_dir):
+    """Checkpoints at 2 and 4 get `full_eval_*`; at 2 no evaluation is due (eval_interval 3) yet its
+    numbers are the evaluation a run with eval_interval 2 records there (the same trajectory:
+    measuring changes nothing the training reads). Evaluations stay at 3 and the last step."""
+    data = write_jsonl(tmp_path / "data.jsonl", dataset_rows("chat"))
+    runs = {}
+    for interval in (3, 2):
+        recorder = EvaluationRecorder()
+        config = run_config(tiny_model_dir, data, max_steps=4, validation_split=0.25, eval_interval=interval,
+                            checkpoint_interval=2)
+        run_training(config, tmp_path / f"every-{interval}", callbacks=[recorder])
+        runs[interval] = recorder.evaluations
+    full = {m["step"]: m for m in runs[3] if "full_eval_loss" in m}
+    evaluated = {m["step"]: m for m in runs[2] if "eval_loss" in m}
+    assert sorted(full) == [2, 4]
+    assert [m["step"] for m in _metrics(tmp_path / "every-3") if "eval_loss" in m] == [3, 4]
+    assert not any("full_eval_loss" in m for m in _metrics(tmp_path / "every-3"))  # not an evaluation
+    for step in (2, 4):
+        # the same fp32 computation on the same weights in one process: equal to a few ulps at most
+        assert full[step]["full_eval_loss"] == pytest.approx(evaluated[step]["eval_loss"], rel=8 * 2**-23), step
+        assert full[step]["full_eval_token_accuracy"] == pytest.approx(evaluated[step]["eval_token_accuracy"],
+                                                                       rel=8 * 2**-23)
+    final = next(m for m in runs[3] if m["step"] == 4 and "eval_loss" in m)
+    assert full[4]["full_eval_loss"] == final["eval_loss"]  # an evaluation at a checkpoint step is reused
+
+
 def test_adapter_loads_in_peft_and_merged_model_loads_with_transformers(tmp_path, tiny_model_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

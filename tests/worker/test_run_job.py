@@ -190,14 +190,23 @@ def test_the_dataset_is_fetched_from_storage_into_the_work_folder(service, monke
 
 
 def test_evaluations_join_their_step_and_checkpoints_carry_openai_metric_names(service):
-    job_id = service.create(dora_method(eval_interval=3), validation_file=service.upload())
+    """Evaluations at 3 and 6, checkpoints at 2, 4 and 6: every checkpoint has the whole validation
+    set's full_valid_*; valid_* only where an evaluation ran, with the same numbers."""
+    job_id = service.create(dora_method(eval_interval=3, checkpoint_interval=2), validation_file=service.upload())
     assert _run(service, job_id) == "succeeded"
     metrics = service.client.get(f"/v1/fine_tuning/jobs/{job_id}/metrics", headers=service.headers).json()["data"]
-    at_three = next(point for point in metrics if point["step"] == 3)
-    assert {"loss", "eval_loss", "eval_token_accuracy"} <= set(at_three["values"]) and at_three["epoch"] is not None
-    checkpoints = service.client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints",
-                                     headers=service.headers).json()["data"]
-    assert {"step", "train_loss", "train_mean_token_accuracy", "valid_loss"} <= set(checkpoints[-1]["metrics"])
+    points = {point["step"]: point["values"] for point in metrics}
+    assert {"loss", "eval_loss", "eval_token_accuracy"} <= set(points[3]) and metrics[2]["epoch"] is not None
+    checkpoints = {c["step_number"]: c["metrics"] for c in service.client.get(
+        f"/v1/fine_tuning/jobs/{job_id}/checkpoints", headers=service.headers).json()["data"]}
+    assert sorted(checkpoints) == [2, 4, 6]
+    for step, values in checkpoints.items():
+        assert {"step", "train_loss", "train_mean_token_accuracy", "full_valid_loss",
+                "full_valid_mean_token_accuracy"} <= set(values), step
+        assert values["full_valid_loss"] == points[step]["full_eval_loss"] > 0
+        assert 0 <= values["full_valid_mean_token_accuracy"] <= 1
+    assert "valid_loss" not in checkpoints[2] and "eval_loss" not in points[2]  # no evaluation at step 2
+    assert checkpoints[6]["valid_loss"] == checkpoints[6]["full_valid_loss"] == points[6]["eval_loss"]
 
 
 def test_a_cancel_asked_while_outputs_upload_ends_the_job_cancelled_and_removes_them(service, tmp_path):
