@@ -74,7 +74,9 @@ def test_dpo_job_spec_carries_the_method(tenant, settings):
     ({"pairs": True, "method": _dpo({"packing": True})}, "method.dpo.hyperparameters.packing", "packing must be"),
     ({"pairs": True, "method": _dpo({"beta": 0.1, "learning_rate": 1e-4, "learning_rate_multiplier": 2})},
      "method", "not both"),
-    ({"pairs": True, "method": {"type": "reinforcement", "reinforcement": {}}}, "method", "not supported"),
+    ({"pairs": True, "method": {"type": "reinforcement", "reinforcement": {"grader": {
+        "type": "string_check", "name": "x", "input": "{{sample.output_text}}", "reference": "1", "operation": "eq"}}}},
+     "training_file", "only a dpo job trains on"),
 ])
 def test_dpo_refusals_name_the_field(tenant, body, param, words):
     body = dict(body)
