@@ -164,3 +164,26 @@ def test_a_failing_pass_is_retried_with_backoff_and_logged(service, monkeypatch,
     reconciler.run_forever(stop)
     assert stop.waits == [1.0, 2.0, 4.0, 8.0, 15.0, 15.0]
     assert "reconciler pass failed: database unreachable" in caplog.text
+
+
+def test_a_paused_job_is_never_republished_and_one_whose_worker_died_pausing_is_settled_paused(service):
+    """Pause (#26): a paused job waits for a resume, however stale its row; a running job asked to
+    pause whose worker died is not claimed again but settled paused, the event saying where a
+    resume continues."""
+    paused, pausing = service.create(), service.create()
+    assert service.client.post(f"/v1/fine_tuning/jobs/{paused}/pause", headers=service.headers).json()[
+        "status"] == "paused"
+    _claim(service.settings, pausing, lease_seconds=-1)
+    asked = service.client.post(f"/v1/fine_tuning/jobs/{pausing}/pause", headers=service.headers).json()
+    assert asked["status"] == "running" and asked["pause_requested"] is True
+    _age(service.settings, paused, 3600)
+    _age(service.settings, pausing, 3600)
+    published = []
+    done = _reconciler(service.settings, published).run_once()
+    assert paused not in published and pausing not in published and pausing in done.settled
+    job = service.get(pausing)
+    assert job["status"] == "paused" and job["pause_requested"] is False and job["finished_at"] is None
+    assert "The job was paused at step 0; a resume continues from the start (no checkpoint yet)" in service.events(
+        pausing)
+    _reconciler(service.settings, published).run_once()
+    assert paused not in published and pausing not in published  # and stays so
