@@ -50,6 +50,8 @@ def check_fits_a_worker(*, settings: Settings, request: JobCreate, run_config: d
     dtype_bytes = precision_bytes(training.precision, on_gpu=True)
     checkpointing = training.gradient_checkpointing is not False  # auto: the worker turns it on if needed
     per_example = 2 if run.dpo is not None else 1  # sequences a batch_size of 1 runs: a DPO pair is two
+    if run.reinforcement is not None:  # a reinforcement prompt is its G sampled answers (within max_seq_len)
+        per_example = run.reinforcement.samples_per_prompt
 
     def plan(gpus: int = request.gpus, **changes):
         changed = training.model_copy(update={k: v for k, v in changes.items() if k != "gradient_checkpointing"})

@@ -104,9 +104,14 @@ def sample_answers(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]],
 class GroupSampler:
     """Samples, grades and scores the groups of one run (its grader, tokenizer and settings)."""
 
-    def __init__(self, settings: Any, tokenizer: Any, context: GradingContext) -> None:
+    def __init__(self, settings: Any, tokenizer: Any, context: GradingContext, *, max_seq_len: int) -> None:
         self.settings, self.tokenizer, self.context = settings, tokenizer, context
-        self.group = settings.samples_per_prompt
+        self.group, self.max_seq_len = settings.samples_per_prompt, max_seq_len
+
+    def answer_budget(self, prompts: Sequence[Sequence[int]]) -> int:
+        """New tokens a batch may sample: max_completion_tokens, and within max_seq_len with its longest prompt
+        (what the memory plan assumes; a prompts row is shorter than max_seq_len, data/prompts.py)."""
+        return max(1, min(self.settings.max_completion_tokens, self.max_seq_len - max(len(p) for p in prompts)))
 
     def reward(self, text: str, example: Any) -> float:
         try:
@@ -119,7 +124,7 @@ class GroupSampler:
         """G graded answers per item (adjacent), their group-relative advantages set."""
         prompts = [item["input_ids"] for item in items]
         answers = sample_answers(model, self.tokenizer, prompts, count=self.group,
-                                 max_new_tokens=self.settings.max_completion_tokens, device=device)
+                                 max_new_tokens=self.answer_budget(prompts), device=device)
         rollouts = []
         for index, completion in enumerate(answers):
             item = items[index // self.group]
@@ -194,8 +199,9 @@ def validation_rewards(model: Any, sampler: GroupSampler, items: Sequence[Mappin
     rewards, samples = [], []
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
-        answers = sample_answers(model, sampler.tokenizer, [item["input_ids"] for item in chunk], count=1,
-                                 max_new_tokens=sampler.settings.max_completion_tokens, device=device, greedy=True)
+        prompts = [item["input_ids"] for item in chunk]
+        answers = sample_answers(model, sampler.tokenizer, prompts, count=1,
+                                 max_new_tokens=sampler.answer_budget(prompts), device=device, greedy=True)
         for item, completion in zip(chunk, answers, strict=True):
             example = examples[item["row"]]
             text = sampler.tokenizer.decode(completion, skip_special_tokens=True)

@@ -165,7 +165,8 @@ class TrainingRun:
         )
         self.report = self.data.report
         if self.reinforcement is not None:
-            self.sampler = GroupSampler(self.reinforcement, self.tokenizer, self.grading)
+            self.sampler = GroupSampler(self.reinforcement, self.tokenizer, self.grading,
+                                        max_seq_len=self.settings.max_seq_len)
         self.state.fingerprint = self.config.fingerprint(
             (self.report.get("train_sha256"), self.report.get("validation_sha256")))
         if self.parallel.is_main:
@@ -238,12 +239,13 @@ class TrainingRun:
         if self.reinforcement is not None:  # B prompts are B x G sampled sequences
             config = config.with_changes(training=self.settings.with_changes(
                 micro_batch_size=self.reinforcement.samples_per_prompt * self.settings.micro_batch_size))
-            longest_answer = self.reinforcement.max_completion_tokens
+            longest_answer = self.reinforcement.max_completion_tokens  # capped at max_seq_len below
         on, why = recommended_gradient_checkpointing(
             self.model.config.to_dict(), config, dtype_bytes=self.dtype.itemsize,
             memory_bytes=device_memory_bytes(self.device), processes=self.parallel.world_size, sharding=sharding,
-            longest_sequence=longest_answer + max(len(item[key]) for item in self.data.train
-                                                  for key in ("input_ids", "rejected_input_ids") if key in item))
+            longest_sequence=min(self.settings.max_seq_len, longest_answer + max(
+                len(item[key]) for item in self.data.train for key in ("input_ids", "rejected_input_ids")
+                if key in item)))
         self.callbacks.on_event(why)
         return on
 
