@@ -156,3 +156,27 @@ def test_the_docs_example_is_a_valid_reinforcement_config_and_prompts_row(tmp_pa
     config = RunConfig.from_file(tmp_path / "run.yaml")
     assert config.reinforcement.beta == DEFAULT_GRPO_BETA and config.reinforcement.samples_per_prompt == 4
     check_item(config.reinforcement.grader, examples[0].item)  # the row has what the grader reads
+
+
+def test_prompts_rows_are_their_own_format_and_each_objective_refuses_the_others_files(tiny_tokenizer, tmp_path):
+    """A `messages` row ending before the answer is a prompts row (the whole row its grader item); its prompt
+    is rendered with the generation prompt; an SFT run refuses a prompts file and a reinforcement run a chat file."""
+    from dora_core.data import DataError, prepare_datasets
+    from dora_formats import CHAT, PROMPTS, validate_jsonl
+    from tests.support.training_helpers import write_jsonl
+
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", _prompt_rows(3) + [
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}], "target": "x"}])
+    chat = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "Hi"},
+                                                               {"role": "assistant", "content": "Hello"}]}])
+    assert validate_jsonl(prompts).format == PROMPTS and validate_jsonl(chat).format == CHAT
+    data = prepare_datasets(prompts, tiny_tokenizer, max_seq_len=64, reinforcement=True)
+    assert len(data.train) == 4 and data.train_examples[3].item["target"] == "x"
+    rendered = tiny_tokenizer.decode(data.train[0]["input_ids"])
+    assert rendered.endswith("say something 0<|end|>\n<|assistant|>\n"), rendered  # the generation prompt
+    with pytest.raises(DataError) as sft:
+        prepare_datasets(prompts, tiny_tokenizer, max_seq_len=64)
+    assert sft.value.field == "train_file" and "only reinforcement fine-tuning" in str(sft.value)
+    with pytest.raises(DataError) as rft:
+        prepare_datasets(chat, tiny_tokenizer, max_seq_len=64, reinforcement=True)
+    assert rft.value.field == "train_file" and "trains on prompts rows" in str(rft.value)
