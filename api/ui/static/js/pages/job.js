@@ -44,7 +44,19 @@ const PREFERENCE = [
    series: [{key: "rewards/accuracies", label: "Train", color: "#15803d"},
             {key: "eval_rewards/accuracies", label: "Eval", color: "#b45309"}]},
 ];
-const KNOWN = [...PRIMARY, ...PREFERENCE];
+// a reinforcement job's (dora_contract RFT_METRICS, TRL's names): the mean reward of each step's
+// sampled answers and of the greedy validation answers (eval_reward, from step 0) on one chart, the
+// groups' reward spread and the KL to the reference (the model with its adapter off)
+const REINFORCEMENT = [
+  {key: "reward", title: "Mean reward",
+   series: [{key: "reward", label: "Train (sampled)", color: "#15803d"},
+            {key: "eval_reward", label: "Validation (greedy)", color: "#b45309"}]},
+  {key: "reward_std", title: "Reward std within a prompt's group",
+   series: [{key: "reward_std", label: "Train", color: "#2f5fd0"}]},
+  {key: "kl", title: "KL to the reference (per token)", floor: 0,
+   series: [{key: "kl", label: "Train", color: "#7c3aed"}]},
+];
+const KNOWN = [...PRIMARY, ...PREFERENCE, ...REINFORCEMENT];
 const CHART_OF = new Map(KNOWN.flatMap((chart) => chart.series.map((series) => [series.key, chart.key])));
 const TITLES = {tokens_per_second: "Tokens / second", trained_tokens: "Trained tokens per step",
                 micro_batch_size: "Micro-batch size", gpu_memory_allocated_bytes: "GPU memory allocated (bytes)",
@@ -134,13 +146,13 @@ export function render(main, {id}) {
   const charts = new Map();
   let drawQueued = false;
 
-  function chartFor(key) { // key: a chart's (PRIMARY, PREFERENCE) or another metric's, charted alone
+  function chartFor(key) { // key: a chart's (PRIMARY, PREFERENCE, REINFORCEMENT) or another metric's, alone
     if (!charts.has(key)) {
       const known = KNOWN.find((chart) => chart.key === key);
       const chart = new LineChart(known || {key, title: TITLES[key] || key, color: "#475569"});
       charts.set(key, chart);
       if (known) {
-        // keep PRIMARY's order, then PREFERENCE's
+        // keep PRIMARY's order, then PREFERENCE's, then REINFORCEMENT's
         const order = KNOWN.map((c) => c.key);
         const after = [...chartsPrimary.children].find((el) => order.indexOf(el.dataset.metric) > order.indexOf(key));
         chartsPrimary.insertBefore(chart.element, after || null);
