@@ -137,7 +137,14 @@ class JobAttempt:
                                     keep_checkpoints=config.training.keep_checkpoints,
                                     stop_requested=self.stop_requested,
                                     metrics_file=self.folder / "run" / "metrics.jsonl", evals=self.evals)
-        return run_training(config, self.folder / "run", callbacks=[self.progress], device=self.settings.device)
+        return run_training(config, self.folder / "run", callbacks=[self.progress], device=self.settings.device,
+                            grading=self.grading_context())
+
+    def grading_context(self):
+        """What a reinforcement run's grader is lent: the python sandbox where the operator enabled it."""
+        from dora_graders import GradingContext, PythonSandbox
+
+        return GradingContext(python=PythonSandbox() if self.settings.python_grader_enabled else None)
 
     def train_in_ranks(self, config):
         """The run as `job.gpus` ranks (worker/ranks.py): rank 0 reports on its own lease object,

@@ -1,9 +1,10 @@
 """A reinforcement job's checks at creation: its grader, OpenAI's RFT knobs, and its prompts against the grader.
 
 The grader is parsed and checked (dora_graders.check) with errors naming
-`method.reinforcement.grader.<field>`. Graders the training worker cannot run yet are a 400 now,
-not a failed job later: score_model and label_model (the worker lends no judge to the training
-loop yet) and python (no sandbox in the training process yet). `reasoning_effort` is accepted only
+`method.reinforcement.grader.<field>`. Graders the training worker cannot run are a 400 now, not a
+failed job later: score_model and label_model (the worker lends no judge to the training loop
+yet), and python unless the operator enabled it (DORA_PYTHON_GRADER_ENABLED, which the worker
+reads too: it lends the training loop a sandbox then). `reasoning_effort` is accepted only
 as "default" (no model here reasons), `compute_multiplier` is the whole number of answers sampled
 per prompt. Every training (and validation) row is checked with dora_graders.check_item, so a
 template that references a field a row lacks is a 400 naming the file's line and the field.
@@ -23,7 +24,7 @@ from dora_contract.graders import GRADER_TYPES, Grader, MultiGrader
 from dora_contract.job_spec import FileRef
 from dora_contract.reinforcement import MAX_SAMPLES_PER_PROMPT
 from dora_formats import PROMPTS
-from dora_graders import GraderSpecError, GradingContext, ItemError, check, check_item
+from dora_graders import GraderSpecError, GradingContext, ItemError, PythonSandbox, check, check_item
 from store.storage import Storage
 
 RL_PREFIX = "method.reinforcement"
@@ -33,14 +34,13 @@ GRADER = TypeAdapter(Grader)
 NOT_IN_TRAINING = {
     "score_model": "model graders need a judge, which the training worker has no route to yet",
     "label_model": "model graders need a judge, which the training worker has no route to yet",
-    "python": "the python sandbox does not run inside the training worker yet",
 }
 # OpenAI's knob -> the contract's name in ReinforcementSettings
 RL_KNOBS = {"eval_samples": "eval_samples", "beta": "beta", "max_completion_tokens": "max_completion_tokens",
             "compute_multiplier": "samples_per_prompt"}
 
 
-def parse_grader(data: Any) -> Any:
+def parse_grader(data: Any, settings: Any = None) -> Any:
     try:
         grader = GRADER.validate_python(data)
     except ValidationError as error:
@@ -54,9 +54,11 @@ def parse_grader(data: Any) -> Any:
         if sub.type in NOT_IN_TRAINING:
             where = f"{GRADER_PARAM}.graders.{name}.type" if name else f"{GRADER_PARAM}.type"
             raise bad_request(f"a reinforcement job cannot use a {sub.type} grader yet: {NOT_IN_TRAINING[sub.type]}; "
-                              "use string_check, text_similarity or a multi grader of those", param=where)
+                              "use string_check, text_similarity, python (where enabled) or a multi grader of those",
+                              param=where)
+    python_enabled = bool(getattr(settings, "python_grader_enabled", False))
     try:
-        check(grader, GradingContext())
+        check(grader, GradingContext(python=PythonSandbox() if python_enabled else None))
     except GraderSpecError as error:
         raise bad_request(f"{GRADER_PARAM}.{error.field}: {error.message}", param=f"{GRADER_PARAM}.{error.field}") \
             from None
@@ -66,7 +68,7 @@ def parse_grader(data: Any) -> Any:
 def reinforcement_settings(grader_data: Any, hyperparameters: dict[str, Any],
                            settings: Any = None) -> tuple[dict[str, Any], dict[str, str]]:
     """(ReinforcementSettings data, where each came from); pops OpenAI's RFT knobs from `hyperparameters`."""
-    grader = parse_grader(grader_data)
+    grader = parse_grader(grader_data, settings)
     effort = hyperparameters.pop("reasoning_effort", None)
     if effort is not None and effort != "default":
         raise bad_request(f"reasoning_effort '{effort}' is not available: the models fine-tuned here do not reason, "

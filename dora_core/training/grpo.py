@@ -35,9 +35,10 @@ from dora_contract.reinforcement import SAMPLING_TEMPERATURE
 from dora_core.data.collator import DataCollator
 from dora_core.data.errors import DataError
 from dora_core.reference import adapter_disabled
+from dora_core.training.errors import TrainingError
 from dora_core.training.loss import IGNORE_INDEX, model_inputs
 from dora_core.training.samples import clip_end, clip_start, stop_token_ids
-from dora_graders import GradingContext, ItemError, grade
+from dora_graders import GraderSpecError, GradingContext, ItemError, grade
 
 ADVANTAGE_EPS = 1e-4  # TRL's: (r - mean) / (std + 1e-4)
 
@@ -118,6 +119,8 @@ class GroupSampler:
             return grade(self.settings.grader, output_text=text, item=example.item, context=self.context).reward
         except ItemError as error:
             raise DataError(f"line {example.line}: {error.message}", field="train_file") from None
+        except GraderSpecError as error:  # e.g. python where this process lends no sandbox
+            raise TrainingError(f"the grader cannot run here: {error.field}: {error.message}") from None
 
     def rollouts(self, model: Any, items: Sequence[Mapping[str, Any]], examples: Sequence[Any], *,
                  device: torch.device) -> list[Rollout]:

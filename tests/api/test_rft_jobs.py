@@ -58,6 +58,8 @@ def test_reinforcement_job_shows_its_resolved_hyperparameters_and_spec(tenant, s
     ({"method": _rft(grader={"type": "score_model", "name": "judge", "model": "tiny-llama",
                              "input": [{"role": "user", "content": "{{sample.output_text}}"}]})},
      "method.reinforcement.grader.type", "cannot use a score_model grader"),
+    ({"method": _rft(grader={"type": "python", "name": "p", "source": "def grade(sample, item):\n    return 1.0"})},
+     "method.reinforcement.grader.type", "disabled"),
     ({"method": _rft({"packing": True})}, "method.reinforcement.hyperparameters.packing", "packing must be"),
     ({"method": _rft({"quantization": "nf4"})}, "method.reinforcement.hyperparameters.quantization",
      "unquantized"),
@@ -70,3 +72,10 @@ def test_reinforcement_refusals_name_the_field(tenant, body, param, words):
     assert refused.status_code == 400, refused.text
     error = refused.json()["error"]
     assert error["param"] == param and words in error["message"], error
+
+
+def test_a_python_grader_is_taken_where_the_operator_enabled_it(tenant, settings, monkeypatch):
+    monkeypatch.setattr(settings, "python_grader_enabled", True)
+    grader = {"type": "python", "name": "p", "source": "def grade(sample, item):\n    return 1.0"}
+    job = tenant.job({"training_file": tenant.file_id(PROMPTS), "method": _rft(grader=grader)})
+    assert job["method"]["reinforcement"]["grader"]["type"] == "python"

@@ -180,3 +180,22 @@ def test_prompts_rows_are_their_own_format_and_each_objective_refuses_the_others
     with pytest.raises(DataError) as rft:
         prepare_datasets(chat, tiny_tokenizer, max_seq_len=64, reinforcement=True)
     assert rft.value.field == "train_file" and "trains on prompts rows" in str(rft.value)
+
+
+def test_a_python_grader_rewards_through_the_sandbox_the_worker_lends(tiny_tokenizer):
+    """The worker lends a PythonSandbox where DORA_PYTHON_GRADER_ENABLED; without one a python grader is a
+    TrainingError saying why (the API refuses such a job where it is disabled)."""
+    from dora_contract import ReinforcementSettings
+    from dora_core.training.errors import TrainingError
+    from dora_core.training.grpo import GroupSampler
+    from dora_formats import Example
+    from dora_graders import GradingContext, PythonSandbox
+
+    source = "def grade(sample, item):\n    return 1.0 if item['target'] in sample['output_text'] else 0.0"
+    settings = ReinforcementSettings.from_data({"grader": {"type": "python", "name": "p", "source": source}})
+    example = Example(line=1, format="prompts", segments=(), item={"target": "e"})
+    sampler = GroupSampler(settings, tiny_tokenizer, GradingContext(python=PythonSandbox()), max_seq_len=64)
+    assert (sampler.reward("hello", example), sampler.reward("xyz", example)) == (1.0, 0.0)
+    bare = GroupSampler(settings, tiny_tokenizer, GradingContext(), max_seq_len=64)
+    with pytest.raises(TrainingError, match="python"):
+        bare.reward("hello", example)
