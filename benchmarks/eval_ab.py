@@ -9,7 +9,7 @@ smollm2-135m-instruct with the walkthrough's steps and the same seed, creates on
 model and both fine-tuned models over 100 held-out items (none of them a training or validation
 question), sent inline as `file_content`.
 
-    python benchmarks/eval_ab.py                                   # starts `dora up --demo` in a temp folder
+    OMP_NUM_THREADS=1 python benchmarks/eval_ab.py                 # starts `dora up --demo` in a temp folder
     python benchmarks/eval_ab.py --api http://127.0.0.1:8000 --key "$(cat var/demo-api-key)"
 
 Output: one JSON line per run on stdout (label, model, passed, total, pass rate, the 95 % Wilson
@@ -19,8 +19,10 @@ overlap, the comparison page, training seconds per job, the date and the machine
 The Wilson interval is computed here (`wilson_interval`): neither scipy nor statsmodels is a
 dependency of the project, and the formula is four lines.
 
-Cost on the 2-core development machine: two 15-step jobs on the CPU (2-10 minutes each, with the
-load of the machine) and 300 greedy completions of at most 8 tokens.
+Cost on the 2-core development machine, shared with other test runs (load average 7-14), with
+OMP_NUM_THREADS=1 (on a busy CPU two threads wait on each other: at 2 threads the first step had
+not finished after 5 minutes): 386 s training LoRA, 420 s DoRA, ~4.5 minutes for the 300
+completions, 18.5 minutes in all (2026-12-07; docs/service.md quotes the numbers).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -251,6 +254,16 @@ def evaluate(client: openai.OpenAI, models: dict[str, str], items: list[dict]) -
     return evaluation.id, lines
 
 
+def _machine() -> str:
+    """"x86_64, 2 CPU cores, AMD EPYC ..." (the CPU's model name where Linux tells it)."""
+    cpu = platform.processor() or platform.system()
+    with contextlib.suppress(OSError):
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, {cpu}"
+
+
 def ab(url: str, key: str, *, items: int, steps: int) -> list[dict]:
     client = openai.OpenAI(api_key=key, base_url=f"{url}/v1", max_retries=2, timeout=120)
     started = time.monotonic()
@@ -263,7 +276,7 @@ def ab(url: str, key: str, *, items: int, steps: int) -> list[dict]:
         train_seconds={LABELS[method]: trained[method][1] for method in METHODS},
         total_seconds=round(time.monotonic() - started, 1), date=f"{datetime.now(UTC):%Y-%m-%d}",
         omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
-        machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.processor() or platform.system()}",
+        machine=_machine(),
         openai=openai.__version__)
     return [*runs, summary]
 
@@ -291,6 +304,8 @@ def _exit_on_signal(signum, _frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # the client warns on every evals call that OpenAI's hosted Evals API is shut down; this service keeps its shape
+    warnings.filterwarnings("ignore", "The Evals API is deprecated", DeprecationWarning)
     # a SIGTERM (or a SIGINT that a background shell set to ignore) still stops the service it started
     signal.signal(signal.SIGTERM, _exit_on_signal)
     signal.signal(signal.SIGINT, _exit_on_signal)

@@ -4,6 +4,7 @@ trains twice on the real model, so the benchmark is run by hand (docs/service.md
 
 from __future__ import annotations
 
+import ast
 import math
 import re
 
@@ -74,3 +75,16 @@ def test_arguments() -> None:
         with pytest.raises(SystemExit) as exited:
             eval_ab.parse_args(bad)
         assert exited.value.code == 2
+
+
+def test_the_docs_section_shows_the_scripts_job_settings_and_grader() -> None:
+    """docs/service.md's A/B block is the script's calls: the same hyperparameters and grader."""
+    [block] = [body for language, body in fenced_blocks(page_section(DOCS / "service.md", "## A/B: LoRA against DoRA"))
+               if language == "python"]
+    tree = ast.parse(block)  # the block is valid Python
+    literals = [ast.literal_eval(node.value) for node in ast.walk(tree)
+                if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)]
+    assert eval_ab.HYPERPARAMETERS in literals
+    criteria = [ast.literal_eval(keyword.value) for node in ast.walk(tree) if isinstance(node, ast.Call)
+                for keyword in node.keywords if keyword.arg == "testing_criteria"]
+    assert criteria == [[eval_ab.CRITERION]]
