@@ -365,6 +365,7 @@ class TrainingRun:
             self.record(metrics, self.callbacks.on_step)
             if self.evaluation_due() and self.evaluate() == "early_stopped":
                 self.state.early_stopped = True
+                self.validate_for_checkpoint()  # that evaluation's numbers, as full_eval_*
                 self.save_checkpoint()
                 return "early_stopped"
             if self.state.step % self.settings.checkpoint_interval == 0 or self.state.step == self.schedule.total_steps:

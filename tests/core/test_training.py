@@ -45,6 +45,11 @@ def _replay_budget(model_dir):
 class Recorder(TrainingCallback):
     def __init__(self):
         self.events, self.steps, self.checkpoints, self.resumed = [], [], [], []
+        self.full_validations = []  # steps whose whole validation set was sent for a checkpoint
+
+    def on_evaluate(self, metrics):
+        if "full_eval_loss" in metrics:
+            self.full_validations.append(metrics["step"])
 
     def on_event(self, message, **kwargs):
         self.events.append(message)
@@ -312,6 +317,7 @@ def test_early_stopping_when_eval_loss_stops_improving(tmp_path, tiny_model_dir)
     assert result.status == "early_stopped" and result.step < 40
     assert min(evals[:-2]) <= min(evals[-2:]), "stopped after two evaluations without improvement"
     assert any("early stopping" in e for e in recorder.events)
+    assert recorder.checkpoints[-1] == result.step == recorder.full_validations[-1]  # its checkpoint has full_valid_*
     assert (tmp_path / "out" / "adapter").exists()
     again = run_training(config, tmp_path / "out")  # a re-run (a worker retry) must not train on
     assert again.status == "early_stopped" and again.step == result.step
