@@ -79,6 +79,9 @@ from dora_core.training.settings import RunConfig
 from dora_graders import GradingContext
 
 log = logging.getLogger(__name__)
+# what a run starting over keeps of metrics.jsonl and samples.jsonl: nothing, not even step 0's
+# records (the base model's samples, a reinforcement run's first eval_reward), which it writes again
+BEFORE_ANY_STEP = -1
 
 
 @dataclass
@@ -271,7 +274,7 @@ class TrainingRun:
         """resume=False: earlier checkpoints and metrics in this folder belong to another run."""
         if self.parallel.is_main:
             shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
-            self.metrics.truncate_after(0)
+            self.metrics.truncate_after(BEFORE_ANY_STEP)
         self.parallel.barrier()
         return None
 
@@ -283,7 +286,7 @@ class TrainingRun:
         checkpoints = list_checkpoints(self.checkpoint_dir)
         if not checkpoints:
             if self.parallel.is_main:
-                self.metrics.truncate_after(0)
+                self.metrics.truncate_after(BEFORE_ANY_STEP)
             return None
         step, path = checkpoints[-1]
         self.restore(path)
@@ -347,7 +350,7 @@ class TrainingRun:
             parameter.copy_(initial)
         torch.set_rng_state(self.initial_rng)
         self.state.step, self.state.best_eval_loss, self.state.evaluations_without_improvement = 0, None, 0
-        self.metrics.truncate_after(0)
+        self.metrics.truncate_after(BEFORE_ANY_STEP)
 
     def train_steps(self) -> str:
         if self.state.early_stopped:

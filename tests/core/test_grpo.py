@@ -133,6 +133,11 @@ def test_a_short_run_reports_rewards_keeps_one_base_copy_and_resumes(tiny_model_
     assert stopped.status == "stopped"
     resumed = run_training(config, tmp_path / "resumed")
     assert resumed.resumed_from_step == 2 and resumed.step == 4
+    again = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in again if "eval_reward" in r] == [0, 4]  # step 0's once, kept across the resume
+    run_training(config, tmp_path / "resumed", callbacks=[StopAt(1)], resume=False)  # over again in that folder
+    over = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in over if "eval_reward" in r] == [0]  # not a second step-0 record
     one, two = (load_file(str(tmp_path / name / "adapter" / "adapter_model.safetensors"))
                 for name in ("straight", "resumed"))
     for name, tensor in one.items():
