@@ -115,6 +115,8 @@ def create_job(*, session: Session, settings: Settings, storage: Storage, tenant
     try:
         check_active_jobs(session, settings=settings, tenant_id=tenant_id)  # holds the lock until the commit
         check_creation_rate(session, settings=settings, tenant_id=tenant_id)  # cancelled jobs count here
+        if parent_job is not None:
+            parents.check_still_there(session, parent_job=parent_job, model=request.model)
         job = job_store.create_job(
             session, tenant_id=tenant_id, model=base, training_file=request.training_file,
             validation_file=request.validation_file, method=shown, settings=spec.model_dump(mode="json"), seed=seed,

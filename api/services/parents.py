@@ -75,3 +75,13 @@ def check_same_adapter(request: JobCreate, run: RunSettings, parent: Job) -> Non
 
 def _shown(value) -> str:
     return repr(list(value) if isinstance(value, tuple) else value)
+
+
+def check_still_there(session: Session, *, parent_job: Job, model: str) -> None:
+    """Under the tenant's lock (taken by the active-jobs check), the parent's model is still not deleted:
+    it was resolved before the lock, and a delete (which takes the same lock, store/model_deletion.py)
+    may have come in between; the new job would then fail at the worker on files that are gone."""
+    deleted = session.scalar(select(Job.model_deleted_at).where(Job.id == parent_job.id))
+    if deleted is not None:
+        raise bad_request(f"The model '{model[:200]}' was deleted while this job was being created",
+                          param="model", code="model_not_found")

@@ -153,3 +153,26 @@ def test_a_model_an_active_job_continues_from_cannot_be_deleted(tenant, worker, 
     assert tenant.get(f"/v1/models/{model}").status_code == 200  # nothing changed by the refusals
     assert len(storage.list(job_key(tenant.tenant_id, job["id"]))) == 4
     assert tenant.delete(f"/v1/models/{model}").json()["deleted"] is True
+
+
+def test_a_delete_between_resolving_the_parent_and_creating_the_job_refuses_the_job(tenant, worker, settings,
+                                                                                 monkeypatch):
+    """The parent is resolved before the tenant's lock; a delete that lands in that window (simulated by
+    deleting right after the resolution) makes the creation a 400 naming `model`, and no job is made."""
+    from api.services import parents
+
+    storage = LocalStorage(settings.storage_url)
+    model = _finished_with_checkpoint(tenant, worker, storage)["fine_tuned_model"]
+    resolve = parents.resolve_parent
+
+    def resolve_then_deleted_meanwhile(*args, **kwargs):
+        found = resolve(*args, **kwargs)
+        assert tenant.delete(f"/v1/models/{model}").json()["deleted"] is True  # another request's delete
+        return found
+
+    monkeypatch.setattr(parents, "resolve_parent", resolve_then_deleted_meanwhile)
+    before = len(tenant.get("/v1/fine_tuning/jobs", params={"limit": 100}).json()["data"])
+    response = tenant.post("/v1/fine_tuning/jobs", json={"model": model, "training_file": tenant.file_id()})
+    error = response.json()["error"]
+    assert (response.status_code, error["param"], error["code"]) == (400, "model", "model_not_found"), response.text
+    assert len(tenant.get("/v1/fine_tuning/jobs", params={"limit": 100}).json()["data"]) == before
