@@ -204,3 +204,30 @@ def test_a_python_grader_rewards_through_the_sandbox_the_worker_lends(tiny_token
     bare = GroupSampler(settings, tiny_tokenizer, GradingContext(), max_seq_len=64)
     with pytest.raises(TrainingError, match="python"):
         bare.reward("hello", example)
+
+
+def test_the_reward_goes_up_on_a_learnable_task(tiny_model_dir, tmp_path):
+    """The tiny random model rewarded for an "e" anywhere in a 4-token answer (string_check like): over 12
+    steps of 4 prompts x 8 samples the sampled reward's mean rises (0.50 over steps 1-4 -> 0.61 over
+    9-12 here) and the greedy validation reward goes from 0.25 to 0.75 (seeded: the same numbers each run
+    on one torch build; the margins asserted are looser)."""
+    from dora_core.training import RunConfig, run_training
+    from tests.support.training_helpers import write_jsonl
+
+    train = write_jsonl(tmp_path / "prompts.jsonl", _prompt_rows(16))
+    grader = {"type": "string_check", "name": "e", "input": "{{sample.output_text}}", "reference": "{{item.target}}",
+              "operation": "like"}
+    config = RunConfig.from_dict({
+        "base_model": str(tiny_model_dir), "train_file": str(train), "outputs": ["adapter"],
+        "reinforcement": {"grader": grader, "samples_per_prompt": 8, "max_completion_tokens": 4, "beta": 0.04,
+                          "eval_samples": 4},
+        "adapter": {"method": "dora", "rank": 4, "alpha": 8},
+        "training": {"max_steps": 12, "micro_batch_size": 4, "learning_rate": 5e-2, "warmup_ratio": 0.0,
+                     "lr_scheduler": "constant", "max_seq_len": 64, "validation_split": 0.25, "eval_interval": 12,
+                     "checkpoint_interval": 12, "sample_prompts": 2}})
+    assert run_training(config, tmp_path / "out", resume=False).status == "completed"
+    records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    rewards = [r["reward"] for r in records if "reward" in r]
+    assert len(rewards) == 12 and sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4 + 0.05, rewards
+    evaluations = [r["eval_reward"] for r in records if "eval_reward" in r]
+    assert evaluations[-1] > evaluations[0], evaluations
