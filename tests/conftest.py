@@ -100,6 +100,7 @@ PATH_NEEDS: dict[str, tuple[str, ...]] = {
     "tests/serve/test_benchmark.py": ("processes",),  # benchmarks/serve.py as a script
     "tests/worker/test_eval_runs.py": ("processes",),  # `dora serve` and `dora evals` processes
     "tests/graders/test_sandbox.py": ("processes",),  # the python grader's sandboxed processes
+    "tests/core/test_grpo.py::test_a_python_grader_rewards_through_the_sandbox_the_worker_lends": ("processes",),
     # slow: in this process, but over 10 s each on 2 busy cores (the real model: its first use in a
     # checkout also converts it, about 50 s)
     "tests/e2e/test_real_model.py": ("slow",),
