@@ -62,7 +62,7 @@ def check_same_adapter(request: JobCreate, run: RunSettings, parent: Job) -> Non
     theirs = JobSpec.from_data(parent.settings).run.adapter
     ours = run.adapter
     kind = request.method.type if request.method else "supervised"
-    checked = [("method", "method.dpo.adapter" if kind == "dpo" else "method.type")] + [
+    checked = [("method", f"method.{kind}.adapter" if kind in ("dpo", "reinforcement") else "method.type")] + [
         (name, methods.param_of(request, "adapter", name)) for name in ("rank", "alpha", "use_rslora",
                                                                         "target_modules")]
     for name, param in checked:
