@@ -211,7 +211,7 @@ CASES = [
     # --- queries
     Case("list-limit-zero", "GET", JOBS, lambda c: {"params": {"limit": 0}}, 400, "limit", "limit"),
     Case("list-limit-huge", "GET", JOBS, lambda c: {"params": {"limit": 1000}}, 400, "between 1 and 100", "limit"),
-    Case("list-bad-status", "GET", JOBS, lambda c: {"params": {"status": "paused"}}, 400, "paused", "status"),
+    Case("list-bad-status", "GET", JOBS, lambda c: {"params": {"status": "stopped"}}, 400, "stopped", "status"),
     Case("list-bad-metadata-filter", "GET", JOBS, lambda c: {"params": {"metadata[]": "x"}}, 400,
          "metadata[key]=value"),
     Case("files-bad-order", "GET", "/v1/files", lambda c: {"params": {"order": "sideways"}}, 400, "'asc'", "order"),

@@ -126,7 +126,8 @@ def test_the_status_filter_accepts_exactly_the_job_status_names(tenant, client):
     for wrong in ("validating_files", "QUEUED", ""):
         refused = tenant.get("/v1/fine_tuning/jobs", params={"status": wrong})
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "status", refused.text
-        assert refused.json()["error"]["message"].endswith("one of queued, running, succeeded, failed, cancelled, paused")
+        assert refused.json()["error"]["message"].endswith(
+            "one of queued, running, succeeded, failed, cancelled, paused")
 
 
 def test_a_validation_split_that_leaves_no_training_rows_is_a_400_naming_it(tenant):
