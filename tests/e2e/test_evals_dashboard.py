@@ -20,10 +20,9 @@ import pytest
 
 from tests.support.browser import chromium, screenshot_path
 from tests.support.jobs import dora_method, wait_for
-from tests.support.stack import make_stack
+from tests.support.stack import serving_stack
 
 pytestmark = pytest.mark.filterwarnings("ignore:The Evals API is deprecated:DeprecationWarning")
-SECRET = "e2e-evals-dashboard-inference-secret"
 MAX_TOKENS = 4
 SYSTEM = "Answer in one word."
 QUESTIONS = ["Colour of the sky?", "Opposite of up?", "First letter?", "Two plus two?", "A fruit?", "Capital city?"]
@@ -34,20 +33,12 @@ Z95 = 1.959963984540054
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tiny_model_dir):
-    root = tmp_path_factory.mktemp("evals-dashboard")
-    stack = make_stack(root, database_url=f"sqlite:///{root / 'dora.db'}",
-                       broker_url=f"sqla+sqlite:///{root / 'broker.db'}", tiny_model_dir=tiny_model_dir,
-                       extra_env={"DORA_INFERENCE_SECRET": SECRET})
-    try:
-        servers = stack.start_servers(1, wait=False)  # loading while the others start
-        stack.start_api()
-        stack.job = stack.api.create(dora_method(max_steps=6, checkpoint_interval=3))  # trains meanwhile
-        stack.start_worker()
-        stack.start_evals()
-        stack.wait_for_servers(servers)
+    def train_meanwhile(stack):
+        stack.job = stack.api.create(dora_method(max_steps=6, checkpoint_interval=3))
+
+    with serving_stack(tmp_path_factory.mktemp("evals-dashboard"), tiny_model_dir=tiny_model_dir, evals=True,
+                       before_worker=train_meanwhile) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture

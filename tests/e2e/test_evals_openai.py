@@ -13,11 +13,10 @@ import openai
 import pytest
 
 from tests.support.jobs import wait_for
-from tests.support.stack import make_stack
+from tests.support.stack import serving_stack
 
 # the client warns that OpenAI's hosted Evals API is being shut down; this service keeps its shapes
 pytestmark = pytest.mark.filterwarnings("ignore:The Evals API is deprecated:DeprecationWarning")
-SECRET = "e2e-evals-openai-inference-secret"
 MAX_TOKENS = 4
 SYSTEM = "Answer in one word."
 QUESTIONS = ["Colour of the sky?", "Opposite of up?", "First letter?", "Two plus two?", "A fruit?"]
@@ -27,19 +26,8 @@ CRITERION = {"type": "string_check", "name": "exact answer", "input": "{{sample.
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tiny_model_dir):
-    root = tmp_path_factory.mktemp("evals-openai")
-    stack = make_stack(root, database_url=f"sqlite:///{root / 'dora.db'}",
-                       broker_url=f"sqla+sqlite:///{root / 'broker.db'}", tiny_model_dir=tiny_model_dir,
-                       extra_env={"DORA_INFERENCE_SECRET": SECRET})
-    try:
-        servers = stack.start_servers(1, wait=False)  # loading while the others start
-        stack.start_api()
-        stack.start_worker()
-        stack.start_evals()
-        stack.wait_for_servers(servers)
+    with serving_stack(tmp_path_factory.mktemp("evals-openai"), tiny_model_dir=tiny_model_dir, evals=True) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture(scope="module")

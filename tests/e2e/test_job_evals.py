@@ -8,9 +8,8 @@ from __future__ import annotations
 import pytest
 
 from tests.support.jobs import dora_method, wait_for
-from tests.support.stack import make_stack
+from tests.support.stack import serving_stack
 
-SECRET = "e2e-job-evals-inference-secret"
 MAX_TOKENS = 4
 QUESTIONS = ["Colour of the sky?", "Opposite of up?", "Two plus two?"]
 CRITERIA = [{"type": "string_check", "name": "says something", "input": "{{sample.output_text}}", "reference": "",
@@ -22,19 +21,8 @@ PROMPT = {"type": "template", "template": [{"role": "user", "content": "{{item.q
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tiny_model_dir):
-    root = tmp_path_factory.mktemp("job-evals")
-    stack = make_stack(root, database_url=f"sqlite:///{root / 'dora.db'}",
-                       broker_url=f"sqla+sqlite:///{root / 'broker.db'}", tiny_model_dir=tiny_model_dir,
-                       extra_env={"DORA_INFERENCE_SECRET": SECRET})
-    try:
-        servers = stack.start_servers(1, wait=False)  # loading while the others start
-        stack.start_api()
-        stack.start_worker()
-        stack.start_evals()
-        stack.wait_for_servers(servers)
+    with serving_stack(tmp_path_factory.mktemp("job-evals"), tiny_model_dir=tiny_model_dir, evals=True) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 def _post(api, path: str, body: dict) -> dict:

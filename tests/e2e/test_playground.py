@@ -15,14 +15,12 @@ import openai
 import pytest
 
 from tests.support.browser import chromium, screenshot_path
-from tests.support.jobs import dora_method, wait_for
-from tests.support.services import free_port
-from tests.support.stack import _healthy, make_stack
+from tests.support.jobs import dora_method
+from tests.support.stack import serving_stack
 
 PROMPT = "What is two plus two?"
 SYSTEM = "Answer in one short sentence."
 ANSWER_TOKENS = 24  # greedy: the tiny model's answer to PROMPT, the page's and the client's alike
-SECRET = "playground-test-inference-secret"  # the API's and `dora serve`'s shared secret
 # Stop lands mid-answer: the tiny model's greedy answer to this prompt (no system prompt) is 747
 # tokens, ~1.9 s here; the page stops it as soon as its first piece shows
 LONG_PROMPT, LONG_TOKENS = "List every month.", 1000
@@ -30,24 +28,13 @@ LONG_PROMPT, LONG_TOKENS = "List every month.", 1000
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tiny_model_dir):
-    """An API, a worker and an inference server; `dora serve` loads its model while the worker starts."""
-    root = tmp_path_factory.mktemp("playground")
-    stack = make_stack(root, database_url=f"sqlite:///{root / 'dora.db'}",
-                       broker_url=f"sqla+sqlite:///{root / 'broker.db'}", tiny_model_dir=tiny_model_dir,
-                       extra_env={"DORA_INFERENCE_SECRET": SECRET})
-    try:
-        stack.start_api()
-        stack.job = stack.api.create(dora_method(max_steps=4, checkpoint_interval=2))  # trains meanwhile
-        port = free_port()
-        serve = stack._spawn("serve", ["serve", "--port", str(port)], stack.env)
-        stack.workers.append(serve)  # stopped with the stack
-        stack.start_worker()
-        wait_for(lambda: _healthy(f"http://127.0.0.1:{port}") or not serve.alive(), timeout=90,
-                 what="dora serve to start")
-        assert serve.alive(), serve.text()
+    """An API, a worker and an inference server; `dora serve` loads its model while the others start."""
+    def train_meanwhile(stack):
+        stack.job = stack.api.create(dora_method(max_steps=4, checkpoint_interval=2))
+
+    with serving_stack(tmp_path_factory.mktemp("playground"), tiny_model_dir=tiny_model_dir,
+                       before_worker=train_meanwhile) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture
@@ -163,8 +150,10 @@ def test_chat_streamed_stop_compare_base_and_fine_tuned_and_an_error_inline(page
 
     # an unknown checkpoint id of this job: the API's 404 message, inline in the answer's place
     page.goto(f"/ui/#/jobs/{job['id']}")
+    page.wait_for_selector("[data-download=adapter]")  # the page has read the job, its checkpoints, its artifacts
     checkpoint = page.locator("#checkpoints tr[data-step='2'] [data-action=try]")
     checkpoint.click()
+    page.wait_for_url("**/ui/#/playground?*")
     page.wait_for_selector(".panes[data-ready=true]")
     assert page.input_value("#model-a") == f"{job['fine_tuned_model']}:ckpt-step-2"  # listed under the job's group
     assert not page.is_checked("#compare")

@@ -20,9 +20,8 @@ from api.services.inference_routing import rendezvous
 from store.db import session_scope
 from store.inference_servers import live_servers
 from tests.support.jobs import dora_method, wait_for
-from tests.support.stack import make_stack
+from tests.support.stack import serving_stack
 
-SECRET = "e2e-serve-openai-inference-secret"
 HI = [{"role": "user", "content": "Say hello"}]
 # a greedy chat that runs to its bound on the tiny model (seed 0; most prompts end at EOS sooner): 1800
 # tokens, ~6 s on a busy 2-core machine, outlasting a kill or a close
@@ -33,18 +32,8 @@ LONG = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hello"}
 @pytest.fixture(scope="module")
 def services(tmp_path_factory, tiny_model_dir):
     """The stack and (process, url) of its two `dora serve` processes."""
-    root = tmp_path_factory.mktemp("serve-openai")
-    stack = make_stack(root, database_url=f"sqlite:///{root / 'dora.db'}",
-                       broker_url=f"sqla+sqlite:///{root / 'broker.db'}", tiny_model_dir=tiny_model_dir,
-                       extra_env={"DORA_INFERENCE_SECRET": SECRET})
-    try:
-        servers = stack.start_servers(2, wait=False)  # loading while the API and the worker start
-        stack.start_api()
-        stack.start_worker()
-        stack.wait_for_servers(servers)
-        yield stack, servers
-    finally:
-        stack.stop()
+    with serving_stack(tmp_path_factory.mktemp("serve-openai"), tiny_model_dir=tiny_model_dir, servers=2) as stack:
+        yield stack, list(zip(stack.servers, stack.server_urls, strict=True))
 
 
 @pytest.fixture(scope="module")

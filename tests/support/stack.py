@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,6 +137,7 @@ class Stack:
     workers: list[Process] = field(default_factory=list)
     more_apis: list[Process] = field(default_factory=list)  # API processes beside the first
     servers: list[Process] = field(default_factory=list)  # `dora serve` processes
+    server_urls: list[str] = field(default_factory=list)  # theirs, in the same order
     executors: list[Process] = field(default_factory=list)  # `dora evals` processes
 
     @property
@@ -192,6 +193,7 @@ class Stack:
                               "DORA_MODEL_CACHE_DIR": str(self.root / "model-cache")}
             process = self._spawn(f"serve-{len(self.servers) + 1}", ["serve", "--port", str(port)], env)
             self.servers.append(process)
+            self.server_urls.append(f"http://127.0.0.1:{port}")
             started.append((process, f"http://127.0.0.1:{port}"))
         if wait:
             self.wait_for_servers(started)
@@ -272,6 +274,30 @@ def running_stack(root: Path, *, database_url: str, broker_url: str, tiny_model_
     try:
         stack.start_api()
         stack.start_worker()
+        yield stack
+    finally:
+        stack.stop()
+
+
+@contextmanager
+def serving_stack(root: Path, *, tiny_model_dir: Path, servers: int = 1, evals: bool = False,
+                  before_worker: Callable[[Stack], None] | None = None) -> Iterator[Stack]:
+    """An API, a worker, `servers` inference servers (`stack.servers`) and, with `evals`, an eval
+    executor, on SQLite in `root`, with a shared inference secret; the servers load their models while
+    the others start. `before_worker(stack)` runs once the API answers (creating a job that trains
+    while the worker starts, say)."""
+    stack = make_stack(root, database_url=f"sqlite:///{root / 'dora.db'}",
+                       broker_url=f"sqla+sqlite:///{root / 'broker.db'}", tiny_model_dir=tiny_model_dir,
+                       extra_env={"DORA_INFERENCE_SECRET": f"e2e-inference-secret-{uuid.uuid4().hex}"})
+    try:
+        started = stack.start_servers(servers, wait=False)
+        stack.start_api()
+        if before_worker is not None:
+            before_worker(stack)
+        stack.start_worker()
+        if evals:
+            stack.start_evals()
+        stack.wait_for_servers(started)
         yield stack
     finally:
         stack.stop()
