@@ -73,6 +73,7 @@ def job_out(job: Job) -> FineTuningJob:
         max_attempts=job.max_attempts, gpus=job.gpus, resumed_from_step=job.resumed_from_step,
         cancel_requested=job.cancel_requested, pause_requested=job.pause_requested,
         evals=[e.eval_id for e in spec.evals],
+        integrations=[i.model_dump(mode="json", exclude_none=True) for i in spec.integrations],
     )
 
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from dora_contract.base import ContractModel
+from dora_contract.integrations import MAX_INTEGRATIONS, Integration, check_integrations
 from dora_contract.run import RunSettings, check_one_validation_source
 
 JOB_SPEC_VERSION = 1
@@ -78,6 +79,13 @@ class JobSpec(ContractModel):
     validation_file: FileRef | None = None
     evals: tuple[JobEval, ...] = Field((), max_length=MAX_JOB_EVALS)  # absent in rows stored before #24
     parent: ParentRef | None = None  # continued training; absent in rows stored before #26
+    # experiment tracking (W&B, MLflow: dora_contract/integrations.py); absent in rows stored before #26
+    integrations: tuple[Integration, ...] = Field((), max_length=MAX_INTEGRATIONS)
+
+    @field_validator("integrations")
+    @classmethod
+    def _one_of_each(cls, value: tuple[Integration, ...]) -> tuple[Integration, ...]:
+        return check_integrations(value)
 
     @model_validator(mode="before")
     @classmethod

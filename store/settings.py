@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, PositiveFloat, PositiveInt, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -132,6 +132,34 @@ class EvalSettings(DoraSettings):
         "data_source.source"))
     max_active_eval_runs_per_tenant: int = Field(10, ge=0, description=(
         "queued + in_progress eval runs a tenant may have; one more is a 429 (0: no cap)"))
+
+class TrackingSettings(DoraSettings):
+    """Experiment tracking (issue #26): the operator's W&B and MLflow servers a job's `integrations` log to.
+    The API refuses an integration whose server is not configured here (400 naming integrations.<i>.type);
+    the worker logs to it from a background thread, so a slow or dead server never slows or fails a job."""
+
+    wandb_api_key: SecretStr | None = Field(None, description=(
+        "the W&B API key the worker logs with; unset (and DORA_WANDB_MODE online): the wandb integration is refused"))
+    wandb_base_url: str | None = Field(None, description="the W&B server (a self-hosted one); unset: W&B's cloud")
+    wandb_mode: Literal["online", "offline"] = Field("online", description=(
+        "offline: runs are only written under DORA_WANDB_DIR (upload them later with `wandb sync`); no key needed"))
+    wandb_dir: str = Field("./var/wandb", description="where the wandb client writes its run files on the worker")
+    mlflow_tracking_uri: str | None = Field(None, description=(
+        "the MLflow tracking server (http://host:5000); unset: the mlflow integration is refused"))
+    tracking_buffer_points: int = Field(10_000, ge=1, description=(
+        "metric points and samples a job keeps for a tracking server that is slow or down; past it the oldest are "
+        "dropped, and the job's final event says how many were not logged"))
+    tracking_flush_seconds: float = Field(10.0, ge=0, description=(
+        "at the end of a job, how long it waits for its tracking servers to take what is buffered; then the job "
+        "goes on and an event says what was not logged"))
+    tracking_timeout_seconds: float = Field(10.0, gt=0, description="one request to a tracking server")
+
+    def integration_configured(self, kind: str) -> bool:
+        """Whether the operator set up the server of integration type `kind` (wandb, mlflow)."""
+        if kind == "wandb":
+            return self.wandb_api_key is not None or self.wandb_mode == "offline"
+        return kind == "mlflow" and bool(self.mlflow_tracking_uri)
+
 
 # -- the API's ----------------------------------------------------------------------------------------
 class GraderSettings(DoraSettings):
@@ -363,7 +391,7 @@ class ApiServerSettings(DoraSettings):
 # so that a union of composites (`dora up`) has a consistent method resolution order.
 class ApiSettings(SessionSettings, StorageSettings, LogSettings, BaseModelSettings, EvalSettings, GraderSettings,
                   RequestLimits, TenantQuotas, StreamSettings, AuthSettings, WebhookTargetSettings, ApiServerSettings,
-                  InferenceSettings):
+                  InferenceSettings, TrackingSettings):
     """What the API process loads (`dora api`, `create_app`)."""
 
 

@@ -37,6 +37,7 @@ FIXTURE_NEEDS: dict[str, tuple[str, ...]] = {
     "tests/api/test_streams.py::two_apis": ("processes",),  # two `dora api` processes
     "tests/worker/test_database_outages.py::postgres": ("postgres",),
     "tests/worker/test_webhooks.py::sender": ("processes",),  # `dora webhooks` in a subprocess
+    "tests/worker/test_tracking_jobs.py::mlflow_server": ("processes",),  # `mlflow server` in a subprocess
 }
 
 # "fixture key[parameter]" -> what the tests run with that parameter need
@@ -59,6 +60,8 @@ PATH_NEEDS: dict[str, tuple[str, ...]] = {
     "tests/e2e/test_database_outage.py": ("postgres", "redis"),
     "tests/e2e/test_redis_postgres.py": ("postgres", "redis"),
     "tests/api/test_app.py::test_the_api_process_never_imports_torch_or_dora_core": ("processes",),
+    # the wandb client runs its wandb-core service process
+    "tests/worker/test_tracking_jobs.py::test_a_wandb_job_writes_its_config_every_step_and_the_samples": ("processes",),
     "tests/api/test_job_evals_api.py::test_the_job_pages_score_chart_series_come_from_eval_scores": ("processes",),
     "tests/api/test_app.py::test_cli_migrate_keys_create_and_api_refusal": ("processes",),
     "tests/api/test_app.py::test_dora_migrate_from_an_installed_wheel_in_another_directory": ("processes",),

@@ -58,6 +58,9 @@ NAMES = {
     # the inference server's own (`dora serve`)
     "DORA_SERVE_HOST", "DORA_SERVE_PORT", "DORA_SERVE_URL", "DORA_SERVE_BASE_MODELS", "DORA_SERVE_DEVICE",
     "DORA_SERVE_MAX_BATCH", "DORA_SERVE_ADAPTER_SLOTS", "DORA_SERVE_MAX_ADAPTER_RANK", "DORA_SERVE_HEARTBEAT_SECONDS",
+    # added since (issue #26): experiment tracking (a job's integrations)
+    "DORA_WANDB_API_KEY", "DORA_WANDB_BASE_URL", "DORA_WANDB_MODE", "DORA_WANDB_DIR", "DORA_MLFLOW_TRACKING_URI",
+    "DORA_TRACKING_BUFFER_POINTS", "DORA_TRACKING_FLUSH_SECONDS", "DORA_TRACKING_TIMEOUT_SECONDS",
 }
 # `DORA_*` variables that are not settings of the service: read by dora_core itself
 NOT_SETTINGS = {"DORA_DISABLE_TRITON"}  # dora_core/kernels: 1 turns the Triton kernels off

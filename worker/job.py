@@ -132,13 +132,36 @@ class JobAttempt:
         config = self.build_config()
         if self.job.gpus > 1:
             return self.train_in_ranks(config)
+        tracking = self.tracking()
         self.progress = JobProgress(lease=self.lease, storage=self.storage, tenant_id=self.job.tenant_id,
                                     heartbeat_seconds=self.settings.heartbeat_seconds,
                                     keep_checkpoints=config.training.keep_checkpoints,
                                     stop_requested=self.stop_requested,
-                                    metrics_file=self.folder / "run" / "metrics.jsonl", evals=self.evals)
-        return run_training(config, self.folder / "run", callbacks=[self.progress], device=self.settings.device,
-                            grading=self.grading_context())
+                                    metrics_file=self.folder / "run" / "metrics.jsonl", evals=self.evals,
+                                    tracking=tracking)
+        try:
+            return run_training(config, self.folder / "run", callbacks=[self.progress], device=self.settings.device,
+                                grading=self.grading_context())
+        finally:
+            if tracking is not None:  # waits at most DORA_TRACKING_FLUSH_SECONDS; an event says what was lost
+                tracking.close(self.progress.on_event)
+
+    def tracking(self):
+        """The job's integrations (W&B, MLflow) as sinks fed by its progress; None when it names none.
+        Multi-GPU jobs (train_in_ranks) are not tracked yet."""
+        if not self.spec.integrations:
+            return None
+        from worker.tracking import JobTracking, TrackingSink
+        from worker.tracking_backends import backend_for
+
+        config = {"job_id": self.job.id, "model": self.job.model, "seed": self.job.seed,
+                  **self.spec.run.model_dump(mode="json")}
+        return JobTracking([
+            TrackingSink(backend_for(integration, self.settings, job_id=self.job.id, base_model=self.job.model,
+                                     config=config),
+                         buffer_points=self.settings.tracking_buffer_points,
+                         flush_seconds=self.settings.tracking_flush_seconds)
+            for integration in self.spec.integrations])
 
     def grading_context(self):
         """What a reinforcement run's grader is lent: the python sandbox where the operator enabled it."""

@@ -25,6 +25,7 @@ from store.storage import Storage, job_key
 from store.transfer import upload_folder
 from worker.job_evals import JobEvals
 from worker.lease import Lease, LeaseGone
+from worker.tracking import JobTracking
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,9 @@ CHECKPOINT_METRICS = {"loss": "train_loss", "token_accuracy": "train_mean_token_
 class JobProgress(TrainingCallback):
     def __init__(self, *, lease: Lease, storage: Storage, tenant_id: str, heartbeat_seconds: float,
                  keep_checkpoints: int, stop_requested=lambda: False, metrics_file: Path | None = None,
-                 evals: JobEvals | None = None) -> None:
+                 evals: JobEvals | None = None, tracking: JobTracking | None = None) -> None:
         self.lease, self.storage, self.tenant_id = lease, storage, tenant_id
+        self.tracking = tracking  # the job's W&B / MLflow runs (worker/tracking.py): buffered, never blocking
         self.evals = evals  # the job's evals, run on each registered checkpoint
         self.metrics_file = metrics_file  # the run's metrics.jsonl on this host
         self.heartbeat_seconds, self.keep_checkpoints = heartbeat_seconds, keep_checkpoints
@@ -72,6 +74,8 @@ class JobProgress(TrainingCallback):
         values = {k: v for k, v in metrics.items() if k not in ("step", "epoch")}
         self.step_values, self.step_epoch = {step: values}, metrics.get("epoch")
         self.lease.record_metrics(step=step, values=values, epoch=self.step_epoch)
+        if self.tracking is not None:
+            self.tracking.metrics(step, values | ({"epoch": self.step_epoch} if self.step_epoch is not None else {}))
         self._beat(step=step, epoch=self.step_epoch)
 
     def on_evaluate(self, metrics: dict) -> None:
@@ -79,10 +83,14 @@ class JobProgress(TrainingCallback):
         values = self.step_values.get(step, {}) | {k: v for k, v in metrics.items() if k != "step"}
         self.step_values = {step: values}
         self.lease.record_metrics(step=step, values=values, epoch=self.step_epoch)
+        if self.tracking is not None:
+            self.tracking.metrics(step, {k: v for k, v in metrics.items() if k != "step"})
 
     def on_samples(self, *, step: int, samples: list[dict]) -> None:
         """Written with the next heartbeat, like metrics (listed at GET .../samples)."""
         self.lease.record_samples(step=step, samples=samples)
+        if self.tracking is not None:
+            self.tracking.samples(step, samples)
 
     def on_checkpoint(self, *, step: int, path: str) -> None:
         prefix = job_key(self.tenant_id, self.lease.job_id, "checkpoints", f"attempt-{self.lease.attempt}",

@@ -20,6 +20,7 @@ from store.settings import (
     LogSettings,
     SessionSettings,
     StorageSettings,
+    TrackingSettings,
     WebhookTargetSettings,
 )
 
@@ -154,7 +155,7 @@ class EvalExecutionSettings(DoraSettings):
 
 
 class WorkerSettings(SessionSettings, StorageSettings, LogSettings, BaseModelSettings, EvalSettings, GraderSettings,
-                     JobHostSettings, LeaseSettings, ReconcilerSettings, CelerySettings):
+                     JobHostSettings, LeaseSettings, ReconcilerSettings, CelerySettings, TrackingSettings):
     """What the GPU worker loads: `dora worker`, its job processes and reconciler, `dora reconcile`."""
 
 

@@ -21,6 +21,7 @@ from dora_contract import (
     RunSettings,
     TrainingSettings,
 )
+from dora_contract.integrations import MAX_INTEGRATIONS, Integration, check_integrations
 from dora_contract.job_spec import MAX_JOB_EVALS
 from store.job_status import JobStatus
 
@@ -164,7 +165,9 @@ class JobCreate(StrictModel):
     metadata: dict[str, str] | None = None
     method: Method | None = None
     hyperparameters: SupervisedHyperparameters | None = None  # OpenAI's deprecated top-level form
-    integrations: list[dict[str, Any]] | None = None
+    integrations: list[Integration] | None = Field(None, max_length=MAX_INTEGRATIONS, description=(
+        "experiment tracking: OpenAI's {type: wandb, wandb: {project, name, entity, tags}}, and {type: mlflow, "
+        "mlflow: {experiment, run_name}}; to the operator's server (DORA_WANDB_*, DORA_MLFLOW_TRACKING_URI)"))
     outputs: Output = DEFAULT_OUTPUTS
     gguf_type: GgufType | None = Field(None, description=f"{GGUF_TYPE_FIELD.description}. Default: "
                                                          f"{GGUF_TYPE_FIELD.default!r}")
@@ -183,10 +186,8 @@ class JobCreate(StrictModel):
 
     @field_validator("integrations")
     @classmethod
-    def _integrations(cls, value: list | None) -> list | None:
-        if value:
-            raise ValueError("integrations are not supported by this server")
-        return value
+    def _integrations(cls, value: list[Integration] | None) -> list[Integration] | None:
+        return value if value is None else list(check_integrations(tuple(value)))
 
     @model_validator(mode="after")
     def _one_form(self) -> JobCreate:

@@ -100,6 +100,7 @@ def create_job(*, session: Session, settings: Settings, storage: Storage, tenant
     except ApiError as error:
         raise _as_client_error(error) from None
     check_gpus(settings, request.gpus)
+    _check_integrations(settings, request)
     seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
     shown, run = methods.resolve(request=request, settings=settings, seed=seed)
     if parent_job is not None:
@@ -111,7 +112,8 @@ def create_job(*, session: Session, settings: Settings, storage: Storage, tenant
     _check_gguf_output(settings, base, run.outputs)
     evals = job_evals.resolve(session, tenant_id=tenant_id, eval_ids=request.evals)
     spec = JobSpec(run=run, base_model=BaseModelRef(source=registered.source, public_id=public_id(base, registered)),
-                   training_file=training, validation_file=validation, evals=evals, parent=parent)
+                   training_file=training, validation_file=validation, evals=evals, parent=parent,
+                   integrations=tuple(request.integrations or ()))
     try:
         check_active_jobs(session, settings=settings, tenant_id=tenant_id)  # holds the lock until the commit
         check_creation_rate(session, settings=settings, tenant_id=tenant_id)  # cancelled jobs count here
@@ -130,6 +132,15 @@ def create_job(*, session: Session, settings: Settings, storage: Storage, tenant
             raise
         return _replay(existing, request_hash), False
     return job, True
+
+
+def _check_integrations(settings: Settings, request: JobCreate) -> None:
+    """An integration logs to the operator's server of its type: one not configured here is a 400."""
+    for index, integration in enumerate(request.integrations or ()):
+        if not settings.integration_configured(integration.type):
+            setting = "DORA_WANDB_API_KEY" if integration.type == "wandb" else "DORA_MLFLOW_TRACKING_URI"
+            raise bad_request(f"the {integration.type} integration is not configured on this server (the operator "
+                              f"sets {setting})", param=f"integrations.{index}.type")
 
 
 def _check_objective(request: JobCreate, *, dpo: bool, files: dict[str, FileRef | None]) -> None:
