@@ -3,7 +3,8 @@
 W&B: the real `wandb` client in offline mode; the run is read back from its `.wandb` file (config,
 every step's loss equal to the job's own metrics, the samples' table). MLflow: a real `mlflow
 server` (SQLite backend) started here receives every step's metrics, the config and the samples;
-killed in the middle of a job, the job still succeeds and an event names the steps not logged.
+killed in the middle of a job, the job still succeeds and an event names the steps not logged. Bad
+integrations through the official `openai` client: 400s naming the field, no job created.
 """
 
 from __future__ import annotations
@@ -61,11 +62,15 @@ def wandb_service(settings, tmp_path):
 
 def test_a_wandb_job_writes_its_config_every_step_and_the_samples(wandb_service, tmp_path):
     service = wandb_service
+    oai = _openai(service)
     integration = {"type": "wandb", "wandb": {"project": "tuning", "name": "first try", "tags": ["sum"]}}
-    job_id = service.create(dora_method(eval_interval=3, sample_prompts=2, sample_max_new_tokens=4),
-                            validation_file=_validation(service), integrations=[integration])
-    shown = service.get(job_id)["integrations"]
-    assert shown == [{"type": "wandb", "wandb": {"project": "tuning", "name": "first try", "tags": ["sum"]}}]
+    job = oai.fine_tuning.jobs.create(
+        model="tiny-llama", training_file=service.upload(), validation_file=_validation(service),
+        method=dora_method(eval_interval=3, sample_prompts=2, sample_max_new_tokens=4), integrations=[integration])
+    job_id = job.id
+    [shown] = oai.fine_tuning.jobs.retrieve(job_id).integrations  # OpenAI's type for it
+    assert (shown.type, shown.wandb.project, shown.wandb.name, shown.wandb.tags) == ("wandb", "tuning", "first try",
+                                                                                     ["sum"])
     assert run_job(job_id, settings=service.settings, publish=lambda *a: True) == "succeeded"
 
     [path] = (tmp_path / "wandb" / "wandb").glob(f"offline-run-*-{job_id}/run-{job_id}.wandb")
@@ -87,6 +92,30 @@ def test_a_wandb_job_writes_its_config_every_step_and_the_samples(wandb_service,
     assert [row[:2] for row in table["data"]] == [[6, 0], [6, 1]]
     assert table["data"][0][3] == ROWS[0]["messages"][1]["content"]
     assert not [e for e in _events(service, job_id) if "not logged" in e.message]
+
+
+def test_bad_integrations_are_400s_naming_the_field_through_the_openai_client(wandb_service):
+    import openai
+
+    service = wandb_service
+    oai, file_id = _openai(service), service.upload()
+    before = oai.fine_tuning.jobs.list().data
+    for integration, param, says in [
+            ({"type": "comet", "comet": {"project": "p"}}, "integrations.0.type", "'comet' is not supported"),
+            ({"type": "wandb", "wandb": {"project": "p" * 129}}, "integrations.0.wandb.project", "128"),
+            ({"type": "mlflow", "mlflow": {"experiment": "e"}}, "integrations.0.type", "DORA_MLFLOW_TRACKING_URI")]:
+        with pytest.raises(openai.BadRequestError) as bad:
+            oai.fine_tuning.jobs.create(model="tiny-llama", training_file=file_id, integrations=[integration])
+        assert bad.value.param == param and says in bad.value.message, bad.value.message
+    assert oai.fine_tuning.jobs.list().data == before  # nothing created
+
+
+def _openai(service):
+    """The official client on the in-process API (TestClient is an httpx.Client)."""
+    import openai
+
+    key = service.headers["Authorization"].removeprefix("Bearer ")
+    return openai.OpenAI(api_key=key, base_url="http://testserver/v1", http_client=service.client, max_retries=0)
 
 
 # -- MLflow -----------------------------------------------------------------------------------------
