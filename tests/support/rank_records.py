@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker.ranks import RankProgress
@@ -21,7 +21,7 @@ from worker.ranks import RankProgress
 
 @dataclass(frozen=True)
 class RecordedRankProgress(RankProgress):
-    records: Path
+    records: Path = field(kw_only=True)  # after RankProgress's fields with defaults
 
     def __call__(self) -> list:
         rank = int(os.environ["RANK"])
