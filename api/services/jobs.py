@@ -135,7 +135,11 @@ def create_job(*, session: Session, settings: Settings, storage: Storage, tenant
 
 
 def _check_integrations(settings: Settings, request: JobCreate) -> None:
-    """An integration logs to the operator's server of its type: one not configured here is a 400."""
+    """An integration logs to the operator's server of its type: one not configured here is a 400; a
+    multi-GPU job's ranks (worker/ranks.py) do not feed the tracking sink yet, so it is refused."""
+    if request.integrations and request.gpus > 1:
+        raise bad_request("integrations are logged for one-GPU jobs only, for now: use gpus: 1 or no integrations",
+                          param="integrations")
     for index, integration in enumerate(request.integrations or ()):
         if not settings.integration_configured(integration.type):
             setting = "DORA_WANDB_API_KEY" if integration.type == "wandb" else "DORA_MLFLOW_TRACKING_URI"

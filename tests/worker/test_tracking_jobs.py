@@ -57,7 +57,7 @@ def _validation(service) -> str:
 
 @pytest.fixture
 def wandb_service(settings, tmp_path):
-    yield from _service(settings, wandb_mode="offline", wandb_dir=str(tmp_path / "wandb"))
+    yield from _service(settings, wandb_mode="offline", wandb_dir=str(tmp_path / "wandb"), max_job_gpus=2)
 
 
 def test_a_wandb_job_writes_its_config_every_step_and_the_samples(wandb_service, tmp_path):
@@ -100,12 +100,15 @@ def test_bad_integrations_are_400s_naming_the_field_through_the_openai_client(wa
     service = wandb_service
     oai, file_id = _openai(service), service.upload()
     before = oai.fine_tuning.jobs.list().data
-    for integration, param, says in [
-            ({"type": "comet", "comet": {"project": "p"}}, "integrations.0.type", "'comet' is not supported"),
-            ({"type": "wandb", "wandb": {"project": "p" * 129}}, "integrations.0.wandb.project", "128"),
-            ({"type": "mlflow", "mlflow": {"experiment": "e"}}, "integrations.0.type", "DORA_MLFLOW_TRACKING_URI")]:
+    wandb = {"type": "wandb", "wandb": {"project": "p"}}
+    for integration, extra, param, says in [
+            ({"type": "comet", "comet": {"project": "p"}}, {}, "integrations.0.type", "'comet' is not supported"),
+            ({"type": "wandb", "wandb": {"project": "p" * 129}}, {}, "integrations.0.wandb.project", "128"),
+            ({"type": "mlflow", "mlflow": {"experiment": "e"}}, {}, "integrations.0.type", "DORA_MLFLOW_TRACKING_URI"),
+            (wandb, {"gpus": 2}, "integrations", "one-GPU jobs only")]:
         with pytest.raises(openai.BadRequestError) as bad:
-            oai.fine_tuning.jobs.create(model="tiny-llama", training_file=file_id, integrations=[integration])
+            oai.fine_tuning.jobs.create(model="tiny-llama", training_file=file_id, integrations=[integration],
+                                        extra_body=extra)
         assert bad.value.param == param and says in bad.value.message, bad.value.message
     assert oai.fine_tuning.jobs.list().data == before  # nothing created
 
