@@ -139,17 +139,23 @@ class TrackingSink:
                     self.backend.finish()
                     break
             except Exception as error:  # noqa: BLE001 - a tracking server's failure never reaches training
-                self.error = f"{type(error).__name__}: {error}"[:300]
-                log.warning("tracking (%s): delivery failed: %s", self.backend.label, self.error)
+                message = f"{type(error).__name__}: {error}"[:300]
+                if message != self.error:  # once per kind of failure, not once per retry
+                    log.warning("tracking (%s): delivery failed (retrying): %s", self.backend.label, message)
+                self.error = message
                 with self._condition:  # keep the batch, oldest first, within the capacity
                     self._buffer.extendleft(reversed(self._in_flight))
                     self._in_flight = []
                     while len(self._buffer) > self._capacity:
                         self.dropped.append(self._buffer.popleft())
-                    left = self._deadline - time.monotonic()
-                    if left <= 0:
+                    # the pause: new records do not cut it short (a dead server is not retried every step),
+                    # close() does once, for a last try; after it, retries stop at the flush deadline
+                    retry_at = min(time.monotonic() + pause, self._deadline)
+                    was_closing = self._closing
+                    while time.monotonic() < retry_at and self._closing == was_closing:
+                        self._condition.wait(retry_at - time.monotonic())
+                    if time.monotonic() >= self._deadline:
                         break
-                    self._condition.wait(min(pause, left))  # woken early by close()
                 pause = min(pause * 2, MOST_RETRY_SECONDS)
         self._done.set()
 

@@ -18,8 +18,10 @@ class Recording:
     def __init__(self, fail: int = 0, gate: threading.Event | None = None) -> None:
         self.fail, self.gate = fail, gate
         self.calls: list[tuple] = []
+        self.attempts = 0
 
     def _call(self, *call) -> None:
+        self.attempts += 1
         if self.gate is not None:
             self.gate.wait()  # a server that does not answer
         if self.fail:
@@ -78,6 +80,18 @@ def test_a_dead_server_never_slows_training_and_the_report_names_the_steps():
     assert sink.lost_steps() == list(range(1, 51))
     assert sink.report() == ("Test: the metrics of 50 steps (steps 1-50) and 1 evaluations' samples were not "
                              "logged: ConnectionError: connection refused")
+
+
+def test_a_dead_server_is_retried_after_a_pause_not_on_every_step():
+    backend = Recording(fail=10**6)
+    sink = TrackingSink(backend, buffer_points=100, flush_seconds=0.2, retry_seconds=30)
+    sink.metrics(1, {"loss": 1.0})
+    time.sleep(0.2)  # the first try failed: the thread pauses for 30 s
+    _feed(sink, range(2, 51))
+    time.sleep(0.2)
+    assert backend.attempts == 1
+    sink.close()  # one last try now, then none past the flush limit
+    assert backend.attempts == 2 and sink.lost_steps() == list(range(1, 51))
 
 
 def test_a_hung_server_costs_the_flush_limit_once_and_is_reported():
