@@ -36,6 +36,13 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     engine = build_engine(database_url())
     with engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            # A batch migration that SQLite cannot ALTER in place copies the table and drops the old one;
+            # with foreign keys on (store/db.py turns them on for every connection) the drop would
+            # cascade, e.g. every job's events gone with the old `jobs`. Off for the migration (it only
+            # takes effect outside a transaction, hence the commit), as Alembic's batch docs advise.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
         context.configure(connection=connection, target_metadata=target_metadata,
                           render_as_batch=connection.dialect.name == "sqlite")
         with context.begin_transaction():

@@ -23,7 +23,7 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
-        batch.add_column(sa.Column("pause_requested", sa.Boolean(), nullable=False, server_default=sa.false()))
+        batch.add_column(sa.Column("pause_requested", sa.Boolean(), nullable=False, server_default="0"))
 
 
 def downgrade() -> None:

@@ -18,7 +18,7 @@ RUN = RunSettings.from_data({"adapter": {"method": "lora", "rank": 4}, "training
 SPEC = {"version": 1, "run": RUN.model_dump(mode="json"),
         "base_model": {"source": "./var/models/tiny-llama", "public_id": "org/tiny"},
         "training_file": {"id": "file-t", "storage_key": "tenants/t/files/file-t", "format": "chat", "rows": 3},
-        "validation_file": None}
+        "validation_file": None, "evals": [], "parent": None, "integrations": []}  # the last three: their defaults
 
 
 def _stored(settings, job_id: str) -> dict:
