@@ -45,8 +45,13 @@ def format_step(metrics: dict, total_steps: int, eta_seconds: float | None) -> s
 
 
 def format_evaluation(metrics: dict) -> str:
-    return (f"eval step {metrics['step']}  eval_loss {metrics['eval_loss']:.4f}  "
-            f"eval_token_accuracy {metrics['eval_token_accuracy']:.3f}")
+    """`eval step N` and every number the evaluation measured, in its order: an SFT run's eval_loss and
+    eval_token_accuracy, a DPO run's eval_rewards/*, or, at a checkpoint step where no evaluation ran,
+    the whole validation set's full_eval_* (dora_core/training/run.py validate_for_checkpoint)."""
+    kind = "full eval" if any(name.startswith("full_") for name in metrics) else "eval"
+    values = "  ".join(f"{name} {value:.4f}" for name, value in metrics.items()
+                       if name != "step" and isinstance(value, int | float))
+    return f"{kind} step {metrics['step']}  {values}"
 
 
 def _one_line(text: str) -> str:

@@ -315,3 +315,16 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere():
     shown = screen.getvalue()
     assert "3/6" in shown and "loss 1.2346" in shown and "lr 1.00e-04" in shown and "eta" in shown
     assert "resumed from checkpoint at step 2" in shown and "warning: out of memory" in shown
+
+
+def test_evaluation_lines_show_whatever_the_run_measured():
+    """SFT's loss and token accuracy, DPO's rewards (no token accuracy), and a checkpoint's measurement of
+    the whole validation set (full_eval_*): one line each, never a KeyError in the middle of a run."""
+    from dora_cli.progress import format_evaluation
+
+    assert format_evaluation({"step": 4, "eval_loss": 1.23456, "eval_token_accuracy": 0.5}) == \
+        "eval step 4  eval_loss 1.2346  eval_token_accuracy 0.5000"
+    assert format_evaluation({"step": 2, "eval_loss": 0.69, "eval_rewards/margins": 0.1}) == \
+        "eval step 2  eval_loss 0.6900  eval_rewards/margins 0.1000"
+    assert format_evaluation({"step": 6, "full_eval_loss": 7.0, "full_eval_token_accuracy": 0.0}) == \
+        "full eval step 6  full_eval_loss 7.0000  full_eval_token_accuracy 0.0000"
