@@ -123,11 +123,12 @@ def detect_format(row: Mapping[str, Any]) -> str | None:
 
 
 def _ends_before_an_answer(messages: object) -> bool:
-    """A message list whose last message is an object with a role other than assistant's."""
+    """A message list whose last message is an object with a known role other than assistant's (an
+    unknown role, `robot`, reads as chat, whose check then names that role)."""
     if not isinstance(messages, (list, tuple)) or not messages or not isinstance(messages[-1], Mapping):
         return False
     role = messages[-1].get("role")
-    return isinstance(role, str) and role != "assistant"
+    return isinstance(role, str) and role in ROLES and role != "assistant"
 
 
 def unrecognised_row_message(row: Mapping[str, Any]) -> str:
