@@ -157,7 +157,8 @@ def test_a_dora_adapter_from_storage_generates_what_the_merged_model_generates(s
     tokens = [t for delta in deltas for t in delta.tokens]
     assert len(tokens) == len(expected) and all(len(t.top_logprobs) == 2 for t in tokens)
     assert all(t.logprob <= 0 and t.top_logprobs[0].logprob == pytest.approx(t.logprob) for t in tokens)  # greedy
-    cached = [folder for folder in (root / "model-cache" / "adapters").iterdir() if not folder.name.startswith(".")]
+    cached = [folder for folder in (root / "model-cache" / "adapters").iterdir() if folder.is_dir()
+              and not folder.name.startswith(".")]  # beside each folder, `<folder>.prefix` names its storage prefix
     assert len(cached) == 1 and sorted(p.name for p in cached[0].iterdir()) == sorted(ADAPTER_FILES)
 
 
