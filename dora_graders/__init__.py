@@ -5,12 +5,12 @@ The specs are dora_contract.graders; this package checks and runs them. Used by 
 fine-tuning. It knows no HTTP: a model grader's judge is a `complete` callable the caller lends.
 """
 
-from dora_graders.errors import GraderSpecError, GradingError, ItemError
+from dora_graders.errors import GraderSpecError, GradingError, ItemError, JudgeUnavailableError
 from dora_graders.grading import PYTHON_DISABLED, GradingContext, check, check_item, grade
 from dora_graders.judges import Complete, JudgeReply
 from dora_graders.result import ERROR_FLAGS, GradeResult
 from dora_graders.sandbox import PythonSandbox, SandboxLimits
 
 __all__ = ["ERROR_FLAGS", "PYTHON_DISABLED", "Complete", "GradeResult", "GraderSpecError", "GradingContext",
-           "GradingError", "ItemError", "JudgeReply", "PythonSandbox", "SandboxLimits", "check", "check_item",
-           "grade"]
+           "GradingError", "ItemError", "JudgeReply", "JudgeUnavailableError", "PythonSandbox", "SandboxLimits",
+           "check", "check_item", "grade"]

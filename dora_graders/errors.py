@@ -5,7 +5,9 @@ python grader where the operator has not enabled it); the API answers 400 naming
 `ItemError`: this item or sample lacks what a template references; the API answers 400 for
 graders/run, an eval marks that one item errored. Anything failing while grading (a judge's answer
 that is no score, user code that raises or times out, a formula dividing by zero) is no exception:
-the result carries OpenAI's error flag for it and a reward of 0 (dora_graders.result).
+the result carries OpenAI's error flag for it and a reward of 0 (dora_graders.result), except
+`JudgeUnavailableError`, which a caller's judge raises when it cannot answer at all (not this sample's
+fault): it leaves `grade` as it is, so the caller stops (the training worker fails the run).
 """
 
 from __future__ import annotations
@@ -33,3 +35,8 @@ class GradingError(Exception):
     def __init__(self, flag: str, details: str) -> None:
         super().__init__(details)
         self.flag, self.details = flag, details
+
+
+class JudgeUnavailableError(Exception):
+    """Raised by a caller's `complete` when its judge cannot answer at all (its model gone, no server):
+    never flagged as a sample's error, it leaves `grade` to the caller (worker/judges.py)."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dora_contract.graders import GraderMessage, JudgeSampling, LabelModelGrader, ScoreModelGrader
-from dora_graders.errors import GradingError
+from dora_graders.errors import GradingError, JudgeUnavailableError
 from dora_graders.templates import references, render
 
 
@@ -66,6 +66,8 @@ def ask(complete: Complete | None, grader: ScoreModelGrader | LabelModelGrader,
     messages = render_messages(grader, namespace)
     try:
         reply = complete(grader.model, messages, sampling(grader.sampling_params))
+    except JudgeUnavailableError:  # the caller's: not this sample's failure, so it stops the caller
+        raise
     except Exception as error:  # noqa: BLE001 - any failure of the judge is this one grader error, reported
         raise GradingError("model_grader_server_error", f"the judge '{grader.model}' failed: {error}") from None
     return reply if isinstance(reply, JudgeReply) else JudgeReply(text=str(reply))

@@ -10,7 +10,16 @@ from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU
 
 from dora_contract.graders import Grader
-from dora_graders import GraderSpecError, GradingContext, ItemError, JudgeReply, check, check_item, grade
+from dora_graders import (
+    GraderSpecError,
+    GradingContext,
+    ItemError,
+    JudgeReply,
+    JudgeUnavailableError,
+    check,
+    check_item,
+    grade,
+)
 
 GRADER = TypeAdapter(Grader)
 HYPOTHESIS, REFERENCE = "the cat sat on the mat", "the cat is on the mat"
@@ -139,6 +148,20 @@ def test_score_and_label_model_read_the_judges_answer():
         "model_grader_server_error_details"].endswith("refused")
     with pytest.raises(ValidationError, match="subset of labels"):
         GRADER.validate_python(label | {"passing_labels": ["great"]})
+
+
+def test_a_judge_that_cannot_answer_at_all_stops_the_caller_even_inside_a_multi_grader():
+    """The training worker's judge raises JudgeUnavailableError (its model gone, no server): not a
+    sample's model_grader_server_error with a reward of 0, but out of grade(), so the run fails."""
+    def gone(model, messages, sampling):
+        raise JudgeUnavailableError(f"the judge '{model}' is gone")
+
+    label = {"type": "label_model", "name": "l", "model": "tiny-llama", "labels": ["good", "bad"],
+             "passing_labels": ["good"], "input": [{"role": "user", "content": "{{sample.output_text}}"}]}
+    multi = {"type": "multi", "name": "m", "calculate_output": "l", "graders": {"l": label}}
+    for spec in (label, multi):
+        with pytest.raises(JudgeUnavailableError, match="'tiny-llama' is gone"):
+            run(spec, "good", complete=gone)
 
 
 def test_python_disabled_names_the_grader_type():
