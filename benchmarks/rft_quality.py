@@ -27,9 +27,9 @@ maximises, before and after).
     python benchmarks/rft_quality.py --device cuda
     python benchmarks/rft_quality.py --quick --model DIR  # a smoke run on the tiny model (seconds)
 
-Output: JSON lines on stdout and in OUT/rft_quality.jsonl: "data", one "train" line per trained
-model (settings, seconds, first and last step metrics, eval_reward), one "eval" line per model
-(base, sft, rft, sft_rft) and a closing "summary".
+Output: JSON lines on stdout and in OUT/rft_quality.jsonl: "data", one "eval" line per model
+(base, sft, rft, sft_rft), each trained model's after its "train" line (settings, seconds, first
+and last step metrics, eval_reward), and a closing "summary".
 """
 
 from __future__ import annotations
@@ -122,22 +122,24 @@ def main(argv: list[str] | None = None) -> int:
                     "criterion": CRITERION.model_dump(), **context})
         tokenizer = load_tokenizer(model_dir, local_files_only=True)
 
+        # each model judged as soon as it exists: a run stopped midway keeps whole comparisons
         adapters: dict[str, Path | None] = {"base": None}
-        for name in MODELS[1:]:
-            config = run_config(name, model_dir, files, settings, init_adapter=adapters["sft"] if name == "sft_rft"
-                                else None)
-            clock, cpu_clock = time.perf_counter(), time.process_time()
-            result = run_training(config, folder / name, device=str(device), resume=False)
-            adapters[name] = Path(result.outputs["adapter"])
-            metrics = [json.loads(line) for line in (folder / name / "metrics.jsonl").read_text().splitlines()]
-            sink.write({"kind": "train", "name": name, **described(config), "steps": result.step,
-                        "train_seconds": round(time.perf_counter() - clock, 1),
-                        "train_cpu_seconds": round(time.process_time() - cpu_clock, 1),
-                        **run_metrics(metrics), **context})
-
-        lines = {name: sink.write({"kind": "eval", "name": name, **evaluate(
-            model_dir, adapter, tokenizer, split.eval_questions, split.eval_answers, device, settings), **context})
-            for name, adapter in adapters.items()}
+        lines: dict[str, dict] = {}
+        for name in MODELS:
+            if name != "base":
+                config = run_config(name, model_dir, files, settings,
+                                    init_adapter=adapters["sft"] if name == "sft_rft" else None)
+                clock, cpu_clock = time.perf_counter(), time.process_time()
+                result = run_training(config, folder / name, device=str(device), resume=False)
+                adapters[name] = Path(result.outputs["adapter"])
+                metrics = [json.loads(line) for line in (folder / name / "metrics.jsonl").read_text().splitlines()]
+                sink.write({"kind": "train", "name": name, **described(config), "steps": result.step,
+                            "train_seconds": round(time.perf_counter() - clock, 1),
+                            "train_cpu_seconds": round(time.process_time() - cpu_clock, 1),
+                            **run_metrics(metrics), **context})
+            lines[name] = sink.write({"kind": "eval", "name": name, **evaluate(
+                model_dir, adapters[name], tokenizer, split.eval_questions, split.eval_answers, device, settings),
+                **context})
     sink.write({"kind": "summary", "exact_match": {name: line["exact_match"] for name, line in lines.items()},
                 "wilson_95": {name: line["wilson_95"] for name, line in lines.items()},
                 "sampled_reward": {name: line["sampled_reward"] for name, line in lines.items()},
