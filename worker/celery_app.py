@@ -38,6 +38,7 @@ from kombu import Queue
 
 from store.broker import BrokerKind, broker_kind
 from store.queue import QUEUE, TASK_NAME, gpus_of_queue, queues_up_to
+from worker.celery_apps import every_app_conf
 from worker.settings import WorkerSettings, get_worker_settings
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,6 @@ def transport_options(settings: WorkerSettings) -> dict:
 
 def make_celery(settings: WorkerSettings) -> Celery:
     app = Celery("dora-worker", broker=settings.broker_url, set_as_current=False)
-    embedded = broker_kind(settings.broker_url) is BrokerKind.SQLALCHEMY
     app.conf.update(
         task_default_queue=QUEUE,
         task_queues=tuple(Queue(name, routing_key=name) for name in queues_up_to(settings.gpus or 1)),
@@ -66,15 +66,9 @@ def make_celery(settings: WorkerSettings) -> Celery:
         worker_lost_wait=2.0,  # a killed job process frees its slot sooner (results live in SQL anyway)
         task_soft_time_limit=settings.job_time_limit_seconds,
         task_time_limit=settings.job_time_limit_seconds + 600,
-        task_ignore_result=True,
-        task_serializer="json",
-        accept_content=["json"],
         broker_transport_options=transport_options(settings),
-        broker_connection_retry_on_startup=True,
-        broker_connection_max_retries=None,  # a broker restart is waited out, never fatal
         worker_cancel_long_running_tasks_on_connection_loss=False,  # SQL owns the job, not the connection
-        worker_enable_remote_control=not embedded,  # the SQL transport has no fanout exchanges
-        worker_send_task_events=False,
+        **every_app_conf(settings.broker_url),
     )
     app.settings = settings
     return app

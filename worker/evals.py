@@ -30,15 +30,14 @@ from datetime import timedelta
 
 from celery import Celery
 from celery.signals import worker_shutting_down
-from kombu import Queue
 
 from store import eval_execution as runs
-from store.broker import BrokerKind, broker_kind
 from store.db import session_factory, session_scope
 from store.inference_client import InferenceClient
 from store.models import utcnow
 from store.queue import EVAL_QUEUE, EVAL_TASK_NAME, publish_eval_run
 from store.storage import open_storage
+from worker.celery_apps import compact_embedded_broker, run_with_sweeper, thread_pool_app
 from worker.eval_run import run_eval
 from worker.settings import EvalRunnerSettings
 
@@ -67,42 +66,15 @@ class Sweeper:
                 published.append(run_id)
         if published:
             log.info("eval runs published again: %s", ", ".join(published))
-        if broker_kind(s.broker_url) is BrokerKind.SQLALCHEMY:
-            from worker.reconciler import compact_sql_broker
-
-            compact_sql_broker(s.broker_url)  # also when no GPU worker (and its reconciler) runs
+        compact_embedded_broker(s.broker_url)
         return published
-
-    def run_forever(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                self.run_once()
-            except Exception as error:  # noqa: BLE001 - a database blip: try again next sweep
-                log.warning("eval sweep failed: %s", error)
-            stop.wait(self.settings.eval_sweep_interval_seconds)
 
 
 def make_celery(settings: EvalRunnerSettings, stopping: threading.Event | None = None) -> Celery:
     """The app and its task; `stopping` is set when the worker starts shutting down."""
     stopping = stopping or threading.Event()
-    app = Celery("dora-evals", broker=settings.broker_url, set_as_current=False)
-    embedded = broker_kind(settings.broker_url) is BrokerKind.SQLALCHEMY
-    app.conf.update(
-        task_default_queue=EVAL_QUEUE,
-        task_queues=(Queue(EVAL_QUEUE, routing_key=EVAL_QUEUE),),
-        task_routes={EVAL_TASK_NAME: {"queue": EVAL_QUEUE}},
-        task_acks_late=False,  # SQL holds the run: a message lost with this process is swept again
-        worker_prefetch_multiplier=1,
-        worker_concurrency=settings.eval_concurrency,
-        worker_pool="threads",
-        task_ignore_result=True,
-        task_serializer="json",
-        accept_content=["json"],
-        broker_connection_retry_on_startup=True,
-        broker_connection_max_retries=None,  # a broker restart is waited out, never fatal
-        worker_enable_remote_control=not embedded,  # the SQL transport has no fanout exchanges
-        worker_send_task_events=False,
-    )
+    app = thread_pool_app("dora-evals", broker_url=settings.broker_url, queue=EVAL_QUEUE, task_name=EVAL_TASK_NAME,
+                          concurrency=settings.eval_concurrency)
     storage = open_storage(settings.storage_url, endpoint_url=settings.s3_endpoint_url)
     sessions = session_factory(settings)
     # one HTTP client for every run of this process: its pool as large as all their completions
@@ -123,18 +95,8 @@ def make_celery(settings: EvalRunnerSettings, stopping: threading.Event | None =
 
 def run(settings: EvalRunnerSettings, *, hostname: str | None = None) -> int:
     """Consume the `evals` queue, with the sweeper beside it, until SIGTERM/Ctrl-C."""
-    stop, stopping = threading.Event(), threading.Event()
+    stopping = threading.Event()
     worker_shutting_down.connect(lambda **_: stopping.set(), weak=False)
-    sweeper = threading.Thread(target=Sweeper(settings).run_forever, args=(stop,), name="eval-sweeper", daemon=True)
-    sweeper.start()
-    argv = ["worker", "--queues", EVAL_QUEUE, "--pool", "threads", "--concurrency", str(settings.eval_concurrency),
-            "--loglevel", settings.log_level.upper(), "--hostname", hostname or "evals@%h", "--without-gossip",
-            "--without-mingle", "--without-heartbeat"]
-    try:
-        make_celery(settings, stopping).worker_main(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    finally:
-        stop.set()
-        sweeper.join(timeout=10)
-    return 0
+    return run_with_sweeper(make_celery(settings, stopping), sweep=Sweeper(settings).run_once,
+                            sweep_every_seconds=settings.eval_sweep_interval_seconds, what="eval",
+                            hostname=hostname or "evals@%h", log_level=settings.log_level, log=log)

@@ -49,13 +49,12 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from celery import Celery
-from kombu import Queue
 
 from store import webhooks as webhook_store
-from store.broker import BrokerKind, broker_kind
 from store.db import session_scope
 from store.models import utcnow
 from store.queue import WEBHOOK_QUEUE, WEBHOOK_TASK_NAME, publish_delivery
+from worker.celery_apps import compact_embedded_broker, run_with_sweeper, thread_pool_app
 from worker.settings import WebhookSenderSettings
 
 log = logging.getLogger("worker.webhooks")
@@ -314,41 +313,14 @@ class Sweeper:
                                          per_webhook=self.settings.webhook_max_in_flight_per_endpoint,
                                          queued=self.queued)
         published = [delivery_id for delivery_id in due if self.publish(delivery_id)]
-        if broker_kind(self.settings.broker_url) is BrokerKind.SQLALCHEMY:
-            from worker.reconciler import compact_sql_broker
-
-            compact_sql_broker(self.settings.broker_url)  # also when no GPU worker (and its reconciler) runs
+        compact_embedded_broker(self.settings.broker_url)
         return published
-
-    def run_forever(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                self.run_once()
-            except Exception as error:  # noqa: BLE001 - a database blip: try again next sweep
-                log.warning("webhook sweep failed: %s", error)
-            stop.wait(self.settings.webhook_sweep_interval_seconds)
 
 
 # -- the Celery app -------------------------------------------------------------------------------
 def make_celery(settings: WebhookSenderSettings) -> Celery:
-    app = Celery("dora-webhooks", broker=settings.broker_url, set_as_current=False)
-    embedded = broker_kind(settings.broker_url) is BrokerKind.SQLALCHEMY
-    app.conf.update(
-        task_default_queue=WEBHOOK_QUEUE,
-        task_queues=(Queue(WEBHOOK_QUEUE, routing_key=WEBHOOK_QUEUE),),
-        task_routes={WEBHOOK_TASK_NAME: {"queue": WEBHOOK_QUEUE}},
-        task_acks_late=False,  # SQL holds the delivery: a message lost with this process is swept again
-        worker_prefetch_multiplier=1,
-        worker_concurrency=settings.webhook_concurrency,
-        worker_pool="threads",
-        task_ignore_result=True,
-        task_serializer="json",
-        accept_content=["json"],
-        broker_connection_retry_on_startup=True,
-        broker_connection_max_retries=None,  # a broker restart is waited out, never fatal
-        worker_enable_remote_control=not embedded,  # the SQL transport has no fanout exchanges
-        worker_send_task_events=False,
-    )
+    app = thread_pool_app("dora-webhooks", broker_url=settings.broker_url, queue=WEBHOOK_QUEUE,
+                          task_name=WEBHOOK_TASK_NAME, concurrency=settings.webhook_concurrency)
 
     @app.task(name=WEBHOOK_TASK_NAME)
     def deliver_task(delivery_id: str) -> str:
@@ -359,18 +331,6 @@ def make_celery(settings: WebhookSenderSettings) -> Celery:
 
 def run(settings: WebhookSenderSettings, *, hostname: str | None = None) -> int:
     """Consume the `webhooks` queue, with the sweeper beside it, until SIGTERM/Ctrl-C."""
-    stop = threading.Event()
-    sweeper = threading.Thread(target=Sweeper(settings).run_forever, args=(stop,), name="webhook-sweeper",
-                               daemon=True)
-    sweeper.start()
-    argv = ["worker", "--queues", WEBHOOK_QUEUE, "--pool", "threads", "--concurrency",
-            str(settings.webhook_concurrency), "--loglevel", settings.log_level.upper(), "--hostname",
-            hostname or "webhooks@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"]
-    try:
-        make_celery(settings).worker_main(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    finally:
-        stop.set()
-        sweeper.join(timeout=10)
-    return 0
+    return run_with_sweeper(make_celery(settings), sweep=Sweeper(settings).run_once,
+                            sweep_every_seconds=settings.webhook_sweep_interval_seconds, what="webhook",
+                            hostname=hostname or "webhooks@%h", log_level=settings.log_level, log=log)
