@@ -1,9 +1,12 @@
 """The running batch's KV cache: a transformers DynamicCache whose rows join and leave.
 
-Rows are left-padded to a common length (the padding is masked out by the 2-D attention mask and
-never read). A joining request's cache (prefilled alone, batch 1) is padded on the left to the
+Rows are left-padded to a common length: each row's real tokens are its last columns, the padding
+is masked out by the 2-D attention mask, never read, and holds zeros. Joining requests come as the
+cache of one prefill of k left-padded rows (prefill.py; k = 1 for a request prefilled alone): its
+rows that go on are selected, its padded columns zeroed, and it is padded on the left to the
 batch's length, or the batch's to its, and concatenated along the batch dimension; leaving rows are
-dropped with an index select, and leading columns that became padding for every row are trimmed.
+dropped with an index select. Leading columns that are padding in every row are trimmed, so the
+first column is a real token of some row.
 Only plain `DynamicLayer`s are handled (their public `keys`/`values`, (batch, heads, seq, head_dim)),
 the same in transformers 5.17 and 5.25; anything else (sliding-window, quantized) is refused.
 """
@@ -45,17 +48,43 @@ class BatchCache:
 
     def add(self, cache: DynamicCache, length: int) -> None:
         """Append a prefilled batch-1 cache of `length` tokens as the last row."""
+        self.add_rows(cache, [length])
+
+    def add_rows(self, cache: DynamicCache, lengths: list[int], keep: list[int] | None = None) -> None:
+        """Append the rows of a prefilled batch-k cache, left-padded: row i's real tokens are its last
+        lengths[i] columns. `keep`: only these of its rows, in this order (the others finished at their
+        first token); the cache is taken over, not copied."""
         check_plain(cache)
         device = cache.layers[0].keys.device
-        mask = torch.ones(1, length, dtype=torch.long, device=device)
+        width = cache.layers[0].keys.shape[2]
+        if len(lengths) != cache.layers[0].keys.shape[0] or not all(0 < n <= width for n in lengths):
+            raise ValueError(f"lengths {lengths} do not fit a cache of {cache.layers[0].keys.shape[0]} rows and "
+                             f"{width} columns")
+        mask = left_padding_mask(lengths, width, device)  # (k, width)
+        if keep is not None:
+            if not keep:
+                return
+            index = torch.tensor(keep, device=device)
+            first = width - max(lengths[i] for i in keep)  # leading columns that are padding in every kept row
+            mask = mask[index, first:]
+            for layer in cache.layers:
+                layer.keys = layer.keys[index, :, first:]
+                layer.values = layer.values[index, :, first:]
+        if not bool(mask.all()):
+            # zeros, as _pad_left's: a query row that is all padding may come out NaN in some attention kernels,
+            # its keys and values too, and a masked NaN value still poisons a decode step (0 x NaN = NaN)
+            real_columns = mask.bool()[:, None, :, None]  # (k, 1, width, 1)
+            for layer in cache.layers:
+                layer.keys = torch.where(real_columns, layer.keys, 0.0)
+                layer.values = torch.where(real_columns, layer.values, 0.0)
         if self.cache is None:
             self.cache, self.mask = cache, mask
             return
-        width = max(self.mask.shape[1], length)
+        width = max(self.mask.shape[1], mask.shape[1])
         for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
             mine.keys = torch.cat([_pad_left(mine.keys, width), _pad_left(theirs.keys, width)], dim=0)
             mine.values = torch.cat([_pad_left(mine.values, width), _pad_left(theirs.values, width)], dim=0)
-        self.mask = torch.cat([F.pad(self.mask, (width - self.mask.shape[1], 0)), F.pad(mask, (width - length, 0))])
+        self.mask = torch.cat([_pad_mask_left(self.mask, width), _pad_mask_left(mask, width)])
 
     def extend_mask(self) -> torch.Tensor:
         """The mask for a decode step (one more real column per row); the step's forward extends the cache."""
@@ -78,6 +107,16 @@ class BatchCache:
         for layer in self.cache.layers:
             layer.keys = layer.keys[index, :, first:]
             layer.values = layer.values[index, :, first:]
+
+
+def left_padding_mask(lengths: list[int], width: int, device: torch.device | str) -> torch.Tensor:
+    """(rows, width) int64: 1 on each row's last lengths[i] columns, 0 on the padding before them."""
+    real = torch.tensor(lengths, device=device)  # (rows,)
+    return (torch.arange(width, device=device) >= width - real[:, None]).long()
+
+
+def _pad_mask_left(mask: torch.Tensor, width: int) -> torch.Tensor:  # (b, seq) -> (b, width)
+    return F.pad(mask, (width - mask.shape[1], 0))
 
 
 def _pad_left(tensor: torch.Tensor, width: int) -> torch.Tensor:  # (b, heads, seq, dim) -> (b, heads, width, dim)

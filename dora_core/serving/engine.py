@@ -9,6 +9,18 @@
     handle.cancel()                              # any thread; the row leaves at the next step
     engine.stop()
 
+Or, on a model whose own layers are the policy (a training model: its AdapterLinear or
+NF4AdapterLinear layers, no slots), synchronously in the calling thread, with no background thread:
+
+    engine = Engine(model, tokenizer, None, max_batch=64, max_seq_len=512)
+    completions = engine.generate(prompts, [GenerationParams(max_tokens=256, seed=s) for s in seeds])
+
+generate() runs the same loop (join, decode step, leave) until every request is done, in eval mode
+under no_grad (no inference tensors in a model that trains next), and puts the model back in the
+train/eval mode it found; each Completion holds every sampled token, the EOS that ended it included
+(reinforcement fine-tuning trains on it), its finish reason and its text. An error (an out-of-memory
+one included) is raised as it was, not turned into a Failed event.
+
 Thread safety: submit, cancel and events may be called from any thread; only the engine thread runs
 the model. A step holds `slots.lock`, so an adapter copy (AdapterSlots.write) lands between steps.
 `submit(..., on_done=...)` runs on_done once the row has left the batch (finished, cancelled or
@@ -36,7 +48,8 @@ import queue
 import secrets
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,8 +59,10 @@ from dora_core.serving.adapter_slots import BASE_SLOT, AdapterSlots
 from dora_core.serving.batch_cache import BatchCache, new_cache
 from dora_core.serving.detokenize import IncrementalText, TokenTexts
 from dora_core.serving.errors import RequestError
+from dora_core.serving.prefill import left_padded, prefill_groups
 from dora_core.serving.prompts import check_length, context_length
 from dora_core.serving.sampling import Choice, RowSampling, choose_tokens, new_generator
+from dora_core.stop_tokens import stop_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +135,15 @@ class Failed:
 Event = TextDelta | Finished | Failed
 
 
+@dataclass(frozen=True)
+class Completion:
+    """One request's result from Engine.generate."""
+
+    token_ids: tuple[int, ...]  # every sampled token, the EOS (or a stop string's tokens) that ended it included
+    finish_reason: str  # "stop" | "length"
+    text: str  # what its stream shows: no special tokens, ending before a stop string
+
+
 class GenerationHandle:
     """A submitted request: read its events, or cancel it."""
 
@@ -129,6 +153,8 @@ class GenerationHandle:
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._cancelled = threading.Event()
         self.closed = False  # the final event (Finished or Failed) was emitted
+        self.generated: list[int] = []  # every sampled token, the EOS included (engine side)
+        self.error: Exception | None = None  # what failed it, for generate() to raise
 
     def cancel(self) -> None:
         self._cancelled.set()
@@ -163,22 +189,30 @@ class _Row:
     handle: GenerationHandle
     text: IncrementalText
     sampling: RowSampling
-    generated: list[int] = field(default_factory=list)
     pending: list[TokenLogprob] = field(default_factory=list)  # tokens not yet sent in a TextDelta
     finished: bool = False
 
+    @property
+    def generated(self) -> list[int]:
+        return self.handle.generated  # kept on the handle: generate() returns them
+
 
 class Engine:
-    """Runs requests on `model` (its linears already MultiAdapterLinear, see AdapterSlots.install)."""
+    """Runs requests on `model`: its linears already MultiAdapterLinear (see AdapterSlots.install), or,
+    with `slots` None, its layers as they are (slot 0 only). `max_seq_len`: prompt + completion never
+    longer (a training run's), nor than the model has positions for."""
 
-    def __init__(self, model: Any, tokenizer: Any, slots: AdapterSlots, *, max_batch: int = 16) -> None:
+    def __init__(self, model: Any, tokenizer: Any, slots: AdapterSlots | None, *, max_batch: int = 16,
+                 max_seq_len: int | None = None) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
-        self.model, self.tokenizer, self.slots, self.max_batch = model.eval(), tokenizer, slots, max_batch
+        # a slotted model serves in eval mode for good; a training model's mode is generate()'s to set and restore
+        self.model = model if slots is None else model.eval()
+        self.tokenizer, self.slots, self.max_batch = tokenizer, slots, max_batch
         self.device = next(model.parameters()).device
-        self.context_length = context_length(model)
+        self.context_length = min(context_length(model), max_seq_len or context_length(model))
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = frozenset(stop_token_ids(model, tokenizer))
         new_cache(model.config)  # refuses a model whose cache is not plain dynamic layers, now
         parameters = inspect.signature(model.forward).parameters
         self._cache_argument = "cache" if "cache" in parameters else "past_key_values"  # 5.25 / 5.17
@@ -210,18 +244,48 @@ class Engine:
                on_done: Callable[[], None] | None = None) -> GenerationHandle:
         """Queue a request; `on_done` runs on the engine thread once its row has left the batch
         (e.g. AdapterCache.release)."""
-        if not prompt_ids or not all(isinstance(t, int) and 0 <= t < self.vocab_size for t in prompt_ids):
-            raise RequestError("prompt", f"must be a non-empty list of token ids in [0, {self.vocab_size})")
-        check_length(list(prompt_ids), max_length=self.context_length, param="prompt")
-        if not BASE_SLOT <= slot < self.slots.num_slots:
-            raise ValueError(f"slot must be in 0..{self.slots.num_slots - 1}, got {slot}")
-        handle = GenerationHandle(list(prompt_ids), slot, params, on_done)
+        handle = self._new_handle(prompt_ids, slot, params, on_done)
         with self._wake:
             if not self.alive:
                 raise RuntimeError("the engine is not running")
             self._waiting.append(handle)
             self._wake.notify_all()
         return handle
+
+    def generate(self, prompts: Sequence[Sequence[int]],
+                 params: GenerationParams | Sequence[GenerationParams]) -> list[Completion]:
+        """Every prompt's completion (params: one for all, or one per prompt), decoded in the calling
+        thread by the loop the engine thread runs, up to max_batch rows at a time; only on an engine
+        that was not started. The model is in eval mode meanwhile and back in its own mode after."""
+        if self._thread is not None:
+            raise RuntimeError("this engine runs its own thread: submit() to it")
+        each = [params] * len(prompts) if isinstance(params, GenerationParams) else list(params)
+        if len(each) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(each)} GenerationParams")
+        handles = [self._new_handle(prompt, BASE_SLOT, p, None) for prompt, p in zip(prompts, each, strict=True)]
+        was_training = self.model.training
+        self._waiting.extend(handles)
+        try:
+            self.model.eval()
+            while self._waiting or self._rows:
+                self._step()
+                if failed := next((h.error for h in handles if h.error is not None), None):
+                    raise failed
+        finally:
+            self._waiting.clear()
+            self._rows, self._batch = [], BatchCache()
+            self.model.train(was_training)
+        return [_completion(handle) for handle in handles]
+
+    def _new_handle(self, prompt_ids: Sequence[int], slot: int, params: GenerationParams,
+                    on_done: Callable[[], None] | None) -> GenerationHandle:
+        if not prompt_ids or not all(isinstance(t, int) and 0 <= t < self.vocab_size for t in prompt_ids):
+            raise RequestError("prompt", f"must be a non-empty list of token ids in [0, {self.vocab_size})")
+        check_length(list(prompt_ids), max_length=self.context_length, param="prompt")
+        num_slots = 1 if self.slots is None else self.slots.num_slots
+        if not BASE_SLOT <= slot < num_slots:
+            raise ValueError(f"slot must be in 0..{num_slots - 1}, got {slot}")
+        return GenerationHandle(list(prompt_ids), slot, params, on_done)
 
     @property
     def running(self) -> int:
@@ -265,40 +329,58 @@ class Engine:
                     self._wake.wait()
                 if self._stopping:
                     return
-                self._joining = []
-                while self._waiting and len(self._rows) + len(self._joining) < self.max_batch:
-                    self._joining.append(self._waiting.popleft())
-            with torch.inference_mode():
-                for handle in self._joining:
-                    self._join(handle)
-                self._joining = []
-                self._leave()
-                if self._rows:
-                    self._decode_step()
+            self._step()
 
-    def _join(self, handle: GenerationHandle) -> None:
-        """Prefill one request alone, sample its first token, append it to the batch."""
-        if handle.cancelled:
-            self._finish_cancelled(handle, completion_tokens=0)
+    def _step(self) -> None:
+        """Admit waiting requests (up to max_batch rows), prefill them, drop finished rows, decode one token.
+        Gradients off: inference mode, but no_grad on a training model (slots None), where a tensor
+        a layer caches meanwhile must not become an inference tensor that autograd later refuses to save."""
+        with self._wake:
+            self._joining = []
+            while self._waiting and len(self._rows) + len(self._joining) < self.max_batch:
+                self._joining.append(self._waiting.popleft())
+        with torch.inference_mode() if self.slots is not None else torch.no_grad():
+            for group in prefill_groups([len(handle.prompt_ids) for handle in self._joining]):
+                self._join([self._joining[i] for i in group])
+            self._joining = []
+            self._leave()
+            if self._rows:
+                self._decode_step()
+
+    def _join(self, handles: list[GenerationHandle]) -> None:
+        """Prefill these requests in one forward (left-padded to the longest prompt, each row with its own
+        positions and slot), sample each one's first token, add the rows that go on to the batch."""
+        rows = []
+        for handle in handles:
+            if handle.cancelled:
+                self._finish_cancelled(handle, completion_tokens=0)
+            else:
+                rows.append(self._new_row(handle))
+        if not rows:
             return
+        try:
+            prompts = [row.handle.prompt_ids for row in rows]
+            ids, mask, positions = left_padded(prompts, self.device)  # (k, L) each
+            cache = new_cache(self.model.config)
+            logits = self._forward(ids, mask, positions, cache, [row.handle.slot for row in rows])  # (k, vocab)
+            for row, choice in zip(rows, choose_tokens(logits, [row.sampling for row in rows]), strict=True):
+                self._accept(row, choice)
+            going_on = [i for i, row in enumerate(rows) if not row.finished]
+            self._batch.add_rows(cache, [len(prompt) for prompt in prompts], keep=going_on)
+            self._rows.extend(rows[i] for i in going_on)
+        except Exception as error:  # the requests of this prefill fail with the reason, the engine goes on
+            log.exception("prefill failed")
+            for row in rows:
+                if not row.finished:
+                    row.finished = True
+                    self._fail(row.handle, f"prefill failed: {error}", error)
+
+    def _new_row(self, handle: GenerationHandle) -> _Row:
         params = handle.params
         seed = params.seed if params.seed is not None else secrets.randbits(63)
         generator = None if params.temperature == 0.0 else new_generator(self.device, seed)
         sampling = RowSampling(params.temperature, params.top_p, generator, params.logprobs, params.top_logprobs)
-        row = _Row(handle, IncrementalText(self.tokenizer, params.stop), sampling)
-        try:
-            length = len(handle.prompt_ids)
-            cache = new_cache(self.model.config)
-            ids = torch.tensor([handle.prompt_ids], device=self.device)  # (1, L)
-            logits = self._forward(ids, torch.ones_like(ids), torch.arange(length, device=self.device)[None],
-                                   cache, [handle.slot])  # (1, vocab)
-            self._accept(row, choose_tokens(logits, [row.sampling])[0])
-            if not row.finished:
-                self._batch.add(cache, length)
-                self._rows.append(row)
-        except Exception as error:  # the request fails with the reason, the engine goes on
-            log.exception("prefill failed")
-            self._fail(handle, f"prefill failed: {error}")
+        return _Row(handle, IncrementalText(self.tokenizer, params.stop), sampling)
 
     def _decode_step(self) -> None:
         try:
@@ -314,17 +396,26 @@ class Engine:
             for row in self._rows:
                 if not row.finished:
                     row.finished = True
-                    self._fail(row.handle, f"decode step failed: {error}")
+                    self._fail(row.handle, f"decode step failed: {error}", error)
         self._leave()
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any,
                  slots: list[int]) -> torch.Tensor:
         """Last-position logits (batch, vocab) in fp32; the cache grows by the ids' length."""
-        slot_ids = None if all(s == BASE_SLOT for s in slots) else torch.tensor(slots, device=self.device)
-        with self.slots.lock, self.slots.context.rows(slot_ids):
+        with self._slot_rows(slots):
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                              logits_to_keep=1, **{self._cache_argument: cache})
         return out.logits[:, -1].float()
+
+    @contextmanager
+    def _slot_rows(self, slots: list[int]) -> Iterator[None]:
+        """Each row's adapter slot set for one forward, under slots.lock; nothing to set without slots."""
+        if self.slots is None:
+            yield
+            return
+        slot_ids = None if all(s == BASE_SLOT for s in slots) else torch.tensor(slots, device=self.device)
+        with self.slots.lock, self.slots.context.rows(slot_ids):
+            yield
 
     def _leave(self) -> None:
         """Drop finished and cancelled rows from the batch."""
@@ -385,7 +476,8 @@ class Engine:
         if handle not in [row.handle for row in self._rows]:
             self._done(handle)
 
-    def _fail(self, handle: GenerationHandle, message: str) -> None:
+    def _fail(self, handle: GenerationHandle, message: str, error: Exception | None = None) -> None:
+        handle.error = error
         handle.emit(Failed(message))
         if handle not in [row.handle for row in self._rows]:
             self._done(handle)
@@ -398,12 +490,12 @@ class Engine:
                 log.exception("on_done callback failed")
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
-    """The tokenizer's eos_token_id and the generation config's eos ids."""
-    ids = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if configured is not None:
-        ids.update(int(i) for i in (configured if isinstance(configured, list | tuple) else [configured]))
-    return frozenset(ids)
+def _completion(handle: GenerationHandle) -> Completion:
+    """A finished handle's events (all queued by now) read into its Completion."""
+    text, finish = [], None
+    for event in handle.events(timeout=0):
+        if isinstance(event, TextDelta):
+            text.append(event.text)
+        elif isinstance(event, Finished):
+            finish = event.finish_reason
+    return Completion(tuple(handle.generated), finish, "".join(text))
