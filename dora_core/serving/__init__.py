@@ -13,6 +13,7 @@ from dora_core.serving.adapter_slots import (
     PreparedAdapter,
 )
 from dora_core.serving.engine import (
+    Completion,
     Engine,
     Event,
     Failed,
@@ -33,6 +34,7 @@ __all__ = [
     "AdapterMismatchError",
     "AdapterSlots",
     "AllSlotsBusyError",
+    "Completion",
     "Engine",
     "Event",
     "Failed",
