@@ -59,6 +59,7 @@ from dora_core.serving.adapter_slots import BASE_SLOT, AdapterSlots
 from dora_core.serving.batch_cache import BatchCache, new_cache
 from dora_core.serving.detokenize import IncrementalText, TokenTexts
 from dora_core.serving.errors import RequestError
+from dora_core.serving.prefill import left_padded, prefill_groups
 from dora_core.serving.prompts import check_length, context_length
 from dora_core.serving.sampling import Choice, RowSampling, choose_tokens, new_generator
 from dora_core.stop_tokens import stop_token_ids
@@ -339,36 +340,47 @@ class Engine:
             while self._waiting and len(self._rows) + len(self._joining) < self.max_batch:
                 self._joining.append(self._waiting.popleft())
         with torch.inference_mode() if self.slots is not None else torch.no_grad():
-            for handle in self._joining:
-                self._join(handle)
+            for group in prefill_groups([len(handle.prompt_ids) for handle in self._joining]):
+                self._join([self._joining[i] for i in group])
             self._joining = []
             self._leave()
             if self._rows:
                 self._decode_step()
 
-    def _join(self, handle: GenerationHandle) -> None:
-        """Prefill one request alone, sample its first token, append it to the batch."""
-        if handle.cancelled:
-            self._finish_cancelled(handle, completion_tokens=0)
+    def _join(self, handles: list[GenerationHandle]) -> None:
+        """Prefill these requests in one forward (left-padded to the longest prompt, each row with its own
+        positions and slot), sample each one's first token, add the rows that go on to the batch."""
+        rows = []
+        for handle in handles:
+            if handle.cancelled:
+                self._finish_cancelled(handle, completion_tokens=0)
+            else:
+                rows.append(self._new_row(handle))
+        if not rows:
             return
+        try:
+            prompts = [row.handle.prompt_ids for row in rows]
+            ids, mask, positions = left_padded(prompts, self.device)  # (k, L) each
+            cache = new_cache(self.model.config)
+            logits = self._forward(ids, mask, positions, cache, [row.handle.slot for row in rows])  # (k, vocab)
+            for row, choice in zip(rows, choose_tokens(logits, [row.sampling for row in rows]), strict=True):
+                self._accept(row, choice)
+            going_on = [i for i, row in enumerate(rows) if not row.finished]
+            self._batch.add_rows(cache, [len(prompt) for prompt in prompts], keep=going_on)
+            self._rows.extend(rows[i] for i in going_on)
+        except Exception as error:  # the requests of this prefill fail with the reason, the engine goes on
+            log.exception("prefill failed")
+            for row in rows:
+                if not row.finished:
+                    row.finished = True
+                    self._fail(row.handle, f"prefill failed: {error}", error)
+
+    def _new_row(self, handle: GenerationHandle) -> _Row:
         params = handle.params
         seed = params.seed if params.seed is not None else secrets.randbits(63)
         generator = None if params.temperature == 0.0 else new_generator(self.device, seed)
         sampling = RowSampling(params.temperature, params.top_p, generator, params.logprobs, params.top_logprobs)
-        row = _Row(handle, IncrementalText(self.tokenizer, params.stop), sampling)
-        try:
-            length = len(handle.prompt_ids)
-            cache = new_cache(self.model.config)
-            ids = torch.tensor([handle.prompt_ids], device=self.device)  # (1, L)
-            logits = self._forward(ids, torch.ones_like(ids), torch.arange(length, device=self.device)[None],
-                                   cache, [handle.slot])  # (1, vocab)
-            self._accept(row, choose_tokens(logits, [row.sampling])[0])
-            if not row.finished:
-                self._batch.add(cache, length)
-                self._rows.append(row)
-        except Exception as error:  # the request fails with the reason, the engine goes on
-            log.exception("prefill failed")
-            self._fail(handle, f"prefill failed: {error}", error)
+        return _Row(handle, IncrementalText(self.tokenizer, params.stop), sampling)
 
     def _decode_step(self) -> None:
         try:
