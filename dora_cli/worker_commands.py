@@ -5,7 +5,8 @@ once (var/models/tiny-llama), registers it as base model `tiny-llama`, creates a
 (var/demo-api-key), then runs `dora api`, `dora worker`, `dora webhooks`, `dora evals` (the eval
 executor) and `dora serve` (the inference server) side by side until Ctrl-C; webhooks to loopback
 addresses are allowed there, so a local receiver works. Without DORA_INFERENCE_SECRET it makes a
-random one for this run and gives it to the API, the eval executor and the inference server only.
+random one for this run and gives it to the API, the eval executor, the worker (a reinforcement
+job's judge: worker/training_judge.py) and the inference server, not the webhook sender.
 Their own output (uvicorn's access log, Celery's banners
 and task logs) goes to var/logs/<process>.log, so the terminal shows the banner (URLs, the key,
 where the logs are, what to try next) and errors; `dora up --verbose` shows everything there
@@ -257,11 +258,13 @@ def run_up(args: argparse.Namespace) -> int:
 
         env["DORA_MAX_JOB_GPUS"] = str(worker_gpus(settings.gpus))
     secret = env.get("DORA_INFERENCE_SECRET") or secrets.token_urlsafe(GENERATED_SECRET_BYTES)
-    env.pop("DORA_INFERENCE_SECRET", None)  # only the API, the eval executor and the inference server get it
+    # only the API, the eval executor, the worker (a reinforcement job's judge) and the inference server get it
+    env.pop("DORA_INFERENCE_SECRET", None)
     logs = None if args.verbose else {name: LOG_DIR / f"{name}.log" for name in UP_PROCESSES}
     commands = {"api": ["api", "--host", host, "--port", str(port)], "worker": ["worker"], "webhooks": ["webhooks"],
                 "evals": ["evals"], "serve": ["serve"]}
     own_env = {"api": {"DORA_INFERENCE_SECRET": secret}, "evals": {"DORA_INFERENCE_SECRET": secret},
+               "worker": {"DORA_INFERENCE_SECRET": secret},
                "serve": {"DORA_INFERENCE_SECRET": secret, "DORA_SERVE_PORT": str(serve_port)}}
     children = {name: _start([sys.executable, "-m", "dora_cli.main", *command], env | own_env.get(name, {}),
                              logs[name] if logs else None)

@@ -55,6 +55,7 @@ NAMES = {
     "DORA_EVAL_HEARTBEAT_SECONDS", "DORA_EVAL_SWEEP_INTERVAL_SECONDS", "DORA_EVAL_REQUEUE_AFTER_SECONDS",
     "DORA_EVAL_SERVER_WAIT_SECONDS",  # `dora evals`, the executor
     "DORA_PYTHON_GRADER_ENABLED",  # the python grader (dora_graders/sandbox.py)
+    "DORA_JUDGE_SERVER_WAIT_SECONDS",  # a reinforcement job's judge (worker/training_judge.py)
     # the inference server's own (`dora serve`)
     "DORA_SERVE_HOST", "DORA_SERVE_PORT", "DORA_SERVE_URL", "DORA_SERVE_BASE_MODELS", "DORA_SERVE_DEVICE",
     "DORA_SERVE_MAX_BATCH", "DORA_SERVE_ADAPTER_SLOTS", "DORA_SERVE_MAX_ADAPTER_RANK", "DORA_SERVE_HEARTBEAT_SECONDS",

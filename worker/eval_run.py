@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,24 +27,15 @@ from typing import Any
 
 from sqlalchemy import select
 
-from dora_contract.serving import ChatMessage, GenerationRequest, SamplingParams
+from dora_contract.serving import GenerationRequest
 from dora_graders import PythonSandbox
 from store import eval_execution as runs
 from store.db import session_scope
 from store.eval_execution import Beat, NewItem, RunWork, Tally
 from store.eval_status import EvalRunStatus
-from store.inference_client import (
-    Collected,
-    GenerationRefusedError,
-    InferenceClient,
-    InferenceError,
-    InferenceNotConfiguredError,
-)
+from store.inference_client import Collected, GenerationRefusedError, InferenceClient
 from store.models import File
-from store.served_models import MalformedModelIdError, ModelNotFoundError, ModelNotServableError, resolve_model
-from store.served_models import ServedModel as ServedJudge
 from store.storage import Storage
-from worker.database import Backoff
 from worker.eval_grading import Grade, Graders, JudgeAnswer, grade_item
 from worker.eval_items import (
     ItemInputError,
@@ -57,11 +47,10 @@ from worker.eval_items import (
     sampling,
     served_model,
 )
+from worker.judges import JudgeModels, ServerWaitError, generate_waiting
 from worker.settings import EvalRunnerSettings
 
 log = logging.getLogger("worker.evals")
-
-RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 0.5, 5.0
 
 
 class RunFailedError(Exception):
@@ -154,67 +143,34 @@ class Executor:
         return base | {"output": [{"role": "assistant", "content": collected.texts[0]}],
                        "finish_reason": collected.finish_reasons[0], "usage": collected.usage}
 
-    def _generate(self, request: GenerationRequest, route_key: str):
+    def _generate(self, request: GenerationRequest, route_key: str) -> Collected:
         """The completion, retried while no server can take it, for DORA_EVAL_SERVER_WAIT_SECONDS."""
-        backoff, since = Backoff(RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS), None
-        while True:
-            try:
-                return self.client.generate(request, route_key=route_key)
-            except InferenceNotConfiguredError as error:
-                raise RunFailedError(error.code, str(error)) from None
-            except GenerationRefusedError as refused:
-                if refused.client_error:
-                    raise
-                error = refused
-            except InferenceError as failure:  # no server, lost, timed out: another may come
-                error = failure
-            since = since or time.monotonic()
-            waited = time.monotonic() - since
-            if waited >= self.settings.eval_server_wait_seconds or not self.lease.held or self.lease.cancel_requested:
-                raise RunFailedError(error.code, f"{error} (waited {waited:.0f} s for an inference server)")
-            time.sleep(backoff.next())
-
+        try:
+            return generate_waiting(self.client, request, route_key,
+                                    wait_seconds=self.settings.eval_server_wait_seconds,
+                                    give_up=lambda: not self.lease.held or self.lease.cancel_requested)
+        except ServerWaitError as error:
+            raise RunFailedError(error.code, error.message) from None
 
 
 class Judges:
     """Model graders' judges for one run: each model id resolved once for the run's tenant (a base,
-    an `ft:` model or a checkpoint: store/served_models.py, the API's resolution), then completed
-    by the inference servers as the run's own samples are (waiting for a server as long). A judge
-    that cannot be resolved, or had no server that long, errors each criterion asking it (its
+    an `ft:` model or a checkpoint: worker/judges.py, the API's resolution), then completed by the
+    inference servers as the run's own samples are (waiting for a server as long). A judge that
+    cannot be resolved, or had no server that long, errors each criterion asking it (its
     `model_grader_server_error`), at once after the first time: the run goes on."""
 
     def __init__(self, settings: EvalRunnerSettings, work: RunWork, storage: Storage,
                  generate: Callable[[GenerationRequest, str], Collected]) -> None:
-        self.settings, self.work, self.storage, self.generate = settings, work, storage, generate
-        self.bound = max_tokens_default(work.data_source)  # what the API's judges get (a jsonl run has none)
-        self._known: dict[str, ServedJudge | Exception] = {}
-        self._lock = threading.Lock()
-
-    def resolve(self, model: str) -> ServedJudge:
-        with self._lock:
-            if model not in self._known:
-                try:
-                    with session_scope(self.settings) as session:
-                        self._known[model] = resolve_model(
-                            session, self.storage, base_models=self.settings.base_models, model=model,
-                            tenant_id=self.work.tenant_id, tenant_name=self.work.tenant_name)
-                except (ModelNotFoundError, MalformedModelIdError, ModelNotServableError) as error:
-                    self._known[model] = error
-            known = self._known[model]
-        if isinstance(known, Exception):
-            raise known
-        return known
+        # a jsonl run has no bound stored: max_tokens_default None, what the judge's context leaves
+        self.models = JudgeModels(settings, storage, tenant_id=work.tenant_id, tenant_name=work.tenant_name,
+                                  generate=generate, max_tokens_default=max_tokens_default(work.data_source))
 
     def __call__(self, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> JudgeAnswer:
-        served = self.resolve(model)
-        request = GenerationRequest(base_model=served.base_model, adapter=served.adapter,
-                                    messages=[ChatMessage(**message) for message in messages],
-                                    sampling=SamplingParams(**params, max_tokens_default=self.bound))
         try:
-            collected = self.generate(request, served.route_key)
+            collected = self.models.complete(model, messages, params)
         except RunFailedError as failure:  # no server for the judge: the criterion's error, not the run's
-            with self._lock:
-                self._known[model] = failure
+            self.models.remember(model, failure)
             raise
         return JudgeAnswer(model=model, messages=messages, text=collected.texts[0],
                            finish_reason=collected.finish_reasons[0], usage=collected.usage)

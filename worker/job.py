@@ -139,10 +139,13 @@ class JobAttempt:
                                     stop_requested=self.stop_requested,
                                     metrics_file=self.folder / "run" / "metrics.jsonl", evals=self.evals,
                                     tracking=tracking)
+        grading = self.grading_context()
         try:
             return run_training(config, self.folder / "run", callbacks=[self.progress], device=self.settings.device,
-                                grading=self.grading_context())
+                                grading=grading)
         finally:
+            if grading.complete is not None:
+                grading.complete.close()
             if tracking is not None:  # waits at most DORA_TRACKING_FLUSH_SECONDS; an event says what was lost
                 tracking.close(self.progress.on_event)
 
@@ -164,10 +167,20 @@ class JobAttempt:
             for integration in self.spec.integrations])
 
     def grading_context(self):
-        """What a reinforcement run's grader is lent: the python sandbox where the operator enabled it."""
+        """What a reinforcement run's grader is lent: the python sandbox where the operator enabled it, and
+        for a score_model or label_model a judge of the job's tenant's models, asked through the inference
+        servers (worker/training_judge.py: one that cannot answer fails the job); close its `complete` after."""
         from dora_graders import GradingContext, PythonSandbox
+        from worker.training_judge import TrainingJudge, asks_a_judge, tenant_name
 
-        return GradingContext(python=PythonSandbox() if self.settings.python_grader_enabled else None)
+        python = PythonSandbox() if self.settings.python_grader_enabled else None
+        reinforcement = self.spec.run.reinforcement
+        if reinforcement is None or not asks_a_judge(reinforcement.grader):
+            return GradingContext(python=python)
+        judge = TrainingJudge(self.settings, self.storage, tenant_id=self.job.tenant_id,
+                              tenant_name=self.lease.read(tenant_name),
+                              give_up=lambda: not self.lease.held or self.lease.cancel_requested)
+        return GradingContext(complete=judge, python=python)
 
     def train_in_ranks(self, config):
         """The run as `job.gpus` ranks (worker/ranks.py): rank 0 reports on its own lease object,

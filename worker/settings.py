@@ -154,9 +154,20 @@ class EvalExecutionSettings(DoraSettings):
         return self
 
 
+class TrainingJudgeSettings(DoraSettings):
+    """A reinforcement job's model graders (worker/training_judge.py): their judge is asked through the
+    inference servers (InferenceSettings), as `dora evals` asks it."""
+
+    judge_server_wait_seconds: float = Field(60.0, ge=0, description=(
+        "how long a reinforcement job waits for an inference server of its grader's judge model (none running, "
+        "busy or lost) before it fails naming the judge; the job holds its GPU meanwhile"))
+
+
 class WorkerSettings(SessionSettings, StorageSettings, LogSettings, BaseModelSettings, EvalSettings, GraderSettings,
-                     JobHostSettings, LeaseSettings, ReconcilerSettings, CelerySettings, TrackingSettings):
-    """What the GPU worker loads: `dora worker`, its job processes and reconciler, `dora reconcile`."""
+                     InferenceSettings, TrainingJudgeSettings, JobHostSettings, LeaseSettings, ReconcilerSettings,
+                     CelerySettings, TrackingSettings):
+    """What the GPU worker loads: `dora worker`, its job processes and reconciler, `dora reconcile`; the
+    inference servers' secret and registry for a reinforcement job's judge."""
 
 
 class WebhookSenderSettings(SessionSettings, LogSettings, WebhookTargetSettings, WebhookDeliverySettings):

@@ -60,7 +60,7 @@ def test_docker_compose_config_passes(tmp_path):
     assert serve["image"] == "dora-tuner-worker" and serve["command"] == ["dora", "serve"]
     assert serve["environment"]["DORA_SERVE_URL"] == "http://serve:8100"
     assert serve["environment"]["DORA_SERVE_HOST"] == "0.0.0.0" and serve["environment"]["DORA_SERVE_PORT"] == "8100"
-    for name in ("api", "serve", "evals"):
+    for name in ("api", "serve", "evals", "worker"):  # the worker: a reinforcement job's judge
         assert services[name]["environment"]["DORA_INFERENCE_SECRET"] == "s" * 32
     evals = services["evals"]  # the eval executor: the slim image (no GPU), the artifacts for data source files
     assert evals["image"] == "dora-tuner-api" and evals["command"] == ["dora", "evals"] and "deploy" not in evals

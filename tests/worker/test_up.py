@@ -92,13 +92,15 @@ def test_dora_up_demo_starts_quiet_and_prints_where_everything_is(checkout, monk
     assert children["serve"]["env"]["DORA_SERVE_PORT"] == os.environ["DORA_SERVE_PORT"]
 
 
-def test_dora_up_makes_an_inference_secret_for_the_api_the_eval_executor_and_the_inference_server_only(checkout):
+def test_dora_up_makes_an_inference_secret_for_the_processes_that_call_or_are_the_inference_server(checkout):
     assert main(["up"]) == 0
     children = checkout["children"]
     secret = children["api"]["env"]["DORA_INFERENCE_SECRET"]
     assert len(secret) >= 32 and children["serve"]["env"]["DORA_INFERENCE_SECRET"] == secret
-    assert children["evals"]["env"]["DORA_INFERENCE_SECRET"] == secret
-    assert "DORA_INFERENCE_SECRET" not in children["worker"]["env"] | children["webhooks"]["env"]
+    # the eval executor's judges and samples, the worker's reinforcement judges (worker/training_judge.py)
+    assert children["evals"]["env"]["DORA_INFERENCE_SECRET"] == children["worker"]["env"]["DORA_INFERENCE_SECRET"] \
+        == secret
+    assert "DORA_INFERENCE_SECRET" not in children["webhooks"]["env"]
     assert children["serve"]["env"]["DORA_SERVE_PORT"] == str(int(os.environ["DORA_PORT"]) + 100)
     checkout["children"].clear()
     assert main(["up"]) == 0  # a new one each run
@@ -110,8 +112,8 @@ def test_dora_up_passes_the_operators_inference_secret_as_it_is(checkout, monkey
     assert main(["up"]) == 0
     children = checkout["children"]
     assert children["api"]["env"]["DORA_INFERENCE_SECRET"] == children["serve"]["env"]["DORA_INFERENCE_SECRET"] == \
-        "s" * 20
-    assert "DORA_INFERENCE_SECRET" not in children["worker"]["env"]
+        children["worker"]["env"]["DORA_INFERENCE_SECRET"] == "s" * 20
+    assert "DORA_INFERENCE_SECRET" not in children["webhooks"]["env"]
 
 
 def test_the_inference_servers_port_in_use_stops_dora_up_naming_its_setting(checkout, monkeypatch, capsys):
