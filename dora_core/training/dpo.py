@@ -10,10 +10,18 @@ answer tokens' log-probabilities (next-token, as TRL's DPOTrainer). Per pair:
 The reference log-probabilities come from the same model with the adapter off
 (dora_core/reference.py) under no_grad. Sums, not means, so that a step normalises by the
 pairs of its global batch (micro-batch size does not change the update, as for SFT's tokens).
+
+The reference does not change while the adapter trains, so a run computes each pair's two
+reference sums once, the first time the pair is scored, and keeps them (`ReferenceCache`, two
+floats per pair keyed by dataset and example index): a later epoch or evaluation reuses them and
+skips that forward. The first epoch costs what it did without the cache (the same forward, where
+it was). Not checkpointed: a resumed run recomputes each pair on first sight, the same values up
+to the float noise of another batch's padding.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -74,3 +82,40 @@ def dpo_sums(model, batch: dict[str, torch.Tensor], *, beta: float,
     chosen, rejected = chosen.detach(), rejected.detach()
     return DpoSums(loss_sum=loss_sum, pairs=pairs, chosen_rewards=float(chosen.sum()),
                    rejected_rewards=float(rejected.sum()), correct=int((chosen > rejected).sum()))
+
+
+class ReferenceCache:
+    """Each pair's reference sums (preferred, non-preferred), keyed by (dataset, example index),
+    computed by `reference_logprobs` the first time the pair is scored and reused after.
+
+    Kept as Python floats, which hold any float16, bfloat16, float32 or float64 value exactly, with
+    the dtype they were computed in: a reused value is bit for bit the one first computed, in the
+    dtype dpo_sums would get from reference_logprobs. The reference must be constant for the run
+    (the adapter-off model is: training moves only the adapter).
+    """
+
+    def __init__(self) -> None:
+        self.pairs: dict[tuple[str, int], tuple[float, float]] = {}
+        self.dtype: torch.dtype | None = None  # reference_logprobs' (>= fp32), known after the first forward
+
+    def logprobs(self, model, batch: dict[str, torch.Tensor], dataset: str, indices: Sequence[int]) -> torch.Tensor:
+        """(2B,) the reference sums of the batch's B pairs (`indices` in `dataset`, in the batch's
+        order), rows as the batch's; one reference forward over the pairs not seen before, if any."""
+        pairs, device = count_pairs(batch), batch["input_ids"].device
+        if len(indices) != pairs:
+            raise ValueError(f"{len(indices)} example indices for a batch of {pairs} pairs")
+        keys = [(dataset, index) for index in indices]
+        missing = [row for row, key in enumerate(keys) if key not in self.pairs]
+        if missing:
+            if len(missing) < pairs:  # only the unseen pairs' rows: preferred, then non-preferred
+                rows = torch.tensor(missing + [pairs + row for row in missing], device=device)
+                batch = {key: value[rows] for key, value in batch.items()}  # (2M, seq)
+            computed = reference_logprobs(model, batch)  # (2M,)
+            if self.dtype not in (None, computed.dtype):
+                raise ValueError(f"reference log-probabilities in {computed.dtype}, cached ones in {self.dtype}")
+            self.dtype = computed.dtype
+            chosen, rejected = computed.view(2, -1).tolist()  # (M,) each
+            for row, chosen_sum, rejected_sum in zip(missing, chosen, rejected, strict=True):
+                self.pairs[keys[row]] = (chosen_sum, rejected_sum)
+        known = [self.pairs[key] for key in keys]
+        return torch.tensor([c for c, _ in known] + [r for _, r in known], dtype=self.dtype, device=device)  # (2B,)

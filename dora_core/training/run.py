@@ -10,9 +10,10 @@ should-stop check between micro-batches.
 
 A DPO run (config.dpo set) is the same loop with another loss: each micro-batch is B preference
 pairs (2B rows), its loss the summed sigmoid DPO loss against the adapter-off reference
-(training/dpo.py), a step normalised by its pairs instead of its trained tokens; checkpoints,
-resume, cancel and OOM halving are unchanged. It runs in one process (DDP's wrapped forward is
-the next-token loss).
+(training/dpo.py), a step normalised by its pairs instead of its trained tokens; each pair's
+reference sums are computed once and kept (ReferenceCache, keyed by the micro-batch's example
+indices); checkpoints, resume, cancel and OOM halving are unchanged. It runs in one process
+(DDP's wrapped forward is the next-token loss).
 
 A reinforcement run (config.reinforcement set) is the same loop too: a step first samples
 samples_per_prompt answers to each of its prompts from the model itself and grades them, then
@@ -59,7 +60,7 @@ from dora_core.training.checkpoints import (
     save_checkpoint,
 )
 from dora_core.training.distributed import Parallelism
-from dora_core.training.dpo import DpoSums, count_pairs, dpo_sums
+from dora_core.training.dpo import DpoSums, ReferenceCache, count_pairs, dpo_sums
 from dora_core.training.errors import TrainingError
 from dora_core.training.grpo import GroupSampler, grpo_sums, rollout_batch, step_metrics, validation_rewards
 from dora_core.training.loss import count_trained_tokens, summed_loss
@@ -95,14 +96,17 @@ class RunResult:
 
 
 def run_training(config: RunConfig, out_dir: str | Path, *, callbacks: list[TrainingCallback] = (),
-                 device: str | None = None, resume: bool = True, grading: GradingContext | None = None) -> RunResult:
+                 device: str | None = None, resume: bool = True, grading: GradingContext | None = None,
+                 reference_cache: bool = True) -> RunResult:
     """Train, checkpoint and write outputs; resume from out_dir/checkpoints when present.
 
     resume=False starts over: checkpoints and metrics already in out_dir are deleted. `grading`
     lends a reinforcement run's grader a judge and a python sandbox (default: neither).
+    reference_cache=False: a DPO run recomputes every pair's reference at every use, for the tests
+    and benchmarks/dpo_quality.py that compare the cache with its absence (the same numbers).
     """
-    return TrainingRun(config, Path(out_dir), CallbackList(callbacks), device,
-                       grading=grading).execute(resume=resume)
+    return TrainingRun(config, Path(out_dir), CallbackList(callbacks), device, grading=grading,
+                       reference_cache=reference_cache).execute(resume=resume)
 
 
 def _precision_dtype(precision: str, device: torch.device) -> torch.dtype:
@@ -118,7 +122,7 @@ class TrainingRun:
     """The state of one run; each method does one phase."""
 
     def __init__(self, config: RunConfig, out_dir: Path, callbacks: CallbackList, device: str | None,
-                 grading: GradingContext | None = None) -> None:
+                 grading: GradingContext | None = None, reference_cache: bool = True) -> None:
         self.config, self.settings = config, config.training
         self.out_dir = out_dir
         self.device = resolve_device(device)
@@ -129,6 +133,8 @@ class TrainingRun:
         self.dpo = config.dpo  # None: supervised fine-tuning
         if self.dpo is not None and self.parallel.world_size > 1:
             raise TrainingError("DPO runs in one process for now: run it without --nproc (a job with gpus: 1)")
+        # each pair's reference sums, for the run (not checkpointed: a resumed run recomputes them)
+        self.references = ReferenceCache() if self.dpo is not None and reference_cache else None
         self.reinforcement = config.reinforcement  # None: not reinforcement fine-tuning
         self.grading = grading or GradingContext()
         if self.reinforcement is not None and self.parallel.world_size > 1:
@@ -393,20 +399,20 @@ class TrainingRun:
         if self.reinforcement is not None:
             return self.reinforcement_step()
         started = time.perf_counter()
-        batches = [self.data.collator([self.data.train[i] for i in chunk]) for chunk in
-                   micro_batches(self.schedule.indices(self.state.step), self.state.micro_batch_size)]
+        chunks = list(micro_batches(self.schedule.indices(self.state.step), self.state.micro_batch_size))
+        batches = [self.data.collator([self.data.train[i] for i in chunk]) for chunk in chunks]
         total_tokens = max(1, sum(count_trained_tokens(batch["labels"]) for batch in batches))
         # what the loss is averaged over: trained tokens (SFT) or preference pairs (DPO)
         total = total_tokens if self.dpo is None else sum(count_pairs(batch) for batch in batches)
         loss_sum, correct, seen_tokens, chosen, rejected = 0.0, 0, 0, 0.0, 0.0
-        share = self.parallel.share(batches)  # this rank's micro-batches, (batch, weight); all of them on one
-        for index, (batch, weight) in enumerate(share):
+        share = self.parallel.share(list(zip(chunks, batches, strict=True)))  # this rank's ((indices, batch), weight)
+        for index, ((chunk, batch), weight) in enumerate(share):
             self.callbacks.on_micro_batch(step=self.state.step + 1, micro_batch_size=self.state.micro_batch_size)
             if self.callbacks.should_stop():
                 self.optimizer.zero_grad(set_to_none=True)
                 return None
             with self.parallel.gradient_sync(index == len(share) - 1):
-                sums = self.micro_batch_sums({k: v.to(self.device) for k, v in batch.items()})
+                sums = self.micro_batch_sums({k: v.to(self.device) for k, v in batch.items()}, chunk)
                 scaled = sums.loss_sum / total * weight
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             if weight:
@@ -467,11 +473,17 @@ class TrainingRun:
                 "tokens_per_second": seen_tokens / elapsed, "micro_batch_size": self.state.micro_batch_size,
                 **self.memory_metrics()}
 
-    def micro_batch_sums(self, batch: dict[str, torch.Tensor]):
-        """The micro-batch's summed loss: next-token (LossSums) or DPO over its pairs (DpoSums)."""
+    def micro_batch_sums(self, batch: dict[str, torch.Tensor], indices: list[int]):
+        """The micro-batch's summed loss: next-token (LossSums) or DPO over its pairs (DpoSums);
+        `indices`: its examples in the training set."""
         if self.dpo is None:
             return self.parallel.summed_loss(self.model, batch)
-        return dpo_sums(self.model, batch, beta=self.dpo.beta)
+        return self.dpo_sums(batch, "train", indices)
+
+    def dpo_sums(self, batch: dict[str, torch.Tensor], dataset: str, indices: list[int]) -> DpoSums:
+        """DPO over the batch's pairs (`indices` in `dataset`), the reference from the cache when on."""
+        reference = None if self.references is None else self.references.logprobs(self.model, batch, dataset, indices)
+        return dpo_sums(self.model, batch, beta=self.dpo.beta, reference=reference)
 
     def clip_and_step(self) -> float:
         if self.scaler is not None:
@@ -539,7 +551,7 @@ class TrainingRun:
             batch = self.data.collator([items[i] for i in range(start, stop)])
             batch = {k: v.to(self.device) for k, v in batch.items()}
             sums = (summed_loss(self.model, batch) if self.dpo is None
-                    else dpo_sums(self.model, batch, beta=self.dpo.beta))
+                    else self.dpo_sums(batch, "validation", list(range(start, stop))))
             if weight:  # weight 0: a repeat that only keeps the ranks in step
                 counted = sums.pairs if isinstance(sums, DpoSums) else sums.tokens
                 loss_sum, count, correct = loss_sum + float(sums.loss_sum), count + counted, correct + sums.correct

@@ -17,6 +17,7 @@ import json
 import pytest
 import torch
 
+from dora_contract import DPO_METRICS
 from dora_core import AdapterConfig, AdapterLinear, apply_adapter
 from dora_core.reference import adapter_disabled
 from dora_core.training import RunConfig, TrainingCallback, run_training
@@ -208,6 +209,83 @@ def test_dpo_run_learns_keeps_one_base_copy_and_resumes(tiny_model_dir, tmp_path
                 for name in ("straight", "resumed"))
     for name, tensor in one.items():
         assert_close_to_reference(two[name], tensor, limit, what=name)
+
+
+class ReferenceForwards:
+    """Wraps dpo.reference_logprobs (what the cache and the uncached path both call): the rows scored."""
+
+    def __init__(self, monkeypatch):
+        from dora_core.training import dpo
+
+        self.rows = []
+        monkeypatch.setattr(dpo, "reference_logprobs", self)
+
+    def __call__(self, model, batch):
+        self.rows += [tuple(row.tolist()) for row in batch["input_ids"]]
+        return reference_logprobs(model, batch)  # the function itself, imported before any wrapping
+
+
+def test_reference_cache_scores_each_pair_once_and_changes_nothing(tiny_model_dir, tmp_path, monkeypatch):
+    """A 2-epoch run with evaluations: with the cache each train and validation pair's reference is
+    computed once (one forward row per side); without it every step and evaluation recomputes it;
+    both runs end with the same metrics and adapter (the cached sums are the ones first computed)."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    rows = preference_rows(12)
+    config = _dpo_config(tiny_model_dir, write_jsonl(tmp_path / "pairs.jsonl", rows[:8]), max_steps=None, epochs=2.0,
+                         eval_interval=2, checkpoint_interval=4)
+    config = config.with_changes(validation_file=str(write_jsonl(tmp_path / "valid.jsonl", rows[8:])))
+    forwards = {}
+    for cached in (True, False):
+        forwards[cached] = ReferenceForwards(monkeypatch)
+        result = run_training(config, tmp_path / str(cached), resume=False, reference_cache=cached)
+        assert result.status == "completed" and result.step == 4  # 8 pairs, 4 a step: 2 steps an epoch
+    records = {cached: [json.loads(line) for line in (tmp_path / str(cached) / "metrics.jsonl").read_text()
+                        .splitlines()] for cached in (True, False)}
+    evaluations = sum("eval_loss" in record for record in records[False])
+    assert evaluations == 2
+    assert len(forwards[True].rows) == 2 * 12 and len(set(forwards[True].rows)) == 2 * 12  # each side once
+    assert len(forwards[False].rows) == 2 * (2 * 8 + evaluations * 4)
+    limit = replay_budget(AutoConfig.from_pretrained(tiny_model_dir))
+    for mine, theirs in zip(records[True], records[False], strict=True):
+        assert mine.keys() == theirs.keys() and mine["step"] == theirs["step"]
+        for name in ("loss", "eval_loss", *DPO_METRICS, *(f"eval_{metric}" for metric in DPO_METRICS)):
+            if name in mine:
+                assert_close_to_reference(torch.tensor(mine[name]), torch.tensor(theirs[name]), limit,
+                                          what=f"step {mine['step']} {name}")
+    one, two = (load_file(str(tmp_path / str(cached) / "adapter" / "adapter_model.safetensors"))
+                for cached in (True, False))
+    for name, tensor in two.items():
+        assert_close_to_reference(one[name], tensor, limit, what=name)
+
+
+def test_reference_cache_scores_only_the_unseen_pairs_of_a_batch(tiny_model_dir, tiny_tokenizer, tmp_path,
+                                                                  monkeypatch):
+    """A batch mixing seen and unseen pairs: one forward over the unseen pairs' two sides, the seen
+    ones' sums as first computed (bit for bit, same dtype), each in its batch row."""
+    from transformers import AutoModelForCausalLM
+
+    from dora_core.data import prepare_datasets
+    from dora_core.training.dpo import ReferenceCache
+
+    data = prepare_datasets(write_jsonl(tmp_path / "pairs.jsonl", preference_rows(3)), tiny_tokenizer,
+                            max_seq_len=64, preference=True)
+    torch.manual_seed(0)
+    model = apply_adapter(AutoModelForCausalLM.from_pretrained(tiny_model_dir), CONFIG)
+    perturb_adapters(model)  # the policy differs from the reference: an adapter-on forward would show
+    cache, forwards = ReferenceCache(), ReferenceForwards(monkeypatch)
+    first = cache.logprobs(model, data.collator([data.train[0], data.train[1]]), "train", [0, 1])  # (4,)
+    batch = data.collator([data.train[2], data.train[0]])
+    mixed = cache.logprobs(model, batch, "train", [2, 0])  # (4,): pair 2 computed, pair 0 reused
+    assert len(forwards.rows) == 4 + 2 and forwards.rows[4:] == [tuple(batch["input_ids"][r].tolist()) for r in (0, 2)]
+    assert mixed.dtype == first.dtype == reference_logprobs(model, batch).dtype
+    assert mixed[1] == first[0] and mixed[3] == first[2]  # pair 0's preferred and non-preferred sums
+    assert_close_to_reference(mixed, reference_logprobs(model, batch), model_budget(model, torch.float32),
+                              what="a mixed batch's reference")
+    assert cache.logprobs(model, batch, "validation", [2, 0]) is not None and len(forwards.rows) == 6 + 4
+    with pytest.raises(ValueError, match="3 example indices for a batch of 2 pairs"):
+        cache.logprobs(model, batch, "train", [2, 0, 1])
 
 
 def test_the_docs_example_is_a_valid_dpo_config_and_preference_row(tmp_path):
