@@ -97,23 +97,23 @@ def prepare_datasets(
     for split, setting in ((train, "train_file"), (validation, "validation_file")):
         if split is not None:
             _check_objective(split, preference=preference, reinforcement=reinforcement, setting=setting)
-    if reinforcement:
-        return _prepare_prompts(train, validation, tokenizer, max_seq_len=max_seq_len, train_path=train_path,
-                                validation_path=validation_path, validation_split=validation_split, seed=seed)
-    if preference:
-        return _prepare_pairs(train, validation, tokenizer, max_seq_len=max_seq_len, train_path=train_path,
-                              validation_path=validation_path, validation_split=validation_split, seed=seed)
     template, template_source = chat_template_for(tokenizer)
+    supervised = not (reinforcement or preference)  # pairs and prompts train on no input, are never packed
     report: dict[str, Any] = {
         "template": template_source,
         "max_seq_len": max_seq_len,
-        "train_on_inputs": train_on_inputs,
-        "packing": packing,
+        "train_on_inputs": train_on_inputs and supervised,
+        "packing": packing and supervised,
         "seed": seed,
         "validation_split": validation_split,
+        **({"prompts": True} if reinforcement else {"preference_pairs": True} if preference else {}),
         "train_sha256": file_sha256(train_path),
         "validation_sha256": file_sha256(validation_path) if validation_path is not None else None,
     }
+    if reinforcement:
+        return _prepare_prompts(train, validation, tokenizer, template=template, report=report, max_seq_len=max_seq_len)
+    if preference:
+        return _prepare_pairs(train, validation, tokenizer, template=template, report=report, max_seq_len=max_seq_len)
     options = {"template": template, "train_on_inputs": train_on_inputs, "max_seq_len": max_seq_len}
     train_examples, report["train"] = _tokenize_split(train, tokenizer, **options)
     train_items = pack_examples(train_examples, max_seq_len=max_seq_len) if packing else _items(train_examples)
@@ -124,11 +124,19 @@ def prepare_datasets(
         validation_examples, report["validation"] = _tokenize_split(validation, tokenizer, **options)
         validation_set = TokenizedDataset(_items(validation_examples))
     report["example"] = rendered_example(train_examples[0], tokenizer)
+    return _prepared(report, TokenizedDataset(train_items), validation_set, DataCollator(tokenizer.pad_token_id),
+                     validation)
+
+
+def _prepared(report: dict[str, Any], train_set: TokenizedDataset, validation_set: TokenizedDataset | None,
+              collator: DataCollator | PreferenceCollator | PromptCollator, validation: _Split | None,
+              **examples: list[Example]) -> PreparedData:
+    """Every objective's result: its report with the warnings its sets earned, the validation rows as read."""
     report["warnings"] = [
         warning for name in ("train", "validation") if report[name] for warning in warnings_for(name, report[name])
     ]
-    return PreparedData(TokenizedDataset(train_items), validation_set, report, DataCollator(tokenizer.pad_token_id),
-                        validation_examples=list(validation.examples) if validation is not None else [])
+    return PreparedData(train_set, validation_set, report, collator,
+                        validation_examples=list(validation.examples) if validation is not None else [], **examples)
 
 
 def _check_objective(split: _Split, *, preference: bool, reinforcement: bool, setting: str) -> None:
@@ -149,18 +157,10 @@ def _check_objective(split: _Split, *, preference: bool, reinforcement: bool, se
                         field=setting)
 
 
-def _prepare_pairs(train: _Split, validation: _Split | None, tokenizer: Any, *, max_seq_len: int,
-                   train_path: str | os.PathLike[str], validation_path: str | os.PathLike[str] | None,
-                   validation_split: float, seed: int) -> PreparedData:
+def _prepare_pairs(train: _Split, validation: _Split | None, tokenizer: Any, *, template: str,
+                   report: dict[str, Any], max_seq_len: int) -> PreparedData:
     """Both sides of every preference row tokenised as SFT rows are; never packed."""
-    template, template_source = chat_template_for(tokenizer)
-    report: dict[str, Any] = {
-        "template": template_source, "max_seq_len": max_seq_len, "train_on_inputs": False, "packing": False,
-        "seed": seed, "validation_split": validation_split, "preference_pairs": True,
-        "train_sha256": file_sha256(train_path),
-        "validation_sha256": file_sha256(validation_path) if validation_path is not None else None,
-        "validation": None,
-    }
+    report["validation"] = None
     sets = {}
     for split in (train, validation):
         if split is None:
@@ -179,25 +179,14 @@ def _prepare_pairs(train: _Split, validation: _Split | None, tokenizer: Any, *, 
         report[split.name], sets[split.name] = split_report_, TokenizedDataset(items)
         if split is train:
             report["example"] = rendered_example(chosen[0], tokenizer)
-    report["warnings"] = [
-        warning for name in ("train", "validation") if report[name] for warning in warnings_for(name, report[name])
-    ]
-    return PreparedData(sets["train"], sets.get("validation"), report, PreferenceCollator(tokenizer.pad_token_id),
-                        validation_examples=list(validation.examples) if validation is not None else [])
+    return _prepared(report, sets["train"], sets.get("validation"), PreferenceCollator(tokenizer.pad_token_id),
+                     validation)
 
 
-def _prepare_prompts(train: _Split, validation: _Split | None, tokenizer: Any, *, max_seq_len: int,
-                     train_path: str | os.PathLike[str], validation_path: str | os.PathLike[str] | None,
-                     validation_split: float, seed: int) -> PreparedData:
+def _prepare_prompts(train: _Split, validation: _Split | None, tokenizer: Any, *, template: str,
+                     report: dict[str, Any], max_seq_len: int) -> PreparedData:
     """Every prompts row's prompt tokenised with the generation prompt; never packed."""
-    template, template_source = chat_template_for(tokenizer)
-    report: dict[str, Any] = {
-        "template": template_source, "max_seq_len": max_seq_len, "train_on_inputs": False, "packing": False,
-        "seed": seed, "validation_split": validation_split, "prompts": True,
-        "train_sha256": file_sha256(train_path),
-        "validation_sha256": file_sha256(validation_path) if validation_path is not None else None,
-        "validation": None,
-    }
+    report["validation"] = None
     sets = {}
     for split in (train, validation):
         if split is None:
@@ -214,12 +203,8 @@ def _prepare_prompts(train: _Split, validation: _Split | None, tokenizer: Any, *
             "dropped": [{"line": row.line, "reason": row.reason} for row in dropped[:MAX_LISTED_DROPS]],
             "mask_methods": {}, "packed_blocks": None}
         sets[split.name] = TokenizedDataset(items)
-    report["warnings"] = [
-        warning for name in ("train", "validation") if report[name] for warning in warnings_for(name, report[name])
-    ]
-    return PreparedData(sets["train"], sets.get("validation"), report, PromptCollator(),
-                        validation_examples=list(validation.examples) if validation is not None else [],
-                        train_examples=list(train.examples))
+    return _prepared(report, sets["train"], sets.get("validation"), PromptCollator(), validation,
+                     train_examples=list(train.examples))
 
 
 def _read_splits(
