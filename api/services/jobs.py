@@ -20,6 +20,7 @@ from api.services import job_evals, methods, parents
 from api.services.limits import check_gpus
 from api.services.memory_check import check_fits_a_worker
 from api.services.reinforcement import check_files as check_reinforcement_files
+from api.services.reinforcement import check_judges
 from api.services.scope import check_limit, get_owned, owned, page
 from dora_contract import BaseModelRef, FileRef, JobSpec
 from dora_contract.architectures import gguf_unsupported_reason
@@ -109,6 +110,8 @@ def create_job(*, session: Session, settings: Settings, storage: Storage, tenant
     _check_split_leaves_rows(request, run.training.validation_split, training)
     _check_objective(request, dpo=run.dpo is not None, files={"training_file": training, "validation_file": validation})
     check_reinforcement_files(request, run, {"training_file": training, "validation_file": validation}, storage)
+    if run.reinforcement is not None:
+        check_judges(session, storage, settings, run.reinforcement.grader, tenant_id=tenant_id, tenant_name=tenant_name)
     _check_gguf_output(settings, base, run.outputs)
     evals = job_evals.resolve(session, tenant_id=tenant_id, eval_ids=request.evals)
     spec = JobSpec(run=run, base_model=BaseModelRef(source=registered.source, public_id=public_id(base, registered)),

@@ -2,9 +2,12 @@
 
 The grader is parsed and checked (dora_graders.check) with errors naming
 `method.reinforcement.grader.<field>`. Graders the training worker cannot run are a 400 now, not a
-failed job later: score_model and label_model (the worker lends no judge to the training loop
-yet), and python unless the operator enabled it (DORA_PYTHON_GRADER_ENABLED, which the worker
-reads too: it lends the training loop a sandbox then). `reasoning_effort` is accepted only
+failed job later: python unless the operator enabled it (DORA_PYTHON_GRADER_ENABLED, which the worker
+reads too: it lends the training loop a sandbox then), and a score_model or label_model whose judge
+`model` the caller's tenant cannot be served (`check_judges`: the completions' resolution, its
+404 or 400 a 400 naming `method.reinforcement.grader.model` or `...grader.graders.<name>.model`, as
+an eval run's unknown `data_source.model`); the worker asks the judge through the inference servers
+(worker/training_judge.py). `reasoning_effort` is accepted only
 as "default" (no model here reasons), `compute_multiplier` is the whole number of answers sampled
 per prompt. Every training (and validation) row is checked with dora_graders.check_item, so a
 template that references a field a row lacks is a 400 naming the file's line and the field.
@@ -16,25 +19,24 @@ import json
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
+from sqlalchemy.orm import Session
 
-from api.errors import bad_request
+from api.errors import ApiError, bad_request
 from api.eval_files import lines_of
+from api.services import serving_models
 from dora_contract.errors import error_field
-from dora_contract.graders import GRADER_TYPES, Grader, MultiGrader
+from dora_contract.graders import GRADER_TYPES, Grader, LabelModelGrader, MultiGrader, ScoreModelGrader
 from dora_contract.job_spec import FileRef
 from dora_contract.reinforcement import MAX_SAMPLES_PER_PROMPT
 from dora_formats import PROMPTS
 from dora_graders import GraderSpecError, GradingContext, ItemError, PythonSandbox, check, check_item
+from store.settings import Settings
 from store.storage import Storage
 
 RL_PREFIX = "method.reinforcement"
 GRADER_PARAM = f"{RL_PREFIX}.grader"
 HYPER = f"{RL_PREFIX}.hyperparameters"
 GRADER = TypeAdapter(Grader)
-NOT_IN_TRAINING = {
-    "score_model": "model graders need a judge, which the training worker has no route to yet",
-    "label_model": "model graders need a judge, which the training worker has no route to yet",
-}
 # OpenAI's knob -> the contract's name in ReinforcementSettings
 RL_KNOBS = {"eval_samples": "eval_samples", "beta": "beta", "max_completion_tokens": "max_completion_tokens",
             "compute_multiplier": "samples_per_prompt"}
@@ -49,13 +51,6 @@ def parse_grader(data: Any, settings: Any = None) -> Any:
         field = error_field(first | {"loc": tuple(loc)}) if loc else "type"
         message = first["msg"].removeprefix("Value error, ")
         raise bad_request(f"{GRADER_PARAM}.{field}: {message}", param=f"{GRADER_PARAM}.{field}") from None
-    subs = grader.graders.items() if isinstance(grader, MultiGrader) else [("", grader)]
-    for name, sub in subs:
-        if sub.type in NOT_IN_TRAINING:
-            where = f"{GRADER_PARAM}.graders.{name}.type" if name else f"{GRADER_PARAM}.type"
-            raise bad_request(f"a reinforcement job cannot use a {sub.type} grader yet: {NOT_IN_TRAINING[sub.type]}; "
-                              "use string_check, text_similarity, python (where enabled) or a multi grader of those",
-                              param=where)
     python_enabled = bool(getattr(settings, "python_grader_enabled", False))
     try:
         check(grader, GradingContext(python=PythonSandbox() if python_enabled else None))
@@ -63,6 +58,27 @@ def parse_grader(data: Any, settings: Any = None) -> Any:
         raise bad_request(f"{GRADER_PARAM}.{error.field}: {error.message}", param=f"{GRADER_PARAM}.{error.field}") \
             from None
     return grader
+
+
+def judges(grader: Any, where: str = GRADER_PARAM) -> list[tuple[str, str]]:
+    """(param, judge model) of each score_model and label_model in the grader, a multi grader's included."""
+    if isinstance(grader, MultiGrader):
+        return [found for name, sub in grader.graders.items() for found in judges(sub, f"{where}.graders.{name}")]
+    if isinstance(grader, ScoreModelGrader | LabelModelGrader):
+        return [(f"{where}.model", grader.model)]
+    return []
+
+
+def check_judges(session: Session, storage: Storage, settings: Settings, grader: Any, *, tenant_id: str,
+                 tenant_name: str) -> None:
+    """Each judge model resolves for the caller's tenant (a base, their `ft:` model or checkpoint); one that
+    does not is a 400 naming its field, with the completions' code (model_not_found, model_not_servable)."""
+    for param, model in judges(grader):
+        try:
+            serving_models.resolve_model(session, storage, settings, model=model, tenant_id=tenant_id,
+                                         tenant_name=tenant_name)
+        except ApiError as error:  # a field of the body: a 400 naming it, whatever the completions route says
+            raise bad_request(f"the grader's judge: {error.message}", param=param, code=error.code) from None
 
 
 def reinforcement_settings(grader_data: Any, hyperparameters: dict[str, Any],

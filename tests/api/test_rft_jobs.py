@@ -1,5 +1,6 @@
 """Reinforcement jobs through the API: the prompts format at upload, `method.reinforcement` resolved and
-shown, its rows checked against the grader at creation, and the 400s naming what a job cannot run with."""
+shown, its rows checked against the grader at creation, a model grader's judge resolved for the caller's tenant,
+and the 400s naming what a job cannot run with."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ PROMPTS = "".join(json.dumps({"messages": [{"role": "user", "content": f"What is
                               "answer": str(a + 1)}) + "\n" for a in range(4)).encode()
 EXACT = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}", "reference": "{{item.answer}}",
          "operation": "eq"}
+
+# a judge of the caller's tenant's models: the base here; an ft: model of another organization is not found
+JUDGED = {"type": "score_model", "name": "judge", "model": "tiny-llama", "range": [0, 10],
+          "input": [{"role": "user", "content": "Rate 0 to 10: {{sample.output_text}}"}]}
+FOREIGN = "ft:tiny-llama:another-org:judge:abcd1234"
 
 
 def _rft(hyperparameters: dict | None = None, grader: dict | None = None, **beside) -> dict:
@@ -55,9 +61,11 @@ def test_reinforcement_job_shows_its_resolved_hyperparameters_and_spec(tenant, s
      "whole number"),
     ({"method": _rft({"reasoning_effort": "high"})}, "method.reinforcement.hyperparameters.reasoning_effort",
      "only 'default'"),
-    ({"method": _rft(grader={"type": "score_model", "name": "judge", "model": "tiny-llama",
-                             "input": [{"role": "user", "content": "{{sample.output_text}}"}]})},
-     "method.reinforcement.grader.type", "cannot use a score_model grader"),
+    ({"method": _rft(grader=JUDGED | {"model": "no-such-model"})}, "method.reinforcement.grader.model",
+     "'no-such-model' does not exist"),
+    ({"method": _rft(grader={"type": "multi", "name": "both", "calculate_output": "exact + judge",
+                             "graders": {"exact": EXACT, "judge": JUDGED | {"model": FOREIGN}}})},
+     "method.reinforcement.grader.graders.judge.model", "does not exist"),
     ({"method": _rft(grader={"type": "python", "name": "p", "source": "def grade(sample, item):\n    return 1.0"})},
      "method.reinforcement.grader.type", "disabled"),
     ({"method": _rft({"packing": True})}, "method.reinforcement.hyperparameters.packing", "packing must be"),
@@ -72,6 +80,23 @@ def test_reinforcement_refusals_name_the_field(tenant, body, param, words):
     assert refused.status_code == 400, refused.text
     error = refused.json()["error"]
     assert error["param"] == param and words in error["message"], error
+    if param.endswith(".model"):  # a judge: the completions' code, as an eval run's unknown data_source.model
+        assert error["code"] == "model_not_found", error
+
+
+def test_score_model_and_label_model_graders_are_taken_with_a_judge_the_tenant_may_call(tenant, settings):
+    from store.db import session_scope
+    from store.models import Job
+
+    label = {"type": "label_model", "name": "verdict", "model": "tiny-llama", "labels": ["right", "wrong"],
+             "passing_labels": ["right"], "input": [{"role": "user", "content": "{{sample.output_text}}"}]}
+    for grader in (JUDGED, {"type": "multi", "name": "both", "calculate_output": "judge / 10 + verdict",
+                            "graders": {"judge": JUDGED, "verdict": label}}):
+        job = tenant.job({"training_file": tenant.file_id(PROMPTS), "method": _rft(grader=grader)})
+        assert job["method"]["reinforcement"]["grader"] == grader
+        with session_scope(settings) as session:
+            spec = JobSpec.from_data(session.get(Job, job["id"]).settings)
+        assert spec.run.reinforcement.grader.model_dump(mode="json", exclude_none=True) == grader
 
 
 def test_a_python_grader_is_taken_where_the_operator_enabled_it(tenant, settings, monkeypatch):
