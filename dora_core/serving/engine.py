@@ -26,12 +26,16 @@ the model. A step holds `slots.lock`, so an adapter copy (AdapterSlots.write) la
 `submit(..., on_done=...)` runs on_done once the row has left the batch (finished, cancelled or
 failed): the place to release an AdapterCache slot, which must not be reused while a row reads it.
 
-The loop: requests that wait join between decode steps (up to max_batch rows); each is prefilled
-alone (batch 1, its own slot), its first token sampled, and its cache appended to the running
-batch (batch_cache.BatchCache: left padding). A decode step feeds every row's last token with the
-2-D attention mask, per-row position ids and per-row slot ids. Rows that finish or were cancelled
-leave after the step. transformers' own continuous batching packs all requests into one sequence
-with no hook for per-row adapters, hence this scheduler.
+The loop: requests that wait join between decode steps (up to max_batch rows). Those that join
+together prefill together: grouped by prompt length (prefill.prefill_groups bounds the padding), a
+group is one forward of its prompts left-padded to the longest, with the 2-D attention mask,
+per-row position ids (each row's real tokens from 0) and per-row slot ids; each row's first token
+is sampled, and the group's cache, less the rows that finished at once, is appended to the running
+batch (batch_cache.BatchCache.add_rows: left padding). A failing prefill fails its group's requests
+only. A decode step feeds every row's last token with the mask, positions and slot ids of the
+batch. Rows that finish or were cancelled leave after the step. transformers' own continuous
+batching packs all requests into one sequence with no hook for per-row adapters, hence this
+scheduler.
 
 Events: TextDelta(text, tokens) carries new text (see detokenize.IncrementalText) and the tokens it
 accounts for (with logprobs when asked); Finished(finish_reason, prompt_tokens, completion_tokens)
