@@ -7,7 +7,8 @@ issue sets targets for ([serve], #23):
                               (batch 1 and 8 requests on that adapter)              target >= 0.95
   mixed_vs_single_adapter_b8  8 requests on 8 different DoRA adapters / 8 on one    target >= 0.8
   streams_16_vs_1             aggregate tokens/s of 16 concurrent streams / one     target >= 4
-                              (`_decode`: the same without the prefills, which run one request at a time)
+                              (`_decode`: the same without the prefills; those of requests that join
+                              together run together, one left-padded forward per length group)
   unmerged_vs_merged_b1 / _b8 DoRA served unmerged / the same adapter merged into the base weights
                               and served as a base model (no adapter work): what unmerged costs
   checkpoint_to_first_token_s a new adapter in the artifact storage (as a checkpoint's row names it)
