@@ -1,11 +1,12 @@
 """A fine-tuning job's statuses and the state machine between them, as data: the one place both are written.
 
 `TRANSITIONS` is the state machine: one row per (from, event, to, by). Everything else is
-derived from it: the `WHERE status IN (...)` of each transition function in store/jobs.py
-(`sources`), what finish and settle may write (`targets`), `TERMINAL`/`ACTIVE`, and the diagram
-in docs/architecture.md (`diagram`, checked by tests/api/test_job_transitions.py). A new status
-is one `JobStatus` member plus its rows; tests/api/test_job_transitions.py then checks every
-transition function against them on SQLite and PostgreSQL.
+derived from it (store/state_machine.py, as an eval run's table is): the `WHERE status IN (...)`
+of each transition function in store/jobs.py (`sources`), what finish and settle may write
+(`targets`), `TERMINAL`/`ACTIVE`, and the diagram in docs/architecture.md (`diagram`, checked by
+tests/api/test_job_transitions.py). A new status is one `JobStatus` member plus its rows;
+tests/api/test_job_transitions.py then checks every transition function against them on SQLite
+and PostgreSQL.
 
 Kept free of SQL and of the models so store/models.py can import it. The values are what the
 database stores and the API shows (OpenAI's names), so changing one needs a data migration.
@@ -13,8 +14,9 @@ database stores and the API shows (OpenAI's names), so changing one needs a data
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
+
+from store.state_machine import Actor, StateMachine, Transition
 
 
 class JobStatus(StrEnum):
@@ -45,30 +47,11 @@ class Event(StrEnum):
     RESUME = "resume"  # resume_job: back to the queue, to resume from its newest checkpoint on any worker
 
 
-class Actor(StrEnum):
-    """Who makes a transition, which also says what the lease must be (store/job_predicates.py)."""
-
-    API = "api"  # a user's request: whatever the lease
-    WORKER = "worker"  # any worker, on a job no live lease holds
-    LEASE_HOLDER = "lease holder"  # the worker whose (owner, attempt) holds the lease: the fence
-    RECONCILER = "reconciler"  # on a job no live lease holds
-
-
-@dataclass(frozen=True)
-class Transition:
-    """`event`, made by `by`, takes a job in any of `sources` to one of `targets` when `when` holds
-    ("may run again": attempts left, and neither a cancel nor a pause asked)."""
-
-    sources: tuple[JobStatus, ...]
-    event: Event
-    targets: tuple[JobStatus, ...]
-    by: Actor
-    when: str = ""  # the condition besides status and lease, in words (its SQL: store/job_predicates.py)
-
-
+# "may run again" (the `when` of a claim or republish): attempts left, and neither a cancel nor a pause asked;
+# each condition's SQL is in store/job_predicates.py
 _Q, _R = JobStatus.QUEUED, JobStatus.RUNNING  # the table's shorthand
 _OK, _FAILED, _CANCELLED, _P = JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.PAUSED
-TRANSITIONS: tuple[Transition, ...] = (
+TRANSITIONS: tuple[Transition[JobStatus, Event], ...] = (
     #          sources   event                 targets                    by                  when
     Transition((_Q, _R), Event.CLAIM,          (_R,),                     Actor.WORKER,       "may run again"),
     Transition((_R,),    Event.PROGRESS,       (_R,),                     Actor.LEASE_HOLDER),
@@ -89,15 +72,9 @@ TRANSITIONS: tuple[Transition, ...] = (
 )  # fmt: skip
 
 
-def sources(event: Event) -> frozenset[JobStatus]:
-    """The statuses `event` may leave: the `WHERE status IN (...)` of its function."""
-    return frozenset(source for row in TRANSITIONS if row.event == event for source in row.sources)
-
-
-def targets(event: Event, source: JobStatus | None = None) -> frozenset[JobStatus]:
-    """The statuses `event` may lead to (from `source`; from any source when None)."""
-    return frozenset(target for row in TRANSITIONS if row.event == event and (source is None or source in row.sources)
-                     for target in row.targets)
+MACHINE = StateMachine(JobStatus, TRANSITIONS)
+sources, targets = MACHINE.sources, MACHINE.targets
+TERMINAL, ACTIVE = MACHINE.terminal, MACHINE.active  # TERMINAL: no event leaves them
 
 
 def actor(event: Event) -> Actor:
@@ -106,8 +83,6 @@ def actor(event: Event) -> Actor:
     return by
 
 
-TERMINAL = frozenset(JobStatus) - {source for row in TRANSITIONS for source in row.sources}  # no event leaves them
-ACTIVE = frozenset(JobStatus) - TERMINAL
 # what a tenant's cap on active jobs counts (store/quotas.py): a paused job holds no GPU and waits
 # for no worker, so pausing makes room for another job; resuming one is checked against the cap
 COUNTED_AS_ACTIVE = ACTIVE - {JobStatus.PAUSED}
