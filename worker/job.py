@@ -132,6 +132,7 @@ class JobAttempt:
         config = self.build_config()
         if self.job.gpus > 1:
             return self.train_in_ranks(config)
+        grading = self.grading_context()  # before the tracking, which only the finally below closes
         tracking = self.tracking()
         self.progress = JobProgress(lease=self.lease, storage=self.storage, tenant_id=self.job.tenant_id,
                                     heartbeat_seconds=self.settings.heartbeat_seconds,
@@ -139,7 +140,6 @@ class JobAttempt:
                                     stop_requested=self.stop_requested,
                                     metrics_file=self.folder / "run" / "metrics.jsonl", evals=self.evals,
                                     tracking=tracking)
-        grading = self.grading_context()
         try:
             return run_training(config, self.folder / "run", callbacks=[self.progress], device=self.settings.device,
                                 grading=grading)
