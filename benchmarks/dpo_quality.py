@@ -22,9 +22,13 @@ Measured on the held-out set, before (the base model) and after one DPO run (DoR
     python benchmarks/dpo_quality.py                     # SmolLM2-135M-Instruct on the CPU (~10 min on 2 cores)
     python benchmarks/dpo_quality.py --device cuda
     python benchmarks/dpo_quality.py --quick --model DIR # a smoke run on the tiny model (seconds)
+    python benchmarks/dpo_quality.py --no-reference-cache # every use recomputes the reference (timing)
 
 Output: JSON lines on stdout and in OUT/dpo_quality.jsonl: "data" (the preference set), "before",
-"train" (the run's settings, time and last metrics) and "after".
+"train" (the run's settings, time and last metrics) and "after". The run computes each pair's
+reference once and keeps it (dora_core/training/dpo.py's ReferenceCache); --no-reference-cache
+recomputes it at every step and evaluation, to the same numbers: the two runs' train_seconds differ
+by what the cache saves (nothing in a run of one epoch, whose pairs are each scored once anyway).
 """
 
 from __future__ import annotations
@@ -131,12 +135,14 @@ def main(argv: list[str] | None = None) -> int:
                          "checkpoint_interval": settings.steps, "keep_checkpoints": 1},
         })
         started, cpu_started = time.perf_counter(), time.process_time()
-        result = run_training(config, folder / "run", device=str(device), resume=False)
+        result = run_training(config, folder / "run", device=str(device), resume=False,
+                              reference_cache=args.reference_cache)
         metrics = [json.loads(line) for line in (folder / "run" / "metrics.jsonl").read_text().splitlines()]
         steps = [line for line in metrics if "loss" in line]
         evaluation = next(line for line in reversed(metrics) if "eval_loss" in line)
         sink.write({"kind": "train", "method": "dora", "rank": settings.rank, "alpha": config.adapter.alpha,
                     "beta": settings.beta, "steps": result.step, "micro_batch_size": settings.micro_batch_size,
+                    "reference_cache": args.reference_cache,
                     "learning_rate": settings.learning_rate, "lr_scheduler": config.training.lr_scheduler,
                     "train_seconds": round(time.perf_counter() - started, 1),
                     "train_cpu_seconds": round(time.process_time() - cpu_started, 1),
@@ -162,6 +168,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--learning-rate", type=float, help=f"(default {DEFAULTS.learning_rate})")
     parser.add_argument("--beta", type=float, help=f"DPO beta (default {DEFAULTS.beta})")
     parser.add_argument("--quick", action="store_true", help="smoke run: 8 train and 4 held-out pairs, 2 steps")
+    parser.add_argument("--no-reference-cache", dest="reference_cache", action="store_false",
+                        help="recompute each pair's reference at every use (to time what the cache saves)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for dpo_quality.jsonl")
     return parser.parse_args(argv)
 
