@@ -71,8 +71,9 @@ class BatchCache:
                 layer.keys = layer.keys[index, :, first:]
                 layer.values = layer.values[index, :, first:]
         if not bool(mask.all()):
-            # zeros, as _pad_left's: a query row that is all padding may come out NaN in some attention kernels,
-            # its keys and values too, and a masked NaN value still poisons a decode step (0 x NaN = NaN)
+            # zeros, as _pad_left's: the padding holds what the model computed for pad tokens, never read, but a
+            # NaN or inf there (whatever a kernel makes of an all-padding query row) would still poison a decode
+            # step, whose masked weights are 0 and 0 x NaN = NaN
             real_columns = mask.bool()[:, None, :, None]  # (k, 1, width, 1)
             for layer in cache.layers:
                 layer.keys = torch.where(real_columns, layer.keys, 0.0)
