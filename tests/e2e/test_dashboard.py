@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from tests.support.browser import chromium, screenshot_path
+from tests.support.browser import chromium, dashboard_page, screenshot_path, sign_in
 from tests.support.jobs import DATASET, dora_method, wait_for
 from tests.support.stack import E2E_RUN, Api, running_stack
 
@@ -51,26 +51,8 @@ def browser():
 
 @pytest.fixture
 def page(browser, stack, request):
-    """A fresh browser profile (empty sessionStorage) on the stack's API; screenshot at the end."""
-    context = browser.new_context(base_url=stack.api.url, viewport={"width": 1400, "height": 1000},
-                                  accept_downloads=True)
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    yield page
-    try:
-        page.screenshot(path=str(screenshot_path(request.node.name)), full_page=True)
-    finally:
-        context.close()
-    assert not errors, f"uncaught errors in the page: {errors}"
-
-
-def sign_in(page, key: str) -> None:
-    page.goto("/ui/")
-    page.fill("#api-key", key)
-    page.click("#sign-in button[type=submit]")
-    page.wait_for_selector("#nav:not([hidden])")
+    with dashboard_page(browser, stack.api.url, request.node.name, accept_downloads=True) as page:
+        yield page
 
 
 def storage(page) -> dict:

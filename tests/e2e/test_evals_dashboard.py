@@ -18,7 +18,7 @@ import math
 import openai
 import pytest
 
-from tests.support.browser import chromium, screenshot_path
+from tests.support.browser import chromium, dashboard_page, screenshot_path
 from tests.support.jobs import dora_method, wait_for
 from tests.support.stack import serving_stack
 
@@ -43,18 +43,8 @@ def stack(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture
 def page(stack, request):
-    with chromium() as browser:
-        context = browser.new_context(base_url=stack.api.url, viewport={"width": 1400, "height": 1000})
-        page = context.new_page()
-        page.set_default_timeout(30_000)
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
+    with chromium() as browser, dashboard_page(browser, stack.api.url, request.node.name) as page:
         yield page
-        try:
-            page.screenshot(path=str(screenshot_path(request.node.name)), full_page=True)
-        finally:
-            context.close()
-        assert not errors, f"uncaught errors in the page: {errors}"
 
 
 def wilson(passed: int, trials: int) -> tuple[float, float]:
