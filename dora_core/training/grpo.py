@@ -1,11 +1,13 @@
 """GRPO (DeepSeekMath, Shao et al. 2024, arXiv 2402.03300): sample, grade, group-relative policy gradient.
 
 For each prompt of a step, G = samples_per_prompt answers are sampled from the model being
-trained (temperature 1, `model.generate` under no_grad on the training model itself: its
-AdapterLinear layers are the policy, so no weight is copied and the sampled policy is exactly
-the one differentiated; the serving engine's MultiAdapterLinear slots would need the adapter
-copied into a slot after every optimizer step). Each answer is graded (dora_graders.grade), and
-its advantage is group-relative, as TRL's GRPOTrainer (scale_rewards="group"):
+trained, by the serving engine's batched decoding (dora_core/serving/engine.py) run in this thread
+on the training model itself (`Engine(model, tokenizer, None).generate`: no slots, its AdapterLinear
+or NF4AdapterLinear layers are the policy), so no weight is copied, no second model is kept, and
+the sampled policy is exactly the one differentiated. Temperature 1, no top-k/top-p, one seed per
+answer drawn from the run's CPU generator (checkpointed: a resumed step samples the same answers);
+eval mode under no_grad, the model's own mode back after. Each answer is graded
+(dora_graders.grade), and its advantage is group-relative, as TRL's GRPOTrainer (scale_rewards="group"):
 
     A_i = (r_i - mean(r_group)) / (std(r_group) + 1e-4)        std unbiased, as TRL's nanstd
 
@@ -35,12 +37,14 @@ from dora_contract.reinforcement import SAMPLING_TEMPERATURE
 from dora_core.data.collator import DataCollator
 from dora_core.data.errors import DataError
 from dora_core.reference import adapter_disabled
+from dora_core.serving import Completion, Engine, GenerationParams, UnsupportedModelError
 from dora_core.training.errors import TrainingError
 from dora_core.training.loss import IGNORE_INDEX, model_inputs
-from dora_core.training.samples import clip_end, clip_start, stop_token_ids
+from dora_core.training.samples import clip_end, clip_start
 from dora_graders import GraderSpecError, GradingContext, ItemError, grade
 
 ADVANTAGE_EPS = 1e-4  # TRL's: (r - mean) / (std + 1e-4)
+SEED_BOUND = 2**63 - 1  # an answer's seed is drawn from [0, SEED_BOUND): what torch.randint's int64 holds
 
 
 @dataclass
@@ -72,34 +76,26 @@ def per_token_loss(logps: torch.Tensor, ref_logps: torch.Tensor | None, advantag
     return loss + beta * kl, kl
 
 
-@torch.no_grad()
 def sample_answers(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], *, count: int,
-                   max_new_tokens: int, device: torch.device, greedy: bool = False) -> list[list[int]]:
-    """`count` answers per prompt (adjacent), each its new ids up to and including its first stop
-    token. Sampling at temperature 1 with no top-k/top-p draws from the run's torch generator, so
-    a resumed step samples the same answers; greedy=True takes the argmax (count 1)."""
-    was_training, use_cache = model.training, model.config.use_cache
-    stops = stop_token_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id
-    width = max(len(p) for p in prompts)
-    ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts])  # (prompts, width) left-padded
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    sampling = ({"do_sample": False} if greedy else
-                {"do_sample": True, "temperature": SAMPLING_TEMPERATURE, "top_k": 0, "top_p": 1.0})
+                   max_new_tokens: int, max_seq_len: int, greedy: bool = False) -> list[Completion]:
+    """`count` answers per prompt (adjacent) from the serving engine on the training model itself,
+    each with its ids up to and including its first stop token (dora_core.stop_tokens) and its text,
+    prompt + answer within max_seq_len. Sampling at temperature 1 with no top-k/top-p, each answer
+    seeded from the run's CPU generator, so a resumed step samples the same answers; greedy=True
+    takes the argmax (count 1)."""
+    requests = [list(prompt) for prompt in prompts for _ in range(count)]
+    if greedy:
+        params = [GenerationParams(max_tokens=max_new_tokens, temperature=0.0)] * len(requests)
+    else:
+        seeds = torch.randint(SEED_BOUND, (len(requests),)).tolist()  # the default (checkpointed) CPU generator
+        params = [GenerationParams(max_tokens=max_new_tokens, temperature=SAMPLING_TEMPERATURE, top_p=1.0, seed=seed)
+                  for seed in seeds]
     try:
-        model.eval()
-        model.config.use_cache = True
-        output = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), num_beams=1,
-                                num_return_sequences=count, max_new_tokens=max_new_tokens, eos_token_id=stops,
-                                pad_token_id=pad, use_cache=True, **sampling)  # (prompts * count, width + new)
-    finally:
-        model.config.use_cache = use_cache
-        model.train(was_training)
-    answers = []
-    for row in output[:, width:].tolist():
-        end = next((i + 1 for i, token in enumerate(row) if token in stops), len(row))
-        answers.append(row[:end])
-    return answers
+        engine = Engine(model, tokenizer, None, max_batch=len(requests), max_seq_len=max_seq_len)
+    except UnsupportedModelError as error:
+        raise TrainingError(f"reinforcement fine-tuning samples with the serving engine, which cannot run "
+                            f"this model: {error}") from None
+    return engine.generate(requests, params)
 
 
 class GroupSampler:
@@ -127,13 +123,12 @@ class GroupSampler:
         """G graded answers per item (adjacent), their group-relative advantages set."""
         prompts = [item["input_ids"] for item in items]
         answers = sample_answers(model, self.tokenizer, prompts, count=self.group,
-                                 max_new_tokens=self.answer_budget(prompts), device=device)
+                                 max_new_tokens=self.answer_budget(prompts), max_seq_len=self.max_seq_len)
         rollouts = []
-        for index, completion in enumerate(answers):
+        for index, answer in enumerate(answers):
             item = items[index // self.group]
-            text = self.tokenizer.decode(completion, skip_special_tokens=True)
-            rollouts.append(Rollout(list(item["input_ids"]), completion, text,
-                                    self.reward(text, examples[item["row"]])))
+            rollouts.append(Rollout(list(item["input_ids"]), list(answer.token_ids), answer.text,
+                                    self.reward(answer.text, examples[item["row"]])))
         advantages, _ = group_advantages(torch.tensor([r.reward for r in rollouts], dtype=torch.float64), self.group)
         for rollout, advantage in zip(rollouts, advantages.tolist(), strict=True):
             rollout.advantage = advantage
@@ -204,10 +199,11 @@ def validation_rewards(model: Any, sampler: GroupSampler, items: Sequence[Mappin
         chunk = items[start:start + batch_size]
         prompts = [item["input_ids"] for item in chunk]
         answers = sample_answers(model, sampler.tokenizer, prompts, count=1,
-                                 max_new_tokens=sampler.answer_budget(prompts), device=device, greedy=True)
-        for item, completion in zip(chunk, answers, strict=True):
+                                 max_new_tokens=sampler.answer_budget(prompts), max_seq_len=sampler.max_seq_len,
+                                 greedy=True)
+        for item, answer in zip(chunk, answers, strict=True):
             example = examples[item["row"]]
-            text = sampler.tokenizer.decode(completion, skip_special_tokens=True)
+            text = answer.text
             reward = sampler.reward(text, example)
             if len(samples) < sample_count:
                 prompt = sampler.tokenizer.decode(item["input_ids"], skip_special_tokens=False)

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from dora_core.data.templates import chat_template_for
+from dora_core.stop_tokens import stop_token_ids  # the serving engine's too
 from dora_formats import TEXT, Example
 
 # characters of a prompt (its end) or an expected answer (its start) kept in a sample: enough
@@ -85,15 +86,6 @@ def _last_assistant(example: Example) -> int | None:
     roles = [segment.role for segment in example.segments]
     last = len(roles) - 1 - roles[::-1].index("assistant") if "assistant" in roles else None
     return last if last else None
-
-
-def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """End-of-sequence and end-of-turn ids: the generation config's eos (an int or a list) and
-    the tokenizer's eos."""
-    configured = getattr(model.generation_config, "eos_token_id", None)
-    ids = configured if isinstance(configured, list) else [configured]
-    ids = [*ids, tokenizer.eos_token_id]
-    return list(dict.fromkeys(int(i) for i in ids if i is not None))
 
 
 @torch.no_grad()
