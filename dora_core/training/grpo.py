@@ -118,8 +118,7 @@ class GroupSampler:
         except GraderSpecError as error:  # e.g. python where this process lends no sandbox
             raise TrainingError(f"the grader cannot run here: {error.field}: {error.message}") from None
 
-    def rollouts(self, model: Any, items: Sequence[Mapping[str, Any]], examples: Sequence[Any], *,
-                 device: torch.device) -> list[Rollout]:
+    def rollouts(self, model: Any, items: Sequence[Mapping[str, Any]], examples: Sequence[Any]) -> list[Rollout]:
         """G graded answers per item (adjacent), their group-relative advantages set."""
         prompts = [item["input_ids"] for item in items]
         answers = sample_answers(model, self.tokenizer, prompts, count=self.group,
@@ -188,8 +187,8 @@ def step_metrics(rollouts: Sequence[Rollout], group: int, *, kl_sum: float, toke
 
 @torch.no_grad()
 def validation_rewards(model: Any, sampler: GroupSampler, items: Sequence[Mapping[str, Any]],
-                       examples: Sequence[Any], *, step: int, batch_size: int, sample_count: int,
-                       device: torch.device) -> tuple[float, list[dict]]:
+                       examples: Sequence[Any], *, step: int, batch_size: int,
+                       sample_count: int) -> tuple[float, list[dict]]:
     """(mean reward of one greedy answer per validation item, the first `sample_count` as samples).
 
     Greedy, so that the same prompts give comparable answers from one evaluation to the next; a

@@ -448,7 +448,7 @@ class TrainingRun:
             if self.callbacks.should_stop():
                 return None
             items = [self.data.train[i] for i in chunk]
-            groups.append(self.sampler.rollouts(self.model, items, self.data.train_examples, device=self.device))
+            groups.append(self.sampler.rollouts(self.model, items, self.data.train_examples))
             self.callbacks.heartbeat()
         total = max(1, sum(len(r.completion_ids) for rollouts in groups for r in rollouts))
         loss_sum, kl_sum, seen_tokens = 0.0, 0.0, 0
@@ -596,7 +596,7 @@ class TrainingRun:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             mean, samples = validation_rewards(self.model, self.sampler, items, self.data.validation_examples,
                                                step=self.state.step, batch_size=self.state.micro_batch_size,
-                                               sample_count=self.settings.sample_prompts, device=self.device)
+                                               sample_count=self.settings.sample_prompts)
         self.record({"step": self.state.step, "eval_reward": mean}, self.callbacks.on_evaluate)
         if samples and self.parallel.is_main:
             self.samples_log.write(self.state.step, samples)
