@@ -75,32 +75,29 @@ def gpus_of_queue(queue: str | None) -> int | None:
 def publish_job(job_id: str, *, broker_url: str, gpus: int = 1) -> bool:
     """Send `worker.run_job(job_id)` to the queue of jobs needing `gpus` GPUs; False (and a log
     line) if the broker failed."""
-    try:
-        _celery_app(broker_url).send_task(TASK_NAME, args=[job_id], queue=queue_for(gpus), retry=False)
-    except Exception as error:  # noqa: BLE001 - any broker problem leaves the job queued in SQL
-        log.warning("could not publish job %s (the reconciler will retry): %s", job_id, error)
-        return False
-    return True
+    return _send(broker_url, TASK_NAME, job_id, queue=queue_for(gpus), what="job", retried_by="reconciler")
 
 
 def publish_delivery(delivery_id: str, *, broker_url: str) -> bool:
     """Send `webhooks.deliver(delivery_id)` to the `webhooks` queue; False (and a log line) if the
     broker failed: the delivery row stays due and the sweeper publishes it again."""
-    try:
-        _celery_app(broker_url).send_task(WEBHOOK_TASK_NAME, args=[delivery_id], queue=WEBHOOK_QUEUE, retry=False)
-    except Exception as error:  # noqa: BLE001 - any broker problem leaves the delivery due in SQL
-        log.warning("could not publish webhook delivery %s (the sweeper will retry): %s", delivery_id, error)
-        return False
-    return True
+    return _send(broker_url, WEBHOOK_TASK_NAME, delivery_id, queue=WEBHOOK_QUEUE, what="webhook delivery",
+                 retried_by="sweeper")
 
 
 def publish_eval_run(run_id: str, *, broker_url: str) -> bool:
     """Send `worker.run_eval(run_id)` to the `evals` queue; False (and a log line) if the broker
     failed: the run stays queued in SQL and the reconciler publishes it again."""
+    return _send(broker_url, EVAL_TASK_NAME, run_id, queue=EVAL_QUEUE, what="eval run", retried_by="reconciler")
+
+
+def _send(broker_url: str, task_name: str, row_id: str, *, queue: str, what: str, retried_by: str) -> bool:
+    """Send `task_name(row_id)` to `queue`; False (and a log line) if the broker failed: the row stays
+    in SQL as it is, and `retried_by` publishes it again."""
     try:
-        _celery_app(broker_url).send_task(EVAL_TASK_NAME, args=[run_id], queue=EVAL_QUEUE, retry=False)
-    except Exception as error:  # noqa: BLE001 - any broker problem leaves the run queued in SQL
-        log.warning("could not publish eval run %s (the reconciler will retry): %s", run_id, error)
+        _celery_app(broker_url).send_task(task_name, args=[row_id], queue=queue, retry=False)
+    except Exception as error:  # noqa: BLE001 - any broker problem leaves the row waiting in SQL
+        log.warning("could not publish %s %s (the %s will retry): %s", what, row_id, retried_by, error)
         return False
     return True
 
