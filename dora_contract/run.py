@@ -63,9 +63,6 @@ class RunSettings(ContractModel):
                 if getattr(self.training, name):
                     raise PydanticCustomError("conflict", f"{method} trains on whole answers, completions only: "
                                               f"{name} must be false", {"field": f"training.{name}"})
-        if self.reinforcement is not None and self.training.quantization != "none":
-            raise PydanticCustomError("conflict", "reinforcement fine-tuning runs on an unquantized base for now: "
-                                      "quantization must be none", {"field": "training.quantization"})
         return self
 
 

@@ -69,8 +69,6 @@ def test_reinforcement_job_shows_its_resolved_hyperparameters_and_spec(tenant, s
     ({"method": _rft(grader={"type": "python", "name": "p", "source": "def grade(sample, item):\n    return 1.0"})},
      "method.reinforcement.grader.type", "disabled"),
     ({"method": _rft({"packing": True})}, "method.reinforcement.hyperparameters.packing", "packing must be"),
-    ({"method": _rft({"quantization": "nf4"})}, "method.reinforcement.hyperparameters.quantization",
-     "unquantized"),
     ({"gpus": 2, "method": _rft()}, "gpus", ""),
 ])
 def test_reinforcement_refusals_name_the_field(tenant, body, param, words):
@@ -82,6 +80,17 @@ def test_reinforcement_refusals_name_the_field(tenant, body, param, words):
     assert error["param"] == param and words in error["message"], error
     if param.endswith(".model"):  # a judge: the completions' code, as an eval run's unknown data_source.model
         assert error["code"] == "model_not_found", error
+
+
+def test_a_reinforcement_job_may_train_on_an_nf4_base(tenant, settings):
+    """Sampling runs through the serving engine on the training model's own (NF4AdapterLinear) layers."""
+    from store.db import session_scope
+    from store.models import Job
+
+    job = tenant.job({"training_file": tenant.file_id(PROMPTS), "method": _rft({"quantization": "nf4"})})
+    with session_scope(settings) as session:
+        spec = JobSpec.from_data(session.get(Job, job["id"]).settings)
+    assert spec.run.training.quantization == "nf4" and spec.run.reinforcement is not None
 
 
 def test_score_model_and_label_model_graders_are_taken_with_a_judge_the_tenant_may_call(tenant, settings):

@@ -144,6 +144,24 @@ def test_a_short_run_reports_rewards_keeps_one_base_copy_and_resumes(tiny_model_
         torch.testing.assert_close(two[name], tensor, rtol=0, atol=0)  # same ops, same order on one CPU
 
 
+def test_an_nf4_base_trains_a_step(tiny_model_dir, tmp_path):
+    """QDoRA reinforcement: the engine samples on the NF4AdapterLinear layers themselves, the step trains
+    the adapter (B leaves zero)."""
+    from safetensors.torch import load_file
+
+    from dora_core.training import run_training
+    from tests.support.training_helpers import write_jsonl
+
+    train = write_jsonl(tmp_path / "prompts.jsonl", _prompt_rows(4))
+    config = _rft_config(tiny_model_dir, train, steps=1, quantization="nf4", validation_split=0.0)
+    result = run_training(config, tmp_path / "out", resume=False, device="cpu")
+    assert result.status == "completed" and result.step == 1
+    step = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert step["step"] == 1 and step["completions/mean_length"] > 0 and 0.0 <= step["reward"] <= 1.0
+    trained = load_file(str(tmp_path / "out" / "adapter" / "adapter_model.safetensors"))
+    assert any(name.endswith("lora_B.weight") and tensor.abs().max() > 0 for name, tensor in trained.items())
+
+
 def test_the_docs_example_is_a_valid_reinforcement_config_and_prompts_row(tmp_path):
     """docs/training.md's example: its row validates as a prompts row the grader can read, its config
     as a reinforcement run with the documented defaults."""
