@@ -7,9 +7,10 @@ answer tokens' log-probabilities (next-token, as TRL's DPOTrainer). Per pair:
     logits = beta * ((pi_c - ref_c) - (pi_r - ref_r))      loss = -log sigmoid(logits)
     rewards/chosen = beta * (pi_c - ref_c)   rewards/rejected = beta * (pi_r - ref_r)
 
-The reference log-probabilities come from the same model with the adapter off
-(dora_core/reference.py) under no_grad. Sums, not means, so that a step normalises by the
-pairs of its global batch (micro-batch size does not change the update, as for SFT's tokens).
+The reference log-probabilities come from the model as the run started (adapter off, or a
+continued run's starting adapter: dora_core/reference.py) under no_grad. Sums, not means, so
+that a step normalises by the pairs of its global batch (micro-batch size does not change the
+update, as for SFT's tokens).
 
 The reference does not change while the adapter trains, so a run computes each pair's two
 reference sums once, the first time the pair is scored, and keeps them (`ReferenceCache`, two
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from dora_contract import DPO_METRICS
-from dora_core.reference import adapter_disabled
+from dora_core.reference import reference_policy
 from dora_core.training.loss import IGNORE_INDEX, model_inputs
 
 
@@ -65,8 +66,8 @@ def sequence_logprobs(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def reference_logprobs(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(rows,): the same sums under the reference policy (adapter off), without gradients."""
-    with torch.no_grad(), adapter_disabled(model):
+    """(rows,): the same sums under the reference policy (dora_core/reference.py), without gradients."""
+    with torch.no_grad(), reference_policy(model):
         return sequence_logprobs(model, batch)
 
 
@@ -91,7 +92,7 @@ class ReferenceCache:
     Kept as Python floats, which hold any float16, bfloat16, float32 or float64 value exactly, with
     the dtype they were computed in: a reused value is bit for bit the one first computed, in the
     dtype dpo_sums would get from reference_logprobs. The reference must be constant for the run
-    (the adapter-off model is: training moves only the adapter).
+    (the adapter-off model and a held starting adapter are: training moves only the live adapter).
     """
 
     def __init__(self) -> None:

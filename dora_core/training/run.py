@@ -49,6 +49,7 @@ from dora_core.model_loading import (
     saved_dtype,
 )
 from dora_core.peft_format import start_from_adapter
+from dora_core.reference import hold_reference_adapter
 from dora_core.training.callbacks import CallbackList, TrainingCallback
 from dora_core.training.checkpoints import (
     RunState,
@@ -232,6 +233,8 @@ class TrainingRun:
                                     "rank(s) their shards (host memory holds one copy)")
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.initial_adapter = [p.detach().clone() for p in self.trainable]
+        if self.config.init_adapter and (self.dpo is not None or self.reinforcement is not None):
+            hold_reference_adapter(self.model, self.initial_adapter)  # the reference: the model it started as
         self.initial_rng = torch.get_rng_state()
         self.build_optimizer()
 

@@ -19,7 +19,9 @@ import torch
 
 from dora_contract import DPO_METRICS
 from dora_core import AdapterConfig, AdapterLinear, apply_adapter
-from dora_core.reference import adapter_disabled
+from dora_core.data import prepare_datasets
+from dora_core.data.preference import PreferenceCollator
+from dora_core.reference import adapter_disabled, hold_reference_adapter
 from dora_core.training import RunConfig, TrainingCallback, run_training
 from dora_core.training.dpo import dpo_sums, reference_logprobs, sequence_logprobs
 from tests.support.model_factories import peft_twin, perturb_adapters
@@ -211,6 +213,41 @@ def test_dpo_run_learns_keeps_one_base_copy_and_resumes(tiny_model_dir, tmp_path
         assert_close_to_reference(two[name], tensor, limit, what=name)
 
 
+def test_a_continued_runs_reference_is_the_adapter_it_started_from(tiny_model_dir, tiny_tokenizer, tmp_path):
+    """DPO after a fine-tune anchors to that fine-tuned model (its starting adapter), not the base:
+    a continued run's first step has policy = reference (loss log 2, margins 0), which an adapter-off
+    reference would not give since the parent learned the preference; the swap restores the live adapter."""
+    train = write_jsonl(tmp_path / "pairs.jsonl", preference_rows(8))
+    parent = run_training(_dpo_config(tiny_model_dir, train, max_steps=4), tmp_path / "parent", resume=False)
+    parent_last = json.loads((tmp_path / "parent" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert parent.status == "completed" and parent_last["loss"] < 0.6  # the parent moved away from its base
+    child = _dpo_config(tiny_model_dir, train, max_steps=2).with_changes(
+        init_adapter=str(tmp_path / "parent" / "adapter"))
+    assert run_training(child, tmp_path / "child", resume=False).status == "completed"
+    first = json.loads((tmp_path / "child" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["loss"] == pytest.approx(0.6931471805599453, rel=1e-6) and first["rewards/margins"] == 0.0
+
+    from transformers import AutoModelForCausalLM
+
+    model = apply_adapter(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64), CONFIG)
+    perturb_adapters(model)
+    hold_reference_adapter(model, [p.detach().clone() for p in model.parameters() if p.requires_grad])
+    batch = PreferenceCollator(tiny_tokenizer.pad_token_id)(
+        [prepare_datasets(train, tiny_tokenizer, max_seq_len=64, preference=True).train[i] for i in range(2)])
+    with torch.no_grad():
+        started = sequence_logprobs(model, batch)  # (4,) the starting adapter's
+        with adapter_disabled(model):
+            base = sequence_logprobs(model, batch)
+    live = [p for p in model.parameters() if p.requires_grad]
+    with torch.no_grad():
+        for parameter in live:
+            parameter.add_(0.05)  # training moved the live adapter
+    moved = [p.detach().clone() for p in live]
+    reference = reference_logprobs(model, batch)
+    assert torch.equal(reference, started) and (reference - base).abs().max() > 1e-3  # float64, same ops: exact
+    assert all(torch.equal(p, m) for p, m in zip(live, moved, strict=True))  # the live adapter is back
+
+
 class ReferenceForwards:
     """Wraps dpo.reference_logprobs (what the cache and the uncached path both call): the rows scored."""
 
@@ -266,7 +303,6 @@ def test_reference_cache_scores_only_the_unseen_pairs_of_a_batch(tiny_model_dir,
     ones' sums as first computed (bit for bit, same dtype), each in its batch row."""
     from transformers import AutoModelForCausalLM
 
-    from dora_core.data import prepare_datasets
     from dora_core.training.dpo import ReferenceCache
 
     data = prepare_datasets(write_jsonl(tmp_path / "pairs.jsonl", preference_rows(3)), tiny_tokenizer,
