@@ -6,7 +6,6 @@ seconds, long enough to hold what they hold."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from dora_contract.serving import AdapterRef, GenerationRequest
 from serve.adapter_files import AdapterFiles
@@ -15,21 +14,12 @@ from serve.models import load_model
 from serve.settings import ServeSettings
 from store.storage import LocalStorage
 from tests.support.jobs import wait_for
-from tests.support.serving import load_tiny, random_adapter
+from tests.support.serving import load_tiny, random_adapter, save_endless_model
 
 
 @pytest.fixture(scope="module")
 def endless_dir(tiny_model_dir, tmp_path_factory):
-    from dora_core.model_loading import load_tokenizer
-
-    model = load_tiny(tiny_model_dir)
-    eos = model.generation_config.eos_token_id
-    with torch.no_grad():  # logits 0 for every EOS id: never the greedy choice
-        model.lm_head.weight[[model.config.eos_token_id, *(eos if isinstance(eos, list) else [eos])]] = 0.0
-    out = tmp_path_factory.mktemp("endless") / "endless"
-    model.save_pretrained(out)
-    load_tokenizer(tiny_model_dir).save_pretrained(out)
-    return out
+    return save_endless_model(tiny_model_dir, tmp_path_factory.mktemp("endless") / "endless")
 
 
 @pytest.fixture(scope="module")

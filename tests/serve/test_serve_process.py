@@ -16,7 +16,6 @@ import sys
 
 import httpx
 import pytest
-import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -37,23 +36,14 @@ from store.models import InferenceServer
 from store.settings import DatabaseSettings
 from tests.support.jobs import wait_for
 from tests.support.serve_process import ROOT, serve_process
-from tests.support.serving import greedy_reference, load_tiny, merged, random_adapter
+from tests.support.serving import greedy_reference, load_tiny, merged, random_adapter, save_endless_model
 
 ADAPTER_PREFIX = "tenants/t-serve/jobs/job-serve/checkpoints/step-6"  # a checkpoint's folder holds more files
 
 
 @pytest.fixture(scope="module")
 def endless_model_dir(tiny_model_dir, tmp_path_factory):
-    model = load_tiny(tiny_model_dir)
-    eos = model.generation_config.eos_token_id
-    with torch.no_grad():  # their logits are 0, below the greedy choice (the largest of 500 random ones)
-        model.lm_head.weight[[model.config.eos_token_id, *(eos if isinstance(eos, list) else [eos])]] = 0.0
-    out = tmp_path_factory.mktemp("endless") / "endless"
-    model.save_pretrained(out)
-    from dora_core.model_loading import load_tokenizer
-
-    load_tokenizer(tiny_model_dir).save_pretrained(out)
-    return out
+    return save_endless_model(tiny_model_dir, tmp_path_factory.mktemp("endless") / "endless")
 
 
 @pytest.fixture(scope="module")

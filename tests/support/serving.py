@@ -1,5 +1,6 @@
 """Helpers of the serving engine's tests (tests/core/test_serving_*.py): random adapters saved in
-PEFT's format, the merged-model reference, and reading an engine's event stream."""
+PEFT's format, the merged-model reference, reading an engine's event stream, and the `endless` model
+the server and eval executor tests use to hold a slot (tests/serve, tests/worker/test_eval_runs.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,21 @@ from dora_core.serving import Failed, Finished, GenerationHandle, TextDelta
 
 def load_tiny(model_dir: Path, dtype: torch.dtype = torch.float32):
     return load_base_model(model_dir, dtype=dtype, device="cpu", local_files_only=True)
+
+
+@torch.no_grad()
+def save_endless_model(model_dir: Path, out: Path) -> Path:
+    """The model at `model_dir` unable to choose an EOS token, saved with its tokenizer at `out`: the output
+    rows of every EOS id are zero, so their logits (0) stay below the greedy choice (the largest of the other
+    ones, random) and a greedy completion runs to its token limit or the context's end."""
+    from dora_core.model_loading import load_tokenizer
+
+    model = load_tiny(model_dir)
+    eos = model.generation_config.eos_token_id
+    model.lm_head.weight[[model.config.eos_token_id, *(eos if isinstance(eos, list) else [eos])]] = 0.0
+    model.save_pretrained(out)
+    load_tokenizer(model_dir).save_pretrained(out)
+    return out
 
 
 @torch.no_grad()

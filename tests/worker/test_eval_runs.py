@@ -18,7 +18,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 from sqlalchemy import func, select
 
 from dora_contract.serving import ADAPTER_FILES, TextDelta
@@ -34,7 +33,7 @@ from store.storage import open_storage
 from store.tenants import create_api_key
 from tests.support.jobs import wait_for
 from tests.support.serve_process import ROOT, serve_process
-from tests.support.serving import load_tiny
+from tests.support.serving import load_tiny, save_endless_model
 from worker.eval_grading import grade_item
 from worker.eval_run import run_eval
 from worker.settings import EvalRunnerSettings
@@ -52,17 +51,9 @@ def root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def endless_dir(root) -> Path:
-    from dora_core.model_loading import load_tokenizer
     from dora_core.tiny_model import make_tiny_model
 
-    tiny = make_tiny_model(root / "tiny")
-    model = load_tiny(tiny)
-    eos = model.generation_config.eos_token_id
-    with torch.no_grad():  # their logits are 0, below the greedy choice (the largest of 500 random ones)
-        model.lm_head.weight[[model.config.eos_token_id, *(eos if isinstance(eos, list) else [eos])]] = 0.0
-    model.save_pretrained(root / "endless")
-    load_tokenizer(tiny).save_pretrained(root / "endless")
-    return root / "endless"
+    return save_endless_model(make_tiny_model(root / "tiny"), root / "endless")
 
 
 @pytest.fixture(scope="module")
