@@ -6,11 +6,11 @@ fine-tuning. It knows no HTTP: a model grader's judge is a `complete` callable t
 """
 
 from dora_graders.errors import GraderSpecError, GradingError, ItemError, JudgeUnavailableError
-from dora_graders.grading import PYTHON_DISABLED, GradingContext, check, check_item, grade
+from dora_graders.grading import PYTHON_DISABLED, GradingContext, asks_a_judge, check, check_item, grade
 from dora_graders.judges import Complete, JudgeReply
 from dora_graders.result import ERROR_FLAGS, GradeResult
 from dora_graders.sandbox import PythonSandbox, SandboxLimits
 
 __all__ = ["ERROR_FLAGS", "PYTHON_DISABLED", "Complete", "GradeResult", "GraderSpecError", "GradingContext",
            "GradingError", "ItemError", "JudgeReply", "JudgeUnavailableError", "PythonSandbox", "SandboxLimits",
-           "check", "check_item", "grade"]
+           "asks_a_judge", "check", "check_item", "grade"]

@@ -40,6 +40,14 @@ class GradingContext:
     python: PythonSandbox | None = None
 
 
+def asks_a_judge(grader: Any) -> bool:
+    """Whether the grader (or one inside a multi grader) is a score_model or label_model: it grades
+    only where its caller lends a judge (GradingContext.complete)."""
+    if isinstance(grader, MultiGrader):
+        return any(asks_a_judge(sub) for sub in grader.graders.values())
+    return isinstance(grader, ScoreModelGrader | LabelModelGrader)
+
+
 def check(grader: Any, context: GradingContext, *, field: str = "") -> None:
     where = f"{field}." if field else ""
     if isinstance(grader, TextSimilarityGrader):

@@ -170,8 +170,8 @@ class JobAttempt:
         """What a reinforcement run's grader is lent: the python sandbox where the operator enabled it, and
         for a score_model or label_model a judge of the job's tenant's models, asked through the inference
         servers (worker/training_judge.py: one that cannot answer fails the job); close its `complete` after."""
-        from dora_graders import GradingContext, PythonSandbox
-        from worker.training_judge import TrainingJudge, asks_a_judge, tenant_name
+        from dora_graders import GradingContext, PythonSandbox, asks_a_judge
+        from worker.training_judge import TrainingJudge, tenant_name
 
         python = PythonSandbox() if self.settings.python_grader_enabled else None
         reinforcement = self.spec.run.reinforcement

@@ -26,7 +26,6 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dora_contract.graders import LabelModelGrader, MultiGrader, ScoreModelGrader
 from dora_core.training.errors import TrainingError
 from dora_graders import JudgeReply, JudgeUnavailableError
 from store.db import session_factory
@@ -35,13 +34,6 @@ from store.models import Job, Tenant
 from store.storage import Storage
 from worker.judges import UNSERVABLE, JudgeModels, ServerWaitError, generate_waiting
 from worker.settings import WorkerSettings
-
-
-def asks_a_judge(grader: Any) -> bool:
-    """Whether the grader (or one inside a multi grader) is a score_model or label_model."""
-    if isinstance(grader, MultiGrader):
-        return any(asks_a_judge(sub) for sub in grader.graders.values())
-    return isinstance(grader, ScoreModelGrader | LabelModelGrader)
 
 
 def tenant_name(session: Session, *, job_id: str) -> str:

@@ -78,7 +78,7 @@ from dora_core.training.outputs import (
 from dora_core.training.samples import SamplesLog, ValidationSamples
 from dora_core.training.schedule import BatchSchedule, micro_batches
 from dora_core.training.settings import RunConfig
-from dora_graders import GradingContext
+from dora_graders import GradingContext, asks_a_judge
 
 log = logging.getLogger(__name__)
 # what a run starting over keeps of metrics.jsonl and samples.jsonl: nothing, not even step 0's
@@ -141,6 +141,10 @@ class TrainingRun:
         if self.reinforcement is not None and self.parallel.world_size > 1:
             raise TrainingError("reinforcement fine-tuning runs in one process for now: run it without --nproc "
                                 "(a job with gpus: 1)")
+        if self.reinforcement is not None and self.grading.complete is None \
+                and asks_a_judge(self.reinforcement.grader):  # it would reward every answer 0, silently
+            raise TrainingError("a score_model or label_model grader needs a judge model, which this run has no "
+                                "route to: run it as a job of the service (its worker asks the inference servers)")
         self.checkpoint_dir = out_dir / "checkpoints"
         self.validated: tuple[int | None, dict] = (None, {})  # (step, numbers) of this attempt's latest evaluation
         self.samples_log = SamplesLog(out_dir / "samples.jsonl")

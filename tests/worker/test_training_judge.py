@@ -12,7 +12,7 @@ from pydantic import TypeAdapter
 
 from dora_contract.graders import Grader
 from dora_core.training.errors import TrainingError
-from dora_graders import GradingContext, JudgeUnavailableError, grade
+from dora_graders import GradingContext, JudgeUnavailableError, asks_a_judge, grade
 from store import jobs as job_store
 from store.db import session_scope
 from store.migrate import upgrade
@@ -22,7 +22,7 @@ from store.tenants import create_api_key
 from worker import judges
 from worker.failures import describe
 from worker.settings import WorkerSettings
-from worker.training_judge import JudgeFailedError, TrainingJudge, asks_a_judge, tenant_name
+from worker.training_judge import JudgeFailedError, TrainingJudge, tenant_name
 
 GRADER = TypeAdapter(Grader)
 SECRET = "s" * 32
