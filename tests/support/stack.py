@@ -176,10 +176,7 @@ class Stack:
         env = self.env | {"DORA_WORK_DIR": work_dir or str(self.root / "work")}
         worker = self._spawn(f"worker-{len(self.workers) + 1}", ["worker"], env)
         self.workers.append(worker)
-        wait_for(lambda: " ready." in worker.text() or not worker.alive(), timeout=90,
-                 what=f"{worker.name} to start")
-        assert worker.alive(), worker.text()
-        return worker
+        return _celery_ready(worker, timeout=90)
 
     def start_servers(self, count: int = 1, *, wait: bool = True) -> list[tuple[Process, str]]:
         """`count` more `dora serve` processes (every base model, on the CPU, heartbeat every 0.5 s), started
@@ -211,10 +208,7 @@ class Stack:
                           "DORA_EVAL_SWEEP_INTERVAL_SECONDS": "1", "DORA_EVAL_REQUEUE_AFTER_SECONDS": "2"}
         process = self._spawn(f"evals-{len(self.executors) + 1}", ["evals"], env)
         self.executors.append(process)
-        wait_for(lambda: " ready." in process.text() or not process.alive(), timeout=60,
-                 what=f"{process.name} to start")
-        assert process.alive(), process.text()
-        return process
+        return _celery_ready(process, timeout=60)
 
     def publish(self, job_id: str) -> bool:
         from store.queue import publish_job
@@ -235,6 +229,15 @@ class Stack:
         for process in [*self.workers, self.api_process, *self.more_apis, *self.servers, *self.executors]:
             if process is not None:
                 process.kill()
+
+
+def _celery_ready(process: Process, *, timeout: float) -> Process:
+    """A Celery process (`dora worker`, `dora evals`) once it logged ' ready.'; one that died first fails the
+    test with its log."""
+    wait_for(lambda: " ready." in process.text() or not process.alive(), timeout=timeout,
+             what=f"{process.name} to start")
+    assert process.alive(), process.text()
+    return process
 
 
 def _healthy(url: str) -> bool:
