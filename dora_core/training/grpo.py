@@ -17,11 +17,12 @@ binds. Per completion token t of answer i:
 
     loss_it = -exp(logp_it - sg(logp_it)) * A_i + beta * (exp(ref_it - logp_it) - (ref_it - logp_it) - 1)
 
-(the KL is Schulman's k3 estimator, DeepSeekMath's eq. 4; ref = the model with its adapter
-off, dora_core/reference.py, without gradients). The step's loss is the sum over every
-completion token of the step divided by their count: TRL's "dapo" loss type (its default in
-TRL 1.16), a token-level mean over the whole batch, so a long answer is not down-weighted as
-"grpo"'s per-sequence mean would. A completion ends at its first stop token, which is trained on.
+(the KL is Schulman's k3 estimator, DeepSeekMath's eq. 4; ref = the model as the run started:
+its adapter off, or a continued run's starting adapter, dora_core/reference.py, without
+gradients). The step's loss is the sum over every completion token of the step divided by their
+count: TRL's "dapo" loss type (its default in TRL 1.16), a token-level mean over the whole batch,
+so a long answer is not down-weighted as "grpo"'s per-sequence mean would. A completion ends at
+its first stop token, which is trained on.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from dora_contract import RFT_METRICS
 from dora_contract.reinforcement import SAMPLING_TEMPERATURE
 from dora_core.data.collator import DataCollator
 from dora_core.data.errors import DataError
-from dora_core.reference import adapter_disabled
+from dora_core.reference import reference_policy
 from dora_core.serving import Completion, Engine, GenerationParams, UnsupportedModelError
 from dora_core.training.errors import TrainingError
 from dora_core.training.loss import IGNORE_INDEX, model_inputs
@@ -168,7 +169,7 @@ def grpo_sums(model: Any, batch: Mapping[str, torch.Tensor], *, beta: float) -> 
     """The summed GRPO loss of one micro-batch of rollouts (see the module's docstring)."""
     ref = None
     if beta:
-        with torch.no_grad(), adapter_disabled(model):
+        with torch.no_grad(), reference_policy(model):
             ref, _ = token_logprobs(model, batch)
     logps, rows = token_logprobs(model, batch)
     advantages = batch["advantages"].to(logps.device, logps.dtype)[rows]  # (tokens,)

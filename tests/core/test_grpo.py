@@ -249,3 +249,41 @@ def test_the_reward_goes_up_on_a_learnable_task(tiny_model_dir, tmp_path):
     assert len(rewards) == 12 and sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4 + 0.05, rewards
     evaluations = [r["eval_reward"] for r in records if "eval_reward" in r]
     assert evaluations[-1] > evaluations[0], evaluations
+
+
+def test_a_continued_runs_kl_is_to_the_adapter_it_started_from(tiny_model_dir, tmp_path, monkeypatch):
+    """A reinforcement run continued from a trained adapter measures its KL to that adapter: 0 at step 1
+    (policy = reference, the same forward twice), where the adapter-off base gives > 0."""
+    from dora_core.training import run as run_module
+    from dora_core.training import run_training
+    from tests.support.training_helpers import dataset_rows, run_config, write_jsonl
+
+    chat = write_jsonl(tmp_path / "chat.jsonl", dataset_rows("chat"))
+    assert run_training(run_config(tiny_model_dir, chat, max_steps=3, learning_rate=5e-2),
+                        tmp_path / "parent", device="cpu").status == "completed"
+    train = write_jsonl(tmp_path / "prompts.jsonl", _prompt_rows(8))
+    config = _rft_config(tiny_model_dir, train, steps=1, gradient_accumulation_steps=1, validation_split=0.0)
+    continued = config.with_changes(init_adapter=str(tmp_path / "parent" / "adapter"))
+
+    def first_kl(name: str) -> float:
+        assert run_training(continued, tmp_path / name, device="cpu", resume=False).status == "completed"
+        records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return next(r["kl"] for r in records if "kl" in r)
+
+    held = first_kl("continued")
+    monkeypatch.setattr(run_module, "hold_reference_adapter", lambda *args: None)  # the reference: adapter off
+    assert held == 0.0 and first_kl("to_the_base") > 1e-6
+
+
+def test_a_model_grader_without_a_judge_is_refused_before_anything_loads(tiny_model_dir, tmp_path):
+    """`dora train` lends no judge: a score_model grader there would reward every answer 0, so it is refused."""
+    from dora_core.training import run_training
+    from dora_core.training.errors import TrainingError
+
+    judged = {"type": "score_model", "name": "judge", "model": "tiny-llama",
+              "input": [{"role": "user", "content": "Rate {{sample.output_text}}"}]}
+    config = _rft_config(tiny_model_dir, tmp_path / "absent.jsonl", steps=1)
+    config = config.with_changes(reinforcement=config.reinforcement.model_dump() | {"grader": judged})
+    with pytest.raises(TrainingError, match="needs a judge model"):
+        run_training(config, tmp_path / "out", device="cpu")
+    assert not (tmp_path / "out" / "dataset_report.json").exists()
