@@ -46,7 +46,8 @@ const PREFERENCE = [
 ];
 // a reinforcement job's (dora_contract RFT_METRICS, TRL's names): the mean reward of each step's
 // sampled answers and of the greedy validation answers (eval_reward, from step 0) on one chart, the
-// groups' reward spread and the KL to the reference (the model with its adapter off)
+// groups' reward spread and the KL to the reference (the model as the run started: adapter off, or
+// a continued run's starting adapter)
 const REINFORCEMENT = [
   {key: "reward", title: "Mean reward",
    series: [{key: "reward", label: "Train (sampled)", color: "#15803d"},
