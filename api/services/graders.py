@@ -29,8 +29,8 @@ from dora_graders import GraderSpecError, GradingContext, ItemError, PythonSandb
 GRADER = TypeAdapter(Grader)
 
 
-def parse_grader(data: Any) -> Any:
-    """The grader spec; a 400 naming `grader.<field>` (the union's type tags left out of the path)."""
+def parse_grader(data: Any, where: str = "grader") -> Any:
+    """The grader spec; a 400 naming `<where>.<field>` (the union's type tags left out of the path)."""
     try:
         return GRADER.validate_python(data)
     except ValidationError as error:
@@ -38,7 +38,7 @@ def parse_grader(data: Any) -> Any:
         loc = [part for part in first["loc"] if part not in GRADER_TYPES]
         field = error_field(first | {"loc": tuple(loc)}) if loc else "type"
         message = first["msg"].removeprefix("Value error, ")
-        raise bad_request(f"grader.{field}: {message}", param=f"grader.{field}") from None
+        raise bad_request(f"{where}.{field}: {message}", param=f"{where}.{field}") from None
 
 
 def grading_context(request: Request, caller: Caller) -> GradingContext:
@@ -47,13 +47,14 @@ def grading_context(request: Request, caller: Caller) -> GradingContext:
     return GradingContext(complete=_judge(request, caller), python=python)
 
 
-def check_grader(grader: Any, context: GradingContext) -> None:
+def check_grader(grader: Any, context: GradingContext, where: str = "grader") -> None:
+    """dora_graders.check as a 400 naming `<where>.<field>` (a python grader where none runs, a bad formula)."""
     try:
         check(grader, context)
     except GraderSpecError as error:
-        raise bad_request(f"grader.{error.field}: {error.message}", param=f"grader.{error.field}") from None
+        raise bad_request(f"{where}.{error.field}: {error.message}", param=f"{where}.{error.field}") from None
     except ItemError as error:
-        raise bad_request(error.message, param="grader") from None
+        raise bad_request(error.message, param=where) from None
 
 
 async def run_grader(grader: Any, *, model_sample: str, item: Any, context: GradingContext) -> dict[str, Any]:

@@ -18,45 +18,32 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError, bad_request
 from api.eval_files import lines_of
-from api.services import serving_models
-from dora_contract.errors import error_field
-from dora_contract.graders import GRADER_TYPES, Grader, LabelModelGrader, MultiGrader, ScoreModelGrader
+from api.services import graders, serving_models
+from dora_contract.graders import LabelModelGrader, MultiGrader, ScoreModelGrader
 from dora_contract.job_spec import FileRef
 from dora_contract.reinforcement import MAX_SAMPLES_PER_PROMPT
 from dora_formats import PROMPTS
-from dora_graders import GraderSpecError, GradingContext, ItemError, PythonSandbox, check, check_item
+from dora_graders import GradingContext, ItemError, PythonSandbox, check_item
 from store.settings import Settings
 from store.storage import Storage
 
 RL_PREFIX = "method.reinforcement"
 GRADER_PARAM = f"{RL_PREFIX}.grader"
 HYPER = f"{RL_PREFIX}.hyperparameters"
-GRADER = TypeAdapter(Grader)
 # OpenAI's knob -> the contract's name in ReinforcementSettings
 RL_KNOBS = {"eval_samples": "eval_samples", "beta": "beta", "max_completion_tokens": "max_completion_tokens",
             "compute_multiplier": "samples_per_prompt"}
 
 
 def parse_grader(data: Any, settings: Any = None) -> Any:
-    try:
-        grader = GRADER.validate_python(data)
-    except ValidationError as error:
-        first = error.errors()[0]
-        loc = [part for part in first["loc"] if part not in GRADER_TYPES]
-        field = error_field(first | {"loc": tuple(loc)}) if loc else "type"
-        message = first["msg"].removeprefix("Value error, ")
-        raise bad_request(f"{GRADER_PARAM}.{field}: {message}", param=f"{GRADER_PARAM}.{field}") from None
+    """The job's grader, checked as the graders API checks one, its errors naming `method.reinforcement.grader.*`."""
+    grader = graders.parse_grader(data, where=GRADER_PARAM)
     python_enabled = bool(getattr(settings, "python_grader_enabled", False))
-    try:
-        check(grader, GradingContext(python=PythonSandbox() if python_enabled else None))
-    except GraderSpecError as error:
-        raise bad_request(f"{GRADER_PARAM}.{error.field}: {error.message}", param=f"{GRADER_PARAM}.{error.field}") \
-            from None
+    graders.check_grader(grader, GradingContext(python=PythonSandbox() if python_enabled else None), where=GRADER_PARAM)
     return grader
 
 
@@ -106,7 +93,7 @@ def reinforcement_settings(grader_data: Any, hyperparameters: dict[str, Any],
 
 def check_prompt_rows(storage: Storage, grader_data: dict[str, Any], files: dict[str, FileRef | None]) -> None:
     """Every row of the job's files has what the grader's templates reference (a 400 naming line and field)."""
-    grader = GRADER.validate_python(grader_data)
+    grader = graders.GRADER.validate_python(grader_data)
     for param, file in files.items():
         if file is None:
             continue
