@@ -62,6 +62,7 @@ import torch
 
 from dora_core import load_adapter
 from dora_core.model_loading import load_base_model, load_tokenizer, resolve_device
+from dora_core.stop_tokens import stop_token_ids  # what the server and a run stop at; the siblings import it from here
 from dora_core.training import run_training
 from dora_core.training.settings import RunConfig
 
@@ -270,13 +271,6 @@ def evaluate(model_dir: Path, adapter_dir: Path | None, task: Task, questions: l
             "eval_seconds": round(time.perf_counter() - started, 1),
             "examples": [{"question": q, "expected": a, "reply": r} for q, a, r in
                          zip(questions[:3], answers[:3], replies[:3], strict=True)]}
-
-
-def stop_token_ids(model, tokenizer) -> list[int]:
-    """The tokens that end an answer: the tokenizer's eos and the model's own (ChatML's <|im_end|>)."""
-    configured = model.generation_config.eos_token_id
-    ids = {tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])}
-    return sorted(i for i in ids if i is not None)
 
 
 def summarize(runs: list[dict]) -> list[dict]:
