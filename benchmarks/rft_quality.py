@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         # each model judged as soon as it exists: a run stopped midway keeps whole comparisons
         adapters: dict[str, Path | None] = {"base": None}
         lines: dict[str, dict] = {}
-        for name in MODELS:
+        for name in args.models:
             if name != "base":
                 config = run_config(name, model_dir, files, settings,
                                     init_adapter=adapters["sft"] if name == "sft_rft" else None)
@@ -155,9 +155,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rft-steps", type=int, help=f"GRPO steps per RFT run (default {DEFAULTS.rft_steps})")
     parser.add_argument("--rft-learning-rate", type=float, help=f"(default {DEFAULTS.rft_learning_rate})")
     parser.add_argument("--samples-per-prompt", type=int, help=f"GRPO's G (default {DEFAULTS.samples_per_prompt})")
+    parser.add_argument("--models", type=_models, default=list(MODELS),
+                        help=f"comma-separated, of {','.join(MODELS)} (default all; sft_rft brings sft)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 8 train and 4 held-out prompts, 2 steps each")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for rft_quality.jsonl")
     return parser.parse_args(argv)
+
+
+def _models(text: str) -> list[str]:
+    """The models to measure, in MODELS' order; sft_rft starts from sft's adapter, so it brings sft."""
+    names = {name.strip() for name in text.split(",") if name.strip()}
+    unknown = sorted(names - set(MODELS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
+    return [name for name in MODELS if name in names or (name == "sft" and "sft_rft" in names)]
 
 
 def prompt_rows(questions: list[str], answers: list[str]) -> list[dict]:
@@ -207,7 +218,7 @@ def run_metrics(metrics: list[dict]) -> dict:
     """The first and last step (loss, and a reinforcement run's RFT_METRICS), the mean sampled reward
     over the first and last quarter of the steps, and each evaluation's eval_reward."""
     steps = [line for line in metrics if "loss" in line]
-    keep = ("step", "loss", "reward", "reward_std", "kl", "completions/mean_length", "learning_rate")
+    keep = ("step", "loss", "reward", "reward_std", "kl", "completions/mean_length", "lr")
     line = {"first_step": {k: rounded(v) for k, v in steps[0].items() if k in keep},
             "last_step": {k: rounded(v) for k, v in steps[-1].items() if k in keep}}
     if "reward" in steps[0]:
