@@ -16,16 +16,21 @@ Models, each trained through `run_training` (the loop the worker and `dora train
 - RFT: GRPO from a fresh adapter on the same prompts, G answers sampled per prompt;
 - SFT+RFT: GRPO continuing from the SFT adapter (`init_adapter`), the usual recipe.
 
-Measured: the runs' own reward metrics (dora_contract.RFT_METRICS: the first and last steps' mean
-sampled reward, and eval_reward, greedy answers to the first `eval_samples` held-out prompts, at
-step 0 and at the end), and the SAME eval on every model: greedy answers to all held-out prompts
-graded by string_check (exact-match rate and its Wilson 95 % interval), plus the mean reward of
-`held_out_samples` answers per held-out prompt sampled at temperature 1 (the reward GRPO
-maximises, before and after).
+Measured: the runs' own reward metrics (dora_contract.RFT_METRICS of the first and last steps, the
+mean sampled reward over the first and last quarter of the steps, and eval_reward, greedy answers
+to the first `eval_samples` held-out prompts, at step 0 and at the end), and the SAME eval on every
+model: greedy answers to all held-out prompts graded by string_check (exact-match rate and its
+Wilson 95 % interval), plus the mean reward of `held_out_samples` answers per held-out prompt
+sampled at temperature 1 (the reward GRPO maximises, before and after).
 
-    OMP_NUM_THREADS=2 python benchmarks/rft_quality.py    # SmolLM2-135M-Instruct on the CPU (~20 min on 2 cores)
+    OMP_NUM_THREADS=1 python benchmarks/rft_quality.py    # SmolLM2-135M-Instruct on the CPU (26 min, 2 shared cores)
+    python benchmarks/rft_quality.py --models sft_rft     # SFT, then RFT from its adapter, only (~10 min)
     python benchmarks/rft_quality.py --device cuda
     python benchmarks/rft_quality.py --quick --model DIR  # a smoke run on the tiny model (seconds)
+
+On a CPU shared with other work, one thread: with two, the base model's eval had not finished
+after 7 minutes (each thread waits on the other, descheduled one). docs/benchmarks.md
+("Reinforcement fine-tuning on SmolLM2") has the figures and what they show.
 
 Output: JSON lines on stdout and in OUT/rft_quality.jsonl: "data", one "eval" line per model
 (base, sft, rft, sft_rft), each trained model's after its "train" line (settings, seconds, first
