@@ -5,6 +5,7 @@ adapter setting that differs."""
 from __future__ import annotations
 
 import json
+import math
 import uuid
 
 import openai
@@ -42,10 +43,10 @@ def _succeeds(service, job_id: str) -> dict:
     return service.get(job_id)
 
 
-def _first_loss(service, job_id: str) -> float:
+def _loss(service, job_id: str, step: int) -> float:
     with session_scope(service.settings) as session:
-        return session.scalar(select(MetricPoint.values).where(MetricPoint.job_id == job_id, MetricPoint.step == 1))[
-            "loss"]
+        return session.scalar(select(MetricPoint.values).where(MetricPoint.job_id == job_id,
+                                                               MetricPoint.step == step))["loss"]
 
 
 def _jobs(service) -> int:
@@ -69,12 +70,13 @@ def test_dpo_continues_the_fine_tuned_model_of_an_sft_job(service, sft, tiny_mod
     done = _succeeds(service, job.id)
     assert done["fine_tuned_model"].startswith("ft:tiny-llama:") and done["fine_tuned_model"] != sft["fine_tuned_model"]
     assert f"Starting from the adapter of {sft['fine_tuned_model']}" in service.events(job.id)
-    # the same DPO job from the base: step 1's loss (before any update) is that of a fresh adapter,
-    # log 2; from the SFT adapter the policy is no longer the reference, so it is not
+    # its reference is the SFT model it starts from, so step 1 (before any update) has policy = reference:
+    # loss log 2, as a fresh adapter's over the base has; the two start apart, so step 2 differs
     fresh = client.fine_tuning.jobs.create(model="tiny-llama", training_file=pairs, method=_dpo(), seed=3)
     _succeeds(service, fresh.id)
-    assert_distinguishable(torch.tensor([_first_loss(service, job.id)]), torch.tensor([_first_loss(service, fresh.id)]),
-                           replay_budget(AutoConfig.from_pretrained(tiny_model_dir)), what="step 1's DPO loss")
+    assert _loss(service, job.id, 1) == pytest.approx(math.log(2), rel=1e-6) == _loss(service, fresh.id, 1)
+    assert_distinguishable(torch.tensor([_loss(service, job.id, 2)]), torch.tensor([_loss(service, fresh.id, 2)]),
+                           replay_budget(AutoConfig.from_pretrained(tiny_model_dir)), what="step 2's DPO loss")
 
 
 def test_a_job_continues_from_a_checkpoint(service, sft):
