@@ -214,7 +214,8 @@ class Engine:
         self.model = model if slots is None else model.eval()
         self.tokenizer, self.slots, self.max_batch = tokenizer, slots, max_batch
         self.device = next(model.parameters()).device
-        self.context_length = min(context_length(model), max_seq_len or context_length(model))
+        positions = context_length(model)
+        self.context_length = min(positions, max_seq_len or positions)
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self.eos_ids = frozenset(stop_token_ids(model, tokenizer))
         new_cache(model.config)  # refuses a model whose cache is not plain dynamic layers, now
